@@ -1,0 +1,197 @@
+// Command multiproxy is one pull-through cache for several container
+// registries: one process, one config file, one port per upstream.
+//
+// This file is flags and wiring only; the work is in internal/.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/multiproxy/multiproxy/internal/admin"
+	"github.com/multiproxy/multiproxy/internal/config"
+	"github.com/multiproxy/multiproxy/internal/serve"
+)
+
+// exitError carries a process exit code: 2 for bad configuration or usage.
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e *exitError) Error() string { return e.err.Error() }
+func (e *exitError) Unwrap() error { return e.err }
+
+func main() {
+	err := newRoot(os.Stdout, os.Stderr).Execute()
+	if err == nil {
+		return
+	}
+	fmt.Fprintln(os.Stderr, "multiproxy:", err)
+	var ee *exitError
+	if errors.As(err, &ee) {
+		os.Exit(ee.code)
+	}
+	os.Exit(1)
+}
+
+func newRoot(stdout, stderr io.Writer) *cobra.Command {
+	root := &cobra.Command{
+		Use:           "multiproxy",
+		Short:         "One pull-through cache for several container registries",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error {
+		return &exitError{code: 2, err: err}
+	})
+	root.PersistentFlags().StringP("config", "c", os.Getenv("MULTIPROXY_CONFIG"),
+		"config file (YAML); empty: the built-in default of five upstreams")
+	root.AddCommand(serveCmd(stderr), configCmd(stdout), resolveCmd(stdout), purgeCmd(stdout))
+	return root
+}
+
+func addOverrideFlags(fs *pflag.FlagSet) {
+	fs.String("data-dir", "", "storage root (overrides data_dir)")
+	fs.String("admin-listen", "", "admin listener address (overrides admin.listen)")
+	fs.String("log-level", "", "debug, info, warn or error (overrides log_level)")
+}
+
+func loadConfig(cmd *cobra.Command) (config.Config, error) {
+	file, _ := cmd.Flags().GetString("config")
+	cfg, err := config.Load(config.LoadOptions{File: file, Flags: cmd.Flags()})
+	if err != nil {
+		return cfg, &exitError{code: 2, err: fmt.Errorf("load config: %w", err)}
+	}
+	return cfg, nil
+}
+
+func newLogger(w io.Writer, level string) *slog.Logger {
+	var l slog.Level
+	_ = l.UnmarshalText([]byte(level))
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: l}))
+}
+
+func serveCmd(stderr io.Writer) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Serve every configured upstream on its own port",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := loadConfig(cmd)
+			if err != nil {
+				return err
+			}
+			log := newLogger(stderr, cfg.LogLevel)
+			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			return serve.Run(ctx, cfg, log, nil)
+		},
+	}
+	addOverrideFlags(cmd.Flags())
+	return cmd
+}
+
+func configCmd(stdout io.Writer) *cobra.Command {
+	cmd := &cobra.Command{Use: "config", Short: "Check or print the effective configuration"}
+	check := &cobra.Command{
+		Use:   "check",
+		Short: "Validate the configuration; exit 2 naming the field if it is wrong",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := loadConfig(cmd)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(stdout, "config ok: %d upstreams\n", len(cfg.Upstreams))
+			return nil
+		},
+	}
+	print := &cobra.Command{
+		Use:   "print",
+		Short: "Print the effective configuration, secrets redacted",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := loadConfig(cmd)
+			if err != nil {
+				return err
+			}
+			return cfg.WriteYAML(stdout)
+		},
+	}
+	addOverrideFlags(check.Flags())
+	addOverrideFlags(print.Flags())
+	cmd.AddCommand(check, print)
+	return cmd
+}
+
+// adminClient finds the running server's admin API: --admin, or the config's admin.listen.
+func adminClient(cmd *cobra.Command) (admin.Client, error) {
+	addr, _ := cmd.Flags().GetString("admin")
+	cfg, err := loadConfig(cmd)
+	if err != nil {
+		return admin.Client{}, err
+	}
+	if addr == "" {
+		addr = cfg.Admin.Listen
+	}
+	return admin.Client{Base: admin.BaseURL(addr), Token: cfg.Admin.Token.Reveal()}, nil
+}
+
+func resolveCmd(stdout io.Writer) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "resolve IMAGE",
+		Short: "Print IMAGE@sha256:... as the running proxy resolves it now (a digest pin)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := adminClient(cmd)
+			if err != nil {
+				return err
+			}
+			res, err := c.Resolve(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(stdout, res.Pinned)
+			if res.Stale {
+				fmt.Fprintln(cmd.ErrOrStderr(), "warning: the upstream could not be reached; this is the cached digest")
+			}
+			return nil
+		},
+	}
+	cmd.Flags().String("admin", "", "admin API address (default: the config's admin.listen)")
+	return cmd
+}
+
+func purgeCmd(stdout io.Writer) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "purge IMAGE[:TAG]",
+		Short: "Drop a cached tag so the next pull fetches it from the upstream",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := adminClient(cmd)
+			if err != nil {
+				return err
+			}
+			if err := c.Purge(cmd.Context(), args[0]); err != nil {
+				return err
+			}
+			fmt.Fprintln(stdout, "purged", strings.TrimSpace(args[0]))
+			return nil
+		},
+	}
+	cmd.Flags().String("admin", "", "admin API address (default: the config's admin.listen)")
+	return cmd
+}

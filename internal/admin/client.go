@@ -1,0 +1,80 @@
+package admin
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+)
+
+// Client calls a running multiproxy's admin API.
+type Client struct {
+	Base  string // e.g. http://127.0.0.1:9090
+	Token string
+	HTTP  *http.Client
+}
+
+// BaseURL turns a listen address (":9090", "127.0.0.1:9090") or URL into a base URL.
+func BaseURL(addr string) string {
+	if strings.Contains(addr, "://") {
+		return strings.TrimRight(addr, "/")
+	}
+	if strings.HasPrefix(addr, ":") {
+		addr = "127.0.0.1" + addr
+	}
+	return "http://" + addr
+}
+
+// Resolve asks for the digest an image's tag points at.
+func (c Client) Resolve(ctx context.Context, image string) (Resolution, error) {
+	var res Resolution
+	err := c.call(ctx, http.MethodGet, "/api/v1/resolve?image="+url.QueryEscape(image), &res)
+	return res, err
+}
+
+// Purge drops a cached tag.
+func (c Client) Purge(ctx context.Context, image string) error {
+	return c.call(ctx, http.MethodPost, "/api/v1/purge?image="+url.QueryEscape(image), nil)
+}
+
+func (c Client) call(ctx context.Context, method, path string, out any) error {
+	hc := c.HTTP
+	if hc == nil {
+		hc = &http.Client{Timeout: 30 * time.Second}
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.Base+path, nil)
+	if err != nil {
+		return err
+	}
+	if c.Token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.Token)
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return fmt.Errorf("admin API %s: %w", c.Base, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return fmt.Errorf("admin API: read answer: %w", err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		var e struct {
+			Error string `json:"error"`
+		}
+		if json.Unmarshal(body, &e) == nil && e.Error != "" {
+			return fmt.Errorf("admin API: %d: %s", resp.StatusCode, e.Error)
+		}
+		return fmt.Errorf("admin API: %d %s", resp.StatusCode, http.StatusText(resp.StatusCode))
+	}
+	if out != nil {
+		if err := json.Unmarshal(body, out); err != nil {
+			return fmt.Errorf("admin API: decode answer: %w", err)
+		}
+	}
+	return nil
+}

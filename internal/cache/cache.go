@@ -1,0 +1,364 @@
+package cache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/distribution/distribution/v3"
+	"github.com/distribution/distribution/v3/registry/storage"
+	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
+	"github.com/distribution/distribution/v3/registry/storage/driver/filesystem"
+	"github.com/distribution/reference"
+	"github.com/opencontainers/go-digest"
+	v1 "github.com/opencontainers/image-spec/specs-go/v1"
+	"golang.org/x/sync/singleflight"
+
+	// Manifest schemas register their unmarshalers in init.
+	_ "github.com/distribution/distribution/v3/manifest/manifestlist"
+	_ "github.com/distribution/distribution/v3/manifest/ocischema"
+	_ "github.com/distribution/distribution/v3/manifest/schema2"
+
+	"github.com/multiproxy/multiproxy/internal/upstream"
+)
+
+// Kinds of content, as used in metrics labels.
+const (
+	KindManifest = "manifest"
+	KindBlob     = "blob"
+	KindTag      = "tag"
+)
+
+// Observer is told about the cache's decisions. Implementations must be cheap
+// and safe for concurrent use.
+type Observer interface {
+	Hit(kind string)
+	Miss(kind string)
+	Stale(cause string)
+	DedupJoin(kind string)
+	UpstreamBytes(n int64)
+}
+
+type nopObserver struct{}
+
+func (nopObserver) Hit(string)          {}
+func (nopObserver) Miss(string)         {}
+func (nopObserver) Stale(string)        {}
+func (nopObserver) DedupJoin(string)    {}
+func (nopObserver) UpstreamBytes(int64) {}
+
+// Options configures a Cache.
+type Options struct {
+	// Root is the upstream's storage root (filesystem driver root directory).
+	Root         string
+	Upstream     *upstream.Client
+	TagFreshness time.Duration
+	FillTimeout  time.Duration
+	Logger       *slog.Logger
+	Observer     Observer
+}
+
+// Cache is the pull-through logic of one upstream over its local store.
+type Cache struct {
+	up           *upstream.Client
+	driver       storagedriver.StorageDriver
+	ns           distribution.Namespace
+	spoolDir     string
+	tagFreshness time.Duration
+	fillTimeout  time.Duration
+	log          *slog.Logger
+	obs          Observer
+
+	manifests singleflight.Group
+
+	mu    sync.Mutex
+	fills map[digest.Digest]*fill
+
+	freshMu sync.Mutex
+	fresh   map[string]time.Time // "repo:tag" -> last successful revalidation
+}
+
+// New opens the store under o.Root. Leftover spool files from a previous
+// process are removed: they were never part of the cache.
+func New(ctx context.Context, o Options) (*Cache, error) {
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Observer == nil {
+		o.Observer = nopObserver{}
+	}
+	if err := os.MkdirAll(o.Root, 0o750); err != nil {
+		return nil, fmt.Errorf("create storage root: %w", err)
+	}
+	driver := filesystem.New(filesystem.DriverParameters{
+		RootDirectory: o.Root,
+		MaxThreads:    100,
+	})
+	ns, err := storage.NewRegistry(ctx, driver,
+		storage.DisableDigestResumption,
+		storage.EnableDelete,
+	)
+	if err != nil {
+		return nil, fmt.Errorf("open storage %s: %w", o.Root, err)
+	}
+	spool := filepath.Join(o.Root, "_spool")
+	if err := os.RemoveAll(spool); err != nil {
+		return nil, fmt.Errorf("clear spool: %w", err)
+	}
+	if err := os.MkdirAll(spool, 0o750); err != nil {
+		return nil, fmt.Errorf("create spool: %w", err)
+	}
+	return &Cache{
+		up:           o.Upstream,
+		driver:       driver,
+		ns:           ns,
+		spoolDir:     spool,
+		tagFreshness: o.TagFreshness,
+		fillTimeout:  o.FillTimeout,
+		log:          o.Logger,
+		obs:          o.Observer,
+		fills:        map[digest.Digest]*fill{},
+		fresh:        map[string]time.Time{},
+	}, nil
+}
+
+// Driver is the storage driver the cache writes through.
+func (c *Cache) Driver() storagedriver.StorageDriver { return c.driver }
+
+// Namespace is a plain (non-proxy) view of the same storage.
+func (c *Cache) Namespace() distribution.Namespace { return c.ns }
+
+func (c *Cache) repo(ctx context.Context, name string) (distribution.Repository, error) {
+	named, err := reference.WithName(name)
+	if err != nil {
+		return nil, &RequestError{Code: "NAME_INVALID", Err: err}
+	}
+	return c.ns.Repository(ctx, named)
+}
+
+// RequestError is a client mistake (bad name or reference): a 4xx, never a 5xx.
+type RequestError struct {
+	Code string
+	Err  error
+}
+
+func (e *RequestError) Error() string { return e.Err.Error() }
+func (e *RequestError) Unwrap() error { return e.Err }
+
+// Resolved is the answer to a tag lookup.
+type Resolved struct {
+	Digest digest.Digest
+	// Stale is set when the upstream could not confirm the tag and the cached
+	// answer was used instead.
+	Stale bool
+	Cause upstream.Cause
+	Err   error // why the revalidation failed, when Stale
+}
+
+// ResolveTag returns the digest a tag points at now, caching the manifest.
+func (c *Cache) ResolveTag(ctx context.Context, name, tag string) (Resolved, error) {
+	repo, err := c.repo(ctx, name)
+	if err != nil {
+		return Resolved{}, err
+	}
+	tags := repo.Tags(ctx)
+	local, lerr := tags.Get(ctx, tag)
+	hasLocal := lerr == nil && c.hasManifest(ctx, repo, local.Digest)
+	key := name + ":" + tag
+
+	if hasLocal && c.tagFreshness > 0 && c.isFresh(key) {
+		c.obs.Hit(KindTag)
+		return Resolved{Digest: local.Digest}, nil
+	}
+
+	stale := func(err error) (Resolved, error) {
+		cause := upstream.CauseOf(err)
+		c.obs.Stale(string(cause))
+		c.log.Warn("serving stale tag", "repository", name, "tag", tag, "digest", local.Digest, "cause", cause, "err", err)
+		return Resolved{Digest: local.Digest, Stale: true, Cause: cause, Err: err}, nil
+	}
+
+	info, err := c.up.HeadManifest(ctx, name, tag)
+	if err == nil && info.Digest == "" {
+		// Some registries omit the digest on HEAD; GET by tag and hash it.
+		info, err = c.fetchManifestByTag(ctx, repo, name, tag)
+	}
+	if err != nil {
+		if upstream.IsNotFound(err) {
+			if lerr == nil {
+				// The tag is gone upstream; a later outage must not bring it back.
+				if uerr := tags.Untag(ctx, tag); uerr != nil {
+					c.log.Warn("drop deleted tag", "repository", name, "tag", tag, "err", uerr)
+				}
+			}
+			return Resolved{}, err
+		}
+		if hasLocal {
+			return stale(err)
+		}
+		return Resolved{}, err
+	}
+
+	if hasLocal && info.Digest == local.Digest {
+		c.obs.Hit(KindTag)
+		c.markFresh(key)
+		return Resolved{Digest: local.Digest}, nil
+	}
+	c.obs.Miss(KindTag)
+	desc, err := c.ensureManifest(ctx, repo, name, info.Digest)
+	if err != nil {
+		if hasLocal && !upstream.IsNotFound(err) {
+			return stale(err)
+		}
+		return Resolved{}, err
+	}
+	if err := tags.Tag(ctx, tag, desc); err != nil {
+		return Resolved{}, fmt.Errorf("tag %s:%s: %w", name, tag, err)
+	}
+	c.markFresh(key)
+	return Resolved{Digest: info.Digest}, nil
+}
+
+// fetchManifestByTag is the fallback for upstreams whose HEAD has no digest.
+func (c *Cache) fetchManifestByTag(ctx context.Context, repo distribution.Repository, name, tag string) (upstream.ManifestInfo, error) {
+	body, info, err := c.up.GetManifest(ctx, name, tag)
+	if err != nil {
+		return info, err
+	}
+	if _, err := c.putManifest(ctx, repo, body, info); err != nil {
+		return info, err
+	}
+	return info, nil
+}
+
+func (c *Cache) isFresh(key string) bool {
+	c.freshMu.Lock()
+	defer c.freshMu.Unlock()
+	t, ok := c.fresh[key]
+	return ok && time.Since(t) < c.tagFreshness
+}
+
+func (c *Cache) markFresh(key string) {
+	if c.tagFreshness <= 0 {
+		return
+	}
+	c.freshMu.Lock()
+	defer c.freshMu.Unlock()
+	c.fresh[key] = time.Now()
+}
+
+// Forget drops a cached tag, so the next pull resolves it upstream again.
+func (c *Cache) Forget(ctx context.Context, name, tag string) error {
+	repo, err := c.repo(ctx, name)
+	if err != nil {
+		return err
+	}
+	c.freshMu.Lock()
+	delete(c.fresh, name+":"+tag)
+	c.freshMu.Unlock()
+	err = repo.Tags(ctx).Untag(ctx, tag)
+	var unknown distribution.ErrTagUnknown
+	if errors.As(err, &unknown) {
+		return nil
+	}
+	return err
+}
+
+func (c *Cache) hasManifest(ctx context.Context, repo distribution.Repository, d digest.Digest) bool {
+	ms, err := repo.Manifests(ctx)
+	if err != nil {
+		return false
+	}
+	ok, err := ms.Exists(ctx, d)
+	return err == nil && ok
+}
+
+// EnsureManifest makes the manifest with digest d present in the local store,
+// fetching and verifying it on a miss. Concurrent misses share one GET.
+func (c *Cache) EnsureManifest(ctx context.Context, name string, d digest.Digest) error {
+	repo, err := c.repo(ctx, name)
+	if err != nil {
+		return err
+	}
+	if c.hasManifest(ctx, repo, d) {
+		c.obs.Hit(KindManifest)
+		return nil
+	}
+	_, err = c.ensureManifest(ctx, repo, name, d)
+	return err
+}
+
+func (c *Cache) ensureManifest(ctx context.Context, repo distribution.Repository, name string, d digest.Digest) (v1.Descriptor, error) {
+	ch := c.manifests.DoChan(name+"@"+d.String(), func() (any, error) {
+		// Detached from any one client: the others waiting share this result.
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.up.Timeout())
+		defer cancel()
+		if c.hasManifest(fctx, repo, d) {
+			return c.describeManifest(fctx, repo, d)
+		}
+		c.obs.Miss(KindManifest)
+		body, info, err := c.up.GetManifest(fctx, name, d.String())
+		if err != nil {
+			return v1.Descriptor{}, err
+		}
+		c.obs.UpstreamBytes(int64(len(body)))
+		return c.putManifest(fctx, repo, body, info)
+	})
+	select {
+	case <-ctx.Done():
+		return v1.Descriptor{}, ctx.Err()
+	case r := <-ch:
+		if r.Shared {
+			c.obs.DedupJoin(KindManifest)
+		}
+		if r.Err != nil {
+			return v1.Descriptor{}, r.Err
+		}
+		return r.Val.(v1.Descriptor), nil
+	}
+}
+
+func (c *Cache) describeManifest(ctx context.Context, repo distribution.Repository, d digest.Digest) (v1.Descriptor, error) {
+	ms, err := repo.Manifests(ctx)
+	if err != nil {
+		return v1.Descriptor{}, err
+	}
+	m, err := ms.Get(ctx, d)
+	if err != nil {
+		return v1.Descriptor{}, err
+	}
+	mt, payload, err := m.Payload()
+	if err != nil {
+		return v1.Descriptor{}, err
+	}
+	return v1.Descriptor{MediaType: mt, Digest: d, Size: int64(len(payload))}, nil
+}
+
+// putManifest stores verified manifest bytes exactly as the upstream sent them.
+func (c *Cache) putManifest(ctx context.Context, repo distribution.Repository, body []byte, info upstream.ManifestInfo) (v1.Descriptor, error) {
+	m, desc, err := distribution.UnmarshalManifest(info.MediaType, body)
+	if err != nil {
+		return v1.Descriptor{}, &upstream.Error{Op: "parse manifest", Cause: upstream.CauseBadContent, Err: err}
+	}
+	if desc.Digest != info.Digest {
+		return v1.Descriptor{}, &upstream.Error{Op: "parse manifest", Cause: upstream.CauseBadContent,
+			Err: fmt.Errorf("digest mismatch: want %s, got %s", info.Digest, desc.Digest)}
+	}
+	ms, err := repo.Manifests(ctx, storage.SkipLayerVerification())
+	if err != nil {
+		return v1.Descriptor{}, err
+	}
+	got, err := ms.Put(ctx, m)
+	if err != nil {
+		return v1.Descriptor{}, fmt.Errorf("store manifest %s: %w", info.Digest, err)
+	}
+	if got != info.Digest {
+		return v1.Descriptor{}, fmt.Errorf("store manifest: stored as %s, want %s", got, info.Digest)
+	}
+	return desc, nil
+}

@@ -1,0 +1,125 @@
+// Package config holds multiproxy's configuration: the types, their defaults,
+// loading through viper (file, MULTIPROXY_* environment, flags) and validation
+// that names the offending field.
+//
+// Secrets never live in the config file itself: an upstream's password is read
+// from password_file or password_env at load time, kept in a Secret (which
+// redacts itself when printed or logged), and never written back out.
+package config
+
+import (
+	"log/slog"
+	"time"
+)
+
+// Defaults used when a field is left empty.
+const (
+	DefaultDataDir     = "./data"
+	DefaultAdminListen = "127.0.0.1:9090"
+	DefaultTimeout     = 3 * time.Second
+	DefaultFillTimeout = 30 * time.Minute
+	DefaultDrain       = 30 * time.Second
+)
+
+// Config is the whole effective configuration of one multiproxy process.
+type Config struct {
+	// DataDir is the storage root; each upstream stores under DataDir/<name>
+	// unless it sets its own Storage.
+	DataDir string `mapstructure:"data_dir" yaml:"data_dir"`
+	// ShutdownTimeout bounds how long in-flight requests may drain on SIGTERM.
+	ShutdownTimeout time.Duration `mapstructure:"shutdown_timeout" yaml:"shutdown_timeout"`
+	// LogLevel is one of debug, info, warn, error.
+	LogLevel  string     `mapstructure:"log_level" yaml:"log_level"`
+	Admin     Admin      `mapstructure:"admin" yaml:"admin"`
+	Upstreams []Upstream `mapstructure:"upstreams" yaml:"upstreams"`
+}
+
+// Admin configures the admin listener (metrics, health, admin API).
+type Admin struct {
+	Listen string `mapstructure:"listen" yaml:"listen"`
+	// TokenFile holds the bearer token that mutating admin endpoints require.
+	TokenFile string `mapstructure:"token_file" yaml:"token_file,omitempty"`
+	// Token is loaded from TokenFile; never read from the config itself.
+	Token Secret `mapstructure:"-" yaml:"token,omitempty"`
+}
+
+// Upstream is one proxied registry, served on its own listener.
+type Upstream struct {
+	// Name is the registry host as clients write it in image references
+	// (docker.io, ghcr.io, ...). It names the storage directory and labels metrics.
+	Name string `mapstructure:"name" yaml:"name"`
+	// Listen is the address clients pull from, e.g. ":5000".
+	Listen string `mapstructure:"listen" yaml:"listen"`
+	// Remote is the upstream registry's base URL, e.g. https://registry-1.docker.io.
+	Remote string `mapstructure:"remote" yaml:"remote"`
+	// Storage overrides DataDir/<name>. Never shared between upstreams.
+	Storage string `mapstructure:"storage" yaml:"storage"`
+
+	Username     string `mapstructure:"username" yaml:"username,omitempty"`
+	PasswordFile string `mapstructure:"password_file" yaml:"password_file,omitempty"`
+	PasswordEnv  string `mapstructure:"password_env" yaml:"password_env,omitempty"`
+	// Password is loaded from PasswordFile or PasswordEnv.
+	Password Secret `mapstructure:"-" yaml:"password,omitempty"`
+
+	// CAFile is a PEM bundle trusted for a private upstream, added to the
+	// system roots.
+	CAFile string `mapstructure:"ca_file" yaml:"ca_file,omitempty"`
+	// Timeout bounds every wait on the upstream: dial, TLS, response headers,
+	// and any pause between body reads.
+	Timeout time.Duration `mapstructure:"timeout" yaml:"timeout"`
+	// FillTimeout bounds one whole cache fill (a blob download) that goes on
+	// after the client that started it went away.
+	FillTimeout time.Duration `mapstructure:"fill_timeout" yaml:"fill_timeout"`
+	// TagFreshness is how long a revalidated tag is served without asking the
+	// upstream again. 0 means every tag resolve revalidates.
+	TagFreshness time.Duration `mapstructure:"tag_freshness" yaml:"tag_freshness"`
+}
+
+// Secret is a credential. It prints as "<redacted>" everywhere: fmt, slog,
+// YAML and JSON, so it cannot leak through a log line or `config print`.
+type Secret string
+
+const redacted = "<redacted>"
+
+// Reveal returns the secret's value, for the one place that sends it upstream.
+func (s Secret) Reveal() string { return string(s) }
+
+// String implements fmt.Stringer.
+func (s Secret) String() string {
+	if s == "" {
+		return ""
+	}
+	return redacted
+}
+
+// GoString implements fmt.GoStringer, so %#v redacts too.
+func (s Secret) GoString() string { return `"` + s.String() + `"` }
+
+// LogValue implements slog.LogValuer.
+func (s Secret) LogValue() slog.Value { return slog.StringValue(s.String()) }
+
+// MarshalText implements encoding.TextMarshaler (JSON and YAML use it).
+func (s Secret) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
+
+// MarshalYAML implements yaml.Marshaler.
+func (s Secret) MarshalYAML() (any, error) { return s.String(), nil }
+
+// Default returns the built-in configuration: the five public upstreams the
+// seeds run as separate registry:2 containers, on their usual ports.
+func Default() Config {
+	c := Config{
+		DataDir:         DefaultDataDir,
+		ShutdownTimeout: DefaultDrain,
+		LogLevel:        "info",
+		Admin:           Admin{Listen: DefaultAdminListen},
+		Upstreams: []Upstream{
+			{Name: "docker.io", Listen: ":5000", Remote: "https://registry-1.docker.io"},
+			{Name: "ghcr.io", Listen: ":5010", Remote: "https://ghcr.io"},
+			{Name: "quay.io", Listen: ":5020", Remote: "https://quay.io"},
+			{Name: "registry.k8s.io", Listen: ":5030", Remote: "https://registry.k8s.io"},
+			{Name: "reg.kyverno.io", Listen: ":5040", Remote: "https://reg.kyverno.io"},
+		},
+	}
+	c.applyDefaults()
+	return c
+}

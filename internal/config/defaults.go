@@ -1,0 +1,58 @@
+package config
+
+import (
+	"path/filepath"
+	"strings"
+)
+
+// applyDefaults fills every field left empty. It runs after the file,
+// environment and flags are merged, so derived values (an upstream's storage
+// under DataDir) follow the final DataDir rather than the built-in one.
+//
+// A zero duration counts as unset here. Load rejects an explicit
+// `timeout: 0s` before calling this, since it cannot be told apart afterwards.
+func (c *Config) applyDefaults() {
+	if c.DataDir == "" {
+		c.DataDir = DefaultDataDir
+	}
+	if c.ShutdownTimeout == 0 {
+		c.ShutdownTimeout = DefaultDrain
+	}
+	if c.LogLevel == "" {
+		c.LogLevel = "info"
+	}
+	if c.Admin.Listen == "" {
+		c.Admin.Listen = DefaultAdminListen
+	}
+	for i := range c.Upstreams {
+		u := &c.Upstreams[i]
+		if u.Timeout == 0 {
+			u.Timeout = DefaultTimeout
+		}
+		if u.FillTimeout == 0 {
+			u.FillTimeout = DefaultFillTimeout
+		}
+		// An empty name would make the storage DataDir itself, shared with
+		// every other upstream; leave it empty so Validate reports the name.
+		if u.Storage == "" && u.Name != "" {
+			u.Storage = filepath.Join(c.DataDir, u.Name)
+		}
+	}
+}
+
+// defaultUpstream is what an upstream entry from a config file starts from
+// before its keys are decoded over it.
+func defaultUpstream() Upstream {
+	return Upstream{Timeout: DefaultTimeout, FillTimeout: DefaultFillTimeout}
+}
+
+// Upstream returns the upstream with the given name. Registry host names are
+// case-insensitive, so the match is too.
+func (c Config) Upstream(name string) (Upstream, bool) {
+	for _, u := range c.Upstreams {
+		if strings.EqualFold(u.Name, name) {
+			return u, true
+		}
+	}
+	return Upstream{}, false
+}

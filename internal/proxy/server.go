@@ -1,0 +1,435 @@
+// Package proxy serves one upstream's OCI distribution API to clients: a
+// read-only guard, the cache's decisions (internal/cache), and an embedded
+// distribution App that serves what is in the local store.
+//
+// One request's way through:
+//
+//	client -> Server.ServeHTTP: read-only guard, path and reference checks
+//	       -> cache: revalidate a tag, or fill a missing manifest or blob
+//	       -> the embedded distribution App, which serves the local store
+//
+// A manifest requested by tag is handed to the App by digest, once the cache
+// has resolved the tag: the App never asks the upstream about tags itself. A
+// blob that is not yet local is streamed from the cache's shared fill.
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/distribution/reference"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/multiproxy/multiproxy/internal/cache"
+	"github.com/multiproxy/multiproxy/internal/config"
+	"github.com/multiproxy/multiproxy/internal/upstream"
+)
+
+// Observer is told about every client request, for metrics.
+type Observer interface {
+	cache.Observer
+	Request(kind string, status int, d time.Duration, fromCache bool, bytes int64)
+	Upstream(method string, status int, d time.Duration, h http.Header, err error)
+}
+
+type nopObserver struct{}
+
+func (nopObserver) Hit(string)                                              {}
+func (nopObserver) Miss(string)                                             {}
+func (nopObserver) Stale(string)                                            {}
+func (nopObserver) DedupJoin(string)                                        {}
+func (nopObserver) UpstreamBytes(int64)                                     {}
+func (nopObserver) Request(string, int, time.Duration, bool, int64)         {}
+func (nopObserver) Upstream(string, int, time.Duration, http.Header, error) {}
+
+// Options configures a Server beyond its upstream config.
+type Options struct {
+	Logger   *slog.Logger
+	Observer Observer
+	// RetryEvery is how often an upstream that was down when the server
+	// started is probed so its App can be switched to proxy mode.
+	RetryEvery time.Duration
+	// Drain bounds how long a replaced App may finish its requests.
+	Drain time.Duration
+}
+
+// Server is the HTTP handler of one upstream.
+type Server struct {
+	cfg   config.Upstream
+	up    *upstream.Client
+	cache *cache.Cache
+	apps  appSlot
+	log   *slog.Logger
+	obs   Observer
+	drain time.Duration
+
+	unroute func()
+	stop    context.CancelFunc
+	wg      sync.WaitGroup
+	once    sync.Once
+}
+
+// New builds the server for one upstream. An unreachable upstream is not an
+// error: the server starts on what is cached and switches to proxy mode when
+// the upstream answers.
+func New(ctx context.Context, u config.Upstream, o Options) (*Server, error) {
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.RetryEvery <= 0 {
+		o.RetryEvery = 10 * time.Second
+	}
+	if o.Drain <= 0 {
+		o.Drain = 30 * time.Second
+	}
+	if o.Observer == nil {
+		o.Observer = nopObserver{}
+	}
+	log := o.Logger.With("upstream", u.Name)
+	s := &Server{cfg: u, log: log, obs: o.Observer, drain: o.Drain}
+	up, err := upstream.New(upstream.Options{
+		Name:     u.Name,
+		Remote:   u.Remote,
+		Username: u.Username,
+		Password: u.Password.Reveal(),
+		CAFile:   u.CAFile,
+		Timeout:  u.Timeout,
+		Observe:  o.Observer.Upstream,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("upstream %s: %w", u.Name, err)
+	}
+	s.up = up
+	s.cache, err = cache.New(ctx, cache.Options{
+		Root:         u.Storage,
+		Upstream:     up,
+		TagFreshness: u.TagFreshness,
+		FillTimeout:  u.FillTimeout,
+		Logger:       log,
+		Observer:     o.Observer,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("upstream %s: %w", u.Name, err)
+	}
+	s.unroute = upstream.RouteDefaultTransport(up)
+
+	bg, stop := context.WithCancel(context.WithoutCancel(ctx))
+	s.stop = stop
+	h, err := s.build(bg)
+	if err != nil {
+		s.unroute()
+		stop()
+		return nil, err
+	}
+	s.apps.cur = h
+	if !h.proxied {
+		s.wg.Add(1)
+		go s.retryProxyMode(bg, o.RetryEvery)
+	}
+	return s, nil
+}
+
+// build makes an App in proxy mode if the upstream answers now, otherwise a
+// local-only one: distribution's proxy panics at construction when it cannot
+// reach the upstream, and a down upstream must not stop us serving the cache.
+func (s *Server) build(ctx context.Context) (*appHandle, error) {
+	spec := appSpec{name: s.cfg.Name, root: s.cfg.Storage}
+	if err := s.up.Ping(ctx); err == nil {
+		spec.remote = s.cfg.Remote
+		spec.username = s.cfg.Username
+		spec.password = s.cfg.Password.Reveal()
+		app, err := buildApp(ctx, spec)
+		if err == nil {
+			return &appHandle{app: app, proxied: true}, nil
+		}
+		s.log.Warn("proxy mode unavailable, serving cache only", "err", err)
+	} else {
+		s.log.Warn("upstream unreachable at start, serving cache only", "err", err)
+	}
+	spec.remote = ""
+	app, err := buildApp(ctx, spec)
+	if err != nil {
+		return nil, err
+	}
+	return &appHandle{app: app}, nil
+}
+
+func (s *Server) retryProxyMode(ctx context.Context, every time.Duration) {
+	defer s.wg.Done()
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		h, err := s.build(ctx)
+		if err != nil {
+			s.log.Warn("rebuild app", "err", err)
+			continue
+		}
+		if ctx.Err() != nil {
+			h.shutdown(0)
+			return
+		}
+		old := s.apps.swap(h)
+		go old.shutdown(s.drain)
+		if h.proxied {
+			s.log.Info("upstream reachable, proxy mode on")
+			return
+		}
+	}
+}
+
+// Name is the upstream's name.
+func (s *Server) Name() string { return s.cfg.Name }
+
+// Cache is the upstream's cache, for admin actions.
+func (s *Server) Cache() *cache.Cache { return s.cache }
+
+// Close stops background work and shuts the App down, once. Call it after the
+// HTTP server has drained.
+func (s *Server) Close() {
+	s.once.Do(func() {
+		s.stop()
+		s.wg.Wait()
+		s.apps.current().shutdown(s.drain)
+		s.unroute()
+		s.up.Close()
+	})
+}
+
+// ServeHTTP implements http.Handler.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	rw := &recorder{ResponseWriter: w, status: http.StatusOK}
+	rt := parseRoute(r.URL.Path)
+	defer func() {
+		d := time.Since(start)
+		s.obs.Request(rt.kind, rw.status, d, !rw.fromUpstream, rw.bytes)
+		s.log.Info("request", "method", r.Method, "repository", rt.repo, "kind", rt.kind,
+			"ref", rt.ref, "status", rw.status, "bytes", rw.bytes, "duration", d, "stale", rw.stale)
+	}()
+
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		rw.Header().Set("Allow", "GET, HEAD")
+		writeError(rw, http.StatusMethodNotAllowed, codeUnsupported, "multiproxy is a read-only pull-through cache")
+		return
+	}
+	if rt.repo != "" {
+		if _, err := reference.WithName(rt.repo); err != nil {
+			writeError(rw, http.StatusBadRequest, codeNameInvalid, "invalid repository name")
+			return
+		}
+	}
+	switch rt.kind {
+	case kindManifest:
+		s.serveManifest(rw, r, rt)
+	case kindBlob:
+		s.serveBlob(rw, r, rt)
+	default:
+		s.apps.serve(rw, r)
+	}
+}
+
+func (s *Server) serveManifest(w *recorder, r *http.Request, rt route) {
+	ctx := r.Context()
+	d, err := digest.Parse(rt.ref)
+	if err != nil {
+		if !tagPattern.MatchString(rt.ref) {
+			if looksLikeDigest(rt.ref) {
+				writeError(w, http.StatusBadRequest, codeDigestInvalid, "invalid digest")
+			} else {
+				writeError(w, http.StatusBadRequest, codeTagInvalid, "invalid tag")
+			}
+			return
+		}
+		res, err := s.cache.ResolveTag(ctx, rt.repo, rt.ref)
+		if err != nil {
+			s.writeUpstreamError(w, err, kindManifest)
+			return
+		}
+		if res.Stale {
+			w.stale = true
+			w.Header().Set("Warning", fmt.Sprintf(`110 multiproxy "Response is Stale: upstream %s"`, res.Cause))
+		}
+		d = res.Digest
+	} else if err := s.cache.EnsureManifest(ctx, rt.repo, d); err != nil {
+		s.writeUpstreamError(w, err, kindManifest)
+		return
+	}
+	r2 := r.Clone(ctx)
+	r2.URL.Path = "/v2/" + rt.repo + "/manifests/" + d.String()
+	r2.URL.RawPath = ""
+	s.apps.serve(w, r2)
+}
+
+func looksLikeDigest(ref string) bool {
+	for _, c := range ref {
+		if c == ':' {
+			return true
+		}
+	}
+	return false
+}
+
+func (s *Server) serveBlob(w *recorder, r *http.Request, rt route) {
+	ctx := r.Context()
+	d, err := digest.Parse(rt.ref)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, codeDigestInvalid, "invalid digest")
+		return
+	}
+	local, err := s.cache.PrepareBlob(ctx, rt.repo, d)
+	if err != nil {
+		s.writeUpstreamError(w, err, kindBlob)
+		return
+	}
+	if local {
+		s.obs.Hit(cache.KindBlob)
+		s.apps.serve(w, r)
+		return
+	}
+	st, local, err := s.cache.OpenBlob(ctx, rt.repo, d)
+	if err != nil {
+		s.writeUpstreamError(w, err, kindBlob)
+		return
+	}
+	if local {
+		s.apps.serve(w, r)
+		return
+	}
+	defer st.Close()
+	w.fromUpstream = true
+	h := w.Header()
+	h.Set("Content-Type", "application/octet-stream")
+	h.Set("Docker-Content-Digest", d.String())
+	h.Set("Etag", `"`+d.String()+`"`)
+	h.Set("Docker-Distribution-Api-Version", "registry/2.0")
+	if st.Size() >= 0 {
+		h.Set("Content-Length", strconv.FormatInt(st.Size(), 10))
+	}
+	w.WriteHeader(http.StatusOK)
+	if r.Method == http.MethodHead {
+		return
+	}
+	buf := make([]byte, 256<<10)
+	if _, err := io.CopyBuffer(writerOnly{w}, st, buf); err != nil {
+		if ctx.Err() == nil {
+			s.log.Warn("blob stream aborted", "repository", rt.repo, "digest", d, "err", err)
+		}
+		// Abort the connection: a clean end would let the client take a
+		// short or unverified body for the blob.
+		panic(http.ErrAbortHandler)
+	}
+}
+
+// writerOnly hides the recorder's ReadFrom, so the stream is copied with our
+// buffer rather than probed for sendfile.
+type writerOnly struct{ io.Writer }
+
+// writeUpstreamError maps a cache or upstream failure to the client's answer:
+// the upstream's own status where it gave one, 503 when it did not answer.
+func (s *Server) writeUpstreamError(w *recorder, err error, kind string) {
+	unknown := codeManifestUnknown
+	if kind == kindBlob {
+		unknown = codeBlobUnknown
+	}
+	var re *cache.RequestError
+	if errors.As(err, &re) {
+		writeError(w, http.StatusBadRequest, re.Code, re.Error())
+		return
+	}
+	if errors.Is(err, context.Canceled) {
+		// The client went away; nobody reads this answer.
+		w.status = 499
+		return
+	}
+	var ue *upstream.Error
+	if !errors.As(err, &ue) {
+		if errors.Is(err, context.DeadlineExceeded) {
+			writeError(w, http.StatusServiceUnavailable, codeUnavailable, "upstream did not answer in time")
+			return
+		}
+		s.log.Error("request failed", "err", err)
+		writeError(w, http.StatusInternalServerError, codeUnknown, "internal error")
+		return
+	}
+	for k, v := range ue.Header {
+		w.Header()[k] = v
+	}
+	switch ue.Cause {
+	case upstream.CauseNotFound:
+		writeError(w, http.StatusNotFound, unknown, "not found upstream")
+	case upstream.CauseRateLimited:
+		writeError(w, http.StatusTooManyRequests, codeTooManyRequests, "upstream rate limit")
+	case upstream.CauseAuth:
+		if ue.Status == http.StatusForbidden {
+			writeError(w, http.StatusForbidden, codeDenied, "upstream denied access")
+		} else {
+			writeError(w, http.StatusUnauthorized, codeUnauthorized, "upstream refused our credentials")
+		}
+	case upstream.CauseServerError:
+		writeError(w, ue.Status, codeUnavailable, fmt.Sprintf("upstream error %d", ue.Status))
+	case upstream.CauseBadContent:
+		writeError(w, http.StatusBadGateway, codeUnknown, "upstream sent content that does not match its digest")
+	case upstream.CauseTimeout:
+		writeError(w, http.StatusServiceUnavailable, codeUnavailable, "upstream did not answer in time")
+	case upstream.CauseUnreachable:
+		writeError(w, http.StatusServiceUnavailable, codeUnavailable, "upstream unreachable")
+	default:
+		status := ue.Status
+		if status < 400 || status > 599 {
+			status = http.StatusBadGateway
+		}
+		writeError(w, status, codeUnknown, fmt.Sprintf("upstream answered %d", ue.Status))
+	}
+}
+
+// recorder notes what was answered, for the access log and metrics.
+type recorder struct {
+	http.ResponseWriter
+	status       int
+	bytes        int64
+	wrote        bool
+	stale        bool
+	fromUpstream bool
+}
+
+func (r *recorder) WriteHeader(code int) {
+	if !r.wrote {
+		r.status, r.wrote = code, true
+	}
+	r.ResponseWriter.WriteHeader(code)
+}
+
+func (r *recorder) Write(p []byte) (int, error) {
+	r.wrote = true
+	n, err := r.ResponseWriter.Write(p)
+	r.bytes += int64(n)
+	return n, err
+}
+
+// ReadFrom keeps sendfile available to distribution's blob serving.
+func (r *recorder) ReadFrom(src io.Reader) (int64, error) {
+	r.wrote = true
+	n, err := io.Copy(r.ResponseWriter, src)
+	r.bytes += n
+	return n, err
+}
+
+func (r *recorder) Flush() {
+	if f, ok := r.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+func (r *recorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }

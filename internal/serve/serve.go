@@ -1,0 +1,324 @@
+// Package serve runs a whole multiproxy process: one listener and proxy.Server
+// per upstream, the admin listener, and an orderly drain on shutdown. It is
+// the wiring cmd/multiproxy calls; the request path lives in internal/proxy.
+package serve
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/distribution/reference"
+	"github.com/sirupsen/logrus"
+
+	"github.com/multiproxy/multiproxy/internal/admin"
+	"github.com/multiproxy/multiproxy/internal/config"
+	"github.com/multiproxy/multiproxy/internal/metrics"
+	"github.com/multiproxy/multiproxy/internal/proxy"
+	"github.com/multiproxy/multiproxy/internal/upstream"
+)
+
+// Process is a running multiproxy.
+type Process struct {
+	cfg     config.Config
+	log     *slog.Logger
+	metrics *metrics.Metrics
+
+	mu        sync.Mutex
+	upstreams []*running
+	admin     *http.Server
+	adminAddr string
+	serveErr  chan error
+	closed    bool
+}
+
+type running struct {
+	name     string
+	addr     string
+	server   *proxy.Server
+	http     *http.Server
+	listener net.Listener
+}
+
+// Start listens on every configured address and serves. All listeners are
+// bound before any request is served, so a port in use fails the start
+// cleanly instead of leaving half a proxy running.
+func Start(ctx context.Context, cfg config.Config, log *slog.Logger) (*Process, error) {
+	quietDistribution()
+	p := &Process{cfg: cfg, log: log, metrics: metrics.New(), serveErr: make(chan error, len(cfg.Upstreams)+1)}
+
+	listeners := make([]net.Listener, 0, len(cfg.Upstreams))
+	closeAll := func() {
+		for _, l := range listeners {
+			l.Close()
+		}
+	}
+	for _, u := range cfg.Upstreams {
+		l, err := net.Listen("tcp", u.Listen)
+		if err != nil {
+			closeAll()
+			return nil, fmt.Errorf("upstream %s: listen %s: %w", u.Name, u.Listen, err)
+		}
+		listeners = append(listeners, l)
+	}
+	adminL, err := net.Listen("tcp", cfg.Admin.Listen)
+	if err != nil {
+		closeAll()
+		return nil, fmt.Errorf("admin: listen %s: %w", cfg.Admin.Listen, err)
+	}
+
+	for i, u := range cfg.Upstreams {
+		obs := p.metrics.For(u.Name)
+		srv, err := proxy.New(ctx, u, proxy.Options{Logger: log, Observer: obs, Drain: cfg.ShutdownTimeout})
+		if err != nil {
+			closeAll()
+			adminL.Close()
+			p.closeServers()
+			return nil, err
+		}
+		r := &running{name: u.Name, addr: listeners[i].Addr().String(), server: srv, listener: listeners[i]}
+		r.http = &http.Server{
+			Handler:           inflight(obs, srv),
+			ReadHeaderTimeout: 10 * time.Second,
+			IdleTimeout:       2 * time.Minute,
+			ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		}
+		p.upstreams = append(p.upstreams, r)
+	}
+
+	p.adminAddr = adminL.Addr().String()
+	p.admin = &http.Server{
+		Handler: admin.Handler(admin.Options{
+			Backend:  p,
+			Metrics:  p.metrics.Handler(),
+			Token:    cfg.Admin.Token.Reveal(),
+			Loopback: admin.IsLoopback(cfg.Admin.Listen),
+		}),
+		ReadHeaderTimeout: 10 * time.Second,
+	}
+	for _, r := range p.upstreams {
+		go func() {
+			if err := r.http.Serve(r.listener); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				p.serveErr <- fmt.Errorf("upstream %s: %w", r.name, err)
+			}
+		}()
+		log.Info("serving upstream", "upstream", r.name, "listen", r.addr)
+	}
+	go func() {
+		if err := p.admin.Serve(adminL); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			p.serveErr <- fmt.Errorf("admin: %w", err)
+		}
+	}()
+	log.Info("admin listener", "listen", p.adminAddr)
+	return p, nil
+}
+
+func inflight(obs *metrics.Upstream, next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		obs.Begin()
+		defer obs.End()
+		next.ServeHTTP(w, r)
+	})
+}
+
+// quietDistribution keeps distribution's global logrus logger to warnings:
+// our own slog access log is the one line per request.
+func quietDistribution() {
+	logrus.SetLevel(logrus.WarnLevel)
+}
+
+// Addr is the bound address of an upstream's listener ("" if unknown).
+func (p *Process) Addr(name string) string {
+	for _, r := range p.upstreams {
+		if r.name == name {
+			return r.addr
+		}
+	}
+	return ""
+}
+
+// AdminAddr is the admin listener's bound address.
+func (p *Process) AdminAddr() string { return p.adminAddr }
+
+// Errors reports a listener that stopped serving on its own.
+func (p *Process) Errors() <-chan error { return p.serveErr }
+
+// Shutdown stops accepting, lets in-flight requests finish until ctx ends,
+// then shuts every App down exactly once.
+func (p *Process) Shutdown(ctx context.Context) error {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return nil
+	}
+	p.closed = true
+	p.mu.Unlock()
+
+	var wg sync.WaitGroup
+	errs := make([]error, len(p.upstreams)+1)
+	for i, r := range p.upstreams {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := r.http.Shutdown(ctx); err != nil {
+				errs[i] = fmt.Errorf("drain %s: %w", r.name, err)
+				r.http.Close()
+			}
+		}()
+	}
+	wg.Go(func() {
+		if err := p.admin.Shutdown(ctx); err != nil {
+			p.admin.Close()
+		}
+	})
+	wg.Wait()
+	p.closeServers()
+	return errors.Join(errs...)
+}
+
+func (p *Process) closeServers() {
+	for _, r := range p.upstreams {
+		r.server.Close()
+	}
+}
+
+// Run serves until ctx is cancelled, then drains for cfg.ShutdownTimeout.
+func Run(ctx context.Context, cfg config.Config, log *slog.Logger, ready func()) error {
+	p, err := Start(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	if ready != nil {
+		ready()
+	}
+	var serveErr error
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down", "drain", cfg.ShutdownTimeout)
+	case serveErr = <-p.serveErr:
+		log.Error("listener failed", "err", serveErr)
+	}
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.ShutdownTimeout)
+	defer cancel()
+	return errors.Join(serveErr, p.Shutdown(sctx))
+}
+
+// server finds the upstream an image reference's registry host belongs to.
+func (p *Process) server(image string) (*proxy.Server, reference.Named, error) {
+	named, err := reference.ParseNormalizedNamed(strings.TrimSpace(image))
+	if err != nil {
+		return nil, nil, &admin.StatusError{Status: http.StatusBadRequest, Err: fmt.Errorf("parse image %q: %w", image, err)}
+	}
+	domain := reference.Domain(named)
+	for i, u := range p.cfg.Upstreams {
+		if matchesUpstream(u, domain) {
+			return p.upstreams[i].server, named, nil
+		}
+	}
+	return nil, nil, &admin.StatusError{Status: http.StatusNotFound, Err: fmt.Errorf("no upstream configured for registry %q", domain)}
+}
+
+// dockerHubAliases are the names Docker Hub goes by in image references and configs.
+var dockerHubAliases = []string{"docker.io", "index.docker.io", "registry-1.docker.io"}
+
+func matchesUpstream(u config.Upstream, domain string) bool {
+	if strings.EqualFold(u.Name, domain) {
+		return true
+	}
+	if host := remoteHost(u.Remote); host != "" && strings.EqualFold(host, domain) {
+		return true
+	}
+	isHub := func(s string) bool {
+		for _, a := range dockerHubAliases {
+			if strings.EqualFold(a, s) {
+				return true
+			}
+		}
+		return false
+	}
+	return isHub(u.Name) && isHub(domain)
+}
+
+func remoteHost(remote string) string {
+	_, rest, ok := strings.Cut(remote, "://")
+	if !ok {
+		return ""
+	}
+	host, _, _ := strings.Cut(rest, "/")
+	return host
+}
+
+// Resolve implements admin.Backend.
+func (p *Process) Resolve(ctx context.Context, image string) (admin.Resolution, error) {
+	srv, named, err := p.server(image)
+	if err != nil {
+		return admin.Resolution{}, err
+	}
+	named = reference.TagNameOnly(named)
+	if c, ok := named.(reference.Canonical); ok {
+		return admin.Resolution{Image: image, Digest: c.Digest().String(), Pinned: reference.FamiliarString(c)}, nil
+	}
+	tagged := named.(reference.NamedTagged)
+	res, err := srv.Cache().ResolveTag(ctx, reference.Path(named), tagged.Tag())
+	if err != nil {
+		return admin.Resolution{}, resolveError(err)
+	}
+	pinned := strings.TrimSpace(image)
+	if i := strings.LastIndex(pinned, ":"); i > strings.LastIndex(pinned, "/") {
+		pinned = pinned[:i]
+	}
+	return admin.Resolution{
+		Image:  image,
+		Digest: res.Digest.String(),
+		Pinned: pinned + "@" + res.Digest.String(),
+		Stale:  res.Stale,
+	}, nil
+}
+
+func resolveError(err error) error {
+	status := http.StatusBadGateway
+	switch upstream.CauseOf(err) {
+	case upstream.CauseNotFound:
+		status = http.StatusNotFound
+	case upstream.CauseRateLimited:
+		status = http.StatusTooManyRequests
+	case upstream.CauseUnreachable, upstream.CauseTimeout:
+		status = http.StatusServiceUnavailable
+	}
+	return &admin.StatusError{Status: status, Err: err}
+}
+
+// Purge implements admin.Backend.
+func (p *Process) Purge(ctx context.Context, image string) error {
+	srv, named, err := p.server(image)
+	if err != nil {
+		return err
+	}
+	named = reference.TagNameOnly(named)
+	tagged, ok := named.(reference.NamedTagged)
+	if !ok {
+		return &admin.StatusError{Status: http.StatusBadRequest, Err: errors.New("purge takes a tag, not a digest: digests are immutable")}
+	}
+	return srv.Cache().Forget(ctx, reference.Path(named), tagged.Tag())
+}
+
+// Ready implements admin.Backend.
+func (p *Process) Ready() (bool, any) {
+	type state struct {
+		Name   string `json:"name"`
+		Listen string `json:"listen"`
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make([]state, 0, len(p.upstreams))
+	for _, r := range p.upstreams {
+		out = append(out, state{Name: r.name, Listen: r.addr})
+	}
+	return !p.closed, map[string]any{"upstreams": out}
+}

@@ -1,0 +1,119 @@
+package upstream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+)
+
+// Cause says why an upstream exchange failed, in the terms the cache decides
+// on (stale-if-error, pass-through status) and metrics are labelled with.
+type Cause string
+
+// Causes of upstream failure.
+const (
+	CauseUnreachable Cause = "unreachable"  // refused, reset, DNS, TLS
+	CauseTimeout     Cause = "timeout"      // no answer within the upstream timeout
+	CauseRateLimited Cause = "rate_limited" // 429
+	CauseAuth        Cause = "auth"         // 401/403, or the token service failed
+	CauseNotFound    Cause = "not_found"    // 404: authoritative absence
+	CauseServerError Cause = "server_error" // 5xx
+	CauseBadContent  Cause = "bad_content"  // digest mismatch, short or oversized body
+	CauseOther       Cause = "other"        // any other status
+)
+
+// Error is a failed upstream exchange.
+type Error struct {
+	Op     string
+	Cause  Cause
+	Status int         // upstream HTTP status, 0 if none was received
+	Header http.Header // selected upstream headers (Retry-After) worth passing on
+	Err    error
+}
+
+func (e *Error) Error() string {
+	if e.Status != 0 {
+		return fmt.Sprintf("upstream %s: %d %s: %v", e.Op, e.Status, http.StatusText(e.Status), e.Err)
+	}
+	return fmt.Sprintf("upstream %s: %s: %v", e.Op, e.Cause, e.Err)
+}
+
+func (e *Error) Unwrap() error { return e.Err }
+
+// CauseOf returns the Cause of err, or CauseOther for errors not from here.
+func CauseOf(err error) Cause {
+	var ue *Error
+	if errors.As(err, &ue) {
+		return ue.Cause
+	}
+	if errors.Is(err, context.DeadlineExceeded) {
+		return CauseTimeout
+	}
+	return CauseOther
+}
+
+// IsNotFound reports an authoritative 404 from a working upstream.
+func IsNotFound(err error) bool { return CauseOf(err) == CauseNotFound }
+
+func causeForStatus(code int) Cause {
+	switch {
+	case code == http.StatusTooManyRequests:
+		return CauseRateLimited
+	case code == http.StatusUnauthorized || code == http.StatusForbidden:
+		return CauseAuth
+	case code == http.StatusNotFound:
+		return CauseNotFound
+	case code >= 500:
+		return CauseServerError
+	}
+	return CauseOther
+}
+
+func statusError(op string, resp *http.Response) error {
+	snippet, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+	h := http.Header{}
+	for _, k := range []string{"Retry-After", "Ratelimit-Limit", "Ratelimit-Remaining"} {
+		if v := resp.Header.Get(k); v != "" {
+			h.Set(k, v)
+		}
+	}
+	return &Error{
+		Op:     op,
+		Cause:  causeForStatus(resp.StatusCode),
+		Status: resp.StatusCode,
+		Header: h,
+		Err:    errors.New(strings.TrimSpace(string(snippet))),
+	}
+}
+
+// classify turns a transport-level error into an *Error. Errors from the auth
+// handshake that carry an HTTP status (a broken token service) keep it.
+func classify(op string, err error) error {
+	var ue *Error
+	if errors.As(err, &ue) {
+		return err
+	}
+	var te *transport.Error
+	if errors.As(err, &te) && te.StatusCode != 0 {
+		c := causeForStatus(te.StatusCode)
+		if c == CauseNotFound || c == CauseOther {
+			// A 404 from a token endpoint is a broken auth set-up, not an absent image.
+			c = CauseAuth
+		}
+		return &Error{Op: op, Cause: c, Status: te.StatusCode, Err: err}
+	}
+	if errors.Is(err, context.DeadlineExceeded) || isTimeout(err) {
+		return &Error{Op: op, Cause: CauseTimeout, Err: err}
+	}
+	return &Error{Op: op, Cause: CauseUnreachable, Err: err}
+}
+
+func isTimeout(err error) bool {
+	var t interface{ Timeout() bool }
+	return errors.As(err, &t) && t.Timeout()
+}
