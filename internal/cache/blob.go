@@ -301,9 +301,11 @@ func (f *fill) open(ctx context.Context) (*Stream, error) {
 	}
 	s := &Stream{f: f, r: r, ctx: ctx}
 	s.stop = context.AfterFunc(ctx, func() {
+		// Under the lock, so a reader between its ctx check and Wait
+		// cannot miss the wake-up.
 		f.mu.Lock()
-		f.mu.Unlock()
 		f.cond.Broadcast()
+		f.mu.Unlock()
 	})
 	return s, nil
 }

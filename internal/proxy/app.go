@@ -56,7 +56,9 @@ func buildApp(ctx context.Context, s appSpec) (app *handlers.App, err error) {
 			TTL: &zero,
 		}
 	}
-	ctx = context.WithValue(ctx, "instance.id", s.name) //nolint:staticcheck // distribution reads this untyped key
+	// distribution's loggers read this untyped key to tag an App's lines.
+	//lint:ignore SA1029 the key is distribution's, not ours
+	ctx = context.WithValue(ctx, "instance.id", s.name)
 	return handlers.NewApp(ctx, cfg), nil
 }
 
