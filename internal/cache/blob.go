@@ -82,6 +82,11 @@ func (c *Cache) OpenBlob(ctx context.Context, name string, d digest.Digest) (s *
 	}
 	c.mu.Lock()
 	f, joined := c.fills[d]
+	if joined && f.failed() != nil {
+		// A failed fill lingers until its goroutine unpublishes it; joining
+		// it would hand this client the old failure.
+		joined = false
+	}
 	if !joined {
 		// Re-check under the lock: a fill may have committed since our caller
 		// looked, and a second upstream GET would be wasted.

@@ -16,4 +16,13 @@
 // Faults wraps a registry's handler to script failures (delays, hangs,
 // error statuses, corrupted or cut-off bodies) per test, while the registry
 // behind it stays real.
+//
+// A typical test:
+//
+//	f := testsupport.NewFaults()
+//	up := testsupport.StartRegistry(t, testsupport.RegistryOptions{Wrap: f.Wrap})
+//	img := testsupport.PushImage(t, up, "team/app:v1", 2, 1<<20)
+//	f.Add(testsupport.Rule{PathContains: "/blobs/", Times: 1, Action: testsupport.Truncate(1000)})
+//	// ... point the proxy at up.URL(), pull through it, then:
+//	if n := f.Count("GET", testsupport.LayerDigests(t, img)[0]); n != 2 { ... }
 package testsupport

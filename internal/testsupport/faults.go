@@ -137,7 +137,10 @@ func (f *Faults) Reset() {
 
 // ReleaseHeld aborts the connections of requests currently parked by
 // BlackHole or Delay (clients see the connection drop) without touching
-// the rules; later requests are unaffected.
+// the rules; later requests are unaffected. Note that net/http clients
+// transparently retry an idempotent request whose reused keep-alive
+// connection drops before any response, so a released GET may come back
+// as a new request and meet the same rule.
 func (f *Faults) ReleaseHeld() {
 	f.mu.Lock()
 	release := f.release

@@ -11,8 +11,11 @@ import (
 	"net/http"
 	"slices"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
+
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 )
 
 type faultFixture struct {
@@ -106,8 +109,8 @@ func TestFaultCloseMidStream(t *testing.T) {
 	fx.f.Add(Rule{PathContains: "/blobs/", Times: 1, Action: CloseMidStream(1000)})
 
 	_, body, err := fx.get(t, nil)
-	if err == nil {
-		t.Fatal("read succeeded")
+	if !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("want connection reset, got %v", err)
 	}
 	if len(body) > 1000 || !bytes.Equal(body, fx.blob[:len(body)]) {
 		t.Fatalf("got %d bytes, want a prefix of at most 1000", len(body))
@@ -134,6 +137,15 @@ func TestFaultFlipByte(t *testing.T) {
 	want[100] ^= 0xff
 	if !bytes.Equal(body, want) {
 		t.Fatal("body differs in more than byte 100")
+	}
+
+	// The corruption is what digest verification exists for.
+	img, err := remote.Image(mustRef(t, fx.r.Ref("faults/app:v1")), fx.r.RemoteOptions()...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := checkImage(img); err == nil {
+		t.Fatal("pull of a corrupted layer verified")
 	}
 }
 
@@ -179,6 +191,26 @@ func TestFaultBlackHole(t *testing.T) {
 	}
 	if elapsed < c.Timeout || elapsed > 5*time.Second {
 		t.Fatalf("timed out after %v", elapsed)
+	}
+
+	// ReleaseHeld frees a request the client would wait on forever. The
+	// client must not reuse connections: net/http silently retries a GET
+	// whose reused connection drops before any response, which would
+	// land in the black hole again.
+	errc := make(chan error, 1)
+	go func() {
+		_, _, err := fx.get(t, &http.Client{Transport: &http.Transport{DisableKeepAlives: true}})
+		errc <- err
+	}()
+	waitFor(t, func() bool { return fx.f.Count("GET", "/blobs/") == 2 })
+	fx.f.ReleaseHeld()
+	select {
+	case err := <-errc:
+		if err == nil {
+			t.Fatal("released request succeeded")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("ReleaseHeld did not release the request")
 	}
 
 	fx.f.Reset()

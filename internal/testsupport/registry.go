@@ -261,8 +261,11 @@ func (r *Registry) Stop() {
 	}
 	r.gen = nil
 
-	g.cancel()
+	// Close first so that clients retrying a dropped request meet a closed
+	// port rather than a server that is going away; then release handlers
+	// parked on their request context.
 	_ = g.srv.Close()
+	g.cancel()
 	<-g.served
 	if g.serveErr != nil {
 		r.t.Errorf("testsupport: registry %s stopped serving: %v", r.addr, g.serveErr)

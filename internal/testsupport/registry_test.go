@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -215,9 +216,16 @@ func TestStopStartKeepsAddressAndStorage(t *testing.T) {
 // starts, which other tests would disturb.
 func TestStopReleasesHeldRequestsWithoutLeaks(t *testing.T) {
 	opts := append(LeakIgnores(), goleak.IgnoreCurrent())
-	t.Run("registry", func(t *testing.T) {
+	for _, tlsOn := range []bool{false, true} {
+		t.Run(fmt.Sprintf("tls=%v", tlsOn), func(t *testing.T) { stopReleasesHeld(t, tlsOn) })
+	}
+	goleak.VerifyNone(t, opts...)
+}
+
+func stopReleasesHeld(t *testing.T, tlsOn bool) {
+	{
 		f := NewFaults()
-		r := StartRegistry(t, RegistryOptions{Wrap: f.Wrap})
+		r := StartRegistry(t, RegistryOptions{Wrap: f.Wrap, TLS: tlsOn})
 		img := PushImage(t, r, "leak/app:v1", 1, 1024)
 		blob := r.BlobURL("leak/app", LayerDigests(t, img)[0])
 		f.Add(Rule{PathContains: "/blobs/", Action: BlackHole()})
@@ -243,8 +251,7 @@ func TestStopReleasesHeldRequestsWithoutLeaks(t *testing.T) {
 		case <-time.After(5 * time.Second):
 			t.Fatal("request still hanging after Stop")
 		}
-	})
-	goleak.VerifyNone(t, opts...)
+	}
 }
 
 func mustRef(t testing.TB, s string) name.Reference {

@@ -1,0 +1,143 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	ts "github.com/multiproxy/multiproxy/internal/testsupport"
+)
+
+// run executes the CLI in-process and returns stdout, stderr and the exit code
+// main would use.
+func run(t *testing.T, args ...string) (string, string, int) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	root := newRoot(&out, &errb)
+	root.SetArgs(args)
+	err := root.Execute()
+	code := 0
+	if err != nil {
+		errb.WriteString(err.Error())
+		code = 1
+		var ee *exitError
+		if errors.As(err, &ee) {
+			code = ee.code
+		}
+	}
+	return out.String(), errb.String(), code
+}
+
+func writeFile(t *testing.T, dir, name, content string) string {
+	t.Helper()
+	p := filepath.Join(dir, name)
+	if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestBadConfigExitsTwoNamingTheField(t *testing.T) {
+	dir := t.TempDir()
+	cases := []struct{ name, yaml, field string }{
+		{"unknown key", "bogus: 1\n", "bogus"},
+		{"unknown upstream key", "upstreams:\n  - name: a.io\n    listen: ':5000'\n    remote: https://a.io\n    passwrd: x\n", "upstreams[0].passwrd"},
+		{"duplicate port", "upstreams:\n  - {name: a.io, listen: ':5000', remote: 'https://a.io'}\n  - {name: b.io, listen: ':5000', remote: 'https://b.io'}\n", "upstreams[1].listen"},
+		{"duplicate name", "upstreams:\n  - {name: a.io, listen: ':5000', remote: 'https://a.io'}\n  - {name: a.io, listen: ':5001', remote: 'https://b.io'}\n", "upstreams[1].name"},
+		{"bad url", "upstreams:\n  - {name: a.io, listen: ':5000', remote: 'ftp://a.io'}\n", "upstreams[0].remote"},
+		{"unreadable password file", "upstreams:\n  - {name: a.io, listen: ':5000', remote: 'https://a.io', username: u, password_file: /nonexistent/pw}\n", "upstreams[0].password_file"},
+		{"unreadable ca file", "upstreams:\n  - {name: a.io, listen: ':5000', remote: 'https://a.io', ca_file: /nonexistent/ca.pem}\n", "upstreams[0].ca_file"},
+		{"zero timeout", "upstreams:\n  - {name: a.io, listen: ':5000', remote: 'https://a.io', timeout: 0s}\n", "upstreams[0].timeout"},
+	}
+	for i, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			file := writeFile(t, dir, "c"+string(rune('a'+i))+".yaml", c.yaml)
+			for _, cmd := range [][]string{{"config", "check"}, {"serve"}} {
+				_, stderr, code := run(t, append(cmd, "--config", file)...)
+				if code != 2 {
+					t.Errorf("%v: exit %d, want 2", cmd, code)
+				}
+				if !strings.Contains(stderr, c.field) {
+					t.Errorf("%v: error %q does not name %s", cmd, stderr, c.field)
+				}
+			}
+		})
+	}
+}
+
+// The real binary's exit status, not just the error value.
+func TestBinaryExitStatusOnBadConfig(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "multiproxy")
+	build := exec.Command("go", "build", "-o", bin, ".")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	file := writeFile(t, t.TempDir(), "bad.yaml", "data_dir: x\nadmin: {listen: 'nope'}\n")
+	cmd := exec.Command(bin, "serve", "--config", file)
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 2 {
+		t.Fatalf("exit %v, want status 2; output %s", err, out)
+	}
+	if !strings.Contains(string(out), "admin.listen") {
+		t.Errorf("output does not name admin.listen: %s", out)
+	}
+}
+
+func TestConfigPrintRedactsSecrets(t *testing.T) {
+	dir := t.TempDir()
+	pw := writeFile(t, dir, "pw", "hunter2-very-secret\n")
+	file := writeFile(t, dir, "c.yaml", "upstreams:\n  - {name: a.io, listen: ':5000', remote: 'https://a.io', username: me, password_file: "+pw+"}\n")
+	out, stderr, code := run(t, "config", "print", "--config", file)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	if strings.Contains(out, "hunter2") {
+		t.Fatalf("config print shows the password:\n%s", out)
+	}
+	if !strings.Contains(out, "<redacted>") || !strings.Contains(out, "username: me") {
+		t.Errorf("config print lacks the redacted password line:\n%s", out)
+	}
+}
+
+func TestResolveAndPurge(t *testing.T) {
+	up := ts.StartRegistry(t, ts.RegistryOptions{})
+	first := ts.PushImage(t, up, "library/app:3.20", 1, 1024)
+	p := ts.StartProxy(t, ts.ProxyUpstream{Name: "docker.io", Reg: up})
+
+	out, stderr, code := run(t, "resolve", "--admin", p.AdminURL(), "docker.io/library/app:3.20")
+	if code != 0 {
+		t.Fatalf("resolve: exit %d: %s", code, stderr)
+	}
+	if want := "docker.io/library/app@" + ts.Digest(t, first) + "\n"; out != want {
+		t.Fatalf("resolve printed %q, want %q", out, want)
+	}
+	second := ts.PushImage(t, up, "library/app:3.20", 1, 1024)
+	out, _, _ = run(t, "resolve", "--admin", p.AdminURL(), "docker.io/library/app:3.20")
+	if !strings.HasSuffix(strings.TrimSpace(out), ts.Digest(t, second)) {
+		t.Fatalf("resolve after a push printed %q, want the new digest %s", out, ts.Digest(t, second))
+	}
+
+	if _, stderr, code := run(t, "purge", "--admin", p.AdminURL(), "docker.io/library/app:3.20"); code != 0 {
+		t.Fatalf("purge: exit %d: %s", code, stderr)
+	}
+	// Purged: with the upstream gone there is no cached tag to fall back on.
+	up.Stop()
+	resp, err := http.Get(p.URL("docker.io") + "/v2/library/app/manifests/3.20")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable {
+		t.Errorf("purged tag with upstream down: %d, want 503 (nothing cached)", resp.StatusCode)
+	}
+
+	if _, _, code := run(t, "resolve", "--admin", p.AdminURL(), "ghcr.io/x/y:1"); code == 0 {
+		t.Error("resolve of an image of an unconfigured registry succeeded")
+	}
+}
