@@ -73,6 +73,10 @@ type Upstream struct {
 	// TagFreshness is how long a revalidated tag is served without asking the
 	// upstream again. 0 means every tag resolve revalidates.
 	TagFreshness time.Duration `mapstructure:"tag_freshness" yaml:"tag_freshness"`
+	// Aliases are further registry hosts this upstream answers for, as they
+	// appear in containerd's ?ns= parameter. The name, the remote's host and,
+	// for Docker Hub, its well-known names always count.
+	Aliases []string `mapstructure:"aliases" yaml:"aliases,omitempty"`
 }
 
 // Secret is a credential. It prints as "<redacted>" everywhere: fmt, slog,

@@ -219,6 +219,15 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			"ref", rt.ref, "status", rw.status, "bytes", rw.bytes, "duration", d, "stale", rw.stale)
 	}()
 
+	// containerd names the registry a mirror request is for in ?ns=. A port
+	// answers only for its own upstream: a ghcr.io pull sent to the Docker
+	// Hub port by a wildcard mirror gets 404, and containerd falls back to
+	// the right server instead of pulling a same-named image from the wrong
+	// registry. ns is a lookup key, never a host to dial.
+	if ns := r.URL.Query().Get("ns"); ns != "" && !s.cfg.Serves(ns) {
+		writeError(rw, http.StatusNotFound, codeNameUnknown, fmt.Sprintf("this port serves %s, not %s", s.cfg.Name, ns))
+		return
+	}
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		rw.Header().Set("Allow", "GET, HEAD")
 		writeError(rw, http.StatusMethodNotAllowed, codeUnsupported, "multiproxy is a read-only pull-through cache")

@@ -217,41 +217,11 @@ func (p *Process) server(image string) (*proxy.Server, reference.Named, error) {
 	}
 	domain := reference.Domain(named)
 	for i, u := range p.cfg.Upstreams {
-		if matchesUpstream(u, domain) {
+		if u.Serves(domain) {
 			return p.upstreams[i].server, named, nil
 		}
 	}
 	return nil, nil, &admin.StatusError{Status: http.StatusNotFound, Err: fmt.Errorf("no upstream configured for registry %q", domain)}
-}
-
-// dockerHubAliases are the names Docker Hub goes by in image references and configs.
-var dockerHubAliases = []string{"docker.io", "index.docker.io", "registry-1.docker.io"}
-
-func matchesUpstream(u config.Upstream, domain string) bool {
-	if strings.EqualFold(u.Name, domain) {
-		return true
-	}
-	if host := remoteHost(u.Remote); host != "" && strings.EqualFold(host, domain) {
-		return true
-	}
-	isHub := func(s string) bool {
-		for _, a := range dockerHubAliases {
-			if strings.EqualFold(a, s) {
-				return true
-			}
-		}
-		return false
-	}
-	return isHub(u.Name) && isHub(domain)
-}
-
-func remoteHost(remote string) string {
-	_, rest, ok := strings.Cut(remote, "://")
-	if !ok {
-		return ""
-	}
-	host, _, _ := strings.Cut(rest, "/")
-	return host
 }
 
 // Resolve implements admin.Backend.

@@ -1,0 +1,40 @@
+package config
+
+import (
+	"net/url"
+	"slices"
+	"strings"
+)
+
+// dockerHubNames are the names Docker Hub goes by in image references,
+// containerd's ns parameter and configs.
+var dockerHubNames = []string{"docker.io", "index.docker.io", "registry-1.docker.io"}
+
+// Serves reports whether registry (a host as written in an image reference or
+// in containerd's ns parameter) names this upstream: its name, its remote's
+// host, one of its aliases, or any of Docker Hub's names for a Docker Hub
+// upstream. It is a lookup key into the configuration, never a host to dial.
+func (u Upstream) Serves(registry string) bool {
+	registry = strings.ToLower(strings.TrimSpace(registry))
+	if registry == "" {
+		return false
+	}
+	names := append([]string{u.Name, remoteHost(u.Remote)}, u.Aliases...)
+	hub := false
+	for _, n := range names {
+		n = strings.ToLower(n)
+		if n == registry {
+			return true
+		}
+		hub = hub || slices.Contains(dockerHubNames, n)
+	}
+	return hub && slices.Contains(dockerHubNames, registry)
+}
+
+func remoteHost(remote string) string {
+	u, err := url.Parse(remote)
+	if err != nil {
+		return ""
+	}
+	return u.Host
+}
