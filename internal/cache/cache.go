@@ -252,6 +252,14 @@ func (c *Cache) markFresh(key string) {
 	c.fresh[key] = time.Now()
 }
 
+// ResetFreshness forgets when tags were last revalidated, so the next pull of
+// each revalidates. A recycle calls it to drop the map's memory.
+func (c *Cache) ResetFreshness() {
+	c.freshMu.Lock()
+	c.fresh = map[string]time.Time{}
+	c.freshMu.Unlock()
+}
+
 // Forget drops a cached tag, so the next pull resolves it upstream again.
 func (c *Cache) Forget(ctx context.Context, name, tag string) error {
 	repo, err := c.repo(ctx, name)

@@ -19,6 +19,7 @@ const (
 	DefaultTimeout     = 3 * time.Second
 	DefaultFillTimeout = 30 * time.Minute
 	DefaultDrain       = 30 * time.Second
+	DefaultRecycle     = time.Hour
 )
 
 // Config is the whole effective configuration of one multiproxy process.
@@ -31,8 +32,32 @@ type Config struct {
 	// LogLevel is one of debug, info, warn, error.
 	LogLevel  string     `mapstructure:"log_level" yaml:"log_level"`
 	Admin     Admin      `mapstructure:"admin" yaml:"admin"`
+	Recycle   Recycle    `mapstructure:"recycle" yaml:"recycle"`
 	Upstreams []Upstream `mapstructure:"upstreams" yaml:"upstreams"`
 }
+
+// Recycle configures how each upstream's embedded App is rebuilt and swapped
+// to keep memory flat without a restart.
+type Recycle struct {
+	// Interval between recycles of one upstream; upstreams are staggered
+	// across it so that no two recycle together.
+	Interval time.Duration `mapstructure:"interval" yaml:"interval"`
+	// MaxMemory recycles upstreams early when the process's Go heap in use
+	// exceeds it. 0 disables the memory trigger.
+	MaxMemory ByteSize `mapstructure:"max_memory" yaml:"max_memory"`
+}
+
+// GC configures an upstream's garbage collection and eviction.
+type GC struct {
+	// Schedule is a standard 5-field cron expression. Empty: multiproxy
+	// picks a weekly slot, staggered so that no two upstreams collect at
+	// the same time.
+	Schedule string `mapstructure:"schedule" yaml:"schedule,omitempty"`
+}
+
+// ByteSize is a size in bytes. Config files may write it as a number or with
+// a unit: "512MiB", "20GB".
+type ByteSize int64
 
 // Admin configures the admin listener (metrics, health, admin API).
 type Admin struct {
@@ -77,6 +102,13 @@ type Upstream struct {
 	// appear in containerd's ?ns= parameter. The name, the remote's host and,
 	// for Docker Hub, its well-known names always count.
 	Aliases []string `mapstructure:"aliases" yaml:"aliases,omitempty"`
+
+	GC GC `mapstructure:"gc" yaml:"gc"`
+	// MaxSize caps the bytes stored for this upstream; GC evicts the least
+	// recently pulled images first to stay under it. 0: no cap.
+	MaxSize ByteSize `mapstructure:"max_size" yaml:"max_size,omitempty"`
+	// MaxUnused evicts images not pulled for this long. 0: never.
+	MaxUnused time.Duration `mapstructure:"max_unused" yaml:"max_unused,omitempty"`
 }
 
 // Secret is a credential. It prints as "<redacted>" everywhere: fmt, slog,

@@ -773,3 +773,51 @@ func TestValidationErrorFormat(t *testing.T) {
 		t.Errorf("Error() = %q, want %q", got, want)
 	}
 }
+
+func TestByteSizes(t *testing.T) {
+	for in, want := range map[string]config.ByteSize{"1048576": 1 << 20, "512MiB": 512 << 20, "20GB": 20e9, "1.5GiB": 3 << 29, "0": 0} {
+		got, err := config.ParseByteSize(in)
+		if err != nil || got != want {
+			t.Errorf("ParseByteSize(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, bad := range []string{"", "-1", "12XB", "MiB"} {
+		if _, err := config.ParseByteSize(bad); err == nil {
+			t.Errorf("ParseByteSize(%q) accepted", bad)
+		}
+	}
+	if s := config.ByteSize(512 << 20).String(); s != "512MiB" {
+		t.Errorf("String() = %q", s)
+	}
+}
+
+func TestRecycleAndEvictionKeys(t *testing.T) {
+	dir := t.TempDir()
+	file := writeConfig(t, dir, `recycle:
+  interval: 30m
+  max_memory: 512MiB
+upstreams:
+  - name: docker.io
+    listen: ":5000"
+    remote: https://registry-1.docker.io
+    max_size: 20GiB
+    max_unused: 720h
+    gc:
+      schedule: "0 3 * * 0"
+`)
+	cfg, err := config.Load(config.LoadOptions{File: file, Env: []string{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Recycle.Interval != 30*time.Minute || cfg.Recycle.MaxMemory != 512<<20 {
+		t.Errorf("recycle = %+v", cfg.Recycle)
+	}
+	u := cfg.Upstreams[0]
+	if u.MaxSize != 20<<30 || u.MaxUnused != 720*time.Hour || u.GC.Schedule != "0 3 * * 0" {
+		t.Errorf("upstream eviction = %v %v %q", u.MaxSize, u.MaxUnused, u.GC.Schedule)
+	}
+	bad := writeConfig(t, dir, "recycle:\n  max_memory: lots\n")
+	if _, err := config.Load(config.LoadOptions{File: bad, Env: []string{}}); err == nil || !strings.Contains(err.Error(), "recycle.max_memory") {
+		t.Errorf("bad max_memory: %v", err)
+	}
+}

@@ -167,7 +167,7 @@ func envMap(env []string) map[string]string {
 // mean three nanoseconds.
 func strictDecoding(dc *mapstructure.DecoderConfig) {
 	dc.WeaklyTypedInput = false
-	dc.DecodeHook = durationHook
+	dc.DecodeHook = mapstructure.ComposeDecodeHookFunc(durationHook, byteSizeHook)
 }
 
 var durationType = reflect.TypeFor[time.Duration]()
@@ -192,6 +192,24 @@ func durationHook(_, to reflect.Type, data any) (any, error) {
 		}
 	}
 	return nil, fmt.Errorf("invalid duration %v: want a Go duration such as \"3s\" or \"30m\"", data)
+}
+
+var byteSizeType = reflect.TypeFor[ByteSize]()
+
+// byteSizeHook accepts whole numbers of bytes and strings with a unit.
+func byteSizeHook(_, to reflect.Type, data any) (any, error) {
+	if to != byteSizeType {
+		return data, nil
+	}
+	switch d := data.(type) {
+	case int:
+		if d >= 0 {
+			return ByteSize(d), nil
+		}
+	case string:
+		return ParseByteSize(d)
+	}
+	return nil, fmt.Errorf("invalid size %v: want bytes or a number with a unit such as \"512MiB\"", data)
 }
 
 // decodeErrors turns mapstructure's errors, which carry the field path, into

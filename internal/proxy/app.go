@@ -59,7 +59,9 @@ func buildApp(ctx context.Context, s appSpec) (app *handlers.App, err error) {
 	// distribution's loggers read this untyped key to tag an App's lines.
 	//lint:ignore SA1029 the key is distribution's, not ours
 	ctx = context.WithValue(ctx, "instance.id", s.name)
-	return handlers.NewApp(ctx, cfg), nil
+	app = handlers.NewApp(ctx, cfg)
+	openApps.Add(1)
+	return app, nil
 }
 
 // appHandle is one built App with a count of the requests inside it, so that
@@ -77,11 +79,15 @@ func (h *appHandle) shutdown(drain time.Duration) {
 	}
 	done := make(chan struct{})
 	go func() { h.inflight.Wait(); close(done) }()
+	t := time.NewTimer(drain)
+	defer t.Stop()
 	select {
 	case <-done:
-	case <-time.After(drain):
+	case <-t.C:
 	}
 	_ = h.app.Shutdown()
+	closeEventSink(h.app)
+	openApps.Add(-1)
 }
 
 // appSlot holds the current App of an upstream. Requests acquire the current

@@ -71,6 +71,8 @@ type Server struct {
 	drain time.Duration
 
 	unroute func()
+	swapMu  sync.Mutex // one App build-and-swap at a time
+	closed  bool       // under swapMu
 	stop    context.CancelFunc
 	wg      sync.WaitGroup
 	once    sync.Once
@@ -171,17 +173,27 @@ func (s *Server) retryProxyMode(ctx context.Context, every time.Duration) {
 			return
 		case <-t.C:
 		}
+		if s.apps.current().proxied {
+			return // a recycle already got there
+		}
+		s.swapMu.Lock()
+		if s.closed {
+			s.swapMu.Unlock()
+			return
+		}
 		h, err := s.build(ctx)
 		if err != nil {
+			s.swapMu.Unlock()
 			s.log.Warn("rebuild app", "err", err)
 			continue
 		}
 		if ctx.Err() != nil {
+			s.swapMu.Unlock()
 			h.shutdown(0)
 			return
 		}
-		old := s.apps.swap(h)
-		go old.shutdown(s.drain)
+		s.install(h)
+		s.swapMu.Unlock()
 		if h.proxied {
 			s.log.Info("upstream reachable, proxy mode on")
 			return
@@ -200,6 +212,9 @@ func (s *Server) Cache() *cache.Cache { return s.cache }
 func (s *Server) Close() {
 	s.once.Do(func() {
 		s.stop()
+		s.swapMu.Lock() // no recycle may install an App after this
+		s.closed = true
+		s.swapMu.Unlock()
 		s.wg.Wait()
 		s.apps.current().shutdown(s.drain)
 		s.unroute()

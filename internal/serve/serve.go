@@ -21,6 +21,7 @@ import (
 	"github.com/multiproxy/multiproxy/internal/config"
 	"github.com/multiproxy/multiproxy/internal/metrics"
 	"github.com/multiproxy/multiproxy/internal/proxy"
+	"github.com/multiproxy/multiproxy/internal/recycle"
 	"github.com/multiproxy/multiproxy/internal/upstream"
 )
 
@@ -32,6 +33,8 @@ type Process struct {
 
 	mu        sync.Mutex
 	upstreams []*running
+	recycler  *recycle.Scheduler
+	stopBg    context.CancelFunc
 	admin     *http.Server
 	adminAddr string
 	serveErr  chan error
@@ -110,6 +113,18 @@ func Start(ctx context.Context, cfg config.Config, log *slog.Logger) (*Process, 
 		}()
 		log.Info("serving upstream", "upstream", r.name, "listen", r.addr)
 	}
+	targets := make([]recycle.Target, len(p.upstreams))
+	for i, r := range p.upstreams {
+		targets[i] = r.server
+	}
+	p.recycler = recycle.New(targets, recycle.Options{
+		Interval:  cfg.Recycle.Interval,
+		MaxMemory: int64(cfg.Recycle.MaxMemory),
+		Logger:    log,
+	})
+	bg, stopBg := context.WithCancel(context.WithoutCancel(ctx))
+	p.stopBg = stopBg
+	go p.recycler.Run(bg)
 	go func() {
 		if err := p.admin.Serve(adminL); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			p.serveErr <- fmt.Errorf("admin: %w", err)
@@ -159,6 +174,9 @@ func (p *Process) Shutdown(ctx context.Context) error {
 	}
 	p.closed = true
 	p.mu.Unlock()
+	if p.stopBg != nil {
+		p.stopBg()
+	}
 
 	var wg sync.WaitGroup
 	errs := make([]error, len(p.upstreams)+1)
@@ -276,6 +294,15 @@ func (p *Process) Purge(ctx context.Context, image string) error {
 		return &admin.StatusError{Status: http.StatusBadRequest, Err: errors.New("purge takes a tag, not a digest: digests are immutable")}
 	}
 	return srv.Cache().Forget(ctx, reference.Path(named), tagged.Tag())
+}
+
+// recycleNow rebuilds one upstream's App at once (the admin API's recycle).
+func (p *Process) recycleNow(ctx context.Context, name string) error {
+	ok, err := p.recycler.Now(ctx, name)
+	if !ok {
+		return &admin.StatusError{Status: http.StatusNotFound, Err: fmt.Errorf("no upstream named %q", name)}
+	}
+	return err
 }
 
 // Ready implements admin.Backend.

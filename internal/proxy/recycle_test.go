@@ -1,0 +1,213 @@
+package proxy_test
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/multiproxy/multiproxy/internal/config"
+	"github.com/multiproxy/multiproxy/internal/proxy"
+	ts "github.com/multiproxy/multiproxy/internal/testsupport"
+)
+
+// pullRaw fetches a manifest and every blob it names with a plain HTTP
+// client, checking each against its digest. No retries: any failure counts.
+func pullRaw(c *http.Client, base, repo, ref string) error {
+	req, _ := http.NewRequest(http.MethodGet, base+"/v2/"+repo+"/manifests/"+ref, nil)
+	req.Header.Set("Accept", "application/vnd.oci.image.manifest.v1+json")
+	resp, err := c.Do(req)
+	if err != nil {
+		return fmt.Errorf("manifest %s:%s: %w", repo, ref, err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("manifest %s:%s: %d %v", repo, ref, resp.StatusCode, err)
+	}
+	if d := resp.Header.Get("Docker-Content-Digest"); d != digestOf(body) {
+		return fmt.Errorf("manifest %s:%s: header %s, body %s", repo, ref, d, digestOf(body))
+	}
+	var m struct {
+		Config struct{ Digest string }
+		Layers []struct{ Digest string }
+	}
+	if err := json.Unmarshal(body, &m); err != nil {
+		return err
+	}
+	for _, d := range append([]string{m.Config.Digest}, func() []string {
+		var out []string
+		for _, l := range m.Layers {
+			out = append(out, l.Digest)
+		}
+		return out
+	}()...) {
+		resp, err := c.Get(base + "/v2/" + repo + "/blobs/" + d)
+		if err != nil {
+			return fmt.Errorf("blob %s: %w", d, err)
+		}
+		h := sha256.New()
+		_, err = io.Copy(h, resp.Body)
+		resp.Body.Close()
+		if err != nil || resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("blob %s: %d %v", d, resp.StatusCode, err)
+		}
+		if got := "sha256:" + hex.EncodeToString(h.Sum(nil)); got != d {
+			return fmt.Errorf("blob %s: got %s", d, got)
+		}
+	}
+	return nil
+}
+
+func digestOf(b []byte) string {
+	s := sha256.Sum256(b)
+	return "sha256:" + hex.EncodeToString(s[:])
+}
+
+func TestPullsNeverFailWhileRecyclingEvery200ms(t *testing.T) {
+	up := ts.StartRegistry(t, ts.RegistryOptions{})
+	type image struct{ repo, tag, digest string }
+	var images []image
+	for i := range 24 {
+		repo := fmt.Sprintf("team/app%d", i)
+		img := ts.PushImage(t, up, repo+":1", 2, 256<<10)
+		images = append(images, image{repo, "1", ts.Digest(t, img)})
+	}
+	cfg := ts.NewProxyConfig(t, ts.ProxyUpstream{Name: "docker.io", Reg: up})
+	cfg.Recycle.Interval = 200 * time.Millisecond
+	p := ts.StartProxyConfig(t, cfg)
+	base := p.URL("docker.io")
+	c := &http.Client{Timeout: 30 * time.Second}
+	// Half the images warm before the storm; the rest are pulled cold in it.
+	for _, im := range images[:12] {
+		if err := pullRaw(c, base, im.repo, im.tag); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	var pulls, failures atomic.Int64
+	var firstErr atomic.Value
+	deadline := time.Now().Add(20 * time.Second)
+	var wg sync.WaitGroup
+	for w := range 8 {
+		wg.Go(func() {
+			r := rand.New(rand.NewPCG(uint64(w), 7))
+			for time.Now().Before(deadline) {
+				im := images[r.IntN(len(images))]
+				ref := im.tag
+				if r.IntN(2) == 0 {
+					ref = im.digest
+				}
+				pulls.Add(1)
+				if err := pullRaw(c, base, im.repo, ref); err != nil {
+					failures.Add(1)
+					firstErr.CompareAndSwap(nil, err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if n := failures.Load(); n != 0 {
+		t.Fatalf("%d of %d pulls failed during recycling; first: %v", n, pulls.Load(), firstErr.Load())
+	}
+	recycles := strings.Count(p.Logs(), "msg=recycled")
+	if recycles < 50 {
+		t.Fatalf("only %d recycles happened in 20 s", recycles)
+	}
+	t.Logf("%d pulls, 0 failures, %d recycles", pulls.Load(), recycles)
+}
+
+func newServer(t *testing.T, up *ts.Registry) (*proxy.Server, config.Upstream) {
+	t.Helper()
+	cfg := ts.NewProxyConfig(t, ts.ProxyUpstream{Name: "docker.io", Reg: up})
+	u := cfg.Upstreams[0]
+	s, err := proxy.New(context.Background(), u, proxy.Options{Drain: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, u
+}
+
+func TestHundredRecyclesLeakNothing(t *testing.T) {
+	up := ts.StartRegistry(t, ts.RegistryOptions{})
+	ts.PushImage(t, up, "library/app:1", 1, 1024)
+	srv, _ := newServer(t, up)
+	hs := &http.Server{Handler: srv}
+	// Warm up what is built once per process (transports, pools).
+	for range 3 {
+		if err := srv.Recycle(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(200 * time.Millisecond)
+	runtime.GC()
+	baseline := runtime.NumGoroutine()
+	appsBefore := proxy.OpenApps()
+
+	for i := range 100 {
+		if err := srv.Recycle(context.Background()); err != nil {
+			t.Fatalf("recycle %d: %v", i, err)
+		}
+	}
+	waitFor(t, 5*time.Second, func() bool { return proxy.OpenApps() == appsBefore })
+	runtime.GC()
+	waitFor(t, 5*time.Second, func() bool { return runtime.NumGoroutine() <= baseline+3 })
+	t.Logf("goroutines: baseline %d, after 100 recycles %d; open apps %d", baseline, runtime.NumGoroutine(), proxy.OpenApps())
+
+	srv.Close()
+	hs.Close()
+	up.Stop()
+	if n := proxy.OpenApps(); n != appsBefore-1 {
+		t.Errorf("open apps after close: %d, want %d", n, appsBefore-1)
+	}
+	goleak.VerifyNone(t, append(ts.LeakIgnores(),
+		goleak.IgnoreCurrent(),
+	)...)
+}
+
+func TestRecycleWithUpstreamDownKeepsServing(t *testing.T) {
+	up := ts.StartRegistry(t, ts.RegistryOptions{})
+	img := ts.PushImage(t, up, "library/app:1", 1, 4096)
+	p := ts.StartProxy(t, ts.ProxyUpstream{Name: "docker.io", Reg: up})
+	c := &http.Client{Timeout: 10 * time.Second}
+	if err := pullRaw(c, p.URL("docker.io"), "library/app", "1"); err != nil {
+		t.Fatal(err)
+	}
+	up.Stop()
+	resp, err := http.Post(p.AdminURL()+"/api/v1/recycle?upstream=docker.io", "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode == http.StatusOK {
+		t.Error("a recycle with the upstream down reported success")
+	}
+	for _, ref := range []string{"1", ts.Digest(t, img)} {
+		if err := pullRaw(c, p.URL("docker.io"), "library/app", ref); err != nil {
+			t.Errorf("after a failed recycle: %v", err)
+		}
+	}
+}
+
+func waitFor(t *testing.T, d time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("condition not met within %v", d)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
