@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"net/http"
 	"os"
 	"os/exec"
@@ -139,5 +140,37 @@ func TestResolveAndPurge(t *testing.T) {
 
 	if _, _, code := run(t, "resolve", "--admin", p.AdminURL(), "ghcr.io/x/y:1"); code == 0 {
 		t.Error("resolve of an image of an unconfigured registry succeeded")
+	}
+}
+
+func TestGCCommandOnlineAndOffline(t *testing.T) {
+	up := ts.StartRegistry(t, ts.RegistryOptions{})
+	ts.PushImage(t, up, "library/app:1", 1, 64<<10)
+	cfg := ts.NewProxyConfig(t, ts.ProxyUpstream{Name: "docker.io", Reg: up})
+	p := ts.StartProxyConfig(t, cfg)
+	resp, err := http.Get(p.URL("docker.io") + "/v2/library/app/manifests/1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+
+	file := writeFile(t, t.TempDir(), "c.yaml", fmt.Sprintf(
+		"data_dir: %s\nupstreams:\n  - {name: docker.io, listen: '127.0.0.1:1', remote: '%s', storage: '%s'}\n",
+		cfg.DataDir, up.URL(), cfg.Upstreams[0].Storage))
+
+	out, stderr, code := run(t, "gc", "--config", file, "--admin", p.AdminURL(), "--dry-run")
+	if code != 0 || !strings.Contains(out, `"dry_run": true`) {
+		t.Fatalf("online dry run: exit %d, out %s, err %s", code, out, stderr)
+	}
+	if _, stderr, code := run(t, "gc", "--config", file, "--offline"); code == 0 || !strings.Contains(stderr, "in use by a running multiproxy") {
+		t.Fatalf("offline gc under a running server: exit %d, %s", code, stderr)
+	}
+	p.Stop()
+	out, stderr, code = run(t, "gc", "--config", file, "--offline")
+	if code != 0 || !strings.Contains(out, `"upstream": "docker.io"`) {
+		t.Fatalf("offline gc: exit %d, out %s, err %s", code, out, stderr)
+	}
+	if _, _, code := run(t, "gc", "--config", file, "--offline", "--upstream", "nope"); code != 2 {
+		t.Errorf("unknown --upstream: exit %d, want 2", code)
 	}
 }

@@ -1,9 +1,23 @@
 // Package admin is the admin listener's HTTP surface, routed with gorilla/mux:
-// metrics, health, and the API behind `multiproxy resolve` and `purge`.
+// metrics, health, the status API and page, and the API behind `multiproxy
+// resolve` and `purge`.
+//
+//	GET  /metrics                 Prometheus exposition, our own registry
+//	GET  /healthz                 the process is alive
+//	GET  /readyz                  200 when every upstream listener serves, else 503
+//	GET  /api/v1/status           every upstream at a glance (JSON)
+//	GET  /                        the same as an HTML page that refreshes itself
+//	GET  /api/v1/resolve?image=   the digest a tag points at now
+//	POST /api/v1/purge?image=     drop a cached tag             (guarded)
+//	POST /api/v1/recycle?upstream=  rebuild an upstream's App   (guarded)
+//	POST /api/v1/gc?upstream=[&dry_run=true]  collect garbage   (guarded)
 //
 // Mutating endpoints need the bearer token from admin.token_file. With no
 // token configured they are served only when the admin listener is bound to
-// loopback, so an admin API is never open to the network by default.
+// loopback, so an admin API is never open to the network by default. A
+// refusal is 401 (no bearer token sent) or 403 (wrong token, or no token
+// configured on a non-loopback listener), always with a JSON error body, and
+// is decided before the Backend is called.
 package admin
 
 import (
@@ -11,8 +25,10 @@ import (
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 
 	"github.com/gorilla/mux"
@@ -25,8 +41,16 @@ type Backend interface {
 	Resolve(ctx context.Context, image string) (Resolution, error)
 	// Purge drops a cached tag so the next pull refetches it.
 	Purge(ctx context.Context, image string) error
-	// Ready reports each upstream's listener state.
+	// Ready reports whether every upstream listener is serving; the second
+	// value is the JSON body, with each upstream's state.
 	Ready() (bool, any)
+	// Status is every upstream at a glance.
+	Status(ctx context.Context) (Status, error)
+	// Recycle rebuilds an upstream's embedded App now.
+	Recycle(ctx context.Context, upstream string) error
+	// GC collects an upstream's garbage now, or with dryRun only reports
+	// what it would delete. The result is sent back as JSON.
+	GC(ctx context.Context, upstream string, dryRun bool) (any, error)
 }
 
 // Resolution is the answer to a resolve.
@@ -80,6 +104,22 @@ func Handler(o Options) http.Handler {
 		}
 		writeJSON(w, http.StatusOK, res)
 	}).Methods(http.MethodGet)
+	api.HandleFunc("/status", func(w http.ResponseWriter, req *http.Request) {
+		st, err := o.Backend.Status(req.Context())
+		if err != nil {
+			writeErr(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, st)
+	}).Methods(http.MethodGet)
+	r.HandleFunc("/", func(w http.ResponseWriter, req *http.Request) {
+		st, err := o.Backend.Status(req.Context())
+		if err != nil {
+			writeErr(w, err)
+			return
+		}
+		writePage(w, st)
+	}).Methods(http.MethodGet)
 	api.Handle("/purge", guard(o, http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		image := req.URL.Query().Get("image")
 		if err := o.Backend.Purge(req.Context(), image); err != nil {
@@ -88,12 +128,48 @@ func Handler(o Options) http.Handler {
 		}
 		writeJSON(w, http.StatusOK, map[string]string{"purged": image})
 	}))).Methods(http.MethodPost)
+	api.Handle("/recycle", guard(o, http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		name, ok := upstreamParam(w, req)
+		if !ok {
+			return
+		}
+		if err := o.Backend.Recycle(req.Context(), name); err != nil {
+			writeErr(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]string{"recycled": name})
+	}))).Methods(http.MethodPost)
+	api.Handle("/gc", guard(o, http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		name, ok := upstreamParam(w, req)
+		if !ok {
+			return
+		}
+		dryRun := false
+		if v := req.URL.Query().Get("dry_run"); v != "" {
+			b, err := strconv.ParseBool(v)
+			if err != nil {
+				writeJSON(w, http.StatusBadRequest, errBody(fmt.Sprintf("dry_run=%q: want true or false", v)))
+				return
+			}
+			dryRun = b
+		}
+		res, err := o.Backend.GC(req.Context(), name, dryRun)
+		if err != nil {
+			writeErr(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, res)
+	}))).Methods(http.MethodPost)
 	r.NotFoundHandler = http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusNotFound, errBody("not found"))
 	})
 	r.MethodNotAllowedHandler = http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusMethodNotAllowed, errBody("method not allowed"))
 	})
+	// A subrouter answers its own mismatches; without these a GET of a POST
+	// action would be a 404, as if the action did not exist.
+	api.NotFoundHandler = r.NotFoundHandler
+	api.MethodNotAllowedHandler = r.MethodNotAllowedHandler
 	return r
 }
 
@@ -134,6 +210,16 @@ func IsLoopback(addr string) bool {
 	}
 	ip := net.ParseIP(host)
 	return ip != nil && ip.IsLoopback()
+}
+
+// upstreamParam reads the required ?upstream= of an action on one upstream.
+func upstreamParam(w http.ResponseWriter, req *http.Request) (string, bool) {
+	name := strings.TrimSpace(req.URL.Query().Get("upstream"))
+	if name == "" {
+		writeJSON(w, http.StatusBadRequest, errBody("upstream parameter required, e.g. ?upstream=docker.io"))
+		return "", false
+	}
+	return name, true
 }
 
 func errBody(msg string) map[string]string { return map[string]string{"error": msg} }

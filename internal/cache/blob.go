@@ -30,6 +30,9 @@ func (c *Cache) PrepareBlob(ctx context.Context, name string, d digest.Digest) (
 }
 
 func (c *Cache) linkLocal(ctx context.Context, repo distribution.Repository, d digest.Digest) (bool, error) {
+	// Claim the blob before looking: a collection sweeping now must not
+	// delete it between our Stat and the client's read.
+	c.guard.Use(d)
 	blobs := repo.Blobs(ctx)
 	if _, err := blobs.Stat(ctx, d); err == nil {
 		return true, nil

@@ -52,6 +52,16 @@ func (nopObserver) Stale(string)        {}
 func (nopObserver) DedupJoin(string)    {}
 func (nopObserver) UpstreamBytes(int64) {}
 
+// Guard is told about content the cache is about to rely on, before it
+// writes or serves it, so that a concurrent garbage collection spares it.
+type Guard interface {
+	Use(ds ...digest.Digest)
+}
+
+type nopGuard struct{}
+
+func (nopGuard) Use(...digest.Digest) {}
+
 // Options configures a Cache.
 type Options struct {
 	// Root is the upstream's storage root (filesystem driver root directory).
@@ -61,6 +71,7 @@ type Options struct {
 	FillTimeout  time.Duration
 	Logger       *slog.Logger
 	Observer     Observer
+	Guard        Guard
 }
 
 // Cache is the pull-through logic of one upstream over its local store.
@@ -73,6 +84,8 @@ type Cache struct {
 	fillTimeout  time.Duration
 	log          *slog.Logger
 	obs          Observer
+	guard        Guard
+	root         string
 
 	manifests singleflight.Group
 
@@ -81,6 +94,9 @@ type Cache struct {
 
 	freshMu sync.Mutex
 	fresh   map[string]time.Time // "repo:tag" -> last successful revalidation
+
+	accessMu sync.Mutex
+	accessed map[string]time.Time // "repo@digest" -> last recorded pull
 }
 
 // New opens the store under o.Root. Leftover spool files from a previous
@@ -91,6 +107,9 @@ func New(ctx context.Context, o Options) (*Cache, error) {
 	}
 	if o.Observer == nil {
 		o.Observer = nopObserver{}
+	}
+	if o.Guard == nil {
+		o.Guard = nopGuard{}
 	}
 	if err := os.MkdirAll(o.Root, 0o750); err != nil {
 		return nil, fmt.Errorf("create storage root: %w", err)
@@ -122,10 +141,16 @@ func New(ctx context.Context, o Options) (*Cache, error) {
 		fillTimeout:  o.FillTimeout,
 		log:          o.Logger,
 		obs:          o.Observer,
+		guard:        o.Guard,
+		root:         o.Root,
 		fills:        map[digest.Digest]*fill{},
 		fresh:        map[string]time.Time{},
+		accessed:     map[string]time.Time{},
 	}, nil
 }
+
+// Root is the storage root directory.
+func (c *Cache) Root() string { return c.root }
 
 // Driver is the storage driver the cache writes through.
 func (c *Cache) Driver() storagedriver.StorageDriver { return c.driver }
@@ -173,12 +198,14 @@ func (c *Cache) ResolveTag(ctx context.Context, name, tag string) (Resolved, err
 
 	if hasLocal && c.tagFreshness > 0 && c.isFresh(key) {
 		c.obs.Hit(KindTag)
+		c.used(name, local.Digest)
 		return Resolved{Digest: local.Digest}, nil
 	}
 
 	stale := func(err error) (Resolved, error) {
 		cause := upstream.CauseOf(err)
 		c.obs.Stale(string(cause))
+		c.used(name, local.Digest)
 		c.log.Warn("serving stale tag", "repository", name, "tag", tag, "digest", local.Digest, "cause", cause, "err", err)
 		return Resolved{Digest: local.Digest, Stale: true, Cause: cause, Err: err}, nil
 	}
@@ -206,6 +233,7 @@ func (c *Cache) ResolveTag(ctx context.Context, name, tag string) (Resolved, err
 
 	if hasLocal && info.Digest == local.Digest {
 		c.obs.Hit(KindTag)
+		c.used(name, local.Digest)
 		c.markFresh(key)
 		return Resolved{Digest: local.Digest}, nil
 	}
@@ -295,9 +323,13 @@ func (c *Cache) EnsureManifest(ctx context.Context, name string, d digest.Digest
 	}
 	if c.hasManifest(ctx, repo, d) {
 		c.obs.Hit(KindManifest)
+		c.used(name, d)
 		return nil
 	}
 	_, err = c.ensureManifest(ctx, repo, name, d)
+	if err == nil {
+		c.used(name, d)
+	}
 	return err
 }
 
@@ -357,6 +389,13 @@ func (c *Cache) putManifest(ctx context.Context, repo distribution.Repository, b
 		return v1.Descriptor{}, &upstream.Error{Op: "parse manifest", Cause: upstream.CauseBadContent,
 			Err: fmt.Errorf("digest mismatch: want %s, got %s", info.Digest, desc.Digest)}
 	}
+	// Before the first write: a collection running now must spare the
+	// manifest and everything it references.
+	refs := []digest.Digest{desc.Digest}
+	for _, r := range m.References() {
+		refs = append(refs, r.Digest)
+	}
+	c.guard.Use(refs...)
 	ms, err := repo.Manifests(ctx, storage.SkipLayerVerification())
 	if err != nil {
 		return v1.Descriptor{}, err

@@ -821,3 +821,11 @@ upstreams:
 		t.Errorf("bad max_memory: %v", err)
 	}
 }
+
+func TestBadGCSchedule(t *testing.T) {
+	file := writeConfig(t, t.TempDir(), "upstreams:\n  - {name: a.io, listen: ':5000', remote: 'https://a.io', gc: {schedule: 'every tuesday'}}\n")
+	_, err := config.Load(config.LoadOptions{File: file, Env: []string{}})
+	if err == nil || !strings.Contains(err.Error(), "upstreams[0].gc.schedule") {
+		t.Fatalf("bad schedule: %v", err)
+	}
+}

@@ -1,6 +1,8 @@
 package config
 
 import (
+	"github.com/robfig/cron/v3"
+
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -150,6 +152,17 @@ func (c Config) Validate() error {
 		if u.TagFreshness < 0 {
 			add(fieldErr(field("tag_freshness"), "must not be negative, got %s", u.TagFreshness))
 		}
+		if u.MaxUnused < 0 {
+			add(fieldErr(field("max_unused"), "must not be negative, got %s", u.MaxUnused))
+		}
+		if u.GC.Schedule != "" {
+			if _, err := cron.ParseStandard(u.GC.Schedule); err != nil {
+				add(fieldErr(field("gc.schedule"), "invalid cron expression %q: %v", u.GC.Schedule, err))
+			}
+		}
+	}
+	if c.Recycle.Interval < 0 {
+		add(fieldErr("recycle.interval", "must not be negative, got %s", c.Recycle.Interval))
 	}
 
 	errs = append(errs, nestedStorage(c.Upstreams)...)

@@ -3,16 +3,55 @@
 // the Prometheus API. Every metric is prefixed multiproxy_ and labelled with
 // the upstream's name; no label ever carries a repository or digest, so
 // cardinality stays bounded by the config.
+//
+// Counters whose label values come from a fixed set (cache kinds, stale
+// causes, GC results, recycle and eviction reasons) are created at zero for
+// every value when an upstream is first reported on, so that rate() and
+// increase() see the first event instead of a series appearing from nowhere.
+// Values outside those sets are folded into "other" for the same reason a
+// repository label is refused: a caller's typo must not mint new series.
 package metrics
 
 import (
 	"net/http"
+	"slices"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/multiproxy/multiproxy/internal/cache"
+	"github.com/multiproxy/multiproxy/internal/health"
+	"github.com/multiproxy/multiproxy/internal/recycle"
+	"github.com/multiproxy/multiproxy/internal/upstream"
+)
+
+// Results of a GC run, as labelled on multiproxy_gc_runs_total.
+const (
+	GCSuccess = "success"
+	GCFailure = "failure"
+)
+
+// other replaces a label value outside its fixed set.
+const other = "other"
+
+var (
+	kinds          = []string{cache.KindTag, cache.KindManifest, cache.KindBlob}
+	sources        = []string{"cache", "upstream"}
+	recycleReasons = []string{recycle.ReasonInterval, recycle.ReasonMemory, recycle.ReasonAdmin, recycle.ReasonRetry, other}
+	gcResults      = []string{GCSuccess, GCFailure}
+	// As internal/gc names them.
+	evictReasons = []string{"max_size", "max_unused", other}
+	// Every cause a revalidation can fail with; not_found never serves
+	// stale (a 404 is the upstream's authoritative answer).
+	staleCauses = []string{
+		string(upstream.CauseUnreachable), string(upstream.CauseTimeout), string(upstream.CauseRateLimited),
+		string(upstream.CauseAuth), string(upstream.CauseServerError), string(upstream.CauseBadContent),
+		string(upstream.CauseOther),
+	}
 )
 
 // Metrics is one process's collectors, on a registry of its own (never the
@@ -33,12 +72,33 @@ type Metrics struct {
 	rateLimitRemain *prometheus.GaugeVec
 	stale           *prometheus.CounterVec
 	dedupWaiters    *prometheus.CounterVec
+	state           *prometheus.GaugeVec
+	stored          *storedBytes
+	recycles        *prometheus.CounterVec
+	recycleFailures *prometheus.CounterVec
+	lastRecycle     *prometheus.GaugeVec
+	gcRuns          *prometheus.CounterVec
+	gcDuration      *prometheus.HistogramVec
+	gcFreedBytes    *prometheus.CounterVec
+	gcFreedObjects  *prometheus.CounterVec
+	evictions       *prometheus.CounterVec
+	lastGC          *prometheus.GaugeVec
+
+	// last keeps the details of the latest GC and recycle per upstream for
+	// the status API; Prometheus only has room for their timestamps.
+	mu   sync.Mutex
+	last map[string]*lastEvents
+}
+
+type lastEvents struct {
+	gc      *GCRun
+	recycle *Recycle
 }
 
 // New registers the collectors on a fresh registry.
 func New() *Metrics {
 	const ns = "multiproxy"
-	m := &Metrics{Registry: prometheus.NewRegistry()}
+	m := &Metrics{Registry: prometheus.NewRegistry(), last: map[string]*lastEvents{}}
 	m.requests = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "requests_total",
 		Help: "Client requests answered, by kind (manifest, blob, tags, base, other) and HTTP status code."},
 		[]string{"upstream", "kind", "code"})
@@ -56,7 +116,7 @@ func New() *Metrics {
 	m.fetchedBytes = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "upstream_fetched_bytes_total",
 		Help: "Manifest and blob bytes downloaded from the upstream."}, []string{"upstream"})
 	m.upRequests = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "upstream_requests_total",
-		Help: "Requests sent to the upstream (including auth), by method and status code (0: no answer)."},
+		Help: "Requests sent to the upstream (including auth and health probes), by method and status code (0: no answer)."},
 		[]string{"upstream", "method", "code"})
 	m.upDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Name: "upstream_request_duration_seconds",
 		Help: "Upstream time to response headers.", Buckets: prometheus.ExponentialBuckets(0.001, 4, 10)},
@@ -71,8 +131,37 @@ func New() *Metrics {
 	m.dedupWaiters = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "dedup_waiters_total",
 		Help: "Requests joined to a fetch already in flight instead of starting their own, by kind."},
 		[]string{"upstream", "kind"})
+	m.state = prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "upstream_state",
+		Help: "1 for the upstream's current state (unknown, reachable, stale, down), 0 for the others."},
+		[]string{"upstream", "state"})
+	m.stored = &storedBytes{desc: prometheus.NewDesc(ns+"_stored_bytes",
+		"Bytes in the upstream's storage directory, from a walk at most 30 s old.", []string{"upstream"}, nil),
+		funcs: map[string]func() (int64, bool){}}
+	m.recycles = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "recycles_total",
+		Help: "Embedded App recycles completed, by reason (interval, memory, admin, retry)."}, []string{"upstream", "reason"})
+	m.recycleFailures = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "recycle_failures_total",
+		Help: "Recycles that could not build a new App; the old one kept serving."}, []string{"upstream"})
+	m.lastRecycle = prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "last_recycle_timestamp_seconds",
+		Help: "Unix time of the last completed recycle; absent until one completes."}, []string{"upstream"})
+	m.gcRuns = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "gc_runs_total",
+		Help: "Garbage collection runs (dry runs excluded), by result (success, failure)."}, []string{"upstream", "result"})
+	m.gcDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Name: "gc_duration_seconds",
+		Help: "Wall time of a garbage collection run.", Buckets: prometheus.ExponentialBuckets(0.1, 4, 10)},
+		[]string{"upstream"})
+	m.gcFreedBytes = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "gc_freed_bytes_total",
+		Help: "Bytes deleted from storage by garbage collection."}, []string{"upstream"})
+	m.gcFreedObjects = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "gc_freed_objects_total",
+		Help: "Blobs and manifests deleted from storage by garbage collection."}, []string{"upstream"})
+	m.evictions = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "evictions_total",
+		Help: "Images evicted so that garbage collection can free them, by reason (max_size, max_unused)."},
+		[]string{"upstream", "reason"})
+	m.lastGC = prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "last_gc_timestamp_seconds",
+		Help: "Unix time the last garbage collection run ended, whatever its result; absent until one ends."},
+		[]string{"upstream"})
 	m.Registry.MustRegister(m.requests, m.requestDuration, m.inflight, m.hits, m.misses, m.servedBytes,
 		m.fetchedBytes, m.upRequests, m.upDuration, m.rateLimited, m.rateLimitRemain, m.stale, m.dedupWaiters,
+		m.state, m.stored, m.recycles, m.recycleFailures, m.lastRecycle, m.gcRuns, m.gcDuration, m.gcFreedBytes,
+		m.gcFreedObjects, m.evictions, m.lastGC,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -82,8 +171,35 @@ func (m *Metrics) Handler() http.Handler {
 	return promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{Registry: m.Registry})
 }
 
-// For returns the reporter of one upstream.
+// For returns the reporter of one upstream, creating its fixed-set series
+// at zero. Calling it again for the same name is cheap and shares state.
 func (m *Metrics) For(name string) *Upstream {
+	for _, k := range kinds {
+		m.hits.WithLabelValues(name, k)
+		m.misses.WithLabelValues(name, k)
+		m.dedupWaiters.WithLabelValues(name, k)
+	}
+	for _, s := range sources {
+		m.servedBytes.WithLabelValues(name, s)
+	}
+	for _, c := range staleCauses {
+		m.stale.WithLabelValues(name, c)
+	}
+	for _, r := range recycleReasons {
+		m.recycles.WithLabelValues(name, r)
+	}
+	for _, r := range gcResults {
+		m.gcRuns.WithLabelValues(name, r)
+	}
+	for _, r := range evictReasons {
+		m.evictions.WithLabelValues(name, r)
+	}
+	m.fetchedBytes.WithLabelValues(name)
+	m.rateLimited.WithLabelValues(name)
+	m.inflight.WithLabelValues(name)
+	m.recycleFailures.WithLabelValues(name)
+	m.gcFreedBytes.WithLabelValues(name)
+	m.gcFreedObjects.WithLabelValues(name)
 	return &Upstream{m: m, name: name}
 }
 
@@ -146,6 +262,119 @@ func (u *Upstream) Upstream(method string, status int, d time.Duration, h http.H
 			if n, err := strconv.ParseFloat(v, 64); err == nil {
 				u.m.rateLimitRemain.WithLabelValues(u.name).Set(n)
 			}
+		}
+	}
+}
+
+// State sets the upstream's health state: 1 on its series, 0 on the others,
+// so a state-timeline panel needs no absent() tricks.
+func (u *Upstream) State(s health.State) {
+	for _, x := range health.States {
+		v := 0.0
+		if x == s {
+			v = 1
+		}
+		u.m.state.WithLabelValues(u.name, string(x)).Set(v)
+	}
+}
+
+// StoredBytesFunc makes multiproxy_stored_bytes report size() at scrape
+// time. size must be cheap (a cached walk) and may say ok=false while no
+// size is known yet, leaving the sample out rather than reporting 0.
+func (u *Upstream) StoredBytesFunc(size func() (n int64, ok bool)) {
+	u.m.stored.mu.Lock()
+	u.m.stored.funcs[u.name] = size
+	u.m.stored.mu.Unlock()
+}
+
+// Recycled records a recycle that swapped in a new App, for reason (one of
+// internal/recycle's Reason constants).
+func (u *Upstream) Recycled(reason string) {
+	reason = oneOf(reason, recycleReasons)
+	now := time.Now()
+	u.m.recycles.WithLabelValues(u.name, reason).Inc()
+	u.m.lastRecycle.WithLabelValues(u.name).Set(float64(now.UnixNano()) / 1e9)
+	u.m.mu.Lock()
+	u.m.lastFor(u.name).recycle = &Recycle{At: now, Reason: reason}
+	u.m.mu.Unlock()
+}
+
+// RecycleFailed counts a recycle that could not build a new App.
+func (u *Upstream) RecycleFailed() { u.m.recycleFailures.WithLabelValues(u.name).Inc() }
+
+// Recycled implements recycle.Observer, so a recycle.Scheduler can report
+// to the metrics directly.
+func (m *Metrics) Recycled(upstream, reason string) { m.For(upstream).Recycled(reason) }
+
+// RecycleFailed implements recycle.Observer.
+func (m *Metrics) RecycleFailed(upstream, _ string) { m.For(upstream).RecycleFailed() }
+
+// GCRun records one finished garbage collection run that took d and
+// deleted freedBytes in freedObjects blobs and manifests (also on failure,
+// if it got that far); err is its error, nil on success. Do not call it for
+// dry runs: they free nothing and are not "the last GC".
+func (u *Upstream) GCRun(d time.Duration, freedBytes, freedObjects int64, err error) {
+	result := GCSuccess
+	if err != nil {
+		result = GCFailure
+	}
+	now := time.Now()
+	u.m.gcRuns.WithLabelValues(u.name, result).Inc()
+	u.m.gcDuration.WithLabelValues(u.name).Observe(d.Seconds())
+	u.m.gcFreedBytes.WithLabelValues(u.name).Add(float64(max(freedBytes, 0)))
+	u.m.gcFreedObjects.WithLabelValues(u.name).Add(float64(max(freedObjects, 0)))
+	u.m.lastGC.WithLabelValues(u.name).Set(float64(now.UnixNano()) / 1e9)
+	u.m.mu.Lock()
+	u.m.lastFor(u.name).gc = &GCRun{At: now, Result: result, Duration: d, FreedBytes: freedBytes, FreedObjects: freedObjects}
+	u.m.mu.Unlock()
+}
+
+// Evicted counts n images evicted for reason ("max_size" or "max_unused",
+// internal/gc's reasons).
+func (u *Upstream) Evicted(reason string, n int) {
+	if n > 0 {
+		u.m.evictions.WithLabelValues(u.name, oneOf(reason, evictReasons)).Add(float64(n))
+	}
+}
+
+// oneOf returns v if it is in set, else "other".
+func oneOf(v string, set []string) string {
+	if slices.Contains(set, v) {
+		return v
+	}
+	return other
+}
+
+func (m *Metrics) lastFor(name string) *lastEvents {
+	e := m.last[name]
+	if e == nil {
+		e = &lastEvents{}
+		m.last[name] = e
+	}
+	return e
+}
+
+// storedBytes is a gauge whose values are read from the sizers at scrape
+// time, so a scrape never waits for a storage walk and never reports a
+// size nobody has measured.
+type storedBytes struct {
+	desc  *prometheus.Desc
+	mu    sync.Mutex
+	funcs map[string]func() (int64, bool)
+}
+
+func (s *storedBytes) Describe(ch chan<- *prometheus.Desc) { ch <- s.desc }
+
+func (s *storedBytes) Collect(ch chan<- prometheus.Metric) {
+	s.mu.Lock()
+	funcs := make(map[string]func() (int64, bool), len(s.funcs))
+	for k, f := range s.funcs {
+		funcs[k] = f
+	}
+	s.mu.Unlock()
+	for name, f := range funcs {
+		if n, ok := f(); ok {
+			ch <- prometheus.MustNewConstMetric(s.desc, prometheus.GaugeValue, float64(n), name)
 		}
 	}
 }

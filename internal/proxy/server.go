@@ -58,6 +58,8 @@ type Options struct {
 	RetryEvery time.Duration
 	// Drain bounds how long a replaced App may finish its requests.
 	Drain time.Duration
+	// Guard is told what the cache relies on, for online GC.
+	Guard cache.Guard
 }
 
 // Server is the HTTP handler of one upstream.
@@ -116,6 +118,7 @@ func New(ctx context.Context, u config.Upstream, o Options) (*Server, error) {
 		FillTimeout:  u.FillTimeout,
 		Logger:       log,
 		Observer:     o.Observer,
+		Guard:        o.Guard,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("upstream %s: %w", u.Name, err)
@@ -206,6 +209,9 @@ func (s *Server) Name() string { return s.cfg.Name }
 
 // Cache is the upstream's cache, for admin actions.
 func (s *Server) Cache() *cache.Cache { return s.cache }
+
+// Upstream is the upstream's client, for health probes.
+func (s *Server) Upstream() *upstream.Client { return s.up }
 
 // Close stops background work and shuts the App down, once. Call it after the
 // HTTP server has drained.

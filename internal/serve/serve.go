@@ -19,6 +19,7 @@ import (
 
 	"github.com/multiproxy/multiproxy/internal/admin"
 	"github.com/multiproxy/multiproxy/internal/config"
+	"github.com/multiproxy/multiproxy/internal/gc"
 	"github.com/multiproxy/multiproxy/internal/metrics"
 	"github.com/multiproxy/multiproxy/internal/proxy"
 	"github.com/multiproxy/multiproxy/internal/recycle"
@@ -30,10 +31,13 @@ type Process struct {
 	cfg     config.Config
 	log     *slog.Logger
 	metrics *metrics.Metrics
+	board   *board // per-upstream health, sizes and listeners, for status
 
 	mu        sync.Mutex
 	upstreams []*running
 	recycler  *recycle.Scheduler
+	gc        *gc.Scheduler
+	unlock    func() // releases the storage locks
 	stopBg    context.CancelFunc
 	admin     *http.Server
 	adminAddr string
@@ -55,37 +59,52 @@ type running struct {
 func Start(ctx context.Context, cfg config.Config, log *slog.Logger) (*Process, error) {
 	quietDistribution()
 	p := &Process{cfg: cfg, log: log, metrics: metrics.New(), serveErr: make(chan error, len(cfg.Upstreams)+1)}
+	p.board = newBoard(p)
 
-	listeners := make([]net.Listener, 0, len(cfg.Upstreams))
-	closeAll := func() {
+	// Undo whatever was set up when a later step fails.
+	var listeners []net.Listener
+	var unlocks []func()
+	p.unlock = func() {
+		for _, u := range unlocks {
+			u()
+		}
+	}
+	fail := func(err error) (*Process, error) {
 		for _, l := range listeners {
 			l.Close()
 		}
+		p.closeServers()
+		return nil, err
 	}
+
 	for _, u := range cfg.Upstreams {
+		unlock, err := gc.LockStore(u.Storage)
+		if err != nil {
+			return fail(fmt.Errorf("upstream %s: %w", u.Name, err))
+		}
+		unlocks = append(unlocks, unlock)
 		l, err := net.Listen("tcp", u.Listen)
 		if err != nil {
-			closeAll()
-			return nil, fmt.Errorf("upstream %s: listen %s: %w", u.Name, u.Listen, err)
+			return fail(fmt.Errorf("upstream %s: listen %s: %w", u.Name, u.Listen, err))
 		}
 		listeners = append(listeners, l)
 	}
 	adminL, err := net.Listen("tcp", cfg.Admin.Listen)
 	if err != nil {
-		closeAll()
-		return nil, fmt.Errorf("admin: listen %s: %w", cfg.Admin.Listen, err)
+		return fail(fmt.Errorf("admin: listen %s: %w", cfg.Admin.Listen, err))
 	}
+	listeners = append(listeners, adminL)
 
+	gcTargets := make([]gc.Target, 0, len(cfg.Upstreams))
 	for i, u := range cfg.Upstreams {
 		obs := p.metrics.For(u.Name)
-		srv, err := proxy.New(ctx, u, proxy.Options{Logger: log, Observer: obs, Drain: cfg.ShutdownTimeout})
+		guard := &gc.Guard{}
+		srv, err := proxy.New(ctx, u, proxy.Options{Logger: log, Observer: p.board.observer(u.Name, obs), Drain: cfg.ShutdownTimeout, Guard: guard})
 		if err != nil {
-			closeAll()
-			adminL.Close()
-			p.closeServers()
-			return nil, err
+			return fail(err)
 		}
-		r := &running{name: u.Name, addr: listeners[i].Addr().String(), server: srv, listener: listeners[i]}
+		r := &running{name: u.Name, addr: listeners[i].Addr().String(), server: srv, listener: p.board.listener(u.Name, listeners[i])}
+		p.board.probe(u.Name, srv.Upstream())
 		r.http = &http.Server{
 			Handler:           inflight(obs, srv),
 			ReadHeaderTimeout: 10 * time.Second,
@@ -93,7 +112,16 @@ func Start(ctx context.Context, cfg config.Config, log *slog.Logger) (*Process, 
 			ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 		}
 		p.upstreams = append(p.upstreams, r)
+		gcTargets = append(gcTargets, gc.Target{
+			Store:    gc.StoreOf(u.Name, srv.Cache(), guard),
+			Policy:   gc.Policy{MaxSize: int64(u.MaxSize), MaxUnused: u.MaxUnused},
+			Schedule: u.GC.Schedule,
+		})
 	}
+	if p.gc, err = gc.NewScheduler(gcTargets, nil, log); err != nil {
+		return fail(err)
+	}
+	p.gc.Start()
 
 	p.adminAddr = adminL.Addr().String()
 	p.admin = &http.Server{
@@ -131,6 +159,7 @@ func Start(ctx context.Context, cfg config.Config, log *slog.Logger) (*Process, 
 		}
 	}()
 	log.Info("admin listener", "listen", p.adminAddr)
+	p.board.start()
 	return p, nil
 }
 
@@ -177,6 +206,9 @@ func (p *Process) Shutdown(ctx context.Context) error {
 	if p.stopBg != nil {
 		p.stopBg()
 	}
+	if p.gc != nil {
+		p.gc.Stop()
+	}
 
 	var wg sync.WaitGroup
 	errs := make([]error, len(p.upstreams)+1)
@@ -196,6 +228,7 @@ func (p *Process) Shutdown(ctx context.Context) error {
 		}
 	})
 	wg.Wait()
+	p.board.stop()
 	p.closeServers()
 	return errors.Join(errs...)
 }
@@ -204,6 +237,7 @@ func (p *Process) closeServers() {
 	for _, r := range p.upstreams {
 		r.server.Close()
 	}
+	p.unlock()
 }
 
 // Run serves until ctx is cancelled, then drains for cfg.ShutdownTimeout.
@@ -296,6 +330,14 @@ func (p *Process) Purge(ctx context.Context, image string) error {
 	return srv.Cache().Forget(ctx, reference.Path(named), tagged.Tag())
 }
 
+// collect runs one upstream's GC now (the admin API's gc).
+func (p *Process) collect(ctx context.Context, name string, dryRun bool) (gc.Result, error) {
+	if !p.gc.Has(name) {
+		return gc.Result{}, &admin.StatusError{Status: http.StatusNotFound, Err: fmt.Errorf("no upstream named %q", name)}
+	}
+	return p.gc.Run(ctx, name, dryRun)
+}
+
 // recycleNow rebuilds one upstream's App at once (the admin API's recycle).
 func (p *Process) recycleNow(ctx context.Context, name string) error {
 	ok, err := p.recycler.Now(ctx, name)
@@ -303,19 +345,4 @@ func (p *Process) recycleNow(ctx context.Context, name string) error {
 		return &admin.StatusError{Status: http.StatusNotFound, Err: fmt.Errorf("no upstream named %q", name)}
 	}
 	return err
-}
-
-// Ready implements admin.Backend.
-func (p *Process) Ready() (bool, any) {
-	type state struct {
-		Name   string `json:"name"`
-		Listen string `json:"listen"`
-	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	out := make([]state, 0, len(p.upstreams))
-	for _, r := range p.upstreams {
-		out = append(out, state{Name: r.name, Listen: r.addr})
-	}
-	return !p.closed, map[string]any{"upstreams": out}
 }

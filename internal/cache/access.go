@@ -1,0 +1,43 @@
+package cache
+
+import (
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+)
+
+// accessGranularity limits how often one manifest's last-pull time is
+// rewritten: eviction needs recency in hours, not a syscall per request.
+const accessGranularity = time.Minute
+
+// RevisionLinkPath is where the filesystem driver keeps a repository's link
+// to a manifest. Its mtime records the manifest's last pull, which is what
+// eviction ranks by: persistent across restarts, and no extra state to keep.
+func RevisionLinkPath(root, repo string, d digest.Digest) string {
+	return filepath.Join(root, "docker", "registry", "v2", "repositories", repo,
+		"_manifests", "revisions", d.Algorithm().String(), d.Encoded(), "link")
+}
+
+// used records a pull of a manifest: it claims it from a running collection
+// and refreshes its last-pull time.
+func (c *Cache) used(repo string, d digest.Digest) {
+	c.guard.Use(d)
+	key := repo + "@" + d.String()
+	now := time.Now()
+	c.accessMu.Lock()
+	last, ok := c.accessed[key]
+	if ok && now.Sub(last) < accessGranularity {
+		c.accessMu.Unlock()
+		return
+	}
+	if len(c.accessed) > 100_000 {
+		c.accessed = map[string]time.Time{} // bound memory; worst case one extra Chtimes each
+	}
+	c.accessed[key] = now
+	c.accessMu.Unlock()
+	if err := os.Chtimes(RevisionLinkPath(c.root, repo, d), now, now); err != nil && !os.IsNotExist(err) {
+		c.log.Debug("record pull time", "repository", repo, "digest", d, "err", err)
+	}
+}

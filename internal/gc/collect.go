@@ -1,0 +1,353 @@
+package gc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"time"
+
+	"github.com/distribution/distribution/v3"
+	"github.com/distribution/distribution/v3/registry/storage"
+	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
+	"github.com/distribution/reference"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/multiproxy/multiproxy/internal/cache"
+)
+
+// Eviction reasons, as reported and labelled in metrics.
+const (
+	ReasonUnused = "max_unused"
+	ReasonSize   = "max_size"
+)
+
+// Policy is an upstream's eviction policy.
+type Policy struct {
+	MaxSize   int64         // bytes; 0: no cap
+	MaxUnused time.Duration // 0: never
+}
+
+// Store is what a collection works on: one upstream's storage.
+type Store struct {
+	Name   string
+	Root   string
+	Driver storagedriver.StorageDriver
+	NS     distribution.Namespace
+	Guard  *Guard
+}
+
+// StoreOf is the Store of a running upstream's cache.
+func StoreOf(name string, c *cache.Cache, g *Guard) Store {
+	return Store{Name: name, Root: c.Root(), Driver: c.Driver(), NS: c.Namespace(), Guard: g}
+}
+
+// Eviction is one evicted (or, in a dry run, evictable) manifest.
+type Eviction struct {
+	Repository string   `json:"repository"`
+	Digest     string   `json:"digest"`
+	Tags       []string `json:"tags,omitempty"`
+	Reason     string   `json:"reason"`
+}
+
+// Result reports a collection.
+type Result struct {
+	Upstream     string        `json:"upstream"`
+	DryRun       bool          `json:"dry_run"`
+	Duration     time.Duration `json:"duration"`
+	StoredBefore int64         `json:"stored_bytes_before"`
+	StoredAfter  int64         `json:"stored_bytes_after"`
+	FreedBytes   int64         `json:"freed_bytes"`
+	FreedBlobs   int           `json:"freed_blobs"`
+	Evicted      []Eviction    `json:"evicted,omitempty"`
+	// Spared counts objects a concurrent pull claimed during the run.
+	Spared int `json:"spared"`
+}
+
+type manifest struct {
+	repo    string
+	digest  digest.Digest
+	refs    []digest.Digest
+	tags    []string
+	pulled  time.Time
+	evicted string // eviction reason, "" if kept
+}
+
+// Collect runs one collection over st: evict by policy, then sweep every
+// blob no remaining manifest references. With dryRun it only reports.
+func Collect(ctx context.Context, st Store, p Policy, dryRun bool, log *slog.Logger) (Result, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	start := time.Now()
+	res := Result{Upstream: st.Name, DryRun: dryRun}
+	if st.Guard == nil {
+		st.Guard = &Guard{}
+	}
+	st.Guard.begin()
+	defer st.Guard.end()
+
+	manifests, err := scanManifests(ctx, st)
+	if err != nil {
+		return res, fmt.Errorf("gc %s: scan manifests: %w", st.Name, err)
+	}
+	sizes := map[digest.Digest]int64{}
+	err = st.NS.Blobs().Enumerate(ctx, func(d digest.Digest) error {
+		desc, err := st.NS.BlobStatter().Stat(ctx, d)
+		if err != nil {
+			return nil // deleted meanwhile
+		}
+		sizes[d] = desc.Size
+		res.StoredBefore += desc.Size
+		return nil
+	})
+	if err != nil && !isPathNotFound(err) {
+		return res, fmt.Errorf("gc %s: scan blobs: %w", st.Name, err)
+	}
+
+	choose(manifests, sizes, res.StoredBefore, p, time.Now())
+
+	marked := map[digest.Digest]bool{}
+	mark := func(m *manifest) {
+		marked[m.digest] = true
+		for _, r := range m.refs {
+			marked[r] = true
+		}
+	}
+	vacuum := storage.NewVacuum(ctx, st.Driver)
+	for _, m := range manifests {
+		if m.evicted == "" {
+			mark(m)
+			continue
+		}
+		if dryRun {
+			if st.Guard.wasUsed(m.digest) {
+				mark(m)
+				res.Spared++
+				continue
+			}
+			res.Evicted = append(res.Evicted, evictionOf(m))
+			continue
+		}
+		deleted, err := st.Guard.deleteUnlessUsed(m.digest, func() error {
+			return vacuum.RemoveManifest(m.repo, m.digest, m.tags)
+		})
+		if err != nil {
+			return res, fmt.Errorf("gc %s: evict %s@%s: %w", st.Name, m.repo, m.digest, err)
+		}
+		if !deleted {
+			mark(m) // pulled during the run: it stays, with everything it needs
+			res.Spared++
+			continue
+		}
+		res.Evicted = append(res.Evicted, evictionOf(m))
+		log.Info("evicted", "upstream", st.Name, "repository", m.repo, "digest", m.digest, "reason", m.evicted)
+	}
+
+	var swept []digest.Digest
+	for d, size := range sizes {
+		if marked[d] {
+			continue
+		}
+		if dryRun {
+			if st.Guard.wasUsed(d) {
+				res.Spared++
+				continue
+			}
+			res.FreedBytes += size
+			res.FreedBlobs++
+			continue
+		}
+		deleted, err := st.Guard.deleteUnlessUsed(d, func() error { return vacuum.RemoveBlob(d.String()) })
+		if err != nil {
+			return res, fmt.Errorf("gc %s: remove blob %s: %w", st.Name, d, err)
+		}
+		if !deleted {
+			res.Spared++
+			continue
+		}
+		swept = append(swept, d)
+		res.FreedBytes += size
+		res.FreedBlobs++
+	}
+	if !dryRun && len(swept) > 0 {
+		if err := unlinkLayers(st.Root, swept); err != nil {
+			return res, fmt.Errorf("gc %s: remove layer links: %w", st.Name, err)
+		}
+	}
+	res.StoredAfter = res.StoredBefore - res.FreedBytes
+	res.Duration = time.Since(start)
+	return res, nil
+}
+
+func evictionOf(m *manifest) Eviction {
+	return Eviction{Repository: m.repo, Digest: m.digest.String(), Tags: m.tags, Reason: m.evicted}
+}
+
+// scanManifests lists every manifest revision with what it references, the
+// tags pointing at it and its last pull.
+func scanManifests(ctx context.Context, st Store) ([]*manifest, error) {
+	repos, ok := st.NS.(distribution.RepositoryEnumerator)
+	if !ok {
+		return nil, errors.New("storage cannot enumerate repositories")
+	}
+	var out []*manifest
+	err := repos.Enumerate(ctx, func(name string) error {
+		named, err := reference.WithName(name)
+		if err != nil {
+			return fmt.Errorf("repository %q: %w", name, err)
+		}
+		repo, err := st.NS.Repository(ctx, named)
+		if err != nil {
+			return err
+		}
+		tagsOf := map[digest.Digest][]string{}
+		tagSvc := repo.Tags(ctx)
+		all, err := tagSvc.All(ctx)
+		if err != nil && !isTagsMissing(err) {
+			return fmt.Errorf("tags of %s: %w", name, err)
+		}
+		for _, tag := range all {
+			desc, err := tagSvc.Get(ctx, tag)
+			if err == nil {
+				tagsOf[desc.Digest] = append(tagsOf[desc.Digest], tag)
+			}
+		}
+		ms, err := repo.Manifests(ctx)
+		if err != nil {
+			return err
+		}
+		en, ok := ms.(distribution.ManifestEnumerator)
+		if !ok {
+			return errors.New("storage cannot enumerate manifests")
+		}
+		return en.Enumerate(ctx, func(d digest.Digest) error {
+			m := &manifest{repo: name, digest: d, tags: tagsOf[d]}
+			if fi, err := os.Stat(cache.RevisionLinkPath(st.Root, name, d)); err == nil {
+				m.pulled = fi.ModTime()
+			}
+			mf, err := ms.Get(ctx, d)
+			if err != nil {
+				// Its data is gone (an interrupted write): nothing to mark,
+				// and the revision is evicted as unusable.
+				m.evicted = ReasonUnused
+				out = append(out, m)
+				return nil
+			}
+			for _, r := range mf.References() {
+				m.refs = append(m.refs, r.Digest)
+			}
+			out = append(out, m)
+			return nil
+		})
+	})
+	if err != nil && !isPathNotFound(err) {
+		return nil, err
+	}
+	return out, nil
+}
+
+// choose marks the manifests the policy evicts.
+func choose(ms []*manifest, sizes map[digest.Digest]int64, stored int64, p Policy, now time.Time) {
+	if p.MaxUnused > 0 {
+		for _, m := range ms {
+			if m.evicted == "" && now.Sub(m.pulled) > p.MaxUnused {
+				m.evicted = ReasonUnused
+			}
+		}
+	}
+	// Count referrers of each blob among the manifests that stay. A
+	// manifest's own bytes are a blob too, held by its revision.
+	refcount := map[digest.Digest]int{}
+	for _, m := range ms {
+		if m.evicted != "" {
+			continue
+		}
+		refcount[m.digest]++
+		for _, r := range m.refs {
+			refcount[r]++
+		}
+	}
+	freed := int64(0)
+	release := func(d digest.Digest) {
+		refcount[d]--
+		if refcount[d] == 0 {
+			freed += sizes[d]
+		}
+	}
+	// Blobs already unreferenced are freed by the sweep regardless.
+	for d, size := range sizes {
+		if refcount[d] == 0 {
+			freed += size
+		}
+	}
+	if p.MaxSize <= 0 || stored-freed <= p.MaxSize {
+		return
+	}
+	order := make([]*manifest, 0, len(ms))
+	for _, m := range ms {
+		if m.evicted == "" {
+			order = append(order, m)
+		}
+	}
+	// Untagged first, then least recently pulled: the manifest a tag
+	// points at now is the last to go.
+	sort.SliceStable(order, func(i, j int) bool {
+		ti, tj := len(order[i].tags) > 0, len(order[j].tags) > 0
+		if ti != tj {
+			return !ti
+		}
+		return order[i].pulled.Before(order[j].pulled)
+	})
+	for _, m := range order {
+		if stored-freed <= p.MaxSize {
+			return
+		}
+		m.evicted = ReasonSize
+		release(m.digest)
+		for _, r := range m.refs {
+			release(r)
+		}
+	}
+}
+
+// unlinkLayers removes repositories' links to swept blobs, so no repository
+// claims a blob the store no longer has.
+func unlinkLayers(root string, swept []digest.Digest) error {
+	gone := map[string]bool{}
+	for _, d := range swept {
+		gone[d.Encoded()] = true
+	}
+	repos := filepath.Join(root, "docker", "registry", "v2", "repositories")
+	return filepath.WalkDir(repos, func(path string, e fs.DirEntry, err error) error {
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil
+			}
+			return err
+		}
+		if !e.IsDir() || filepath.Base(filepath.Dir(filepath.Dir(path))) != "_layers" {
+			return nil
+		}
+		if gone[e.Name()] {
+			if err := os.RemoveAll(path); err != nil {
+				return err
+			}
+		}
+		return filepath.SkipDir
+	})
+}
+
+func isPathNotFound(err error) bool {
+	var pnf storagedriver.PathNotFoundError
+	return errors.As(err, &pnf)
+}
+
+func isTagsMissing(err error) bool {
+	var unknown distribution.ErrRepositoryUnknown
+	return errors.As(err, &unknown) || isPathNotFound(err)
+}

@@ -1,0 +1,40 @@
+// Package gc collects garbage and evicts images from each upstream's store,
+// on a staggered cron schedule, while the upstream keeps serving.
+//
+// # Why collecting online is safe
+//
+// distribution's mark-and-sweep is offline-only: a manifest cached between
+// its mark and its sweep loses its blobs. Here every path by which the cache
+// comes to rely on content reports it to the upstream's Guard first:
+//
+//   - storing a manifest reports the manifest and every digest it references,
+//     before anything is written;
+//   - serving or linking a blob reports the blob before it is looked up;
+//   - a pull of a cached manifest (by tag or digest) reports the manifest.
+//
+// A collection switches its Guard on before it marks, and off after it
+// sweeps. Deletions happen one object at a time under the Guard's lock, and
+// an object reported since the collection began is never deleted: a
+// manifest chosen for eviction that a client pulls meanwhile is kept, with
+// its references. So anything the cache relied on during the run was either
+// seen as live by the mark or reported to the Guard, and survives the sweep;
+// anything the cache starts relying on after an object's deletion finds it
+// gone and fetches it from the upstream again, verified, like any miss.
+//
+// # Eviction
+//
+// A manifest's last pull is the mtime of its revision link (see
+// cache.RevisionLinkPath). max_unused evicts manifests not pulled for that
+// long. max_size evicts least recently pulled manifests until the blobs they
+// alone hold bring the store under the cap; untagged manifests go before
+// tagged ones, so the manifest a tag currently points at is the last to go.
+// Blobs no remaining manifest references are then swept, and their bytes are
+// really freed on disk.
+//
+// # Scheduling
+//
+// Each upstream collects on its own cron schedule (gc.schedule). Without one,
+// upstreams get weekly slots DefaultSpacing apart, so no two collect
+// together; one process-wide slot serialises runs anyway, so a run that would
+// overlap another waits for it.
+package gc

@@ -1,0 +1,357 @@
+// Package health tracks, per upstream, whether the remote registry answers,
+// so that /readyz, /api/v1/status and the status page can say "reachable",
+// "stale" or "down", and since when.
+//
+// Two kinds of evidence feed it. Traffic: every answer or failure the
+// upstream client meets is reported through Observe, and every tag served
+// stale through Stale. Probes: when traffic has said nothing since the last
+// probe, a GET of the remote's /v2/ (upstream.Client.Ping) asks. Traffic
+// comes first because a failure then shows at the first request that meets
+// it rather than at the next probe, and a busy upstream costs no extra
+// requests.
+//
+// The state is derived from that evidence:
+//
+//   - stale: a tag was served stale within the last StaleFor. The upstream is
+//     failing (down, rate limiting, erroring) but the cache answers for it,
+//     so pulls of cached tags work and may be out of date.
+//   - down: the last evidence is a failure and nothing was served stale
+//     recently: only content pinned by digest in the cache can be pulled.
+//   - reachable: the last evidence is an answer.
+//   - unknown: no evidence yet; only seen before the first probe returns.
+package health
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"sync"
+	"time"
+)
+
+// State is an upstream's health as clients experience it.
+type State string
+
+// States of an upstream.
+const (
+	Unknown   State = "unknown"
+	Reachable State = "reachable"
+	Stale     State = "stale"
+	Down      State = "down"
+)
+
+// States lists every State, for metrics that want a series per state.
+var States = []State{Unknown, Reachable, Stale, Down}
+
+// Defaults for Options left zero.
+const (
+	DefaultInterval = 10 * time.Second
+	DefaultStaleFor = 2 * time.Minute
+)
+
+// historyLen bounds the transitions kept per upstream: enough to see a
+// flapping upstream on the status API, never a growing list.
+const historyLen = 16
+
+// Pinger asks an upstream whether it is there; *upstream.Client is one.
+type Pinger interface {
+	Ping(ctx context.Context) error
+}
+
+// Transition is one change of state.
+type Transition struct {
+	From   State     `json:"from"`
+	To     State     `json:"to"`
+	At     time.Time `json:"at"`
+	Reason string    `json:"reason"`
+}
+
+// Options configures a Monitor.
+type Options struct {
+	// Interval between probes of an upstream that traffic has not reported
+	// on; default DefaultInterval.
+	Interval time.Duration
+	// StaleFor is how long one stale serve keeps an upstream "stale";
+	// default DefaultStaleFor.
+	StaleFor time.Duration
+	Logger   *slog.Logger
+	// OnChange, if set, is called on every transition, in order per
+	// upstream. It must not call back into the Monitor.
+	OnChange func(upstream string, t Transition)
+	// now is the clock; tests replace it.
+	now func() time.Time
+}
+
+// Monitor holds the state of every tracked upstream and probes them.
+type Monitor struct {
+	o   Options
+	log *slog.Logger
+
+	mu      sync.Mutex
+	ups     []*Upstream
+	started bool
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+}
+
+// New returns a Monitor with no upstreams; add them with Track, then Start.
+func New(o Options) *Monitor {
+	if o.Interval <= 0 {
+		o.Interval = DefaultInterval
+	}
+	if o.StaleFor <= 0 {
+		o.StaleFor = DefaultStaleFor
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.now == nil {
+		o.now = time.Now
+	}
+	return &Monitor{o: o, log: o.Logger}
+}
+
+// Track starts tracking an upstream. It can take evidence at once, before
+// it has a Pinger: the proxy's own startup ping is the first evidence.
+func (m *Monitor) Track(name string) *Upstream {
+	u := &Upstream{m: m, name: name, state: Unknown, since: m.o.now()}
+	m.mu.Lock()
+	m.ups = append(m.ups, u)
+	m.mu.Unlock()
+	return u
+}
+
+// Start probes every upstream that has a Pinger, each in its own goroutine
+// so that one black-holed upstream does not delay the others' probes.
+func (m *Monitor) Start() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.started {
+		return
+	}
+	m.started = true
+	ctx, cancel := context.WithCancel(context.Background())
+	m.cancel = cancel
+	for _, u := range m.ups {
+		if p := u.getPinger(); p != nil {
+			m.wg.Add(1)
+			go func() {
+				defer m.wg.Done()
+				u.run(ctx, p)
+			}()
+		}
+	}
+}
+
+// Stop ends probing and waits for probes in flight; a stopped Monitor still
+// answers Status.
+func (m *Monitor) Stop() {
+	m.mu.Lock()
+	cancel := m.cancel
+	m.cancel = nil
+	m.mu.Unlock()
+	if cancel != nil {
+		cancel()
+	}
+	m.wg.Wait()
+}
+
+// Status is one upstream's state now.
+type Status struct {
+	Name  string    `json:"name"`
+	State State     `json:"state"`
+	Since time.Time `json:"since"`
+	// LastError is the latest failure seen, kept after a recovery so an
+	// operator can see what the last outage was.
+	LastError string `json:"last_error,omitempty"`
+	// LastStale is when a tag was last served stale; zero if never.
+	LastStale time.Time    `json:"last_stale,omitzero"`
+	History   []Transition `json:"history"`
+}
+
+// Upstream is the tracked state of one upstream. Its methods are safe for
+// concurrent use.
+type Upstream struct {
+	m    *Monitor
+	name string
+
+	mu           sync.Mutex
+	pinger       Pinger
+	known        bool // any evidence yet
+	ok           bool // the latest evidence was an answer
+	lastErr      string
+	lastEvidence time.Time
+	lastProbe    time.Time // when the latest probe returned
+	lastStale    time.Time
+	state        State
+	since        time.Time
+	history      []Transition
+}
+
+// Probe sets what the Monitor probes this upstream with; call it before Start.
+func (u *Upstream) Probe(p Pinger) {
+	u.mu.Lock()
+	u.pinger = p
+	u.mu.Unlock()
+}
+
+func (u *Upstream) getPinger() Pinger {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.pinger
+}
+
+// Observe takes the outcome of one request the upstream client sent:
+// status is the HTTP status, or 0 with err when no answer came. Any answer
+// below 500, 401 and 429 included, shows a registry that is there.
+func (u *Upstream) Observe(status int, err error) {
+	switch {
+	case err != nil && errors.Is(err, context.Canceled):
+		// The client went away (or we are shutting down): that says
+		// nothing about the upstream.
+		return
+	case err != nil:
+		u.record(false, "request failed: "+err.Error())
+	case status >= http.StatusInternalServerError:
+		u.record(false, fmt.Sprintf("upstream answered %d", status))
+	default:
+		u.record(true, "upstream answered")
+	}
+}
+
+// Stale takes a tag served from the cache because the upstream could not
+// revalidate it, for the given cause.
+func (u *Upstream) Stale(cause string) {
+	now := u.m.o.now()
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.settleLocked(now)
+	u.lastStale = now
+	u.transitionLocked(now, "served stale: "+cause)
+}
+
+// Status reports the state now.
+func (u *Upstream) Status() Status {
+	now := u.m.o.now()
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.settleLocked(now)
+	return Status{
+		Name:      u.name,
+		State:     u.state,
+		Since:     u.since,
+		LastError: u.lastErr,
+		LastStale: u.lastStale,
+		History:   append([]Transition(nil), u.history...),
+	}
+}
+
+func (u *Upstream) record(ok bool, reason string) {
+	now := u.m.o.now()
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.settleLocked(now)
+	u.known, u.ok, u.lastEvidence = true, ok, now
+	if !ok {
+		u.lastErr = reason
+	}
+	u.transitionLocked(now, reason)
+}
+
+// derive is the state the evidence gives at t.
+func (u *Upstream) deriveLocked(t time.Time) State {
+	switch {
+	case !u.lastStale.IsZero() && t.Sub(u.lastStale) < u.m.o.StaleFor:
+		return Stale
+	case !u.known:
+		return Unknown
+	case u.ok:
+		return Reachable
+	default:
+		return Down
+	}
+}
+
+// settleLocked records a stale window that ran out before now at the
+// moment it ran out, not at the moment someone next looked: "since" must be
+// when the upstream stopped being stale.
+func (u *Upstream) settleLocked(now time.Time) {
+	if u.state != Stale {
+		return
+	}
+	end := u.lastStale.Add(u.m.o.StaleFor)
+	if now.Before(end) {
+		return
+	}
+	u.transitionLocked(end, fmt.Sprintf("nothing served stale for %s", u.m.o.StaleFor))
+}
+
+func (u *Upstream) transitionLocked(at time.Time, reason string) {
+	to := u.deriveLocked(at)
+	if to == u.state {
+		return
+	}
+	t := Transition{From: u.state, To: to, At: at, Reason: reason}
+	u.state, u.since = to, at
+	if len(u.history) == historyLen {
+		copy(u.history, u.history[1:])
+		u.history = u.history[:historyLen-1]
+	}
+	u.history = append(u.history, t)
+	level := slog.LevelInfo
+	if to == Down || to == Stale {
+		level = slog.LevelWarn
+	}
+	u.m.log.Log(context.Background(), level, "upstream "+string(to), "upstream", u.name, "from", t.From, "reason", reason)
+	if u.m.o.OnChange != nil {
+		u.m.o.OnChange(u.name, t)
+	}
+}
+
+// run probes every interval unless traffic reported since the last probe.
+// An upstream nobody has heard from yet is probed at once.
+func (u *Upstream) run(ctx context.Context, p Pinger) {
+	u.mu.Lock()
+	known := u.known
+	u.mu.Unlock()
+	if !known {
+		u.probe(ctx, p)
+	}
+	t := time.NewTicker(u.m.o.Interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		now := u.m.o.now()
+		u.mu.Lock()
+		u.settleLocked(now)
+		// Evidence from traffic since the last probe is as good as a probe.
+		// A probe's own request also reaches Observe, but before lastProbe
+		// is set, so it never counts as traffic here.
+		heard := u.lastEvidence.After(u.lastProbe) && now.Sub(u.lastEvidence) < u.m.o.Interval
+		u.mu.Unlock()
+		if !heard {
+			u.probe(ctx, p)
+		}
+	}
+}
+
+func (u *Upstream) probe(ctx context.Context, p Pinger) {
+	err := p.Ping(ctx)
+	if ctx.Err() != nil {
+		return
+	}
+	if err != nil {
+		u.record(false, "probe failed: "+err.Error())
+	} else {
+		u.record(true, "probe answered")
+	}
+	u.mu.Lock()
+	u.lastProbe = u.m.o.now()
+	u.mu.Unlock()
+}

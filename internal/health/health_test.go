@@ -1,0 +1,248 @@
+package health
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// fakeClock is a settable clock for stale-window tests.
+type fakeClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *fakeClock) now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *fakeClock) advance(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+// pinger answers with whatever err holds and counts calls.
+type pinger struct {
+	err   atomic.Pointer[error]
+	calls atomic.Int64
+}
+
+func (p *pinger) Ping(context.Context) error {
+	p.calls.Add(1)
+	if e := p.err.Load(); e != nil {
+		return *e
+	}
+	return nil
+}
+
+func (p *pinger) fail(err error) { p.err.Store(&err) }
+func (p *pinger) heal()          { p.err.Store(nil) }
+
+func waitState(t *testing.T, u *Upstream, want State, within time.Duration) Status {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		st := u.Status()
+		if st.State == want {
+			return st
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("state %s after %v, want %s (history %+v)", st.State, within, want, st.History)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestProbesFollowTheUpstream(t *testing.T) {
+	const interval = 50 * time.Millisecond
+	var changes []Transition
+	var mu sync.Mutex
+	m := New(Options{Interval: interval, OnChange: func(_ string, tr Transition) {
+		mu.Lock()
+		changes = append(changes, tr)
+		mu.Unlock()
+	}})
+	u := m.Track("docker.io")
+	if st := u.Status(); st.State != Unknown {
+		t.Fatalf("before any evidence: %s, want unknown", st.State)
+	}
+	p := &pinger{}
+	u.Probe(p)
+	m.Start()
+	defer m.Stop()
+
+	waitState(t, u, Reachable, time.Second)
+	p.fail(errors.New("connection refused"))
+	before := time.Now()
+	st := waitState(t, u, Down, 5*interval)
+	if st.Since.Before(before) {
+		t.Errorf("since %v is before the upstream failed (%v)", st.Since, before)
+	}
+	if st.LastError == "" {
+		t.Error("down without a last error")
+	}
+	p.heal()
+	st = waitState(t, u, Reachable, 5*interval)
+	if st.LastError == "" {
+		t.Error("the last outage's error was forgotten on recovery")
+	}
+
+	mu.Lock()
+	defer mu.Unlock()
+	var path []State
+	for _, c := range changes {
+		path = append(path, c.To)
+	}
+	if want := []State{Reachable, Down, Reachable}; fmt.Sprint(path) != fmt.Sprint(want) {
+		t.Errorf("transitions %v, want %v", path, want)
+	}
+}
+
+func TestTrafficStandsInForProbes(t *testing.T) {
+	const interval = 40 * time.Millisecond
+	m := New(Options{Interval: interval})
+	u := m.Track("ghcr.io")
+	p := &pinger{}
+	u.Probe(p)
+	u.Observe(200, nil) // the proxy's startup ping, before Start
+	m.Start()
+	defer m.Stop()
+
+	stop := time.After(10 * interval)
+	tick := time.NewTicker(interval / 4)
+	defer tick.Stop()
+loop:
+	for {
+		select {
+		case <-stop:
+			break loop
+		case <-tick.C:
+			u.Observe(401, nil) // a token challenge is an answer too
+		}
+	}
+	if n := p.calls.Load(); n > 1 {
+		t.Errorf("%d probes while traffic kept reporting, want at most 1", n)
+	}
+	if st := u.Status(); st.State != Reachable {
+		t.Errorf("state %s, want reachable", st.State)
+	}
+
+	// Traffic stops: probes resume.
+	time.Sleep(4 * interval)
+	if n := p.calls.Load(); n < 2 {
+		t.Errorf("%d probes after traffic stopped, want probing to resume", n)
+	}
+}
+
+func TestTrafficEvidence(t *testing.T) {
+	m := New(Options{})
+	u := m.Track("quay.io")
+	u.Observe(0, context.Canceled)
+	if st := u.Status(); st.State != Unknown {
+		t.Errorf("a cancelled request moved the state to %s", st.State)
+	}
+	u.Observe(429, nil)
+	if st := u.Status(); st.State != Reachable {
+		t.Errorf("after a 429: %s, want reachable (it answered)", st.State)
+	}
+	u.Observe(503, nil)
+	if st := u.Status(); st.State != Down || st.LastError != "upstream answered 503" {
+		t.Errorf("after a 503: %s %q, want down", st.State, st.LastError)
+	}
+	u.Observe(0, errors.New("dial tcp: connection refused"))
+	if st := u.Status(); st.State != Down {
+		t.Errorf("after a refused dial: %s, want down", st.State)
+	}
+	u.Observe(200, nil)
+	if st := u.Status(); st.State != Reachable {
+		t.Errorf("after a 200: %s, want reachable", st.State)
+	}
+}
+
+func TestStaleWindow(t *testing.T) {
+	clock := &fakeClock{t: time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)}
+	const window = time.Minute
+	m := New(Options{StaleFor: window, now: clock.now})
+	u := m.Track("docker.io")
+	u.Observe(200, nil)
+
+	clock.advance(time.Second)
+	u.Stale("timeout")
+	staleAt := clock.now()
+	st := u.Status()
+	if st.State != Stale || !st.Since.Equal(staleAt) {
+		t.Fatalf("after a stale serve: %s since %v, want stale since %v", st.State, st.Since, staleAt)
+	}
+
+	// More stale serves and failures inside the window keep it stale, and
+	// since stays at the start of the episode.
+	clock.advance(30 * time.Second)
+	u.Observe(0, errors.New("timeout"))
+	u.Stale("timeout")
+	lastStale := clock.now()
+	if st := u.Status(); st.State != Stale || !st.Since.Equal(staleAt) {
+		t.Fatalf("inside the window: %s since %v, want stale since %v", st.State, st.Since, staleAt)
+	}
+
+	// The window ends while the upstream is still failing: down, since the
+	// window's end rather than since whoever looked.
+	clock.advance(window + 10*time.Second)
+	st = u.Status()
+	if want := lastStale.Add(window); st.State != Down || !st.Since.Equal(want) {
+		t.Fatalf("after the window: %s since %v, want down since %v", st.State, st.Since, want)
+	}
+	clock.advance(time.Second)
+	u.Observe(200, nil)
+	if st := u.Status(); st.State != Reachable || !st.Since.Equal(clock.now()) {
+		t.Fatalf("after recovery: %s since %v", st.State, st.Since)
+	}
+}
+
+func TestHistoryIsBounded(t *testing.T) {
+	m := New(Options{})
+	u := m.Track("docker.io")
+	for i := range 3 * historyLen {
+		u.Observe(200+300*(i%2), nil) // 200, 500, 200, ...
+	}
+	st := u.Status()
+	if len(st.History) != historyLen {
+		t.Fatalf("history holds %d transitions, want the last %d", len(st.History), historyLen)
+	}
+	if last := st.History[len(st.History)-1]; last.To != st.State {
+		t.Errorf("last transition to %s, current state %s", last.To, st.State)
+	}
+}
+
+func TestStopEndsProbesInFlight(t *testing.T) {
+	m := New(Options{Interval: time.Hour})
+	u := m.Track("slow")
+	blocked := make(chan struct{})
+	u.Probe(pingFunc(func(ctx context.Context) error {
+		close(blocked)
+		<-ctx.Done()
+		return ctx.Err()
+	}))
+	m.Start()
+	<-blocked
+	done := make(chan struct{})
+	go func() { m.Stop(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Stop did not end a probe in flight")
+	}
+	if st := u.Status(); st.State != Unknown {
+		t.Errorf("a probe cancelled by Stop was taken as evidence: %s", st.State)
+	}
+}
+
+type pingFunc func(context.Context) error
+
+func (f pingFunc) Ping(ctx context.Context) error { return f(ctx) }
