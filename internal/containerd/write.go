@@ -1,0 +1,177 @@
+package containerd
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// WriteAction is what WriteHosts did with one file.
+type WriteAction string
+
+// The outcomes of writing one hosts.toml.
+const (
+	Created   WriteAction = "created"
+	Updated   WriteAction = "updated"   // replaced a file we had generated
+	Unchanged WriteAction = "unchanged" // already had this content
+	Kept      WriteAction = "kept"      // hand-edited; not replaced without Force
+	Replaced  WriteAction = "replaced"  // hand-edited, replaced with Force; see Backup
+)
+
+// WriteResult reports one file.
+type WriteResult struct {
+	Registry string
+	Path     string
+	Action   WriteAction
+	// Backup is where the replaced hand-edited file was saved.
+	Backup string
+	// Shadowed names a "host_port_" directory that containerd reads in
+	// preference to the one we wrote, which then has no effect.
+	Shadowed string
+}
+
+// WriteOptions control WriteHosts.
+type WriteOptions struct {
+	// Force replaces hand-edited files, keeping a backup of each.
+	Force bool
+	// Now stamps backup names; nil means time.Now.
+	Now func() time.Time
+}
+
+// WriteHosts writes each file to dir/<registry>/hosts.toml. It is
+// idempotent: identical files are not rewritten, so their mtime stays and
+// nothing watching the directory sees a change. Directories of registries
+// not in files are never touched. A file that we did not generate, or that
+// was edited since, is kept unless opts.Force; then a backup is kept next
+// to it (containerd reads only hosts.toml, so the backup is inert).
+func WriteHosts(dir string, files []HostsFile, opts WriteOptions) ([]WriteResult, error) {
+	now := opts.Now
+	if now == nil {
+		now = time.Now
+	}
+	results := make([]WriteResult, 0, len(files))
+	for _, f := range files {
+		res, err := writeHostsFile(dir, f, opts.Force, now)
+		if err != nil {
+			return results, err
+		}
+		results = append(results, res)
+	}
+	return results, nil
+}
+
+func writeHostsFile(dir string, f HostsFile, force bool, now func() time.Time) (WriteResult, error) {
+	path := f.Path(dir)
+	res := WriteResult{Registry: f.Registry, Path: path}
+	if alt := hostDirectory(f.Registry); alt != f.Registry {
+		if _, err := os.Stat(filepath.Join(dir, alt)); err == nil {
+			res.Shadowed = filepath.Join(dir, alt)
+		}
+	}
+
+	old, err := os.ReadFile(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		res.Action = Created
+	case err != nil:
+		return res, fmt.Errorf("read %s: %w", path, err)
+	case bytes.Equal(old, f.Content):
+		res.Action = Unchanged
+		return res, nil
+	case generatedUnedited(old):
+		res.Action = Updated
+	case !force:
+		res.Action = Kept
+		return res, nil
+	default:
+		res.Action = Replaced
+		backup, err := backupFile(path, old, now(), false)
+		if err != nil {
+			return res, err
+		}
+		res.Backup = backup
+	}
+
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return res, fmt.Errorf("create %s: %w", filepath.Dir(path), err)
+	}
+	if err := writeFileAtomic(path, f.Content, 0o644); err != nil {
+		return res, err
+	}
+	return res, nil
+}
+
+// backupFile saves content next to path. Without timestamped it uses
+// path.bak while that name is free, so the usual case has one obvious
+// backup; an existing backup is never overwritten.
+func backupFile(path string, content []byte, now time.Time, timestamped bool) (string, error) {
+	name := path + ".bak"
+	if _, err := os.Lstat(name); timestamped || err == nil {
+		name = path + "." + now.UTC().Format("20060102T150405Z") + ".bak"
+	}
+	f, err := os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return "", fmt.Errorf("back up %s: %w", path, err)
+	}
+	_, werr := f.Write(content)
+	if err := errors.Join(werr, f.Sync(), f.Close()); err != nil {
+		return "", fmt.Errorf("back up %s to %s: %w", path, name, err)
+	}
+	return name, nil
+}
+
+// writeFileAtomic replaces path via a temporary file and a rename, so
+// containerd, which reads hosts.toml on every pull, never sees half a file.
+func writeFileAtomic(path string, content []byte, perm os.FileMode) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	done := false
+	defer func() {
+		if !done {
+			_ = os.Remove(tmp.Name())
+		}
+	}()
+	_, werr := io.Copy(tmp, bytes.NewReader(content))
+	if err := errors.Join(werr, tmp.Chmod(perm), tmp.Sync(), tmp.Close()); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	done = true
+	return nil
+}
+
+// WriteConfig replaces a containerd config.toml with content, first saving
+// the old file as path.<UTC timestamp>.bak. It writes nothing when the
+// content is unchanged, and creates the file (and its directory) when
+// there is none. The old file's permissions are kept.
+func WriteConfig(path string, content []byte, now time.Time) (backup string, err error) {
+	perm := os.FileMode(0o644)
+	old, err := os.ReadFile(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			return "", fmt.Errorf("create %s: %w", filepath.Dir(path), err)
+		}
+	case err != nil:
+		return "", fmt.Errorf("read %s: %w", path, err)
+	case bytes.Equal(old, content):
+		return "", nil
+	default:
+		if st, err := os.Stat(path); err == nil {
+			perm = st.Mode().Perm()
+		}
+		if backup, err = backupFile(path, old, now, true); err != nil {
+			return "", err
+		}
+	}
+	return backup, writeFileAtomic(path, content, perm)
+}
