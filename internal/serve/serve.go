@@ -118,7 +118,7 @@ func Start(ctx context.Context, cfg config.Config, log *slog.Logger) (*Process, 
 			Schedule: u.GC.Schedule,
 		})
 	}
-	if p.gc, err = gc.NewScheduler(gcTargets, nil, log); err != nil {
+	if p.gc, err = gc.NewScheduler(gcTargets, gcMetrics{p.metrics}, log); err != nil {
 		return fail(err)
 	}
 	p.gc.Start()
@@ -149,6 +149,7 @@ func Start(ctx context.Context, cfg config.Config, log *slog.Logger) (*Process, 
 		Interval:  cfg.Recycle.Interval,
 		MaxMemory: int64(cfg.Recycle.MaxMemory),
 		Logger:    log,
+		Observer:  p.metrics,
 	})
 	bg, stopBg := context.WithCancel(context.WithoutCancel(ctx))
 	p.stopBg = stopBg
@@ -328,6 +329,24 @@ func (p *Process) Purge(ctx context.Context, image string) error {
 		return &admin.StatusError{Status: http.StatusBadRequest, Err: errors.New("purge takes a tag, not a digest: digests are immutable")}
 	}
 	return srv.Cache().Forget(ctx, reference.Path(named), tagged.Tag())
+}
+
+// gcMetrics reports collections to the metrics.
+type gcMetrics struct{ m *metrics.Metrics }
+
+func (g gcMetrics) Collected(upstream string, r gc.Result, err error) {
+	if r.DryRun {
+		return // a dry run frees nothing and is not "the last GC"
+	}
+	u := g.m.For(upstream)
+	u.GCRun(r.Duration, r.FreedBytes, int64(r.FreedBlobs+len(r.Evicted)), err)
+	byReason := map[string]int{}
+	for _, e := range r.Evicted {
+		byReason[e.Reason]++
+	}
+	for reason, n := range byReason {
+		u.Evicted(reason, n)
+	}
 }
 
 // collect runs one upstream's GC now (the admin API's gc).
