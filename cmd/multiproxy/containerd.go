@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/multiproxy/multiproxy/internal/config"
 	"github.com/multiproxy/multiproxy/internal/containerd"
 )
 
@@ -78,6 +79,7 @@ leave it out and a cache host that stops answering costs containerd's built-in
 			if err != nil {
 				return usageError("%w", err)
 			}
+			warnLoopback(stderr, cfg.Upstreams, address)
 			if out == "-" {
 				return containerd.WriteHostsListing(stdout, "", files)
 			}
@@ -95,6 +97,12 @@ leave it out and a cache host that stops answering costs containerd's built-in
 	f.String("containerd-version", string(containerd.DefaultVersion), "containerd release the files are for: 1.6, 1.7 or 2.x")
 	f.BoolVar(&force, "force", false, "replace hand-edited files (a .bak copy of each is kept)")
 	return cmd
+}
+
+func warnLoopback(stderr io.Writer, ups []config.Upstream, address string) {
+	for _, name := range containerd.LoopbackOnly(ups, address) {
+		fmt.Fprintf(stderr, "warning: upstream %s listens on loopback only; nodes cannot reach it at %s\n", name, address)
+	}
 }
 
 func printWriteResults(stdout, stderr io.Writer, results []containerd.WriteResult) {
@@ -185,6 +193,7 @@ restart containerd afterwards for config.toml changes to apply.`,
 			if err != nil {
 				return &exitError{code: 1, err: err}
 			}
+			warnLoopback(stderr, cfg.Upstreams, address)
 			if !write {
 				printFix(stdout, path, res)
 				return errorsFound(report)

@@ -20,6 +20,7 @@ import (
 
 	"github.com/multiproxy/multiproxy/internal/admin"
 	"github.com/multiproxy/multiproxy/internal/config"
+	"github.com/multiproxy/multiproxy/internal/sdnotify"
 	"github.com/multiproxy/multiproxy/internal/serve"
 )
 
@@ -96,9 +97,26 @@ func serveCmd(stderr io.Writer) *cobra.Command {
 				return err
 			}
 			log := newLogger(stderr, cfg.LogLevel)
-			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+			sig, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
-			return serve.Run(ctx, cfg, log, nil)
+			// STOPPING=1 must reach systemd before the drain starts (and
+			// the process may exit), so Run sees the cancellation only
+			// after it was sent.
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			go func() {
+				<-sig.Done()
+				if err := sdnotify.Stopping(); err != nil {
+					log.Warn("sd_notify", "err", err)
+				}
+				cancel()
+			}()
+			ready := func() {
+				if err := sdnotify.Ready(); err != nil {
+					log.Warn("sd_notify", "err", err)
+				}
+			}
+			return serve.Run(ctx, cfg, log, ready)
 		},
 	}
 	addOverrideFlags(cmd.Flags())

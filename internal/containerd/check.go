@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -183,7 +184,24 @@ func boolRank(b bool) int {
 	return 0
 }
 
-func (r *Report) add(f Finding) { r.Findings = append(r.Findings, f) }
+func (r *Report) add(f Finding) {
+	f.Text = redactLine(f.Text)
+	r.Findings = append(r.Findings, f)
+}
+
+// secretKey matches keys whose values are credentials: registry.configs
+// auth tables (password, auth, identitytoken) and hosts.toml headers
+// (Authorization). A finding may quote such a line, for instance when it
+// has a syntax error; its value is never printed.
+var secretKey = regexp.MustCompile(`(?i)(pass|auth|token|secret)`)
+
+func redactLine(line string) string {
+	key, _, ok := strings.Cut(line, "=")
+	if !ok || !secretKey.MatchString(key) || strings.HasPrefix(strings.TrimSpace(line), "[") {
+		return line
+	}
+	return strings.TrimSpace(key) + " = <redacted>"
+}
 
 type checker struct {
 	ctx    context.Context
@@ -228,7 +246,7 @@ func (c *checker) run() {
 			line := c.doc.lineOf(append(slices.Clone(regPath), "mirrors", "*")...)
 			c.finding(Error, CodeWildcardMirror, line,
 				fmt.Sprintf("wildcard mirror sends pulls of every registry (ghcr.io, quay.io, registry.k8s.io, ...) to %s; a cache that proxies one upstream (such as a Docker Hub proxy) answers them with errors (ImagePullBackOff) or with a same-named image from the wrong registry",
-					orNone(strings.Join(stringList(ep["endpoint"]), ", "))),
+					orNone(redactURLs(stringList(ep["endpoint"])))),
 				"remove mirrors.\"*\" and give each registry its own hosts.toml: `multiproxy containerd hosts --address HOST`")
 		}
 	}

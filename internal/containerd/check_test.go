@@ -269,3 +269,17 @@ func writeFile(t *testing.T, path, content string) {
 		t.Fatal(err)
 	}
 }
+
+// A finding may quote a line with a credential on it; the value is never
+// printed.
+func TestCheckRedactsCredentials(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "config.toml")
+	writeFile(t, path, "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".registry.configs.\"r.io\".auth]\n  password = \"hunter2\n")
+	text := reportText(t, checkFile(t, path, CheckOptions{}))
+	if strings.Contains(text, "hunter2") {
+		t.Errorf("report prints the password:\n%s", text)
+	}
+	if !strings.Contains(text, "password = <redacted>") {
+		t.Errorf("report does not show the redacted line:\n%s", text)
+	}
+}

@@ -297,7 +297,7 @@ func (f *fixer) insertAfter(line int, text string) {
 
 // tidyBlankLines also deletes a blank line after a deleted block that
 // already had a blank line before it, so removing a table does not leave
-// a gap twice as wide.
+// a gap twice as wide, and trailing blank lines a deletion leaves.
 func (f *fixer) tidyBlankLines() {
 	n := len(f.doc.lines)
 	blank := func(l int) bool { return l >= 1 && l <= n && strings.TrimSpace(f.doc.lines[l-1]) == "" }
@@ -309,8 +309,15 @@ func (f *fixer) tidyBlankLines() {
 		for start > 1 && f.deleted[start-1] {
 			start--
 		}
-		if blank(l+1) && (start == 1 || blank(start-1)) {
+		switch {
+		case blank(l+1) && (start == 1 || blank(start-1)):
 			f.deleted[l+1] = true
+		case l == n:
+			// A block deleted at the end of the file takes the blank
+			// lines that separated it from the rest.
+			for b := start - 1; blank(b); b-- {
+				f.deleted[b] = true
+			}
 		}
 	}
 }
@@ -394,11 +401,11 @@ func migratedHosts(ups []config.Upstream, opts HostsOptions, legacy map[string][
 	for _, name := range legacyOrder {
 		endpoints := legacy[name]
 		if name == "*" {
-			notes = append(notes, fmt.Sprintf("dropped the wildcard mirror (%s): every registry gets its own hosts.toml instead", orNone(strings.Join(endpoints, ", "))))
+			notes = append(notes, fmt.Sprintf("dropped the wildcard mirror (%s): every registry gets its own hosts.toml instead", orNone(redactURLs(endpoints))))
 			continue
 		}
 		if _, ok := byName[name]; ok {
-			notes = append(notes, fmt.Sprintf("replaced mirrors.%s (%s) with multiproxy's hosts.toml", tomlKey(name), orNone(strings.Join(endpoints, ", "))))
+			notes = append(notes, fmt.Sprintf("replaced mirrors.%s (%s) with multiproxy's hosts.toml", tomlKey(name), orNone(redactURLs(endpoints))))
 			continue
 		}
 		if !registryName.MatchString(name) {
@@ -416,8 +423,15 @@ func migratedHosts(ups []config.Upstream, opts HostsOptions, legacy map[string][
 				ep = "https://" + ep
 			}
 			u, err := url.Parse(ep)
-			if err != nil || u.Host == "" {
-				notes = append(notes, fmt.Sprintf("dropped endpoint %q of mirrors.%s: not a URL", ep, tomlKey(name)))
+			switch {
+			case err != nil || u.Host == "":
+				notes = append(notes, fmt.Sprintf("dropped endpoint %s of mirrors.%s: not a URL", redactURLs([]string{ep}), tomlKey(name)))
+				continue
+			case u.User != nil:
+				// hosts.toml has no place for credentials in a URL, and
+				// they do not belong in a world-readable file anyway.
+				notes = append(notes, fmt.Sprintf("dropped endpoint %s of mirrors.%s: credentials in a mirror URL cannot move to hosts.toml; use registry.configs.<host>.auth",
+					u.Redacted(), tomlKey(name)))
 				continue
 			}
 			// The legacy list may name the registry itself, often over

@@ -228,3 +228,26 @@ func TestFixInlineMirrors(t *testing.T) {
 		t.Errorf("got:\n%s\nwant:\n%s", res.Config, want)
 	}
 }
+
+// A legacy endpoint with credentials in its URL is not copied into a
+// world-readable hosts.toml, and the password is printed nowhere.
+func TestFixDropsCredentialedEndpoint(t *testing.T) {
+	in := "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".registry.mirrors.\"r.example\"]\n  endpoint = [\"https://puller:s3cret@mirror.example\", \"https://mirror2.example\"]\n"
+	res, err := Fix([]byte(in), FixOptions{Hosts: HostsOptions{Address: "10.0.20.10"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	all := strings.Join(res.Notes, "\n")
+	for _, f := range res.Hosts {
+		all += string(f.Content)
+	}
+	if strings.Contains(all, "s3cret") {
+		t.Errorf("the password leaked:\n%s", all)
+	}
+	if len(res.Hosts) != 1 || !strings.Contains(string(res.Hosts[0].Content), `[host."https://mirror2.example"]`) {
+		t.Errorf("hosts files %+v, want r.example with the other mirror", res.Hosts)
+	}
+	if !strings.Contains(all, "https://puller:xxxxx@mirror.example of mirrors.\"r.example\": credentials") {
+		t.Errorf("notes do not say why the endpoint was dropped:\n%s", all)
+	}
+}

@@ -148,6 +148,23 @@ func renderAll(specs []hostsSpec) ([]HostsFile, error) {
 	return files, nil
 }
 
+// LoopbackOnly lists the upstreams whose listen address is a loopback IP
+// while address is not: nodes would be pointed at a port they cannot reach,
+// and every pull would wait for the fallback.
+func LoopbackOnly(ups []config.Upstream, address string) []string {
+	if ip := net.ParseIP(strings.Trim(address, "[]")); (ip != nil && ip.IsLoopback()) || address == "localhost" {
+		return nil
+	}
+	var out []string
+	for _, u := range ups {
+		h, _, err := net.SplitHostPort(u.Listen)
+		if ip := net.ParseIP(h); err == nil && (h == "localhost" || ip != nil && ip.IsLoopback()) {
+			out = append(out, u.Name)
+		}
+	}
+	return out
+}
+
 // normalizeAddress accepts a host name, IPv4 or IPv6 address (bracketed or
 // not) and rejects anything with a scheme, port or path, which would end up
 // mangled inside the mirror URL.
@@ -295,17 +312,36 @@ func (t *tlsSettings) write(b *strings.Builder, indent string) {
 func checkURL(raw string) error {
 	u, err := url.Parse(raw)
 	if err != nil {
+		// *url.Error repeats the input, credentials and all.
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
 		return fmt.Errorf("invalid URL: %w", err)
 	}
 	switch {
+	case u.User != nil:
+		return fmt.Errorf("%s: URL must not carry credentials", u.Redacted())
 	case u.Scheme != "http" && u.Scheme != "https":
 		return fmt.Errorf("%q: want an http:// or https:// URL", raw)
 	case u.Host == "":
 		return fmt.Errorf("%q has no host", raw)
-	case u.User != nil:
-		return errors.New("URL must not carry credentials")
 	}
 	return nil
+}
+
+// redactURLs joins URLs for a message, with any password masked.
+func redactURLs(urls []string) string {
+	out := make([]string, len(urls))
+	for i, raw := range urls {
+		out[i] = raw
+		if u, err := url.Parse(raw); err == nil && u.User != nil {
+			out[i] = u.Redacted()
+		} else if err != nil && strings.Contains(raw, "@") {
+			out[i] = "(an unparsable URL)"
+		}
+	}
+	return strings.Join(out, ", ")
 }
 
 func markerLine(body string) string {

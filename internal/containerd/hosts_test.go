@@ -153,3 +153,17 @@ func TestParseVersion(t *testing.T) {
 		}
 	}
 }
+
+func TestLoopbackOnly(t *testing.T) {
+	ups := []config.Upstream{
+		{Name: "docker.io", Listen: "127.0.0.1:5000"},
+		{Name: "ghcr.io", Listen: ":5010"},
+		{Name: "quay.io", Listen: "[::1]:5020"},
+	}
+	if got := LoopbackOnly(ups, "10.0.20.10"); !slices.Equal(got, []string{"docker.io", "quay.io"}) {
+		t.Errorf("LoopbackOnly = %v, want docker.io and quay.io", got)
+	}
+	if got := LoopbackOnly(ups, "127.0.0.1"); got != nil {
+		t.Errorf("with a loopback address every port is reachable, got %v", got)
+	}
+}

@@ -45,6 +45,9 @@ func probeMirrors(ctx context.Context, files map[string]*hostsFile, timeout time
 		}
 	}
 	wg.Wait()
+	for i := range findings {
+		findings[i].Text = redactLine(findings[i].Text)
+	}
 	return findings
 }
 

@@ -69,7 +69,10 @@ type fixture struct {
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
 	up := ts.StartRegistry(t, ts.RegistryOptions{})
-	cfg := ts.NewProxyConfig(t, ts.ProxyUpstream{Name: "docker.io", Reg: up})
+	// A generous upstream timeout: these tests are about what GC deletes, and
+	// 50 clients under the race detector can make a healthy upstream slow.
+	cfg := ts.NewProxyConfig(t, ts.ProxyUpstream{Name: "docker.io", Reg: up,
+		Tweak: func(u *config.Upstream) { u.Timeout = 15 * time.Second }})
 	u := cfg.Upstreams[0]
 	guard := &gc.Guard{}
 	srv, err := proxy.New(context.Background(), u, proxy.Options{Guard: guard, Drain: time.Second})

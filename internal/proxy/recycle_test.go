@@ -85,7 +85,10 @@ func TestPullsNeverFailWhileRecyclingEvery200ms(t *testing.T) {
 		img := ts.PushImage(t, up, repo+":1", 2, 256<<10)
 		images = append(images, image{repo, "1", ts.Digest(t, img)})
 	}
-	cfg := ts.NewProxyConfig(t, ts.ProxyUpstream{Name: "docker.io", Reg: up})
+	// A generous upstream timeout: this test is about recycling, and eight
+	// clients under the race detector can make a healthy upstream slow.
+	cfg := ts.NewProxyConfig(t, ts.ProxyUpstream{Name: "docker.io", Reg: up,
+		Tweak: func(u *config.Upstream) { u.Timeout = 15 * time.Second }})
 	cfg.Recycle.Interval = 200 * time.Millisecond
 	p := ts.StartProxyConfig(t, cfg)
 	base := p.URL("docker.io")
