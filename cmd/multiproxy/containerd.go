@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"net"
 	"os"
 	"time"
 
@@ -75,7 +76,7 @@ leave it out and a cache host that stops answering costs containerd's built-in
 			if address == "" {
 				return usageError("--address is required: the cache's host name or IP as the nodes reach it")
 			}
-			files, err := containerd.GenerateHosts(cfg.Upstreams, containerd.HostsOptions{Address: address, Version: version})
+			files, err := containerd.GenerateHosts(cfg.Upstreams, containerd.HostsOptions{Address: address, Version: version, Endpoint: onePortEndpoint(cfg, address)})
 			if err != nil {
 				return usageError("%w", err)
 			}
@@ -188,7 +189,7 @@ restart containerd afterwards for config.toml changes to apply.`,
 			}
 			res, err := containerd.Fix(data, containerd.FixOptions{
 				Upstreams: cfg.Upstreams,
-				Hosts:     containerd.HostsOptions{Address: address, Version: version},
+				Hosts:     containerd.HostsOptions{Address: address, Version: version, Endpoint: onePortEndpoint(cfg, address)},
 			})
 			if err != nil {
 				return &exitError{code: 1, err: err}
@@ -271,4 +272,18 @@ func writeFix(cmd *cobra.Command, stdout, stderr io.Writer, path string, res *co
 		return err
 	}
 	return keptError(results)
+}
+
+// onePortEndpoint is the single mirror every hosts.toml names in one-port
+// mode (listen_all), or "" in the default per-port mode. containerd's ?ns=
+// tells the one port which upstream a request is for.
+func onePortEndpoint(cfg config.Config, address string) string {
+	if cfg.ListenAll == "" || address == "" {
+		return ""
+	}
+	_, port, err := net.SplitHostPort(cfg.ListenAll)
+	if err != nil {
+		return ""
+	}
+	return net.JoinHostPort(address, port)
 }

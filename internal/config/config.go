@@ -30,7 +30,11 @@ type Config struct {
 	// ShutdownTimeout bounds how long in-flight requests may drain on SIGTERM.
 	ShutdownTimeout time.Duration `mapstructure:"shutdown_timeout" yaml:"shutdown_timeout"`
 	// LogLevel is one of debug, info, warn, error.
-	LogLevel  string     `mapstructure:"log_level" yaml:"log_level"`
+	LogLevel string `mapstructure:"log_level" yaml:"log_level"`
+	// ListenAll, if set, is one address serving every upstream, routed by
+	// containerd's ?ns= parameter or a /v2/<registry>/ path prefix. An
+	// upstream's own listen then becomes optional.
+	ListenAll string     `mapstructure:"listen_all" yaml:"listen_all,omitempty"`
 	Admin     Admin      `mapstructure:"admin" yaml:"admin"`
 	Recycle   Recycle    `mapstructure:"recycle" yaml:"recycle"`
 	Upstreams []Upstream `mapstructure:"upstreams" yaml:"upstreams"`

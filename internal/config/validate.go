@@ -74,6 +74,16 @@ func (c Config) Validate() error {
 		ports[port] = "admin.listen"
 	}
 
+	if c.ListenAll != "" {
+		if port, err := listenPort(c.ListenAll); err != nil {
+			add(fieldErr("listen_all", "%v", err))
+		} else if owner, dup := ports[port]; dup {
+			add(fieldErr("listen_all", "port %d already used by %s", port, owner))
+		} else {
+			ports[port] = "listen_all"
+		}
+	}
+
 	if len(c.Upstreams) == 0 {
 		add(fieldErr("upstreams", "at least one upstream is required"))
 	}
@@ -99,12 +109,15 @@ func (c Config) Validate() error {
 			}
 		}
 
-		if port, err := listenPort(u.Listen); err != nil {
-			add(fieldErr(field("listen"), "%v", err))
-		} else if owner, used := ports[port]; used {
-			add(fieldErr(field("listen"), "port %d already used by %s", port, owner))
-		} else {
-			ports[port] = fmt.Sprintf("upstreams[%d]", i)
+		// In one-port mode an upstream may have no listener of its own.
+		if u.Listen != "" || c.ListenAll == "" {
+			if port, err := listenPort(u.Listen); err != nil {
+				add(fieldErr(field("listen"), "%v", err))
+			} else if owner, used := ports[port]; used {
+				add(fieldErr(field("listen"), "port %d already used by %s", port, owner))
+			} else {
+				ports[port] = fmt.Sprintf("upstreams[%d]", i)
+			}
 		}
 
 		if msg := checkRemote(u.Remote); msg != "" {

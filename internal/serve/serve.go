@@ -38,6 +38,7 @@ type Process struct {
 	recycler  *recycle.Scheduler
 	gc        *gc.Scheduler
 	unlock    func() // releases the storage locks
+	onePort   *http.Server
 	stopBg    context.CancelFunc
 	admin     *http.Server
 	adminAddr string
@@ -49,7 +50,8 @@ type running struct {
 	name     string
 	addr     string
 	server   *proxy.Server
-	http     *http.Server
+	handler  http.Handler
+	http     *http.Server // nil when the upstream has no listener of its own
 	listener net.Listener
 }
 
@@ -77,17 +79,31 @@ func Start(ctx context.Context, cfg config.Config, log *slog.Logger) (*Process, 
 		return nil, err
 	}
 
-	for _, u := range cfg.Upstreams {
+	own := make([]net.Listener, len(cfg.Upstreams)) // nil: reached through listen_all only
+	for i, u := range cfg.Upstreams {
 		unlock, err := gc.LockStore(u.Storage)
 		if err != nil {
 			return fail(fmt.Errorf("upstream %s: %w", u.Name, err))
 		}
 		unlocks = append(unlocks, unlock)
+		if u.Listen == "" {
+			continue
+		}
 		l, err := net.Listen("tcp", u.Listen)
 		if err != nil {
 			return fail(fmt.Errorf("upstream %s: listen %s: %w", u.Name, u.Listen, err))
 		}
 		listeners = append(listeners, l)
+		own[i] = l
+	}
+	var allL net.Listener
+	if cfg.ListenAll != "" {
+		l, err := net.Listen("tcp", cfg.ListenAll)
+		if err != nil {
+			return fail(fmt.Errorf("listen_all: listen %s: %w", cfg.ListenAll, err))
+		}
+		listeners = append(listeners, l)
+		allL = l
 	}
 	adminL, err := net.Listen("tcp", cfg.Admin.Listen)
 	if err != nil {
@@ -103,14 +119,15 @@ func Start(ctx context.Context, cfg config.Config, log *slog.Logger) (*Process, 
 		if err != nil {
 			return fail(err)
 		}
-		r := &running{name: u.Name, addr: listeners[i].Addr().String(), server: srv, listener: p.board.listener(u.Name, listeners[i])}
-		p.board.probe(u.Name, srv.Upstream())
-		r.http = &http.Server{
-			Handler:           inflight(obs, srv),
-			ReadHeaderTimeout: 10 * time.Second,
-			IdleTimeout:       2 * time.Minute,
-			ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		r := &running{name: u.Name, server: srv, handler: inflight(obs, srv)}
+		if l := own[i]; l != nil {
+			r.addr = l.Addr().String()
+			r.listener = p.board.listener(u.Name, l)
+			r.http = p.httpServer(r.handler)
+		} else {
+			r.addr = allL.Addr().String()
 		}
+		p.board.probe(u.Name, srv.Upstream())
 		p.upstreams = append(p.upstreams, r)
 		gcTargets = append(gcTargets, gc.Target{
 			Store:    gc.StoreOf(u.Name, srv.Cache(), guard),
@@ -134,12 +151,18 @@ func Start(ctx context.Context, cfg config.Config, log *slog.Logger) (*Process, 
 		ReadHeaderTimeout: 10 * time.Second,
 	}
 	for _, r := range p.upstreams {
+		if r.http == nil {
+			continue
+		}
 		go func() {
 			if err := r.http.Serve(r.listener); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				p.serveErr <- fmt.Errorf("upstream %s: %w", r.name, err)
 			}
 		}()
 		log.Info("serving upstream", "upstream", r.name, "listen", r.addr)
+	}
+	if allL != nil {
+		p.startOnePort(allL)
 	}
 	targets := make([]recycle.Target, len(p.upstreams))
 	for i, r := range p.upstreams {
@@ -162,6 +185,43 @@ func Start(ctx context.Context, cfg config.Config, log *slog.Logger) (*Process, 
 	log.Info("admin listener", "listen", p.adminAddr)
 	p.board.start()
 	return p, nil
+}
+
+// httpServer is the client-facing server of a listener.
+func (p *Process) httpServer(h http.Handler) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(p.log.Handler(), slog.LevelWarn),
+	}
+}
+
+// startOnePort serves every upstream on listen_all. Upstreams without a
+// listener of their own count it as theirs for readiness.
+func (p *Process) startOnePort(l net.Listener) {
+	routes := make([]proxy.Route, len(p.upstreams))
+	var shared net.Listener
+	for i, r := range p.upstreams {
+		routes[i] = proxy.Route{Server: r.server, Handler: r.handler}
+		if r.http == nil {
+			if shared == nil {
+				shared = p.board.listener(r.name, l)
+			} else {
+				p.board.shareListener(r.name, shared)
+			}
+		}
+	}
+	if shared == nil {
+		shared = l
+	}
+	p.onePort = p.httpServer(proxy.OnePort(routes))
+	go func() {
+		if err := p.onePort.Serve(shared); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			p.serveErr <- fmt.Errorf("listen_all: %w", err)
+		}
+	}()
+	p.log.Info("serving every upstream on one port", "listen", l.Addr().String())
 }
 
 func inflight(obs *metrics.Upstream, next http.Handler) http.Handler {
@@ -214,6 +274,9 @@ func (p *Process) Shutdown(ctx context.Context) error {
 	var wg sync.WaitGroup
 	errs := make([]error, len(p.upstreams)+1)
 	for i, r := range p.upstreams {
+		if r.http == nil {
+			continue
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -222,6 +285,13 @@ func (p *Process) Shutdown(ctx context.Context) error {
 				r.http.Close()
 			}
 		}()
+	}
+	if p.onePort != nil {
+		wg.Go(func() {
+			if err := p.onePort.Shutdown(ctx); err != nil {
+				p.onePort.Close()
+			}
+		})
 	}
 	wg.Go(func() {
 		if err := p.admin.Shutdown(ctx); err != nil {
@@ -364,4 +434,12 @@ func (p *Process) recycleNow(ctx context.Context, name string) error {
 		return &admin.StatusError{Status: http.StatusNotFound, Err: fmt.Errorf("no upstream named %q", name)}
 	}
 	return err
+}
+
+// shareListener makes an upstream without a listener of its own report the
+// one-port listener's state.
+func (b *board) shareListener(name string, l net.Listener) {
+	if sl, ok := l.(*servingListener); ok {
+		b.ups[name].listener = sl
+	}
 }

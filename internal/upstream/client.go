@@ -22,6 +22,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
@@ -121,7 +122,7 @@ func newTransport(caFile string, timeout time.Duration) (*http.Transport, error)
 	// one original default transport, kept by installRouter.
 	tr := installRouter().fallback.Clone()
 	dialer := &net.Dialer{Timeout: timeout, KeepAlive: 30 * time.Second}
-	tr.DialContext = dialer.DialContext
+	tr.DialContext = countDials(dialer.DialContext)
 	tr.TLSHandshakeTimeout = timeout
 	tr.ResponseHeaderTimeout = timeout
 	tr.ExpectContinueTimeout = time.Second
@@ -142,6 +143,32 @@ func newTransport(caFile string, timeout time.Duration) (*http.Transport, error)
 		tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
 	}
 	return tr, nil
+}
+
+// dials counts outbound connection attempts by address, for any upstream,
+// so tests can prove a request caused none to a given host (an ns naming no
+// upstream must never be dialed).
+var dials sync.Map // addr -> *atomic.Int64
+
+// Dials is the number of outbound connections attempted so far to addresses
+// for which match is true.
+func Dials(match func(addr string) bool) int64 {
+	var n int64
+	dials.Range(func(k, v any) bool {
+		if match(k.(string)) {
+			n += v.(*atomic.Int64).Load()
+		}
+		return true
+	})
+	return n
+}
+
+func countDials(dial func(ctx context.Context, network, addr string) (net.Conn, error)) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, _ := dials.LoadOrStore(addr, new(atomic.Int64))
+		c.(*atomic.Int64).Add(1)
+		return dial(ctx, network, addr)
+	}
 }
 
 // Name is the upstream's configured name.

@@ -30,7 +30,7 @@ var (
 func installRouter() *router {
 	installOnce.Do(func() {
 		fb := http.DefaultTransport.(*http.Transport).Clone()
-		fb.DialContext = (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext
+		fb.DialContext = countDials((&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext)
 		fb.TLSHandshakeTimeout = 10 * time.Second
 		fb.ResponseHeaderTimeout = 30 * time.Second
 		defaultRt = &router{routes: map[string][]*route{}, fallback: fb}

@@ -1,0 +1,69 @@
+package proxy
+
+import (
+	"fmt"
+	"net/http"
+	"strings"
+)
+
+// OnePort serves every upstream behind one listener (listen_all). A request
+// goes to the upstream its ?ns= names (containerd >= 1.4 adds it to every
+// mirror request), or else to the one its first path segment names
+// (/v2/ghcr.io/org/app/manifests/1) for clients that send no ns.
+//
+// ns is only ever a key into the configured upstreams: a name that matches
+// none gets 404 NAME_UNKNOWN and nothing is dialed. A mirror that dialed
+// whatever ns said would be an open proxy.
+//
+// Each Route's Handler is its Server wrapped as the caller serves it on its
+// own port (for in-flight metrics); nil means the Server itself.
+func OnePort(routes []Route) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if ns := r.URL.Query().Get("ns"); ns != "" {
+			if h := handlerFor(routes, ns); h != nil {
+				h.ServeHTTP(w, r)
+				return
+			}
+			writeError(w, http.StatusNotFound, codeNameUnknown, fmt.Sprintf("no upstream configured for %q", ns))
+			return
+		}
+		if r.URL.Path == "/v2/" || r.URL.Path == "/v2" {
+			// The API version check clients make before anything else.
+			w.Header().Set("Docker-Distribution-Api-Version", "registry/2.0")
+			w.Header().Set("Content-Type", "application/json")
+			_, _ = w.Write([]byte("{}"))
+			return
+		}
+		rest, ok := strings.CutPrefix(r.URL.Path, "/v2/")
+		if ok {
+			registry, tail, _ := strings.Cut(rest, "/")
+			if h := handlerFor(routes, registry); h != nil {
+				r2 := r.Clone(r.Context())
+				r2.URL.Path = "/v2/" + tail
+				r2.URL.RawPath = ""
+				h.ServeHTTP(w, r2)
+				return
+			}
+		}
+		writeError(w, http.StatusNotFound, codeNameUnknown,
+			"one-port mode: name the registry with ?ns= or a /v2/<registry>/ path prefix")
+	})
+}
+
+// Route is one upstream behind the one-port listener.
+type Route struct {
+	Server  *Server
+	Handler http.Handler
+}
+
+func handlerFor(routes []Route, registry string) http.Handler {
+	for _, rt := range routes {
+		if rt.Server.cfg.Serves(registry) {
+			if rt.Handler != nil {
+				return rt.Handler
+			}
+			return rt.Server
+		}
+	}
+	return nil
+}
