@@ -1,0 +1,62 @@
+package containerd
+
+import (
+	"fmt"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"path/filepath"
+	"testing"
+
+	"github.com/multiproxy/multiproxy/internal/config"
+	ctrdcfg "github.com/multiproxy/multiproxy/internal/containerd"
+	ts "github.com/multiproxy/multiproxy/internal/testsupport"
+)
+
+// TestOnePortPullsTwoUpstreams: in one-port mode every hosts.toml names the
+// same mirror, and containerd's ?ns= tells multiproxy which upstream each
+// request is for.
+func TestOnePortPullsTwoUpstreams(t *testing.T) {
+	requireContainerd(t)
+	var direct directPulls
+	regA := ts.StartRegistry(t, ts.RegistryOptions{Wrap: direct.wrap})
+	regB := ts.StartRegistry(t, ts.RegistryOptions{Wrap: direct.wrap})
+	imgA := ts.PushImage(t, regA, "library/alpha:1", 1, 128<<10)
+	imgB := ts.PushImage(t, regB, "team/beta:1", 1, 128<<10)
+
+	cfg := ts.NewProxyConfig(t,
+		ts.ProxyUpstream{Name: regA.Host(), Reg: regA},
+		ts.ProxyUpstream{Name: regB.Host(), Reg: regB},
+	)
+	cfg.ListenAll = "127.0.0.1:0"
+	for i := range cfg.Upstreams {
+		cfg.Upstreams[i].Listen = ""
+	}
+	p := ts.StartProxyConfig(t, cfg)
+
+	dir := shortDir(t)
+	hostsDir := filepath.Join(dir, "certs.d")
+	ups := make([]config.Upstream, len(cfg.Upstreams))
+	copy(ups, cfg.Upstreams)
+	files, err := ctrdcfg.GenerateHosts(ups, ctrdcfg.HostsOptions{Endpoint: p.Addr(regA.Host()), Version: ctrdcfg.V16})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ctrdcfg.WriteHosts(hostsDir, files, ctrdcfg.WriteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	d := startContainerd(t, dir, fmt.Sprintf("[plugins.\"io.containerd.grpc.v1.cri\".registry]\n  config_path = %q\n", hostsDir))
+	d.pull(regA.Ref("library/alpha:1"), hostsDir)
+	d.pull(regB.Ref("team/beta:1"), hostsDir)
+
+	if n := direct.n.Load(); n != 0 {
+		t.Errorf("containerd sent %d requests straight to the registries", n)
+	}
+	for _, c := range []struct {
+		reg *ts.Registry
+		img v1.Image
+	}{{regA, imgA}, {regB, imgB}} {
+		if got, want := servedBytes(t, p.AdminURL(), c.reg.Host()), imageBytes(t, c.img); got < float64(want) {
+			t.Errorf("multiproxy served %v bytes for %s through the one port; the image is %d", got, c.reg.Host(), want)
+		}
+	}
+}
