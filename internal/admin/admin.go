@@ -95,8 +95,10 @@ func Handler(o Options) http.Handler {
 		}
 		writeJSON(w, status, detail)
 	}).Methods(http.MethodGet)
-	api := r.PathPrefix("/api/v1").Subrouter()
-	api.HandleFunc("/resolve", func(w http.ResponseWriter, req *http.Request) {
+	// Routes on the root router, not a PathPrefix subrouter: gorilla/mux
+	// 1.8 answers a subrouter's method mismatch with 404, not 405.
+	const api = "/api/v1"
+	r.HandleFunc(api+"/resolve", func(w http.ResponseWriter, req *http.Request) {
 		res, err := o.Backend.Resolve(req.Context(), req.URL.Query().Get("image"))
 		if err != nil {
 			writeErr(w, err)
@@ -104,7 +106,7 @@ func Handler(o Options) http.Handler {
 		}
 		writeJSON(w, http.StatusOK, res)
 	}).Methods(http.MethodGet)
-	api.HandleFunc("/status", func(w http.ResponseWriter, req *http.Request) {
+	r.HandleFunc(api+"/status", func(w http.ResponseWriter, req *http.Request) {
 		st, err := o.Backend.Status(req.Context())
 		if err != nil {
 			writeErr(w, err)
@@ -120,7 +122,7 @@ func Handler(o Options) http.Handler {
 		}
 		writePage(w, st)
 	}).Methods(http.MethodGet)
-	api.Handle("/purge", guard(o, http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+	r.Handle(api+"/purge", guard(o, http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		image := req.URL.Query().Get("image")
 		if err := o.Backend.Purge(req.Context(), image); err != nil {
 			writeErr(w, err)
@@ -128,7 +130,7 @@ func Handler(o Options) http.Handler {
 		}
 		writeJSON(w, http.StatusOK, map[string]string{"purged": image})
 	}))).Methods(http.MethodPost)
-	api.Handle("/recycle", guard(o, http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+	r.Handle(api+"/recycle", guard(o, http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		name, ok := upstreamParam(w, req)
 		if !ok {
 			return
@@ -139,7 +141,7 @@ func Handler(o Options) http.Handler {
 		}
 		writeJSON(w, http.StatusOK, map[string]string{"recycled": name})
 	}))).Methods(http.MethodPost)
-	api.Handle("/gc", guard(o, http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+	r.Handle(api+"/gc", guard(o, http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		name, ok := upstreamParam(w, req)
 		if !ok {
 			return
@@ -166,10 +168,6 @@ func Handler(o Options) http.Handler {
 	r.MethodNotAllowedHandler = http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusMethodNotAllowed, errBody("method not allowed"))
 	})
-	// A subrouter answers its own mismatches; without these a GET of a POST
-	// action would be a 404, as if the action did not exist.
-	api.NotFoundHandler = r.NotFoundHandler
-	api.MethodNotAllowedHandler = r.MethodNotAllowedHandler
 	return r
 }
 

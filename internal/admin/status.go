@@ -112,6 +112,7 @@ table { border-collapse: collapse; font-size: .9rem; }
 th, td { padding: .4rem .7rem; border-bottom: 1px solid #d1d9e0; text-align: left; vertical-align: top; }
 th { background: #f6f8fa; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+td.when { white-space: nowrap; }
 .state { font-weight: 600; }
 .reachable { color: #1a7f37; }
 .stale { color: #9a6700; }
@@ -141,8 +142,8 @@ small { color: #59636e; }
 <td class="num">{{bytes .ServedBytes.Cache}}</td>
 <td class="num">{{bytes .ServedBytes.Upstream}}</td>
 <td class="num">{{with .StoredBytes}}{{bytes .}}{{else}}—{{end}}</td>
-<td>{{with .LastGC}}<span title="{{rfc3339 .At}}">{{ago $now .At}}</span> <small>{{.Result}}, freed {{bytes .FreedBytes}}</small>{{else}}<small>none since start</small>{{end}}</td>
-<td>{{with .LastRecycle}}<span title="{{rfc3339 .At}}">{{ago $now .At}}</span> <small>{{.Reason}}</small>{{else}}<small>none since start</small>{{end}}</td>
+<td class="when">{{with .LastGC}}<span title="{{rfc3339 .At}}">{{ago $now .At}}</span> <small>{{.Result}}, freed {{bytes .FreedBytes}}</small>{{else}}<small>none since start</small>{{end}}</td>
+<td class="when">{{with .LastRecycle}}<span title="{{rfc3339 .At}}">{{ago $now .At}}</span> <small>{{.Reason}}</small>{{else}}<small>none since start</small>{{end}}</td>
 <td class="num">{{with .RateLimitRemaining}}{{printf "%.0f" .}}{{else}}—{{end}}</td>
 </tr>
 {{- end}}

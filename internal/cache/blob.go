@@ -236,9 +236,12 @@ func (c *Cache) runFill(f *fill, repo distribution.Repository, name string) {
 		return
 	}
 	if bw != nil && cacheErr == nil {
+		release := c.guard.Hold()
+		c.guard.Use(f.digest)
 		if _, err := bw.Commit(ctx, v1.Descriptor{Digest: f.digest, Size: written, MediaType: "application/octet-stream"}); err != nil {
 			c.log.Warn("cache commit failed", "digest", f.digest, "err", err)
 		}
+		release()
 	} else {
 		if cacheErr != nil {
 			c.log.Warn("cache write failed", "digest", f.digest, "err", cacheErr)

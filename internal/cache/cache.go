@@ -55,12 +55,17 @@ func (nopObserver) UpstreamBytes(int64) {}
 // Guard is told about content the cache is about to rely on, before it
 // writes or serves it, so that a concurrent garbage collection spares it.
 type Guard interface {
+	// Use claims digests the cache relies on.
 	Use(ds ...digest.Digest)
+	// Hold brackets a write into the store, so that a collection starting
+	// meanwhile waits for it to land before it scans.
+	Hold() (release func())
 }
 
 type nopGuard struct{}
 
 func (nopGuard) Use(...digest.Digest) {}
+func (nopGuard) Hold() func()         { return func() {} }
 
 // Options configures a Cache.
 type Options struct {
@@ -395,6 +400,8 @@ func (c *Cache) putManifest(ctx context.Context, repo distribution.Repository, b
 	for _, r := range m.References() {
 		refs = append(refs, r.Digest)
 	}
+	release := c.guard.Hold()
+	defer release()
 	c.guard.Use(refs...)
 	ms, err := repo.Manifests(ctx, storage.SkipLayerVerification())
 	if err != nil {

@@ -9,9 +9,21 @@ import (
 // Guard records what the cache relies on while a collection runs. It
 // implements cache.Guard.
 type Guard struct {
+	// writes is held shared by every cache write in progress and
+	// exclusively by begin: a write that claimed its digests before the
+	// collection began has landed on disk before the scan starts, so the
+	// scan sees it.
+	writes sync.RWMutex
+
 	mu     sync.Mutex
 	active bool
 	used   map[digest.Digest]struct{}
+}
+
+// Hold implements cache.Guard: it brackets a write into the store.
+func (g *Guard) Hold() (release func()) {
+	g.writes.RLock()
+	return g.writes.RUnlock
 }
 
 // Use implements cache.Guard. Outside a collection it costs one uncontended
@@ -27,6 +39,8 @@ func (g *Guard) Use(ds ...digest.Digest) {
 }
 
 func (g *Guard) begin() {
+	g.writes.Lock()
+	defer g.writes.Unlock()
 	g.mu.Lock()
 	g.active = true
 	g.used = map[digest.Digest]struct{}{}

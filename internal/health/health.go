@@ -2,13 +2,15 @@
 // so that /readyz, /api/v1/status and the status page can say "reachable",
 // "stale" or "down", and since when.
 //
-// Two kinds of evidence feed it. Traffic: every answer or failure the
-// upstream client meets is reported through Observe, and every tag served
-// stale through Stale. Probes: when traffic has said nothing since the last
-// probe, a GET of the remote's /v2/ (upstream.Client.Ping) asks. Traffic
-// comes first because a failure then shows at the first request that meets
-// it rather than at the next probe, and a busy upstream costs no extra
-// requests.
+// Two kinds of evidence feed it. Probes: a GET of the remote's /v2/
+// (upstream.Client.Ping) every interval. Traffic: every request the upstream
+// client sends is reported through Observe, and every tag served stale
+// through Stale. An answer from traffic counts at once and stands in for
+// the next probe, so a busy upstream costs no extra requests. A failure
+// from traffic only triggers a probe to confirm it: one failed request does
+// not make a registry down (go-containerregistry tries https before http on
+// a plain-http remote, and one broken blob is not an outage), but the outage
+// it may announce then shows within moments rather than at the next tick.
 //
 // The state is derived from that evidence:
 //
@@ -113,10 +115,11 @@ func New(o Options) *Monitor {
 	return &Monitor{o: o, log: o.Logger}
 }
 
-// Track starts tracking an upstream. It can take evidence at once, before
-// it has a Pinger: the proxy's own startup ping is the first evidence.
+// Track starts tracking an upstream. It takes evidence at once, before it
+// has a Pinger, so the proxy's own startup ping counts when it is answered;
+// when it is not, the probe Start makes at once confirms the failure.
 func (m *Monitor) Track(name string) *Upstream {
-	u := &Upstream{m: m, name: name, state: Unknown, since: m.o.now()}
+	u := &Upstream{m: m, name: name, state: Unknown, since: m.o.now(), kick: make(chan struct{}, 1)}
 	m.mu.Lock()
 	m.ups = append(m.ups, u)
 	m.mu.Unlock()
@@ -177,6 +180,9 @@ type Upstream struct {
 	m    *Monitor
 	name string
 
+	// kick asks for a probe now, to confirm a failure traffic met.
+	kick chan struct{}
+
 	mu           sync.Mutex
 	pinger       Pinger
 	known        bool // any evidence yet
@@ -184,6 +190,7 @@ type Upstream struct {
 	lastErr      string
 	lastEvidence time.Time
 	lastProbe    time.Time // when the latest probe returned
+	probing      bool
 	lastStale    time.Time
 	state        State
 	since        time.Time
@@ -205,17 +212,26 @@ func (u *Upstream) getPinger() Pinger {
 
 // Observe takes the outcome of one request the upstream client sent:
 // status is the HTTP status, or 0 with err when no answer came. Any answer
-// below 500, 401 and 429 included, shows a registry that is there.
+// below 500, 401 and 429 included, shows a registry that is there; anything
+// else has a probe confirm it (see the package comment).
 func (u *Upstream) Observe(status int, err error) {
 	switch {
 	case err != nil && errors.Is(err, context.Canceled):
 		// The client went away (or we are shutting down): that says
 		// nothing about the upstream.
-		return
-	case err != nil:
-		u.record(false, "request failed: "+err.Error())
-	case status >= http.StatusInternalServerError:
-		u.record(false, fmt.Sprintf("upstream answered %d", status))
+	case err != nil || status >= http.StatusInternalServerError:
+		u.mu.Lock()
+		probing := u.probing
+		u.mu.Unlock()
+		if probing {
+			// Most likely the probe's own request; either way the probe
+			// is about to say.
+			return
+		}
+		select {
+		case u.kick <- struct{}{}:
+		default: // a probe is already asked for
+		}
 	default:
 		u.record(true, "upstream answered")
 	}
@@ -310,7 +326,9 @@ func (u *Upstream) transitionLocked(at time.Time, reason string) {
 	}
 }
 
-// run probes every interval unless traffic reported since the last probe.
+// run probes every interval unless traffic answered since the last probe,
+// and when traffic met a failure, though never more often than every quarter
+// interval so that a failing upstream under load is not pinged in a loop.
 // An upstream nobody has heard from yet is probed at once.
 func (u *Upstream) run(ctx context.Context, p Pinger) {
 	u.mu.Lock()
@@ -319,6 +337,7 @@ func (u *Upstream) run(ctx context.Context, p Pinger) {
 	if !known {
 		u.probe(ctx, p)
 	}
+	gap := u.m.o.Interval / 4
 	t := time.NewTicker(u.m.o.Interval)
 	defer t.Stop()
 	for {
@@ -326,22 +345,47 @@ func (u *Upstream) run(ctx context.Context, p Pinger) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+			now := u.m.o.now()
+			u.mu.Lock()
+			u.settleLocked(now)
+			// A probe's own request also reaches Observe, but before
+			// lastProbe is set, so it never counts as traffic here.
+			heard := u.lastEvidence.After(u.lastProbe) && now.Sub(u.lastEvidence) < u.m.o.Interval
+			u.mu.Unlock()
+			if heard {
+				continue
+			}
+		case <-u.kick:
+			u.mu.Lock()
+			wait := gap - u.m.o.now().Sub(u.lastProbe)
+			u.mu.Unlock()
+			if wait > 0 {
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(wait):
+				}
+			}
 		}
-		now := u.m.o.now()
-		u.mu.Lock()
-		u.settleLocked(now)
-		// Evidence from traffic since the last probe is as good as a probe.
-		// A probe's own request also reaches Observe, but before lastProbe
-		// is set, so it never counts as traffic here.
-		heard := u.lastEvidence.After(u.lastProbe) && now.Sub(u.lastEvidence) < u.m.o.Interval
-		u.mu.Unlock()
-		if !heard {
-			u.probe(ctx, p)
-		}
+		u.probe(ctx, p)
 	}
 }
 
 func (u *Upstream) probe(ctx context.Context, p Pinger) {
+	u.mu.Lock()
+	u.probing = true
+	u.mu.Unlock()
+	defer func() {
+		u.mu.Lock()
+		u.probing = false
+		u.lastProbe = u.m.o.now()
+		u.mu.Unlock()
+		// A failure met while this probe ran is answered by it.
+		select {
+		case <-u.kick:
+		default:
+		}
+	}()
 	err := p.Ping(ctx)
 	if ctx.Err() != nil {
 		return
@@ -351,7 +395,4 @@ func (u *Upstream) probe(ctx context.Context, p Pinger) {
 	} else {
 		u.record(true, "probe answered")
 	}
-	u.mu.Lock()
-	u.lastProbe = u.m.o.now()
-	u.mu.Unlock()
 }

@@ -145,24 +145,87 @@ func TestTrafficEvidence(t *testing.T) {
 	m := New(Options{})
 	u := m.Track("quay.io")
 	u.Observe(0, context.Canceled)
+	u.Observe(0, errors.New("tls: first record does not look like a TLS handshake"))
+	u.Observe(503, nil)
 	if st := u.Status(); st.State != Unknown {
-		t.Errorf("a cancelled request moved the state to %s", st.State)
+		t.Errorf("failures nobody confirmed moved the state to %s", st.State)
 	}
 	u.Observe(429, nil)
 	if st := u.Status(); st.State != Reachable {
 		t.Errorf("after a 429: %s, want reachable (it answered)", st.State)
 	}
-	u.Observe(503, nil)
-	if st := u.Status(); st.State != Down || st.LastError != "upstream answered 503" {
-		t.Errorf("after a 503: %s %q, want down", st.State, st.LastError)
-	}
-	u.Observe(0, errors.New("dial tcp: connection refused"))
-	if st := u.Status(); st.State != Down {
-		t.Errorf("after a refused dial: %s, want down", st.State)
-	}
+}
+
+func TestTrafficFailureIsConfirmedByAProbeAtOnce(t *testing.T) {
+	const interval = time.Hour // only a kick can probe within the test
+	m := New(Options{Interval: interval})
+	u := m.Track("docker.io")
+	p := &pinger{}
+	u.Probe(p)
 	u.Observe(200, nil)
+	m.Start()
+	defer m.Stop()
+
+	// A failure on a healthy upstream: the probe finds it well.
+	u.Observe(0, errors.New("tls: first record does not look like a TLS handshake"))
+	waitFor(t, time.Second, func() bool { return p.calls.Load() == 1 })
 	if st := u.Status(); st.State != Reachable {
-		t.Errorf("after a 200: %s, want reachable", st.State)
+		t.Fatalf("a one-off failure made the upstream %s", st.State)
+	}
+}
+
+func TestOutageUnderTrafficIsProbedButNotHammered(t *testing.T) {
+	const interval = 200 * time.Millisecond
+	m := New(Options{Interval: interval})
+	u := m.Track("docker.io")
+	p := &pinger{}
+	u.Probe(p)
+	u.Observe(200, nil)
+	m.Start()
+	defer m.Stop()
+
+	p.fail(errors.New("connection refused"))
+	start := time.Now()
+	u.Observe(0, errors.New("connection refused"))
+	waitState(t, u, Down, interval)
+	if took := time.Since(start); took > interval/2 {
+		t.Errorf("a failure under traffic took %v to show, more than the tick would", took)
+	}
+	// Requests keep failing: probes stay at most one per quarter interval,
+	// and the probes' own failures do not feed more probes.
+	p.calls.Store(0)
+	stop := time.After(5 * interval)
+	tick := time.NewTicker(time.Millisecond)
+	defer tick.Stop()
+loop:
+	for {
+		select {
+		case <-stop:
+			break loop
+		case <-tick.C:
+			u.Observe(0, errors.New("connection refused"))
+		}
+	}
+	// Up to 4 kicked probes and 1 tick per interval; a loop would be
+	// thousands.
+	if n := p.calls.Load(); n > 5*5+2 || n < 5 {
+		t.Errorf("%d probes in 5 intervals of failing traffic, want between 5 and 27", n)
+	}
+	p.calls.Store(0)
+	time.Sleep(5 * interval)
+	if n := p.calls.Load(); n > 5+2 {
+		t.Errorf("%d probes in 5 quiet intervals of an outage, want about 5", n)
+	}
+}
+
+func waitFor(t *testing.T, within time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("condition not met within %v", within)
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }
 
@@ -184,7 +247,7 @@ func TestStaleWindow(t *testing.T) {
 	// More stale serves and failures inside the window keep it stale, and
 	// since stays at the start of the episode.
 	clock.advance(30 * time.Second)
-	u.Observe(0, errors.New("timeout"))
+	u.record(false, "probe failed: timeout")
 	u.Stale("timeout")
 	lastStale := clock.now()
 	if st := u.Status(); st.State != Stale || !st.Since.Equal(staleAt) {
@@ -209,7 +272,7 @@ func TestHistoryIsBounded(t *testing.T) {
 	m := New(Options{})
 	u := m.Track("docker.io")
 	for i := range 3 * historyLen {
-		u.Observe(200+300*(i%2), nil) // 200, 500, 200, ...
+		u.record(i%2 == 0, "flapping") // reachable, down, reachable, ...
 	}
 	st := u.Status()
 	if len(st.History) != historyLen {

@@ -200,6 +200,7 @@ func (m *Metrics) For(name string) *Upstream {
 	m.recycleFailures.WithLabelValues(name)
 	m.gcFreedBytes.WithLabelValues(name)
 	m.gcFreedObjects.WithLabelValues(name)
+	m.gcDuration.WithLabelValues(name)
 	return &Upstream{m: m, name: name}
 }
 

@@ -26,7 +26,8 @@ import (
 // them; change them only before Start.
 var (
 	// ProbeInterval is how often an upstream is probed when no traffic has
-	// reported on it since the last probe.
+	// been answered since the last probe; a failed request has it probed
+	// sooner (see internal/health).
 	ProbeInterval = health.DefaultInterval
 	// StaleWindow is how long one stale serve keeps an upstream "stale".
 	StaleWindow = health.DefaultStaleFor
@@ -37,11 +38,10 @@ var (
 
 // board is what the status surface knows per upstream beyond the metrics.
 type board struct {
-	log     *slog.Logger
-	metrics *metrics.Metrics
-	health  *health.Monitor
-	// ups is filled by Start before the admin listener serves and only read
-	// afterwards, so it needs no lock.
+	log    *slog.Logger
+	health *health.Monitor
+	// ups is filled by newBoard and Start before the admin listener serves,
+	// and only read afterwards, so it needs no lock.
 	ups map[string]*boardUpstream
 
 	ctx    context.Context // cancelled by stop; ends storage walks
@@ -57,7 +57,7 @@ type boardUpstream struct {
 
 func newBoard(p *Process) *board {
 	ctx, cancel := context.WithCancel(context.Background())
-	b := &board{log: p.log, metrics: p.metrics, ups: map[string]*boardUpstream{}, ctx: ctx, cancel: cancel}
+	b := &board{log: p.log, ups: map[string]*boardUpstream{}, ctx: ctx, cancel: cancel}
 	b.health = health.New(health.Options{
 		Interval: ProbeInterval,
 		StaleFor: StaleWindow,
@@ -69,7 +69,9 @@ func newBoard(p *Process) *board {
 			health: b.health.Track(u.Name),
 			size:   &sizer{dir: u.Storage, maxAge: StoredBytesMaxAge, b: b},
 		}
-		p.metrics.For(u.Name).StoredBytesFunc(func() (int64, bool) {
+		m := p.metrics.For(u.Name)
+		m.State(health.Unknown) // until the first evidence, so the series exists from the start
+		m.StoredBytesFunc(func() (int64, bool) {
 			n, _, ok := bu.size.get()
 			return n, ok
 		})
