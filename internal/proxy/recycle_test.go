@@ -194,8 +194,11 @@ func TestRecycleWithUpstreamDownKeepsServing(t *testing.T) {
 		t.Fatal(err)
 	}
 	resp.Body.Close()
-	if resp.StatusCode == http.StatusOK {
-		t.Error("a recycle with the upstream down reported success")
+	if resp.StatusCode != http.StatusServiceUnavailable {
+		t.Errorf("a recycle with the upstream down answered %d, want 503", resp.StatusCode)
+	}
+	if n := metric(t, p, "multiproxy_recycle_failures_total", map[string]string{"upstream": "docker.io"}); n != 1 {
+		t.Errorf("multiproxy_recycle_failures_total = %v, want 1", n)
 	}
 	for _, ref := range []string{"1", ts.Digest(t, img)} {
 		if err := pullRaw(c, p.URL("docker.io"), "library/app", ref); err != nil {

@@ -433,7 +433,11 @@ func (p *Process) recycleNow(ctx context.Context, name string) error {
 	if !ok {
 		return &admin.StatusError{Status: http.StatusNotFound, Err: fmt.Errorf("no upstream named %q", name)}
 	}
-	return err
+	if err != nil {
+		// The old App keeps serving; the recycle is retried on its own.
+		return &admin.StatusError{Status: http.StatusServiceUnavailable, Err: err}
+	}
+	return nil
 }
 
 // shareListener makes an upstream without a listener of its own report the
