@@ -111,12 +111,33 @@ func serveCmd(stderr io.Writer) *cobra.Command {
 				}
 				cancel()
 			}()
-			ready := func() {
-				if err := sdnotify.Ready(); err != nil {
-					log.Warn("sd_notify", "err", err)
+			notify := func(send func() error) func() {
+				return func() {
+					if err := send(); err != nil {
+						log.Warn("sd_notify", "err", err)
+					}
 				}
 			}
-			return serve.Run(ctx, cfg, log, ready)
+			// SIGHUP re-reads the same file, environment and flags.
+			hup := make(chan os.Signal, 1)
+			signal.Notify(hup, syscall.SIGHUP)
+			defer signal.Stop(hup)
+			reloads := make(chan struct{})
+			go func() {
+				for range hup {
+					select {
+					case reloads <- struct{}{}:
+					case <-ctx.Done():
+						return
+					}
+				}
+			}()
+			return serve.Run(ctx, cfg, log, serve.Hooks{
+				Ready:     notify(sdnotify.Ready),
+				Reloading: notify(sdnotify.Reloading),
+				Reloads:   reloads,
+				Load:      func() (config.Config, error) { return loadConfig(cmd) },
+			})
 		},
 	}
 	addOverrideFlags(cmd.Flags())

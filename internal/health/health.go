@@ -94,6 +94,7 @@ type Monitor struct {
 	mu      sync.Mutex
 	ups     []*Upstream
 	started bool
+	ctx     context.Context // probes' parent once started
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
 }
@@ -135,16 +136,58 @@ func (m *Monitor) Start() {
 		return
 	}
 	m.started = true
-	ctx, cancel := context.WithCancel(context.Background())
-	m.cancel = cancel
+	m.ctx, m.cancel = context.WithCancel(context.Background())
 	for _, u := range m.ups {
-		if p := u.getPinger(); p != nil {
-			m.wg.Add(1)
-			go func() {
-				defer m.wg.Done()
-				u.run(ctx, p)
-			}()
+		m.runLocked(u)
+	}
+}
+
+// runLocked starts probing u if it has a Pinger. Callers hold m.mu and the
+// Monitor is started.
+func (m *Monitor) runLocked(u *Upstream) {
+	p := u.getPinger()
+	if p == nil {
+		return
+	}
+	ctx, cancel := context.WithCancel(m.ctx)
+	u.mu.Lock()
+	u.stop = cancel
+	u.mu.Unlock()
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		u.run(ctx, p)
+	}()
+}
+
+// Add tracks an upstream added after Start (a config reload) and starts
+// probing it with p at once.
+func (m *Monitor) Add(name string, p Pinger) *Upstream {
+	u := m.Track(name)
+	u.Probe(p)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.started && m.ctx != nil && m.ctx.Err() == nil {
+		m.runLocked(u)
+	}
+	return u
+}
+
+// Remove stops tracking and probing u (an upstream a reload removed).
+func (m *Monitor) Remove(u *Upstream) {
+	m.mu.Lock()
+	for i, x := range m.ups {
+		if x == u {
+			m.ups = append(m.ups[:i:i], m.ups[i+1:]...)
+			break
 		}
+	}
+	m.mu.Unlock()
+	u.mu.Lock()
+	stop := u.stop
+	u.mu.Unlock()
+	if stop != nil {
+		stop()
 	}
 }
 
@@ -185,8 +228,9 @@ type Upstream struct {
 
 	mu           sync.Mutex
 	pinger       Pinger
-	known        bool // any evidence yet
-	ok           bool // the latest evidence was an answer
+	stop         context.CancelFunc // ends this upstream's probes
+	known        bool               // any evidence yet
+	ok           bool               // the latest evidence was an answer
 	lastErr      string
 	lastEvidence time.Time
 	lastProbe    time.Time // when the latest probe returned

@@ -29,7 +29,7 @@ func TestMain(m *testing.M) {
 			os.Exit(2)
 		}
 		log := slog.New(slog.NewTextHandler(os.Stderr, nil))
-		if err := serve.Run(context.Background(), cfg, log, nil); err != nil {
+		if err := serve.Run(context.Background(), cfg, log, serve.Hooks{}); err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			os.Exit(1)
 		}

@@ -15,12 +15,13 @@ import (
 // none gets 404 NAME_UNKNOWN and nothing is dialed. A mirror that dialed
 // whatever ns said would be an open proxy.
 //
+// routes is called per request, so a config reload takes effect at once.
 // Each Route's Handler is its Server wrapped as the caller serves it on its
 // own port (for in-flight metrics); nil means the Server itself.
-func OnePort(routes []Route) http.Handler {
+func OnePort(routes func() []Route) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if ns := r.URL.Query().Get("ns"); ns != "" {
-			if h := handlerFor(routes, ns); h != nil {
+			if h := handlerFor(routes(), ns); h != nil {
 				h.ServeHTTP(w, r)
 				return
 			}
@@ -37,7 +38,7 @@ func OnePort(routes []Route) http.Handler {
 		rest, ok := strings.CutPrefix(r.URL.Path, "/v2/")
 		if ok {
 			registry, tail, _ := strings.Cut(rest, "/")
-			if h := handlerFor(routes, registry); h != nil {
+			if h := handlerFor(routes(), registry); h != nil {
 				r2 := r.Clone(r.Context())
 				r2.URL.Path = "/v2/" + tail
 				r2.URL.RawPath = ""

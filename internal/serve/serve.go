@@ -37,7 +37,8 @@ type Process struct {
 	upstreams []*running
 	recycler  *recycle.Scheduler
 	gc        *gc.Scheduler
-	unlock    func() // releases the storage locks
+	locks     map[string]func() // storage root -> release of its lock
+	reloadMu  sync.Mutex
 	onePort   *http.Server
 	stopBg    context.CancelFunc
 	admin     *http.Server
@@ -48,9 +49,11 @@ type Process struct {
 
 type running struct {
 	name     string
+	cfg      config.Upstream
 	addr     string
 	server   *proxy.Server
-	handler  http.Handler
+	guard    *gc.Guard
+	handler  *swapHandler
 	http     *http.Server // nil when the upstream has no listener of its own
 	listener net.Listener
 }
@@ -65,12 +68,7 @@ func Start(ctx context.Context, cfg config.Config, log *slog.Logger) (*Process, 
 
 	// Undo whatever was set up when a later step fails.
 	var listeners []net.Listener
-	var unlocks []func()
-	p.unlock = func() {
-		for _, u := range unlocks {
-			u()
-		}
-	}
+	p.locks = map[string]func(){}
 	fail := func(err error) (*Process, error) {
 		for _, l := range listeners {
 			l.Close()
@@ -85,7 +83,7 @@ func Start(ctx context.Context, cfg config.Config, log *slog.Logger) (*Process, 
 		if err != nil {
 			return fail(fmt.Errorf("upstream %s: %w", u.Name, err))
 		}
-		unlocks = append(unlocks, unlock)
+		p.locks[u.Storage] = unlock
 		if u.Listen == "" {
 			continue
 		}
@@ -111,15 +109,11 @@ func Start(ctx context.Context, cfg config.Config, log *slog.Logger) (*Process, 
 	}
 	listeners = append(listeners, adminL)
 
-	gcTargets := make([]gc.Target, 0, len(cfg.Upstreams))
 	for i, u := range cfg.Upstreams {
-		obs := p.metrics.For(u.Name)
-		guard := &gc.Guard{}
-		srv, err := proxy.New(ctx, u, proxy.Options{Logger: log, Observer: p.board.observer(u.Name, obs), Drain: cfg.ShutdownTimeout, Guard: guard})
+		r, err := p.newRunning(ctx, u)
 		if err != nil {
 			return fail(err)
 		}
-		r := &running{name: u.Name, server: srv, handler: inflight(obs, srv)}
 		if l := own[i]; l != nil {
 			r.addr = l.Addr().String()
 			r.listener = p.board.listener(u.Name, l)
@@ -127,18 +121,12 @@ func Start(ctx context.Context, cfg config.Config, log *slog.Logger) (*Process, 
 		} else {
 			r.addr = allL.Addr().String()
 		}
-		p.board.probe(u.Name, srv.Upstream())
+		p.board.probe(u.Name, r.server.Upstream())
 		p.upstreams = append(p.upstreams, r)
-		gcTargets = append(gcTargets, gc.Target{
-			Store:    gc.StoreOf(u.Name, srv.Cache(), guard),
-			Policy:   gc.Policy{MaxSize: int64(u.MaxSize), MaxUnused: u.MaxUnused},
-			Schedule: u.GC.Schedule,
-		})
 	}
-	if p.gc, err = gc.NewScheduler(gcTargets, gcMetrics{p.metrics}, log); err != nil {
+	if err := p.startBackground(ctx); err != nil {
 		return fail(err)
 	}
-	p.gc.Start()
 
 	p.adminAddr = adminL.Addr().String()
 	p.admin = &http.Server{
@@ -164,19 +152,6 @@ func Start(ctx context.Context, cfg config.Config, log *slog.Logger) (*Process, 
 	if allL != nil {
 		p.startOnePort(allL)
 	}
-	targets := make([]recycle.Target, len(p.upstreams))
-	for i, r := range p.upstreams {
-		targets[i] = r.server
-	}
-	p.recycler = recycle.New(targets, recycle.Options{
-		Interval:  cfg.Recycle.Interval,
-		MaxMemory: int64(cfg.Recycle.MaxMemory),
-		Logger:    log,
-		Observer:  p.metrics,
-	})
-	bg, stopBg := context.WithCancel(context.WithoutCancel(ctx))
-	p.stopBg = stopBg
-	go p.recycler.Run(bg)
 	go func() {
 		if err := p.admin.Serve(adminL); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			p.serveErr <- fmt.Errorf("admin: %w", err)
@@ -200,10 +175,8 @@ func (p *Process) httpServer(h http.Handler) *http.Server {
 // startOnePort serves every upstream on listen_all. Upstreams without a
 // listener of their own count it as theirs for readiness.
 func (p *Process) startOnePort(l net.Listener) {
-	routes := make([]proxy.Route, len(p.upstreams))
 	var shared net.Listener
-	for i, r := range p.upstreams {
-		routes[i] = proxy.Route{Server: r.server, Handler: r.handler}
+	for _, r := range p.upstreams {
 		if r.http == nil {
 			if shared == nil {
 				shared = p.board.listener(r.name, l)
@@ -215,7 +188,7 @@ func (p *Process) startOnePort(l net.Listener) {
 	if shared == nil {
 		shared = l
 	}
-	p.onePort = p.httpServer(proxy.OnePort(routes))
+	p.onePort = p.httpServer(proxy.OnePort(p.routes))
 	go func() {
 		if err := p.onePort.Serve(shared); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			p.serveErr <- fmt.Errorf("listen_all: %w", err)
@@ -240,7 +213,8 @@ func quietDistribution() {
 
 // Addr is the bound address of an upstream's listener ("" if unknown).
 func (p *Process) Addr(name string) string {
-	for _, r := range p.upstreams {
+	ups, _ := p.snapshot()
+	for _, r := range ups {
 		if r.name == name {
 			return r.addr
 		}
@@ -257,6 +231,8 @@ func (p *Process) Errors() <-chan error { return p.serveErr }
 // Shutdown stops accepting, lets in-flight requests finish until ctx ends,
 // then shuts every App down exactly once.
 func (p *Process) Shutdown(ctx context.Context) error {
+	p.reloadMu.Lock()
+	defer p.reloadMu.Unlock()
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()
@@ -264,12 +240,7 @@ func (p *Process) Shutdown(ctx context.Context) error {
 	}
 	p.closed = true
 	p.mu.Unlock()
-	if p.stopBg != nil {
-		p.stopBg()
-	}
-	if p.gc != nil {
-		p.gc.Stop()
-	}
+	p.stopBackground()
 
 	var wg sync.WaitGroup
 	errs := make([]error, len(p.upstreams)+1)
@@ -308,24 +279,61 @@ func (p *Process) closeServers() {
 	for _, r := range p.upstreams {
 		r.server.Close()
 	}
-	p.unlock()
+	for _, unlock := range p.locks {
+		unlock()
+	}
+	p.locks = nil
 }
 
-// Run serves until ctx is cancelled, then drains for cfg.ShutdownTimeout.
-func Run(ctx context.Context, cfg config.Config, log *slog.Logger, ready func()) error {
+// Hooks connect Run to its environment (signals, systemd).
+type Hooks struct {
+	// Ready is called once every listener is bound, and again after each
+	// reload attempt, accepted or not.
+	Ready func()
+	// Reloads asks for a config reload (SIGHUP); Load reads the new config.
+	Reloads <-chan struct{}
+	Load    func() (config.Config, error)
+	// Reloading is called when a reload starts.
+	Reloading func()
+}
+
+// Run serves until ctx is cancelled, then drains for cfg.ShutdownTimeout. A
+// reload whose new config is invalid, or cannot be applied, is logged and
+// the running configuration stays.
+func Run(ctx context.Context, cfg config.Config, log *slog.Logger, h Hooks) error {
+	call := func(f func()) {
+		if f != nil {
+			f()
+		}
+	}
 	p, err := Start(ctx, cfg, log)
 	if err != nil {
 		return err
 	}
-	if ready != nil {
-		ready()
-	}
+	call(h.Ready)
 	var serveErr error
-	select {
-	case <-ctx.Done():
-		log.Info("shutting down", "drain", cfg.ShutdownTimeout)
-	case serveErr = <-p.serveErr:
-		log.Error("listener failed", "err", serveErr)
+loop:
+	for {
+		select {
+		case <-ctx.Done():
+			log.Info("shutting down", "drain", cfg.ShutdownTimeout)
+			break loop
+		case serveErr = <-p.serveErr:
+			log.Error("listener failed", "err", serveErr)
+			break loop
+		case <-h.Reloads:
+			call(h.Reloading)
+			next, err := h.Load()
+			if err == nil {
+				err = p.Reload(ctx, next)
+			}
+			if err != nil {
+				log.Error("config reload rejected; the running configuration stays", "err", err)
+			} else {
+				cfg = next
+			}
+			call(h.Ready)
+		}
 	}
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.ShutdownTimeout)
 	defer cancel()
@@ -339,9 +347,10 @@ func (p *Process) server(image string) (*proxy.Server, reference.Named, error) {
 		return nil, nil, &admin.StatusError{Status: http.StatusBadRequest, Err: fmt.Errorf("parse image %q: %w", image, err)}
 	}
 	domain := reference.Domain(named)
-	for i, u := range p.cfg.Upstreams {
-		if u.Serves(domain) {
-			return p.upstreams[i].server, named, nil
+	ups, _ := p.snapshot()
+	for _, r := range ups {
+		if r.cfg.Serves(domain) {
+			return r.server, named, nil
 		}
 	}
 	return nil, nil, &admin.StatusError{Status: http.StatusNotFound, Err: fmt.Errorf("no upstream configured for registry %q", domain)}
@@ -444,6 +453,6 @@ func (p *Process) recycleNow(ctx context.Context, name string) error {
 // one-port listener's state.
 func (b *board) shareListener(name string, l net.Listener) {
 	if sl, ok := l.(*servingListener); ok {
-		b.ups[name].listener = sl
+		b.get(name).listener = sl
 	}
 }

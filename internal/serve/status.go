@@ -40,8 +40,8 @@ var (
 type board struct {
 	log    *slog.Logger
 	health *health.Monitor
-	// ups is filled by newBoard and Start before the admin listener serves,
-	// and only read afterwards, so it needs no lock.
+	// ups is filled by newBoard and Start, and changed by config reloads.
+	mu  sync.RWMutex
 	ups map[string]*boardUpstream
 
 	ctx    context.Context // cancelled by stop; ends storage walks
@@ -65,37 +65,83 @@ func newBoard(p *Process) *board {
 		OnChange: func(name string, t health.Transition) { p.metrics.For(name).State(t.To) },
 	})
 	for _, u := range p.cfg.Upstreams {
-		bu := &boardUpstream{
-			health: b.health.Track(u.Name),
-			size:   &sizer{dir: u.Storage, maxAge: StoredBytesMaxAge, b: b},
-		}
-		m := p.metrics.For(u.Name)
-		m.State(health.Unknown) // until the first evidence, so the series exists from the start
-		m.StoredBytesFunc(func() (int64, bool) {
-			n, _, ok := bu.size.get()
-			return n, ok
-		})
-		b.ups[u.Name] = bu
+		b.ups[u.Name] = b.newUpstream(p.metrics.For(u.Name), u.Storage, b.health.Track(u.Name))
 	}
 	return b
+}
+
+func (b *board) newUpstream(m *metrics.Upstream, storage string, h *health.Upstream) *boardUpstream {
+	bu := &boardUpstream{
+		health: h,
+		size:   &sizer{dir: storage, maxAge: StoredBytesMaxAge, b: b},
+	}
+	m.State(health.Unknown) // until the first evidence, so the series exists from the start
+	m.StoredBytesFunc(func() (int64, bool) {
+		n, _, ok := bu.size.get()
+		return n, ok
+	})
+	return bu
+}
+
+// add tracks an upstream a reload added, probing it at once.
+func (b *board) add(name, storage string, m *metrics.Upstream, p health.Pinger) {
+	bu := b.newUpstream(m, storage, b.health.Add(name, p))
+	b.mu.Lock()
+	b.ups[name] = bu
+	b.mu.Unlock()
+}
+
+// remove stops tracking an upstream a reload removed.
+func (b *board) remove(name string) {
+	b.mu.Lock()
+	bu := b.ups[name]
+	delete(b.ups, name)
+	b.mu.Unlock()
+	if bu != nil {
+		b.health.Remove(bu.health)
+	}
+}
+
+// reprobe gives an upstream a fresh tracker probing with p (a reload changed
+// its remote or credentials); its listener and size stay.
+func (b *board) reprobe(name string, p health.Pinger) {
+	b.mu.Lock()
+	bu := b.ups[name]
+	b.mu.Unlock()
+	if bu == nil {
+		return
+	}
+	old := bu.health
+	nh := b.health.Add(name, p)
+	b.mu.Lock()
+	bu.health = nh
+	b.mu.Unlock()
+	b.health.Remove(old)
+}
+
+// get is an upstream's entry.
+func (b *board) get(name string) *boardUpstream {
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	return b.ups[name]
 }
 
 // observer tees what an upstream's proxy reports: everything to metrics,
 // and the upstream's answers and stale serves to health as evidence.
 func (b *board) observer(name string, m *metrics.Upstream) *observer {
-	return &observer{m: m, h: b.ups[name].health}
+	return &observer{m: m, b: b, name: name}
 }
 
 // listener wraps an upstream's listener so readiness can tell whether it is
 // still open.
 func (b *board) listener(name string, l net.Listener) net.Listener {
 	sl := &servingListener{Listener: l}
-	b.ups[name].listener = sl
+	b.get(name).listener = sl
 	return sl
 }
 
 // probe sets the client an upstream's health is probed with.
-func (b *board) probe(name string, p health.Pinger) { b.ups[name].health.Probe(p) }
+func (b *board) probe(name string, p health.Pinger) { b.get(name).health.Probe(p) }
 
 // start begins probing and the first storage walks, so the first look at
 // the status page already has sizes.
@@ -116,8 +162,17 @@ func (b *board) stop() {
 
 // observer implements proxy.Observer.
 type observer struct {
-	m *metrics.Upstream
-	h *health.Upstream
+	m    *metrics.Upstream
+	b    *board
+	name string
+}
+
+// h is looked up on each use: a reload may give the upstream a new tracker.
+func (o *observer) h() *health.Upstream {
+	if bu := o.b.get(o.name); bu != nil {
+		return bu.health
+	}
+	return nil
 }
 
 func (o *observer) Hit(kind string)       { o.m.Hit(kind) }
@@ -130,12 +185,16 @@ func (o *observer) Request(kind string, status int, d time.Duration, fromCache b
 
 func (o *observer) Stale(cause string) {
 	o.m.Stale(cause)
-	o.h.Stale(cause)
+	if h := o.h(); h != nil {
+		h.Stale(cause)
+	}
 }
 
 func (o *observer) Upstream(method string, status int, d time.Duration, h http.Header, err error) {
 	o.m.Upstream(method, status, d, h, err)
-	o.h.Observe(status, err)
+	if hu := o.h(); hu != nil {
+		hu.Observe(status, err)
+	}
 }
 
 // servingListener notes when it is closed: by Shutdown, or by http.Server
@@ -234,9 +293,10 @@ func (p *Process) Ready() (bool, any) {
 	closed := p.closed
 	p.mu.Unlock()
 	ready := !closed
-	out := make([]readyUpstream, 0, len(p.upstreams))
-	for _, r := range p.upstreams {
-		bu := p.board.ups[r.name]
+	ups, _ := p.snapshot()
+	out := make([]readyUpstream, 0, len(ups))
+	for _, r := range ups {
+		bu := p.board.get(r.name)
 		hs := bu.health.Status()
 		serving := !closed && bu.listener.serving()
 		ready = ready && serving
@@ -251,13 +311,14 @@ func (p *Process) Ready() (bool, any) {
 // Status implements admin.Backend.
 func (p *Process) Status(context.Context) (admin.Status, error) {
 	ready, _ := p.Ready()
-	st := admin.Status{Time: time.Now().UTC(), Ready: ready, Upstreams: make([]admin.UpstreamStatus, 0, len(p.upstreams))}
+	ups, _ := p.snapshot()
+	st := admin.Status{Time: time.Now().UTC(), Ready: ready, Upstreams: make([]admin.UpstreamStatus, 0, len(ups))}
 	p.mu.Lock()
 	closed := p.closed
 	p.mu.Unlock()
-	for i, r := range p.upstreams {
-		cfg := p.cfg.Upstreams[i]
-		bu := p.board.ups[r.name]
+	for _, r := range ups {
+		cfg := r.cfg
+		bu := p.board.get(r.name)
 		hs := bu.health.Status()
 		sum := p.metrics.Summary(r.name)
 		us := admin.UpstreamStatus{

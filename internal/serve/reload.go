@@ -1,0 +1,295 @@
+package serve
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"reflect"
+	"sync/atomic"
+
+	"github.com/multiproxy/multiproxy/internal/config"
+	"github.com/multiproxy/multiproxy/internal/gc"
+	"github.com/multiproxy/multiproxy/internal/proxy"
+	"github.com/multiproxy/multiproxy/internal/recycle"
+)
+
+// swapHandler lets an upstream's listener keep running while the server
+// behind it is replaced (a reload that changed its credentials or timeouts).
+type swapHandler struct{ h atomic.Pointer[http.Handler] }
+
+func (s *swapHandler) set(h http.Handler) { s.h.Store(&h) }
+
+func (s *swapHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	(*s.h.Load()).ServeHTTP(w, r)
+}
+
+// newRunning builds an upstream's proxy server. Its listener, if any, is the
+// caller's business.
+func (p *Process) newRunning(ctx context.Context, u config.Upstream) (*running, error) {
+	obs := p.metrics.For(u.Name)
+	guard := &gc.Guard{}
+	srv, err := proxy.New(ctx, u, proxy.Options{Logger: p.log, Observer: p.board.observer(u.Name, obs),
+		Drain: p.cfg.ShutdownTimeout, Guard: guard})
+	if err != nil {
+		return nil, err
+	}
+	r := &running{name: u.Name, cfg: u, server: srv, guard: guard, handler: &swapHandler{}}
+	r.handler.set(inflight(obs, srv))
+	return r, nil
+}
+
+// routes lists the upstreams for the one-port listener, as they are now.
+func (p *Process) routes() []proxy.Route {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make([]proxy.Route, len(p.upstreams))
+	for i, r := range p.upstreams {
+		out[i] = proxy.Route{Server: r.server, Handler: r.handler}
+	}
+	return out
+}
+
+// snapshot is the upstreams and config as they are now.
+func (p *Process) snapshot() ([]*running, config.Config) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]*running(nil), p.upstreams...), p.cfg
+}
+
+// startBackground starts GC scheduling and recycling over the current
+// upstreams.
+func (p *Process) startBackground(ctx context.Context) error {
+	ups, cfg := p.snapshot()
+	gcTargets := make([]gc.Target, len(ups))
+	recycleTargets := make([]recycle.Target, len(ups))
+	for i, r := range ups {
+		gcTargets[i] = gc.Target{
+			Store:    gc.StoreOf(r.name, r.server.Cache(), r.guard),
+			Policy:   gc.Policy{MaxSize: int64(r.cfg.MaxSize), MaxUnused: r.cfg.MaxUnused},
+			Schedule: r.cfg.GC.Schedule,
+		}
+		recycleTargets[i] = r.server
+	}
+	sched, err := gc.NewScheduler(gcTargets, gcMetrics{p.metrics}, p.log)
+	if err != nil {
+		return err
+	}
+	p.gc = sched
+	p.gc.Start()
+	p.recycler = recycle.New(recycleTargets, recycle.Options{
+		Interval:  cfg.Recycle.Interval,
+		MaxMemory: int64(cfg.Recycle.MaxMemory),
+		Logger:    p.log,
+		Observer:  p.metrics,
+	})
+	bg, stop := context.WithCancel(context.WithoutCancel(ctx))
+	p.stopBg = stop
+	go p.recycler.Run(bg)
+	return nil
+}
+
+func (p *Process) stopBackground() {
+	if p.stopBg != nil {
+		p.stopBg()
+	}
+	if p.gc != nil {
+		p.gc.Stop()
+	}
+}
+
+// Reload applies next without a restart. Upstreams whose configuration did
+// not change keep serving untouched. A changed one (credentials, timeouts,
+// remote) gets a new server behind its listener: requests in flight finish
+// on the old one. Removed upstreams drain and close; added ones start.
+// Listener and storage changes count as a removal plus an addition.
+//
+// Nothing changes unless every new upstream could be started: an error
+// leaves the old configuration running. Admin and listen_all changes need a
+// restart and are reported as an error too.
+func (p *Process) Reload(ctx context.Context, next config.Config) error {
+	p.reloadMu.Lock()
+	defer p.reloadMu.Unlock()
+	cur, curCfg := p.snapshot()
+	if next.ListenAll != curCfg.ListenAll || next.Admin.Listen != curCfg.Admin.Listen ||
+		next.Admin.Token != curCfg.Admin.Token {
+		return errors.New("reload: admin and listen_all changes need a restart")
+	}
+
+	byName := map[string]*running{}
+	for _, r := range cur {
+		byName[r.name] = r
+	}
+	type change struct {
+		old *running
+		new *running
+	}
+	var (
+		keep    []*running
+		changed []change
+		added   []*running
+		removed []*running
+	)
+	undo := func() {
+		for _, r := range added {
+			if r.http != nil {
+				r.http.Close()
+			}
+			r.server.Close()
+			p.mu.Lock()
+			if unlock := p.locks[r.cfg.Storage]; unlock != nil && byName[r.name] == nil {
+				unlock()
+				delete(p.locks, r.cfg.Storage)
+			}
+			p.mu.Unlock()
+			if byName[r.name] == nil {
+				p.board.remove(r.name)
+			}
+		}
+		for _, c := range changed {
+			c.new.server.Close()
+		}
+	}
+	seen := map[string]bool{}
+	for _, u := range next.Upstreams {
+		seen[u.Name] = true
+		old := byName[u.Name]
+		switch {
+		case old != nil && reflect.DeepEqual(old.cfg, u):
+			keep = append(keep, old)
+		case old != nil && old.cfg.Listen == u.Listen && old.cfg.Storage == u.Storage:
+			r, err := p.newRunning(ctx, u)
+			if err != nil {
+				undo()
+				return fmt.Errorf("reload %s: %w", u.Name, err)
+			}
+			changed = append(changed, change{old, r})
+		default:
+			if old != nil {
+				removed = append(removed, old)
+			}
+			r, err := p.add(ctx, u, old)
+			if err != nil {
+				undo()
+				return fmt.Errorf("reload %s: %w", u.Name, err)
+			}
+			added = append(added, r)
+		}
+	}
+	for _, r := range cur {
+		if !seen[r.name] {
+			removed = append(removed, r)
+		}
+	}
+
+	// Commit: from here nothing fails.
+	p.stopBackground()
+	var ups []*running
+	for _, u := range next.Upstreams {
+		for _, r := range keep {
+			if r.name == u.Name {
+				ups = append(ups, r)
+			}
+		}
+		for _, c := range changed {
+			if c.new.name == u.Name {
+				c.new.addr, c.new.http, c.new.listener, c.new.handler = c.old.addr, c.old.http, c.old.listener, c.old.handler
+				c.new.handler.set(inflight(p.metrics.For(u.Name), c.new.server))
+				ups = append(ups, c.new)
+			}
+		}
+		for _, r := range added {
+			if r.name == u.Name {
+				ups = append(ups, r)
+			}
+		}
+	}
+	p.mu.Lock()
+	p.upstreams = ups
+	p.cfg = next
+	p.mu.Unlock()
+	for _, c := range changed {
+		p.board.reprobe(c.new.name, c.new.server.Upstream())
+		go c.old.server.Close() // drains its App, then shuts it down
+	}
+	for _, r := range removed {
+		go p.retire(r)
+	}
+	for _, r := range added {
+		go func() {
+			if err := r.http.Serve(r.listener); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				p.serveErr <- fmt.Errorf("upstream %s: %w", r.name, err)
+			}
+		}()
+	}
+	if err := p.startBackground(ctx); err != nil {
+		// Schedules were validated with the config; keep serving regardless.
+		p.log.Error("reload: gc scheduling", "err", err)
+	}
+	p.log.Info("config reloaded", "kept", len(keep), "changed", len(changed), "added", len(added), "removed", len(removed))
+	return nil
+}
+
+// add starts what a new upstream needs: its storage lock, listener and
+// server. replacing is the same-named upstream it replaces, whose listener
+// or storage moved.
+func (p *Process) add(ctx context.Context, u config.Upstream, replacing *running) (*running, error) {
+	if u.Listen == "" {
+		return nil, errors.New("one-port upstreams cannot be added by a reload")
+	}
+	if replacing == nil || replacing.cfg.Storage != u.Storage {
+		unlock, err := gc.LockStore(u.Storage)
+		if err != nil {
+			return nil, err
+		}
+		p.mu.Lock()
+		p.locks[u.Storage] = unlock
+		p.mu.Unlock()
+	}
+	l, err := net.Listen("tcp", u.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("listen %s: %w", u.Listen, err)
+	}
+	r, err := p.newRunning(ctx, u)
+	if err != nil {
+		l.Close()
+		return nil, err
+	}
+	if replacing == nil {
+		p.board.add(u.Name, u.Storage, p.metrics.For(u.Name), r.server.Upstream())
+	} else {
+		p.board.reprobe(u.Name, r.server.Upstream())
+	}
+	r.addr = l.Addr().String()
+	r.listener = p.board.listener(u.Name, l)
+	r.http = p.httpServer(r.handler)
+	return r, nil
+}
+
+// retire drains a removed upstream's listener and closes its server.
+func (p *Process) retire(r *running) {
+	ctx, cancel := context.WithTimeout(context.Background(), p.cfg.ShutdownTimeout)
+	defer cancel()
+	if r.http != nil {
+		if err := r.http.Shutdown(ctx); err != nil {
+			r.http.Close()
+		}
+	}
+	r.server.Close()
+	p.mu.Lock()
+	storageUsed, nameUsed := false, false
+	for _, u := range p.upstreams {
+		storageUsed = storageUsed || u.cfg.Storage == r.cfg.Storage
+		nameUsed = nameUsed || u.name == r.name
+	}
+	if unlock := p.locks[r.cfg.Storage]; unlock != nil && !storageUsed {
+		unlock()
+		delete(p.locks, r.cfg.Storage)
+	}
+	p.mu.Unlock()
+	if !nameUsed {
+		p.board.remove(r.name)
+	}
+	p.log.Info("upstream removed", "upstream", r.name)
+}
