@@ -66,7 +66,7 @@ type fixture struct {
 	cfg   config.Upstream
 }
 
-func newFixture(t *testing.T) *fixture {
+func newFixture(t testing.TB) *fixture {
 	t.Helper()
 	up := ts.StartRegistry(t, ts.RegistryOptions{})
 	// A generous upstream timeout: these tests are about what GC deletes, and
@@ -91,7 +91,7 @@ func newFixture(t *testing.T) *fixture {
 
 type image struct{ repo, digest string }
 
-func (f *fixture) push(t *testing.T, n, layers int, size int64) []image {
+func (f *fixture) push(t testing.TB, n, layers int, size int64) []image {
 	t.Helper()
 	var out []image
 	for i := range n {
@@ -145,7 +145,7 @@ func pull(c *http.Client, base, repo, ref string) error {
 }
 
 // backdate makes an image look last pulled at when.
-func (f *fixture) backdate(t *testing.T, im image, when time.Time) {
+func (f *fixture) backdate(t testing.TB, im image, when time.Time) {
 	t.Helper()
 	p := cache.RevisionLinkPath(f.cfg.Storage, im.repo, digest.Digest(im.digest))
 	if err := os.Chtimes(p, when, when); err != nil {
