@@ -1,36 +1,11 @@
 package main
 
 import (
-	"bytes"
-	"errors"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 )
-
-// runCLI runs the CLI in-process, with the containerd commands, and returns
-// stdout, stderr and main's exit code.
-func runCLI(t *testing.T, args ...string) (string, string, int) {
-	t.Helper()
-	var out, errb bytes.Buffer
-	root := newRoot(&out, &errb)
-	if c, _, err := root.Find([]string{"containerd"}); err != nil || c == root {
-		root.AddCommand(containerdCmd(&out, &errb))
-	}
-	root.SetArgs(args)
-	err := root.Execute()
-	code := 0
-	if err != nil {
-		errb.WriteString(err.Error())
-		code = 1
-		var ee *exitError
-		if errors.As(err, &ee) {
-			code = ee.code
-		}
-	}
-	return out.String(), errb.String(), code
-}
 
 // twoUpstreams writes a multiproxy config serving docker.io on :5000 and
 // ghcr.io on :5010.
@@ -64,7 +39,7 @@ func mustContain(t *testing.T, what, s string, wants ...string) {
 
 func TestContainerdHostsPrint(t *testing.T) {
 	cfg := twoUpstreams(t)
-	out, errOut, code := runCLI(t, "--config", cfg, "containerd", "hosts", "--address", "10.0.20.10", "--out", "-")
+	out, errOut, code := run(t, "--config", cfg, "containerd", "hosts", "--address", "10.0.20.10", "--out", "-")
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, errOut)
 	}
@@ -80,7 +55,7 @@ func TestContainerdHostsPrint(t *testing.T) {
 		t.Errorf("1.7 files carry dial_timeout, which 1.7 ignores:\n%s", out)
 	}
 
-	out, _, code = runCLI(t, "--config", cfg, "containerd", "hosts", "--address", "10.0.20.10", "--out", "-", "--containerd-version", "2.x")
+	out, _, code = run(t, "--config", cfg, "containerd", "hosts", "--address", "10.0.20.10", "--out", "-", "--containerd-version", "2.x")
 	if code != 0 || !strings.Contains(out, `dial_timeout = "1s"`) {
 		t.Errorf("--containerd-version 2.x: exit %d, output lacks dial_timeout:\n%s", code, out)
 	}
@@ -95,7 +70,7 @@ func TestContainerdHostsUsageErrors(t *testing.T) {
 		"fix sans address": {"--config", cfg, "containerd", "check", "--fix",
 			filepath.Join("..", "..", "internal", "containerd", "testdata", "debian-stock.toml")},
 	} {
-		if _, errOut, code := runCLI(t, args...); code != 2 {
+		if _, errOut, code := run(t, args...); code != 2 {
 			t.Errorf("%s: exit %d, want 2 (usage); stderr %q", name, code, errOut)
 		}
 	}
@@ -108,14 +83,14 @@ func TestContainerdHostsWrite(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "certs.d")
 	hosts := []string{"--config", cfg, "containerd", "hosts", "--address", "10.0.20.10", "--out", dir}
 
-	out, errOut, code := runCLI(t, hosts...)
+	out, errOut, code := run(t, hosts...)
 	if code != 0 {
 		t.Fatalf("first run: exit %d: %s", code, errOut)
 	}
 	docker := filepath.Join(dir, "docker.io", "hosts.toml")
 	mustContain(t, "first run", out, "created "+docker, "created "+filepath.Join(dir, "ghcr.io", "hosts.toml"))
 
-	out, _, code = runCLI(t, hosts...)
+	out, _, code = run(t, hosts...)
 	if code != 0 {
 		t.Fatalf("second run: exit %d", code)
 	}
@@ -125,7 +100,7 @@ func TestContainerdHostsWrite(t *testing.T) {
 	if err := os.WriteFile(docker, []byte(handEdited), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	_, errOut, code = runCLI(t, hosts...)
+	_, errOut, code = run(t, hosts...)
 	if code != 1 {
 		t.Errorf("with a hand-edited file: exit %d, want 1", code)
 	}
@@ -134,7 +109,7 @@ func TestContainerdHostsWrite(t *testing.T) {
 		t.Fatalf("hand-edited file changed without --force:\n%s", b)
 	}
 
-	out, errOut, code = runCLI(t, append(hosts, "--force")...)
+	out, errOut, code = run(t, append(hosts, "--force")...)
 	if code != 0 {
 		t.Fatalf("--force: exit %d: %s", code, errOut)
 	}
@@ -146,7 +121,7 @@ func TestContainerdHostsWrite(t *testing.T) {
 
 func TestContainerdCheckExitStatus(t *testing.T) {
 	testdata := filepath.Join("..", "..", "internal", "containerd", "testdata")
-	out, _, code := runCLI(t, "containerd", "check", filepath.Join(testdata, "v16-mirrors-and-config-path.toml"))
+	out, _, code := run(t, "containerd", "check", filepath.Join(testdata, "v16-mirrors-and-config-path.toml"))
 	if code != 1 {
 		t.Errorf("config containerd rejects: exit %d, want 1", code)
 	}
@@ -154,7 +129,7 @@ func TestContainerdCheckExitStatus(t *testing.T) {
 		"v16-mirrors-and-config-path.toml:155: error [mirrors-with-config-path]",
 		"`mirrors` cannot be set when `config_path` is provided")
 
-	out, _, code = runCLI(t, "containerd", "check", filepath.Join(testdata, "v16-mirrors-only.toml"))
+	out, _, code = run(t, "containerd", "check", filepath.Join(testdata, "v16-mirrors-only.toml"))
 	if code != 0 {
 		t.Errorf("deprecated but working mirrors: exit %d, want 0 (warnings only)\n%s", code, out)
 	}
@@ -180,7 +155,7 @@ func TestContainerdCheckFixWrite(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	out, _, code := runCLI(t, "--config", cfg, "containerd", "check", path, "--fix", "--address", "10.0.20.10")
+	out, _, code := run(t, "--config", cfg, "containerd", "check", path, "--fix", "--address", "10.0.20.10")
 	if code != 1 {
 		t.Errorf("--fix without --write: exit %d, want 1 (the file on disk is still wrong)", code)
 	}
@@ -193,7 +168,7 @@ func TestContainerdCheckFixWrite(t *testing.T) {
 		t.Fatal("--fix without --write changed config.toml")
 	}
 
-	out, errOut, code := runCLI(t, "--config", cfg, "containerd", "check", path, "--write", "--address", "10.0.20.10")
+	out, errOut, code := run(t, "--config", cfg, "containerd", "check", path, "--write", "--address", "10.0.20.10")
 	if code != 0 {
 		t.Fatalf("--write: exit %d\n%s\n%s", code, out, errOut)
 	}

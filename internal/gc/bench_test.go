@@ -2,6 +2,7 @@ package gc_test
 
 import (
 	"context"
+	ts "github.com/multiproxy/multiproxy/internal/testsupport"
 	"net/http"
 	"os"
 	"runtime"
@@ -26,7 +27,7 @@ func BenchmarkCollect2000Blobs(b *testing.B) {
 	images := f.push(b, 200, 9, 2<<10)
 	c := &http.Client{Timeout: 30 * time.Second}
 	for _, im := range images {
-		if err := pull(c, f.base, im.repo, im.digest); err != nil {
+		if err := ts.PullVerified(c, f.base, im.repo, im.digest); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -35,7 +36,7 @@ func BenchmarkCollect2000Blobs(b *testing.B) {
 		b.StopTimer()
 		// Restore what the previous run evicted, then age a fifth again.
 		for _, im := range images {
-			if err := pull(c, f.base, im.repo, im.digest); err != nil {
+			if err := ts.PullVerified(c, f.base, im.repo, im.digest); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -55,7 +56,7 @@ func BenchmarkCollect2000Blobs(b *testing.B) {
 					default:
 					}
 					im := images[40+j%160]
-					_ = pull(c, f.base, im.repo, im.digest)
+					_ = ts.PullVerified(c, f.base, im.repo, im.digest)
 				}
 			})
 		}

@@ -2,11 +2,7 @@ package gc_test
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
-	"encoding/json"
 	"fmt"
-	"io"
 	"io/fs"
 	"math/rand/v2"
 	"net"
@@ -102,47 +98,6 @@ func (f *fixture) push(t testing.TB, n, layers int, size int64) []image {
 	return out
 }
 
-// pull fetches a manifest and its blobs, verifying every digest.
-func pull(c *http.Client, base, repo, ref string) error {
-	req, _ := http.NewRequest(http.MethodGet, base+"/v2/"+repo+"/manifests/"+ref, nil)
-	req.Header.Set("Accept", "application/vnd.oci.image.manifest.v1+json")
-	resp, err := c.Do(req)
-	if err != nil {
-		return err
-	}
-	body, err := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if err != nil || resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("manifest %s:%s: %d %v", repo, ref, resp.StatusCode, err)
-	}
-	var m struct {
-		Config struct{ Digest string }
-		Layers []struct{ Digest string }
-	}
-	if err := json.Unmarshal(body, &m); err != nil {
-		return err
-	}
-	ds := []string{m.Config.Digest}
-	for _, l := range m.Layers {
-		ds = append(ds, l.Digest)
-	}
-	for _, d := range ds {
-		resp, err := c.Get(base + "/v2/" + repo + "/blobs/" + d)
-		if err != nil {
-			return err
-		}
-		h := sha256.New()
-		_, err = io.Copy(h, resp.Body)
-		resp.Body.Close()
-		if err != nil || resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("blob %s of %s: %d %v", d, repo, resp.StatusCode, err)
-		}
-		if got := "sha256:" + hex.EncodeToString(h.Sum(nil)); got != d {
-			return fmt.Errorf("blob %s of %s: got %s", d, repo, got)
-		}
-	}
-	return nil
-}
 
 // backdate makes an image look last pulled at when.
 func (f *fixture) backdate(t testing.TB, im image, when time.Time) {
@@ -163,7 +118,7 @@ func TestOnlineGCWhilePulling(t *testing.T) {
 	images := f.push(t, 30, 2, 32<<10)
 	c := &http.Client{Timeout: 30 * time.Second}
 	for _, im := range images[:15] {
-		if err := pull(c, f.base, im.repo, "1"); err != nil {
+		if err := ts.PullVerified(c, f.base, im.repo, "1"); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -197,7 +152,7 @@ func TestOnlineGCWhilePulling(t *testing.T) {
 					ref = im.digest
 				}
 				pulls.Add(1)
-				if err := pull(c, f.base, im.repo, ref); err != nil {
+				if err := ts.PullVerified(c, f.base, im.repo, ref); err != nil {
 					failures.Add(1)
 					firstErr.CompareAndSwap(nil, err)
 				}
@@ -243,7 +198,7 @@ func TestOnlineGCWhilePulling(t *testing.T) {
 			continue
 		}
 		kept++
-		if err := pull(c, f.base, im.repo, im.digest); err != nil {
+		if err := ts.PullVerified(c, f.base, im.repo, im.digest); err != nil {
 			t.Errorf("cached %s no longer pulls with the upstream stopped: %v", im.repo, err)
 		}
 	}
@@ -279,7 +234,7 @@ func TestMaxSizeEvictsLeastRecentlyPulledFirst(t *testing.T) {
 	images := f.push(t, 6, 1, 1<<20)
 	c := &http.Client{Timeout: 30 * time.Second}
 	for i, im := range images {
-		if err := pull(c, f.base, im.repo, "1"); err != nil {
+		if err := ts.PullVerified(c, f.base, im.repo, "1"); err != nil {
 			t.Fatal(err)
 		}
 		f.backdate(t, im, time.Now().Add(time.Duration(i-10)*time.Hour))
@@ -303,7 +258,7 @@ func TestMaxSizeEvictsLeastRecentlyPulledFirst(t *testing.T) {
 	if before-after != res.FreedBytes {
 		t.Errorf("reported %d bytes freed, disk shrank by %d", res.FreedBytes, before-after)
 	}
-	if err := pull(c, f.base, images[0].repo, "1"); err != nil {
+	if err := ts.PullVerified(c, f.base, images[0].repo, "1"); err != nil {
 		t.Fatalf("evicted image pulled again: %v", err)
 	}
 }
@@ -334,7 +289,7 @@ func TestDryRunChangesNothing(t *testing.T) {
 	images := f.push(t, 4, 1, 64<<10)
 	c := &http.Client{Timeout: 30 * time.Second}
 	for _, im := range images {
-		if err := pull(c, f.base, im.repo, "1"); err != nil {
+		if err := ts.PullVerified(c, f.base, im.repo, "1"); err != nil {
 			t.Fatal(err)
 		}
 		f.backdate(t, im, time.Now().Add(-100*time.Hour))

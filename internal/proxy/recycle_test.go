@@ -2,11 +2,7 @@ package proxy_test
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
-	"encoding/json"
 	"fmt"
-	"io"
 	"math/rand/v2"
 	"net/http"
 	"runtime"
@@ -23,58 +19,7 @@ import (
 	ts "github.com/multiproxy/multiproxy/internal/testsupport"
 )
 
-// pullRaw fetches a manifest and every blob it names with a plain HTTP
-// client, checking each against its digest. No retries: any failure counts.
-func pullRaw(c *http.Client, base, repo, ref string) error {
-	req, _ := http.NewRequest(http.MethodGet, base+"/v2/"+repo+"/manifests/"+ref, nil)
-	req.Header.Set("Accept", "application/vnd.oci.image.manifest.v1+json")
-	resp, err := c.Do(req)
-	if err != nil {
-		return fmt.Errorf("manifest %s:%s: %w", repo, ref, err)
-	}
-	body, err := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if err != nil || resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("manifest %s:%s: %d %v", repo, ref, resp.StatusCode, err)
-	}
-	if d := resp.Header.Get("Docker-Content-Digest"); d != digestOf(body) {
-		return fmt.Errorf("manifest %s:%s: header %s, body %s", repo, ref, d, digestOf(body))
-	}
-	var m struct {
-		Config struct{ Digest string }
-		Layers []struct{ Digest string }
-	}
-	if err := json.Unmarshal(body, &m); err != nil {
-		return err
-	}
-	for _, d := range append([]string{m.Config.Digest}, func() []string {
-		var out []string
-		for _, l := range m.Layers {
-			out = append(out, l.Digest)
-		}
-		return out
-	}()...) {
-		resp, err := c.Get(base + "/v2/" + repo + "/blobs/" + d)
-		if err != nil {
-			return fmt.Errorf("blob %s: %w", d, err)
-		}
-		h := sha256.New()
-		_, err = io.Copy(h, resp.Body)
-		resp.Body.Close()
-		if err != nil || resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("blob %s: %d %v", d, resp.StatusCode, err)
-		}
-		if got := "sha256:" + hex.EncodeToString(h.Sum(nil)); got != d {
-			return fmt.Errorf("blob %s: got %s", d, got)
-		}
-	}
-	return nil
-}
 
-func digestOf(b []byte) string {
-	s := sha256.Sum256(b)
-	return "sha256:" + hex.EncodeToString(s[:])
-}
 
 func TestPullsNeverFailWhileRecyclingEvery200ms(t *testing.T) {
 	up := ts.StartRegistry(t, ts.RegistryOptions{})
@@ -95,7 +40,7 @@ func TestPullsNeverFailWhileRecyclingEvery200ms(t *testing.T) {
 	c := &http.Client{Timeout: 30 * time.Second}
 	// Half the images warm before the storm; the rest are pulled cold in it.
 	for _, im := range images[:12] {
-		if err := pullRaw(c, base, im.repo, im.tag); err != nil {
+		if err := ts.PullVerified(c, base, im.repo, im.tag); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -114,7 +59,7 @@ func TestPullsNeverFailWhileRecyclingEvery200ms(t *testing.T) {
 					ref = im.digest
 				}
 				pulls.Add(1)
-				if err := pullRaw(c, base, im.repo, ref); err != nil {
+				if err := ts.PullVerified(c, base, im.repo, ref); err != nil {
 					failures.Add(1)
 					firstErr.CompareAndSwap(nil, err)
 				}
@@ -185,7 +130,7 @@ func TestRecycleWithUpstreamDownKeepsServing(t *testing.T) {
 	img := ts.PushImage(t, up, "library/app:1", 1, 4096)
 	p := ts.StartProxy(t, ts.ProxyUpstream{Name: "docker.io", Reg: up})
 	c := &http.Client{Timeout: 10 * time.Second}
-	if err := pullRaw(c, p.URL("docker.io"), "library/app", "1"); err != nil {
+	if err := ts.PullVerified(c, p.URL("docker.io"), "library/app", "1"); err != nil {
 		t.Fatal(err)
 	}
 	up.Stop()
@@ -201,7 +146,7 @@ func TestRecycleWithUpstreamDownKeepsServing(t *testing.T) {
 		t.Errorf("multiproxy_recycle_failures_total = %v, want 1", n)
 	}
 	for _, ref := range []string{"1", ts.Digest(t, img)} {
-		if err := pullRaw(c, p.URL("docker.io"), "library/app", ref); err != nil {
+		if err := ts.PullVerified(c, p.URL("docker.io"), "library/app", ref); err != nil {
 			t.Errorf("after a failed recycle: %v", err)
 		}
 	}
