@@ -98,7 +98,6 @@ func (f *fixture) push(t testing.TB, n, layers int, size int64) []image {
 	return out
 }
 
-
 // backdate makes an image look last pulled at when.
 func (f *fixture) backdate(t testing.TB, im image, when time.Time) {
 	t.Helper()

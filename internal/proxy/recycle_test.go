@@ -19,8 +19,6 @@ import (
 	ts "github.com/multiproxy/multiproxy/internal/testsupport"
 )
 
-
-
 func TestPullsNeverFailWhileRecyclingEvery200ms(t *testing.T) {
 	up := ts.StartRegistry(t, ts.RegistryOptions{})
 	type image struct{ repo, tag, digest string }
