@@ -41,3 +41,14 @@ func (c *Cache) used(repo string, d digest.Digest) {
 		c.log.Debug("record pull time", "repository", repo, "digest", d, "err", err)
 	}
 }
+
+// OpenLocal opens a committed blob's bytes for reading, or fails if the store
+// does not hold them. Serving the file directly lets the kernel send it
+// (sendfile), where distribution's ServeBlob copies through user space.
+func (c *Cache) OpenLocal(d digest.Digest) (*os.File, error) {
+	if err := d.Validate(); err != nil {
+		return nil, err
+	}
+	return os.Open(filepath.Join(c.root, "docker", "registry", "v2", "blobs",
+		d.Algorithm().String(), d.Encoded()[:2], d.Encoded(), "data"))
+}

@@ -238,3 +238,30 @@ func ociCode(t *testing.T, resp *http.Response) string {
 	}
 	return body.Errors[0].Code
 }
+
+func TestCachedBlobServesRangesAndHead(t *testing.T) {
+	up := ts.StartRegistry(t, ts.RegistryOptions{})
+	img := ts.PushImage(t, up, "library/app:1", 1, 64<<10)
+	layer := ts.LayerDigests(t, img)[0]
+	p := ts.StartProxy(t, ts.ProxyUpstream{Name: "docker.io", Reg: up})
+	url := p.URL("docker.io") + "/v2/library/app/blobs/" + layer
+	full := get(t, url, http.MethodGet) // fills the cache
+	body, _ := io.ReadAll(full.Body)
+
+	req, _ := http.NewRequest(http.MethodGet, url, nil)
+	req.Header.Set("Range", "bytes=100-199")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	part, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusPartialContent || string(part) != string(body[100:200]) {
+		t.Errorf("range of a cached blob: %d, %d bytes", resp.StatusCode, len(part))
+	}
+	head := get(t, url, http.MethodHead)
+	if head.StatusCode != http.StatusOK || head.Header.Get("Docker-Content-Digest") != layer ||
+		head.ContentLength != int64(len(body)) {
+		t.Errorf("HEAD of a cached blob: %d %s %d", head.StatusCode, head.Header.Get("Docker-Content-Digest"), head.ContentLength)
+	}
+}

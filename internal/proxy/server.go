@@ -325,7 +325,7 @@ func (s *Server) serveBlob(w *recorder, r *http.Request, rt route) {
 	}
 	if local {
 		s.obs.Hit(cache.KindBlob)
-		s.apps.serve(w, r)
+		s.serveLocalBlob(w, r, d)
 		return
 	}
 	st, local, err := s.cache.OpenBlob(ctx, rt.repo, d)
@@ -334,7 +334,7 @@ func (s *Server) serveBlob(w *recorder, r *http.Request, rt route) {
 		return
 	}
 	if local {
-		s.apps.serve(w, r)
+		s.serveLocalBlob(w, r, d)
 		return
 	}
 	defer st.Close()
@@ -360,6 +360,26 @@ func (s *Server) serveBlob(w *recorder, r *http.Request, rt route) {
 		// short or unverified body for the blob.
 		panic(http.ErrAbortHandler)
 	}
+}
+
+// serveLocalBlob sends a cached blob straight from its file, with the headers
+// distribution's ServeBlob sets, so the kernel can copy it (sendfile) and
+// ranges work. If the file cannot be opened (a collection removed it just
+// now), the App serves the request and fetches it again in proxy mode.
+func (s *Server) serveLocalBlob(w *recorder, r *http.Request, d digest.Digest) {
+	f, err := s.cache.OpenLocal(d)
+	if err != nil {
+		s.apps.serve(w, r)
+		return
+	}
+	defer f.Close()
+	h := w.Header()
+	h.Set("Content-Type", "application/octet-stream")
+	h.Set("Docker-Content-Digest", d.String())
+	h.Set("Etag", `"`+d.String()+`"`)
+	h.Set("Cache-Control", "max-age=31536000")
+	h.Set("Docker-Distribution-Api-Version", "registry/2.0")
+	http.ServeContent(w, r, "", time.Time{}, f)
 }
 
 // writerOnly hides the recorder's ReadFrom, so the stream is copied with our
