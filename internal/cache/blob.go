@@ -193,7 +193,12 @@ func (c *Cache) runFill(f *fill, repo distribution.Repository, name string) {
 		c.log.Warn("cache write disabled for fill", "digest", f.digest, "err", err)
 		bw = nil
 	}
-	digester := f.digest.Algorithm().Digester()
+	// Hash once: the store's writer digests what it is given and Commit
+	// verifies it, so our own digester runs only without that writer.
+	var digester digest.Digester
+	if bw == nil {
+		digester = f.digest.Algorithm().Digester()
+	}
 	buf := make([]byte, copyBuffer)
 	var cacheErr error
 	for {
@@ -205,7 +210,9 @@ func (c *Cache) runFill(f *fill, repo distribution.Repository, name string) {
 				cancelWriter(ctx, bw)
 				return
 			}
-			_, _ = digester.Hash().Write(chunk)
+			if digester != nil {
+				_, _ = digester.Hash().Write(chunk)
+			}
 			if bw != nil && cacheErr == nil {
 				if _, err := bw.Write(chunk); err != nil {
 					cacheErr = err
@@ -229,26 +236,61 @@ func (c *Cache) runFill(f *fill, repo distribution.Repository, name string) {
 		cancelWriter(ctx, bw)
 		return
 	}
-	if got := digester.Digest(); got != f.digest {
+	mismatch := func(got digest.Digest) {
 		c.log.Error("upstream sent wrong bytes", "digest", f.digest, "got", got)
 		f.fail(&upstream.Error{Op: "read blob", Cause: upstream.CauseBadContent, Err: fmt.Errorf("digest mismatch: want %s, got %s", f.digest, got)})
-		cancelWriter(ctx, bw)
-		return
 	}
+	verified := false
 	if bw != nil && cacheErr == nil {
 		release := c.guard.Hold()
 		c.guard.Use(f.digest)
-		if _, err := bw.Commit(ctx, v1.Descriptor{Digest: f.digest, Size: written, MediaType: "application/octet-stream"}); err != nil {
-			c.log.Warn("cache commit failed", "digest", f.digest, "err", err)
-		}
+		_, err := bw.Commit(ctx, v1.Descriptor{Digest: f.digest, Size: written, MediaType: "application/octet-stream"})
 		release()
+		var bad distribution.ErrBlobInvalidDigest
+		switch {
+		case err == nil:
+			verified = true
+		case errors.As(err, &bad):
+			cancelWriter(ctx, bw)
+			mismatch(bad.Digest)
+			return
+		default:
+			c.log.Warn("cache commit failed", "digest", f.digest, "err", err)
+			cancelWriter(ctx, bw)
+		}
 	} else {
 		if cacheErr != nil {
 			c.log.Warn("cache write failed", "digest", f.digest, "err", cacheErr)
 		}
 		cancelWriter(ctx, bw)
 	}
+	if !verified {
+		// Nothing verified the bytes on the way: hash what was spooled.
+		got, err := spoolDigest(f, digester)
+		if err != nil {
+			f.fail(fmt.Errorf("verify spool: %w", err))
+			return
+		}
+		if got != f.digest {
+			mismatch(got)
+			return
+		}
+	}
 	f.complete()
+}
+
+// spoolDigest is the digest of a fill's bytes: from d if it saw them all,
+// else by reading the spool file again.
+func spoolDigest(f *fill, d digest.Digester) (digest.Digest, error) {
+	if d != nil {
+		return d.Digest(), nil
+	}
+	r, err := os.Open(f.path)
+	if err != nil {
+		return "", err
+	}
+	defer r.Close()
+	return f.digest.Algorithm().FromReader(r)
 }
 
 func cancelWriter(ctx context.Context, bw distribution.BlobWriter) {
