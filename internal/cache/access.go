@@ -49,6 +49,11 @@ func (c *Cache) OpenLocal(d digest.Digest) (*os.File, error) {
 	if err := d.Validate(); err != nil {
 		return nil, err
 	}
-	return os.Open(filepath.Join(c.root, "docker", "registry", "v2", "blobs",
-		d.Algorithm().String(), d.Encoded()[:2], d.Encoded(), "data"))
+	return os.Open(c.blobPath(d))
+}
+
+// blobPath is where the filesystem driver keeps a blob's bytes.
+func (c *Cache) blobPath(d digest.Digest) string {
+	return filepath.Join(c.root, "docker", "registry", "v2", "blobs",
+		d.Algorithm().String(), d.Encoded()[:2], d.Encoded(), "data")
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"sync"
 
 	"github.com/distribution/distribution/v3"
@@ -140,7 +141,8 @@ func (c *Cache) OpenBlob(ctx context.Context, name string, d digest.Digest) (s *
 // it meanwhile. Bytes land in a spool file that readers follow.
 type fill struct {
 	digest digest.Digest
-	path   string
+	path   string // the spool file, or the stored blob once moved (under Cache.mu)
+	moved  bool   // under Cache.mu
 	w      *os.File
 
 	ready     chan struct{} // closed once headers arrived or the fill failed early
@@ -186,38 +188,21 @@ func (c *Cache) runFill(f *fill, repo distribution.Repository, name string) {
 	f.size = resp.ContentLength
 	close(f.ready)
 
-	// The cache writer is best effort: if the store fails (disk full), the
-	// clients still get their verified bytes; only caching is skipped.
-	bw, err := repo.Blobs(ctx).Create(ctx)
-	if err != nil {
-		c.log.Warn("cache write disabled for fill", "digest", f.digest, "err", err)
-		bw = nil
-	}
-	// Hash once: the store's writer digests what it is given and Commit
-	// verifies it, so our own digester runs only without that writer.
-	var digester digest.Digester
-	if bw == nil {
-		digester = f.digest.Algorithm().Digester()
-	}
+	// Each byte is written once, to the spool that every reader follows,
+	// and hashed once. Only verified, synced bytes are renamed into the
+	// store, so a process killed mid-fill leaves a spool file (cleared at
+	// the next start), never a servable blob.
+	digester := f.digest.Algorithm().Digester()
 	buf := make([]byte, copyBuffer)
-	var cacheErr error
 	for {
 		n, rerr := resp.Body.Read(buf)
 		if n > 0 {
 			chunk := buf[:n]
 			if _, err := f.w.Write(chunk); err != nil {
 				f.fail(fmt.Errorf("write spool: %w", err))
-				cancelWriter(ctx, bw)
 				return
 			}
-			if digester != nil {
-				_, _ = digester.Hash().Write(chunk)
-			}
-			if bw != nil && cacheErr == nil {
-				if _, err := bw.Write(chunk); err != nil {
-					cacheErr = err
-				}
-			}
+			_, _ = digester.Hash().Write(chunk)
 			c.obs.UpstreamBytes(int64(n))
 			f.advance(int64(n))
 		}
@@ -226,77 +211,53 @@ func (c *Cache) runFill(f *fill, repo distribution.Repository, name string) {
 		}
 		if rerr != nil {
 			f.fail(rerr)
-			cancelWriter(ctx, bw)
 			return
 		}
 	}
 	written := f.bytes()
 	if f.size >= 0 && written != f.size {
 		f.fail(&upstream.Error{Op: "read blob", Cause: upstream.CauseBadContent, Err: fmt.Errorf("short body: %d of %d bytes", written, f.size)})
-		cancelWriter(ctx, bw)
 		return
 	}
-	mismatch := func(got digest.Digest) {
+	if got := digester.Digest(); got != f.digest {
 		c.log.Error("upstream sent wrong bytes", "digest", f.digest, "got", got)
 		f.fail(&upstream.Error{Op: "read blob", Cause: upstream.CauseBadContent, Err: fmt.Errorf("digest mismatch: want %s, got %s", f.digest, got)})
+		return
 	}
-	verified := false
-	if bw != nil && cacheErr == nil {
-		release := c.guard.Hold()
-		c.guard.Use(f.digest)
-		_, err := bw.Commit(ctx, v1.Descriptor{Digest: f.digest, Size: written, MediaType: "application/octet-stream"})
-		release()
-		var bad distribution.ErrBlobInvalidDigest
-		switch {
-		case err == nil:
-			verified = true
-		case errors.As(err, &bad):
-			cancelWriter(ctx, bw)
-			mismatch(bad.Digest)
-			return
-		default:
-			c.log.Warn("cache commit failed", "digest", f.digest, "err", err)
-			cancelWriter(ctx, bw)
-		}
-	} else {
-		if cacheErr != nil {
-			c.log.Warn("cache write failed", "digest", f.digest, "err", cacheErr)
-		}
-		cancelWriter(ctx, bw)
-	}
-	if !verified {
-		// Nothing verified the bytes on the way: hash what was spooled.
-		got, err := spoolDigest(f, digester)
-		if err != nil {
-			f.fail(fmt.Errorf("verify spool: %w", err))
-			return
-		}
-		if got != f.digest {
-			mismatch(got)
-			return
-		}
+	// Storing is best effort: if it fails (disk full), the clients still
+	// get their verified bytes; only caching is skipped.
+	if err := c.commit(ctx, f, repo); err != nil {
+		c.log.Warn("cache commit failed", "digest", f.digest, "err", err)
 	}
 	f.complete()
 }
 
-// spoolDigest is the digest of a fill's bytes: from d if it saw them all,
-// else by reading the spool file again.
-func spoolDigest(f *fill, d digest.Digester) (digest.Digest, error) {
-	if d != nil {
-		return d.Digest(), nil
+// commit moves a verified fill into the store and links it to repo.
+func (c *Cache) commit(ctx context.Context, f *fill, repo distribution.Repository) error {
+	if err := f.w.Sync(); err != nil {
+		return fmt.Errorf("sync spool: %w", err)
 	}
-	r, err := os.Open(f.path)
+	release := c.guard.Hold()
+	defer release()
+	c.guard.Use(f.digest)
+	c.mu.Lock()
+	err := os.MkdirAll(filepath.Dir(c.blobPath(f.digest)), 0o750)
+	if err == nil {
+		err = os.Rename(f.path, c.blobPath(f.digest))
+	}
+	if err == nil {
+		// Joiners from now on open the stored file; readers already open
+		// keep reading the same inode.
+		f.path, f.moved = c.blobPath(f.digest), true
+	}
+	c.mu.Unlock()
 	if err != nil {
-		return "", err
+		return fmt.Errorf("store blob: %w", err)
 	}
-	defer r.Close()
-	return f.digest.Algorithm().FromReader(r)
-}
-
-func cancelWriter(ctx context.Context, bw distribution.BlobWriter) {
-	if bw != nil {
-		_ = bw.Cancel(ctx)
+	if ok, err := c.linkLocal(ctx, repo, f.digest); err != nil || !ok {
+		return fmt.Errorf("link blob: %v", err)
 	}
+	return nil
 }
 
 // endFill unpublishes a fill. Readers keep their own descriptors, so the spool
@@ -306,9 +267,12 @@ func (c *Cache) endFill(f *fill) {
 	if c.fills[f.digest] == f {
 		delete(c.fills, f.digest)
 	}
+	moved := f.moved
 	c.mu.Unlock()
 	f.w.Close()
-	os.Remove(f.path)
+	if !moved {
+		os.Remove(f.path)
+	}
 }
 
 func (f *fill) advance(n int64) {

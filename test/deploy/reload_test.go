@@ -125,7 +125,7 @@ func TestSIGHUPReloadKeepsPullsGoing(t *testing.T) {
 	}
 	sock.waitFor(t, "RELOADING=1", exited, 10*time.Second)
 	sock.waitFor(t, "READY=1", exited, 30*time.Second)
-	if !strings.Contains(logs.String(), "config reloaded") {
+	if !eventually(func() bool { return strings.Contains(logs.String(), "config reloaded") }) {
 		t.Fatalf("no reload logged:\n%s", logs.String())
 	}
 	resp, err := getManifest(c, "http://"+quayAddr+"/v2/org/new/manifests/1")
@@ -144,7 +144,7 @@ func TestSIGHUPReloadKeepsPullsGoing(t *testing.T) {
 		t.Fatal(err)
 	}
 	sock.waitFor(t, "READY=1", exited, 30*time.Second)
-	if !strings.Contains(logs.String(), "config reload rejected") {
+	if !eventually(func() bool { return strings.Contains(logs.String(), "config reload rejected") }) {
 		t.Errorf("an invalid config was not rejected with a log line:\n%s", logs.String())
 	}
 	time.Sleep(300 * time.Millisecond)
@@ -162,6 +162,17 @@ func TestSIGHUPReloadKeepsPullsGoing(t *testing.T) {
 	}
 	resp.Body.Close()
 	t.Logf("%d pulls on docker.io, 0 failed, across a reload and a rejected reload", pulls.Load())
+}
+
+// eventually polls cond for a few seconds: the server's stderr reaches the
+// test through a pipe, a little after the notifications.
+func eventually(cond func() bool) bool {
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if cond() {
+			return true
+		}
+	}
+	return cond()
 }
 
 // getManifest asks for an OCI manifest the way container clients do.
