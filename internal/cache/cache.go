@@ -57,8 +57,9 @@ func (nopObserver) UpstreamBytes(int64) {}
 type Guard interface {
 	// Use claims digests the cache relies on.
 	Use(ds ...digest.Digest)
-	// Hold brackets a write into the store, so that a collection starting
-	// meanwhile waits for it to land before it scans.
+	// Hold brackets work that relies on the store (a write, or serving a
+	// manifest), so that a collection starting meanwhile waits for it to
+	// finish before it scans. It must not block: holds nest.
 	Hold() (release func())
 }
 
@@ -154,6 +155,10 @@ func New(ctx context.Context, o Options) (*Cache, error) {
 	}, nil
 }
 
+// Hold brackets work that relies on the store, such as serving a manifest,
+// so that a collection starting meanwhile waits for it (see Guard).
+func (c *Cache) Hold() (release func()) { return c.guard.Hold() }
+
 // Root is the storage root directory.
 func (c *Cache) Root() string { return c.root }
 
@@ -198,6 +203,12 @@ func (c *Cache) ResolveTag(ctx context.Context, name, tag string) (Resolved, err
 	}
 	tags := repo.Tags(ctx)
 	local, lerr := tags.Get(ctx, tag)
+	if lerr == nil {
+		// Claim before looking, as for blobs: a collection running now
+		// either sees the claim or has already removed the manifest, and
+		// then the lookup says so.
+		c.guard.Use(local.Digest)
+	}
 	hasLocal := lerr == nil && c.hasManifest(ctx, repo, local.Digest)
 	key := name + ":" + tag
 
@@ -326,6 +337,7 @@ func (c *Cache) EnsureManifest(ctx context.Context, name string, d digest.Digest
 	if err != nil {
 		return err
 	}
+	c.guard.Use(d) // claim before looking (see ResolveTag)
 	if c.hasManifest(ctx, repo, d) {
 		c.obs.Hit(KindManifest)
 		c.used(name, d)

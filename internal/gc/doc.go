@@ -12,17 +12,11 @@
 //   - serving or linking a blob reports the blob before it is looked up;
 //   - a pull of a cached manifest (by tag or digest) reports the manifest.
 //
-// Writes into the store (a manifest put, a blob commit) also hold the
-// Guard's write lock shared, and a collection takes it exclusively to switch
-// the Guard on before it marks: a write that claimed its digests while the
-// Guard was still off has landed on disk before the scan, so the scan sees
-// it. The Guard is switched off after the sweep. Deletions happen one object at a time under the Guard's lock, and
-// an object reported since the collection began is never deleted: a
-// manifest chosen for eviction that a client pulls meanwhile is kept, with
-// its references. So anything the cache relied on during the run was either
-// seen as live by the mark or reported to the Guard, and survives the sweep;
-// anything the cache starts relying on after an object's deletion finds it
-// gone and fetches it from the upstream again, verified, like any miss.
+// Work that relies on the store (a manifest put, a blob commit, serving a
+// manifest) also takes a Hold on the Guard, and a collection switches the
+// Guard on and then waits for the holds taken before that: work that claimed
+// its digests while the Guard was still off has finished before the scan.
+// Holds never block a pull. The Guard is switched off after the sweep.
 //
 // # Eviction
 //

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -71,7 +72,8 @@ func newFixture(t testing.TB) *fixture {
 		Tweak: func(u *config.Upstream) { u.Timeout = 15 * time.Second }})
 	u := cfg.Upstreams[0]
 	guard := &gc.Guard{}
-	srv, err := proxy.New(context.Background(), u, proxy.Options{Guard: guard, Drain: time.Second})
+	srv, err := proxy.New(context.Background(), u, proxy.Options{Guard: guard, Drain: time.Second,
+		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,22 +8,29 @@ import (
 
 // Guard records what the cache relies on while a collection runs. It
 // implements cache.Guard.
+//
+// Two mechanisms close the window around a collection's start:
+//   - Use records digests claimed while the collection is active;
+//   - Hold brackets work that relies on the store (a write, or serving a
+//     manifest). begin waits for every hold taken before it switched the
+//     Guard on, so work that claimed its digests while the Guard was off has
+//     finished before the scan starts. Holds never block, so they nest and
+//     pulls never wait for a collection; holds taken after begin are not
+//     waited for, so a busy cache cannot starve a collection either.
 type Guard struct {
-	// writes is held shared by every cache write in progress and
-	// exclusively by begin: a write that claimed its digests before the
-	// collection began has landed on disk before the scan starts, so the
-	// scan sees it.
-	writes sync.RWMutex
-
 	mu     sync.Mutex
+	cond   *sync.Cond
 	active bool
 	used   map[digest.Digest]struct{}
+	epoch  uint64
+	holds  map[uint64]int // epoch -> holds in flight taken in it
 }
 
-// Hold implements cache.Guard: it brackets a write into the store.
-func (g *Guard) Hold() (release func()) {
-	g.writes.RLock()
-	return g.writes.RUnlock
+func (g *Guard) initLocked() {
+	if g.cond == nil {
+		g.cond = sync.NewCond(&g.mu)
+		g.holds = map[uint64]int{}
+	}
 }
 
 // Use implements cache.Guard. Outside a collection it costs one uncontended
@@ -38,13 +45,44 @@ func (g *Guard) Use(ds ...digest.Digest) {
 	g.mu.Unlock()
 }
 
-func (g *Guard) begin() {
-	g.writes.Lock()
-	defer g.writes.Unlock()
+// Hold implements cache.Guard.
+func (g *Guard) Hold() (release func()) {
 	g.mu.Lock()
+	g.initLocked()
+	e := g.epoch
+	g.holds[e]++
+	g.mu.Unlock()
+	return func() {
+		g.mu.Lock()
+		if g.holds[e]--; g.holds[e] == 0 {
+			delete(g.holds, e)
+			g.cond.Broadcast()
+		}
+		g.mu.Unlock()
+	}
+}
+
+func (g *Guard) begin() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.initLocked()
 	g.active = true
 	g.used = map[digest.Digest]struct{}{}
-	g.mu.Unlock()
+	before := g.epoch
+	g.epoch++
+	for g.heldSinceLocked(before) {
+		g.cond.Wait()
+	}
+}
+
+// heldSinceLocked reports holds in flight from epochs up to e.
+func (g *Guard) heldSinceLocked(e uint64) bool {
+	for k, n := range g.holds {
+		if k <= e && n > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 func (g *Guard) end() {

@@ -272,6 +272,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) serveManifest(w *recorder, r *http.Request, rt route) {
 	ctx := r.Context()
+	// From the lookup to the App's read, a collection must not remove the
+	// manifest it resolved to.
+	release := s.cache.Hold()
+	defer release()
 	d, err := digest.Parse(rt.ref)
 	if err != nil {
 		if !tagPattern.MatchString(rt.ref) {
