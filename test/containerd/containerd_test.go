@@ -51,15 +51,7 @@ func TestPullThroughCacheThenFallBack(t *testing.T) {
 	if n := direct.n.Load(); n != 0 {
 		t.Errorf("containerd sent %d requests straight to the registries while the cache was up", n)
 	}
-	for _, c := range []struct {
-		reg *ts.Registry
-		img v1.Image
-	}{{regA, imgA}, {regB, imgB}} {
-		want := imageBytes(t, c.img)
-		if got := servedBytes(t, p.AdminURL(), c.reg.Host()); got < float64(want) {
-			t.Errorf("multiproxy served %v bytes for upstream %s; containerd needed %d for the image", got, c.reg.Host(), want)
-		}
-	}
+	requireServedByCache(t, p, pulled{regA, imgA}, pulled{regB, imgB})
 
 	p.Stop()
 	d.pull(regA.Ref("library/alpha:2"), hostsDir)
@@ -103,6 +95,23 @@ func writeHosts(t *testing.T, p *ts.Proxy, dir string) {
 	}
 	if _, err := ctrdcfg.WriteHosts(dir, files, ctrdcfg.WriteOptions{}); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// pulled is an image containerd pulled from a registry through the cache.
+type pulled struct {
+	reg *ts.Registry
+	img v1.Image
+}
+
+// requireServedByCache checks, from multiproxy's metrics, that each image's
+// bytes reached containerd through the cache.
+func requireServedByCache(t *testing.T, p *ts.Proxy, images ...pulled) {
+	t.Helper()
+	for _, c := range images {
+		if got, want := servedBytes(t, p.AdminURL(), c.reg.Host()), imageBytes(t, c.img); got < float64(want) {
+			t.Errorf("multiproxy served %v bytes for upstream %s; containerd needed %d for the image", got, c.reg.Host(), want)
+		}
 	}
 }
 
