@@ -137,6 +137,27 @@ func (c *Cache) OpenBlob(ctx context.Context, name string, d digest.Digest) (s *
 	return s, false, nil
 }
 
+// BlobSize answers a HEAD for a blob that is not local: from the fill running
+// for it if there is one, else from one upstream HEAD. It never downloads.
+func (c *Cache) BlobSize(ctx context.Context, name string, d digest.Digest) (int64, error) {
+	if _, err := c.repo(ctx, name); err != nil {
+		return 0, err
+	}
+	c.mu.Lock()
+	f := c.fills[d]
+	c.mu.Unlock()
+	if f != nil && f.failed() == nil {
+		select {
+		case <-f.ready:
+			if f.headerErr == nil && f.size >= 0 {
+				return f.size, nil
+			}
+		default:
+		}
+	}
+	return c.up.HeadBlob(ctx, name, d)
+}
+
 // fill is one upstream download of a blob, shared by every client asking for
 // it meanwhile. Bytes land in a spool file that readers follow.
 type fill struct {

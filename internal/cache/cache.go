@@ -94,6 +94,7 @@ type Cache struct {
 	root         string
 
 	manifests singleflight.Group
+	heads     singleflight.Group // tag revalidations in flight, by "repo:tag"
 
 	mu    sync.Mutex
 	fills map[digest.Digest]*fill
@@ -226,7 +227,7 @@ func (c *Cache) ResolveTag(ctx context.Context, name, tag string) (Resolved, err
 		return Resolved{Digest: local.Digest, Stale: true, Cause: cause, Err: err}, nil
 	}
 
-	info, err := c.up.HeadManifest(ctx, name, tag)
+	info, err := c.revalidate(ctx, name, tag)
 	if err == nil && info.Digest == "" {
 		// Some registries omit the digest on HEAD; GET by tag and hash it.
 		info, err = c.fetchManifestByTag(ctx, repo, name, tag)
@@ -266,6 +267,29 @@ func (c *Cache) ResolveTag(ctx context.Context, name, tag string) (Resolved, err
 	}
 	c.markFresh(key)
 	return Resolved{Digest: info.Digest}, nil
+}
+
+// revalidate asks the upstream where a tag points now. Concurrent pulls of
+// one tag share one HEAD: a DaemonSet rolling out to 500 nodes sends about
+// one, not 500. A pull joins only a HEAD still in flight, so its answer is
+// at most one upstream round trip older than the pull: a push is still seen
+// by the next pull that starts after the HEAD returns.
+func (c *Cache) revalidate(ctx context.Context, name, tag string) (upstream.ManifestInfo, error) {
+	ch := c.heads.DoChan(name+":"+tag, func() (any, error) {
+		// Detached: the pulls waiting on it share the answer, and the
+		// first one leaving must not fail the rest.
+		return c.up.HeadManifest(context.WithoutCancel(ctx), name, tag)
+	})
+	select {
+	case <-ctx.Done():
+		return upstream.ManifestInfo{}, ctx.Err()
+	case r := <-ch:
+		if r.Shared {
+			c.obs.DedupJoin(KindTag)
+		}
+		info, _ := r.Val.(upstream.ManifestInfo)
+		return info, r.Err
+	}
 }
 
 // fetchManifestByTag is the fallback for upstreams whose HEAD has no digest.

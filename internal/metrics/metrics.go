@@ -68,6 +68,7 @@ type Metrics struct {
 	fetchedBytes    *prometheus.CounterVec
 	upRequests      *prometheus.CounterVec
 	upDuration      *prometheus.HistogramVec
+	redirects       *prometheus.CounterVec
 	rateLimited     *prometheus.CounterVec
 	rateLimitRemain *prometheus.GaugeVec
 	stale           *prometheus.CounterVec
@@ -121,6 +122,8 @@ func New() *Metrics {
 	m.upDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Name: "upstream_request_duration_seconds",
 		Help: "Upstream time to response headers.", Buckets: prometheus.ExponentialBuckets(0.001, 4, 10)},
 		[]string{"upstream", "method"})
+	m.redirects = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "upstream_redirects_total",
+		Help: "Redirects followed on upstream calls (blobs sent to a CDN or object store, a redirected API)."}, []string{"upstream"})
 	m.rateLimited = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "upstream_rate_limited_total",
 		Help: "Upstream answers with status 429."}, []string{"upstream"})
 	m.rateLimitRemain = prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "upstream_ratelimit_remaining",
@@ -159,7 +162,7 @@ func New() *Metrics {
 		Help: "Unix time the last garbage collection run ended, whatever its result; absent until one ends."},
 		[]string{"upstream"})
 	m.Registry.MustRegister(m.requests, m.requestDuration, m.inflight, m.hits, m.misses, m.servedBytes,
-		m.fetchedBytes, m.upRequests, m.upDuration, m.rateLimited, m.rateLimitRemain, m.stale, m.dedupWaiters,
+		m.fetchedBytes, m.upRequests, m.upDuration, m.redirects, m.rateLimited, m.rateLimitRemain, m.stale, m.dedupWaiters,
 		m.state, m.stored, m.recycles, m.recycleFailures, m.lastRecycle, m.gcRuns, m.gcDuration, m.gcFreedBytes,
 		m.gcFreedObjects, m.evictions, m.lastGC,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -196,6 +199,7 @@ func (m *Metrics) For(name string) *Upstream {
 	}
 	m.fetchedBytes.WithLabelValues(name)
 	m.rateLimited.WithLabelValues(name)
+	m.redirects.WithLabelValues(name)
 	m.inflight.WithLabelValues(name)
 	m.recycleFailures.WithLabelValues(name)
 	m.gcFreedBytes.WithLabelValues(name)
@@ -266,6 +270,9 @@ func (u *Upstream) Upstream(method string, status int, d time.Duration, h http.H
 		}
 	}
 }
+
+// UpstreamRedirect counts one redirect followed on an upstream call.
+func (u *Upstream) UpstreamRedirect() { u.m.redirects.WithLabelValues(u.name).Inc() }
 
 // State sets the upstream's health state: 1 on its series, 0 on the others,
 // so a state-timeline panel needs no absent() tricks.

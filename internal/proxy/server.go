@@ -30,6 +30,7 @@ import (
 	"github.com/multiproxy/multiproxy/internal/cache"
 	"github.com/multiproxy/multiproxy/internal/config"
 	"github.com/multiproxy/multiproxy/internal/upstream"
+	"github.com/multiproxy/multiproxy/internal/version"
 )
 
 // Observer is told about every client request, for metrics.
@@ -37,6 +38,7 @@ type Observer interface {
 	cache.Observer
 	Request(kind string, status int, d time.Duration, fromCache bool, bytes int64)
 	Upstream(method string, status int, d time.Duration, h http.Header, err error)
+	UpstreamRedirect()
 }
 
 type nopObserver struct{}
@@ -48,6 +50,7 @@ func (nopObserver) DedupJoin(string)                                        {}
 func (nopObserver) UpstreamBytes(int64)                                     {}
 func (nopObserver) Request(string, int, time.Duration, bool, int64)         {}
 func (nopObserver) Upstream(string, int, time.Duration, http.Header, error) {}
+func (nopObserver) UpstreamRedirect()                                       {}
 
 // Options configures a Server beyond its upstream config.
 type Options struct {
@@ -99,13 +102,15 @@ func New(ctx context.Context, u config.Upstream, o Options) (*Server, error) {
 	log := o.Logger.With("upstream", u.Name)
 	s := &Server{cfg: u, log: log, obs: o.Observer, drain: o.Drain}
 	up, err := upstream.New(upstream.Options{
-		Name:     u.Name,
-		Remote:   u.Remote,
-		Username: u.Username,
-		Password: u.Password.Reveal(),
-		CAFile:   u.CAFile,
-		Timeout:  u.Timeout,
-		Observe:  o.Observer.Upstream,
+		Name:       u.Name,
+		Remote:     u.Remote,
+		Username:   u.Username,
+		Password:   u.Password.Reveal(),
+		CAFile:     u.CAFile,
+		Timeout:    u.Timeout,
+		UserAgent:  version.UserAgent(),
+		Observe:    o.Observer.Upstream,
+		Redirected: o.Observer.UpstreamRedirect,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("upstream %s: %w", u.Name, err)
@@ -288,7 +293,7 @@ func (s *Server) serveManifest(w *recorder, r *http.Request, rt route) {
 		}
 		res, err := s.cache.ResolveTag(ctx, rt.repo, rt.ref)
 		if err != nil {
-			s.writeUpstreamError(w, err, kindManifest)
+			s.writeUpstreamError(w, r, err, kindManifest)
 			return
 		}
 		if res.Stale {
@@ -297,7 +302,7 @@ func (s *Server) serveManifest(w *recorder, r *http.Request, rt route) {
 		}
 		d = res.Digest
 	} else if err := s.cache.EnsureManifest(ctx, rt.repo, d); err != nil {
-		s.writeUpstreamError(w, err, kindManifest)
+		s.writeUpstreamError(w, r, err, kindManifest)
 		return
 	}
 	r2 := r.Clone(ctx)
@@ -324,7 +329,7 @@ func (s *Server) serveBlob(w *recorder, r *http.Request, rt route) {
 	}
 	local, err := s.cache.PrepareBlob(ctx, rt.repo, d)
 	if err != nil {
-		s.writeUpstreamError(w, err, kindBlob)
+		s.writeUpstreamError(w, r, err, kindBlob)
 		return
 	}
 	if local {
@@ -332,9 +337,23 @@ func (s *Server) serveBlob(w *recorder, r *http.Request, rt route) {
 		s.serveLocalBlob(w, r, d)
 		return
 	}
+	if r.Method == http.MethodHead {
+		// A HEAD asks whether the blob exists and how big it is: one
+		// upstream HEAD answers that, a download would not be wanted.
+		size, err := s.cache.BlobSize(ctx, rt.repo, d)
+		if err != nil {
+			s.writeUpstreamError(w, r, err, kindBlob)
+			return
+		}
+		w.fromUpstream = true
+		setBlobHeaders(w.Header(), d)
+		w.Header().Set("Content-Length", strconv.FormatInt(size, 10))
+		w.WriteHeader(http.StatusOK)
+		return
+	}
 	st, local, err := s.cache.OpenBlob(ctx, rt.repo, d)
 	if err != nil {
-		s.writeUpstreamError(w, err, kindBlob)
+		s.writeUpstreamError(w, r, err, kindBlob)
 		return
 	}
 	if local {
@@ -342,20 +361,29 @@ func (s *Server) serveBlob(w *recorder, r *http.Request, rt route) {
 		return
 	}
 	defer st.Close()
-	w.fromUpstream = true
-	h := w.Header()
-	h.Set("Content-Type", "application/octet-stream")
-	h.Set("Docker-Content-Digest", d.String())
-	h.Set("Etag", `"`+d.String()+`"`)
-	h.Set("Docker-Distribution-Api-Version", "registry/2.0")
-	if st.Size() >= 0 {
-		h.Set("Content-Length", strconv.FormatInt(st.Size(), 10))
-	}
-	w.WriteHeader(http.StatusOK)
-	if r.Method == http.MethodHead {
+	// The status goes out only with the first byte: a fill that fails
+	// before it (the upstream stalls after its headers, a CDN refuses)
+	// still gets a clean error status instead of a 200 cut short.
+	buf := make([]byte, 256<<10)
+	n, err := st.Read(buf)
+	if err != nil && !(err == io.EOF && n == 0 && st.Size() == 0) {
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		s.writeUpstreamError(w, r, err, kindBlob)
 		return
 	}
-	buf := make([]byte, 256<<10)
+	w.fromUpstream = true
+	setBlobHeaders(w.Header(), d)
+	if st.Size() >= 0 {
+		w.Header().Set("Content-Length", strconv.FormatInt(st.Size(), 10))
+	}
+	w.WriteHeader(http.StatusOK)
+	if n > 0 {
+		if _, err := w.Write(buf[:n]); err != nil {
+			panic(http.ErrAbortHandler)
+		}
+	}
 	if _, err := io.CopyBuffer(writerOnly{w}, st, buf); err != nil {
 		if ctx.Err() == nil {
 			s.log.Warn("blob stream aborted", "repository", rt.repo, "digest", d, "err", err)
@@ -364,6 +392,13 @@ func (s *Server) serveBlob(w *recorder, r *http.Request, rt route) {
 		// short or unverified body for the blob.
 		panic(http.ErrAbortHandler)
 	}
+}
+
+func setBlobHeaders(h http.Header, d digest.Digest) {
+	h.Set("Content-Type", "application/octet-stream")
+	h.Set("Docker-Content-Digest", d.String())
+	h.Set("Etag", `"`+d.String()+`"`)
+	h.Set("Docker-Distribution-Api-Version", "registry/2.0")
 }
 
 // serveLocalBlob sends a cached blob straight from its file, with the headers
@@ -380,12 +415,8 @@ func (s *Server) serveLocalBlob(w *recorder, r *http.Request, d digest.Digest) {
 		return
 	}
 	defer f.Close()
-	h := w.Header()
-	h.Set("Content-Type", "application/octet-stream")
-	h.Set("Docker-Content-Digest", d.String())
-	h.Set("Etag", `"`+d.String()+`"`)
-	h.Set("Cache-Control", "max-age=31536000")
-	h.Set("Docker-Distribution-Api-Version", "registry/2.0")
+	setBlobHeaders(w.Header(), d)
+	w.Header().Set("Cache-Control", "max-age=31536000")
 	http.ServeContent(w, r, "", time.Time{}, f)
 }
 
@@ -395,7 +426,7 @@ type writerOnly struct{ io.Writer }
 
 // writeUpstreamError maps a cache or upstream failure to the client's answer:
 // the upstream's own status where it gave one, 503 when it did not answer.
-func (s *Server) writeUpstreamError(w *recorder, err error, kind string) {
+func (s *Server) writeUpstreamError(w *recorder, r *http.Request, err error, kind string) {
 	unknown := codeManifestUnknown
 	if kind == kindBlob {
 		unknown = codeBlobUnknown
@@ -405,14 +436,16 @@ func (s *Server) writeUpstreamError(w *recorder, err error, kind string) {
 		writeError(w, http.StatusBadRequest, re.Code, re.Error())
 		return
 	}
-	if errors.Is(err, context.Canceled) {
-		// The client went away; nobody reads this answer.
+	if r.Context().Err() != nil {
+		// The client went away; nobody reads this answer. Only the
+		// client's own context says so: a cancellation inside the upstream
+		// call (a missed deadline) is an upstream failure with a status.
 		w.status = 499
 		return
 	}
 	var ue *upstream.Error
 	if !errors.As(err, &ue) {
-		if errors.Is(err, context.DeadlineExceeded) {
+		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
 			writeError(w, http.StatusServiceUnavailable, codeUnavailable, "upstream did not answer in time")
 			return
 		}

@@ -179,6 +179,7 @@ func (o *observer) Hit(kind string)       { o.m.Hit(kind) }
 func (o *observer) Miss(kind string)      { o.m.Miss(kind) }
 func (o *observer) DedupJoin(kind string) { o.m.DedupJoin(kind) }
 func (o *observer) UpstreamBytes(n int64) { o.m.UpstreamBytes(n) }
+func (o *observer) UpstreamRedirect()     { o.m.UpstreamRedirect() }
 func (o *observer) Request(kind string, status int, d time.Duration, fromCache bool, bytes int64) {
 	o.m.Request(kind, status, d, fromCache, bytes)
 }

@@ -25,9 +25,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/google/go-containerregistry/pkg/authn"
-	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"github.com/opencontainers/go-digest"
 )
 
@@ -42,8 +39,9 @@ var ManifestAccept = []string{
 // MaxManifestSize bounds a manifest body; distribution itself refuses larger ones.
 const MaxManifestSize = 4 << 20
 
-// maxRepoTransports bounds the per-repository auth transports kept for token reuse.
-const maxRepoTransports = 512
+// maxRedirects bounds how many redirects one upstream call follows, as
+// net/http's client does.
+const maxRedirects = 10
 
 // Options configures a Client.
 type Options struct {
@@ -53,28 +51,25 @@ type Options struct {
 	Password string
 	CAFile   string
 	Timeout  time.Duration
-	// Observe, if set, is told about every request sent upstream.
+	// UserAgent is sent with every upstream request.
+	UserAgent string
+	// Observe, if set, is told about every request sent upstream (token
+	// requests and redirect hops included).
 	Observe func(method string, status int, d time.Duration, h http.Header, err error)
+	// Redirected, if set, is told about every redirect followed.
+	Redirected func()
 }
 
 // Client is the upstream side of one proxied registry.
 type Client struct {
-	name    string
-	remote  *url.URL
-	reg     name.Registry
-	auth    authn.Authenticator
-	base    *http.Transport
-	rt      http.RoundTripper
-	timeout time.Duration
-
-	mu    sync.Mutex
-	repos map[string]*repoEntry
-	tick  uint64
-}
-
-type repoEntry struct {
-	rt   http.RoundTripper
-	used uint64
+	name       string
+	remote     *url.URL
+	auth       *authorizer
+	base       *http.Transport
+	rt         http.RoundTripper
+	timeout    time.Duration
+	ua         string
+	redirected func()
 }
 
 // New builds a Client. It does not contact the upstream.
@@ -83,35 +78,32 @@ func New(o Options) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("parse remote %q: %w", o.Remote, err)
 	}
-	var nopts []name.Option
-	if u.Scheme == "http" {
-		nopts = append(nopts, name.Insecure)
-	}
-	reg, err := name.NewRegistry(u.Host, nopts...)
-	if err != nil {
-		return nil, fmt.Errorf("registry host %q: %w", u.Host, err)
+	if u.Scheme != "http" && u.Scheme != "https" || u.Host == "" {
+		return nil, fmt.Errorf("remote %q: want http(s)://host[:port]", o.Remote)
 	}
 	base, err := newTransport(o.CAFile, o.Timeout)
 	if err != nil {
 		return nil, err
 	}
-	var a authn.Authenticator = authn.Anonymous
-	if o.Username != "" {
-		a = authn.FromConfig(authn.AuthConfig{Username: o.Username, Password: o.Password})
+	if o.UserAgent == "" {
+		o.UserAgent = "multiproxy"
 	}
 	c := &Client{
-		name:    o.Name,
-		remote:  u,
-		reg:     reg,
-		auth:    a,
-		base:    base,
-		timeout: o.Timeout,
-		repos:   map[string]*repoEntry{},
+		name:       o.Name,
+		remote:     u,
+		base:       base,
+		timeout:    o.Timeout,
+		ua:         o.UserAgent,
+		redirected: o.Redirected,
 	}
 	c.rt = base
 	if o.Observe != nil {
 		c.rt = observer{next: base, observe: o.Observe}
 	}
+	if c.redirected == nil {
+		c.redirected = func() {}
+	}
+	c.auth = newAuthorizer(u, o.Username, o.Password, c.rt, o.UserAgent, o.Timeout)
 	return c, nil
 }
 
@@ -177,9 +169,6 @@ func (c *Client) Name() string { return c.name }
 // Timeout is the bound on every upstream wait.
 func (c *Client) Timeout() time.Duration { return c.timeout }
 
-// Host is the remote's host[:port].
-func (c *Client) Host() string { return c.remote.Host }
-
 // RoundTripper is the bare per-upstream transport, without registry auth. The
 // embedded distribution App's own upstream calls are routed through it.
 func (c *Client) RoundTripper() http.RoundTripper { return c.rt }
@@ -196,6 +185,7 @@ func (c *Client) Ping(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	req.Header.Set("User-Agent", c.ua)
 	resp, err := c.rt.RoundTrip(req)
 	if err != nil {
 		return &Error{Op: "ping", Cause: CauseUnreachable, Err: err}
@@ -215,71 +205,124 @@ func (c *Client) endpoint(path string) string {
 	return u.String()
 }
 
-// repoTransport returns an authenticated transport scoped to pull from repo.
-// Transports are kept so that a token is fetched once and reused until the
-// upstream rejects it, instead of once per request as distribution's proxy does.
-func (c *Client) repoTransport(ctx context.Context, repo string) (http.RoundTripper, error) {
-	c.mu.Lock()
-	c.tick++
-	if e, ok := c.repos[repo]; ok {
-		e.used = c.tick
-		c.mu.Unlock()
-		return e.rt, nil
-	}
-	c.mu.Unlock()
-
-	scope := c.reg.Repo(repo).Scope(transport.PullScope)
-	rt, err := transport.NewWithContext(ctx, c.reg, c.auth, c.rt, []string{scope})
+// send makes one upstream call as a registry client must: it answers auth
+// challenges (a bearer token per repository, reused until it expires) and
+// follows redirects, which every real upstream uses: blobs go to a CDN or an
+// object store, and registry.k8s.io redirects the API itself. The
+// Authorization of a host is only ever sent to that host: a presigned
+// object-store URL refuses a request that carries one.
+//
+// A 401 is answered once per host; a second one is returned to the caller.
+func (c *Client) send(ctx context.Context, op, method, repo, path string, accept []string) (*http.Response, error) {
+	target, err := url.Parse(c.endpoint(path))
 	if err != nil {
-		return nil, classify("authenticate", err)
+		return nil, err
 	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if len(c.repos) >= maxRepoTransports {
-		c.evictOldestLocked()
-	}
-	c.repos[repo] = &repoEntry{rt: rt, used: c.tick}
-	return rt, nil
-}
-
-func (c *Client) evictOldestLocked() {
-	var oldest string
-	var min uint64 = ^uint64(0)
-	for k, e := range c.repos {
-		if e.used < min {
-			oldest, min = k, e.used
+	answered := map[string]bool{}
+	hops := 0
+	for {
+		req, err := http.NewRequestWithContext(ctx, method, target.String(), nil)
+		if err != nil {
+			return nil, err
 		}
+		req.Header.Set("User-Agent", c.ua)
+		if len(accept) > 0 {
+			req.Header.Set("Accept", strings.Join(accept, ", "))
+		}
+		authz, err := c.auth.header(ctx, target.Host, repo)
+		if err != nil {
+			return nil, classify(op, err)
+		}
+		if authz != "" {
+			req.Header.Set("Authorization", authz)
+		}
+		resp, err := c.rt.RoundTrip(req)
+		if err != nil {
+			return nil, classify(op, err)
+		}
+		switch {
+		case resp.StatusCode == http.StatusUnauthorized && !answered[target.Host]:
+			answered[target.Host] = true
+			ok, err := c.auth.answer(ctx, target.Host, repo, resp)
+			if err != nil || !ok {
+				if err == nil {
+					return resp, nil // no challenge we can answer: the caller sees the 401
+				}
+				discard(resp)
+				return nil, classify(op, err)
+			}
+			discard(resp)
+			continue
+		case isRedirect(resp.StatusCode):
+			loc := resp.Header.Get("Location")
+			discard(resp)
+			next, err := target.Parse(loc)
+			if loc == "" || err != nil {
+				return nil, &Error{Op: op, Cause: CauseOther, Status: resp.StatusCode, Err: fmt.Errorf("redirect without a usable Location %q", loc)}
+			}
+			if next.Scheme != "http" && next.Scheme != "https" {
+				return nil, &Error{Op: op, Cause: CauseOther, Status: resp.StatusCode, Err: fmt.Errorf("redirect to unsupported scheme %q", next.Scheme)}
+			}
+			hops++
+			if hops > maxRedirects {
+				return nil, &Error{Op: op, Cause: CauseOther, Status: resp.StatusCode, Err: fmt.Errorf("more than %d redirects", maxRedirects)}
+			}
+			c.redirected()
+			if resp.StatusCode == http.StatusSeeOther && method != http.MethodHead {
+				method = http.MethodGet
+			}
+			target = next
+			continue
+		}
+		if resp.StatusCode == http.StatusUnauthorized {
+			c.auth.invalidate(target.Host, repo)
+		}
+		return resp, nil
 	}
-	delete(c.repos, oldest)
 }
 
-// forget drops a repository's transport, e.g. after credentials were refused.
-func (c *Client) forget(repo string) {
-	c.mu.Lock()
-	delete(c.repos, repo)
-	c.mu.Unlock()
+func isRedirect(code int) bool {
+	switch code {
+	case http.StatusMovedPermanently, http.StatusFound, http.StatusSeeOther,
+		http.StatusTemporaryRedirect, http.StatusPermanentRedirect:
+		return true
+	}
+	return false
 }
 
-func (c *Client) do(ctx context.Context, op, method, repo, path string, accept []string) (*http.Response, error) {
-	rt, err := c.repoTransport(ctx, repo)
+// discard drains a little of a body we do not read, so the connection can be
+// reused, and closes it.
+func discard(resp *http.Response) {
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	resp.Body.Close()
+}
+
+// headers runs send with its whole wait for response headers, token
+// requests and redirect hops included, bounded by the upstream timeout, but
+// not the body that follows: that is the idle timeout's job. A missed
+// deadline is a CauseTimeout error, never a bare cancellation a caller could
+// mistake for its client leaving.
+func (c *Client) headers(ctx context.Context, op, method, repo, path string, accept []string) (*http.Response, context.CancelFunc, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	var timedOut atomic.Bool
+	timer := time.AfterFunc(c.timeout, func() {
+		timedOut.Store(true)
+		cancel()
+	})
+	resp, err := c.send(ctx, op, method, repo, path, accept)
+	stopped := timer.Stop()
+	if !stopped && timedOut.Load() {
+		if resp != nil {
+			resp.Body.Close()
+		}
+		cancel()
+		return nil, nil, &Error{Op: op, Cause: CauseTimeout, Err: fmt.Errorf("no answer within %v", c.timeout)}
+	}
 	if err != nil {
-		return nil, err
+		cancel()
+		return nil, nil, err
 	}
-	req, err := http.NewRequestWithContext(ctx, method, c.endpoint(path), nil)
-	if err != nil {
-		return nil, err
-	}
-	if len(accept) > 0 {
-		req.Header.Set("Accept", strings.Join(accept, ", "))
-	}
-	resp, err := rt.RoundTrip(req)
-	if err != nil {
-		return nil, classify(op, err)
-	}
-	if resp.StatusCode == http.StatusUnauthorized {
-		c.forget(repo)
-	}
-	return resp, nil
+	return resp, cancel, nil
 }
 
 // ManifestInfo describes a manifest as the upstream announced it.
@@ -292,12 +335,11 @@ type ManifestInfo struct {
 // HeadManifest asks for the digest a tag (or digest) currently points at. It
 // is one HEAD request, which Docker Hub does not count against pull limits.
 func (c *Client) HeadManifest(ctx context.Context, repo, ref string) (ManifestInfo, error) {
-	ctx, cancel := context.WithTimeout(ctx, c.timeout)
-	defer cancel()
-	resp, err := c.do(ctx, "head manifest", http.MethodHead, repo, "/v2/"+repo+"/manifests/"+ref, ManifestAccept)
+	resp, cancel, err := c.headers(ctx, "head manifest", http.MethodHead, repo, "/v2/"+repo+"/manifests/"+ref, ManifestAccept)
 	if err != nil {
 		return ManifestInfo{}, err
 	}
+	defer cancel()
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		return ManifestInfo{}, statusError("head manifest", resp)
@@ -310,14 +352,17 @@ func (c *Client) HeadManifest(ctx context.Context, repo, ref string) (ManifestIn
 }
 
 // GetManifest fetches a manifest and, when ref is a digest, verifies the bytes
-// against it. The returned digest is always computed from the bytes.
+// against it. The returned digest is always computed from the bytes. The
+// whole exchange, body included, is bounded by the upstream timeout: a
+// manifest is small.
 func (c *Client) GetManifest(ctx context.Context, repo, ref string) ([]byte, ManifestInfo, error) {
-	ctx, cancel := context.WithTimeout(ctx, c.timeout)
-	defer cancel()
-	resp, err := c.do(ctx, "get manifest", http.MethodGet, repo, "/v2/"+repo+"/manifests/"+ref, ManifestAccept)
+	ctx, cancelAll := context.WithTimeout(ctx, 2*c.timeout)
+	defer cancelAll()
+	resp, cancel, err := c.headers(ctx, "get manifest", http.MethodGet, repo, "/v2/"+repo+"/manifests/"+ref, ManifestAccept)
 	if err != nil {
 		return nil, ManifestInfo{}, err
 	}
+	defer cancel()
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		return nil, ManifestInfo{}, statusError("get manifest", resp)
@@ -344,24 +389,31 @@ func (c *Client) GetManifest(ctx context.Context, repo, ref string) ([]byte, Man
 	return body, info, nil
 }
 
-// GetBlob starts a blob download. The body's reads are bounded by the
-// upstream timeout each: a stalled upstream ends the body with an error
-// instead of hanging the fill. ctx bounds the whole download.
-func (c *Client) GetBlob(ctx context.Context, repo string, d digest.Digest) (*http.Response, error) {
-	ctx, cancel := context.WithCancel(ctx)
-	headerCtx, headerCancel := context.WithTimeout(ctx, c.timeout)
-	// The header deadline must not cut the body short: only the auth handshake
-	// and the wait for headers use headerCtx's deadline, via a watchdog.
-	stop := context.AfterFunc(headerCtx, func() {
-		if errors.Is(headerCtx.Err(), context.DeadlineExceeded) {
-			cancel()
-		}
-	})
-	resp, err := c.do(ctx, "get blob", http.MethodGet, repo, "/v2/"+repo+"/blobs/"+d.String(), nil)
-	stop()
-	headerCancel()
+// HeadBlob asks for a blob's size without downloading it. A HEAD that is
+// redirected is followed like a GET: the object store answers it.
+func (c *Client) HeadBlob(ctx context.Context, repo string, d digest.Digest) (int64, error) {
+	resp, cancel, err := c.headers(ctx, "head blob", http.MethodHead, repo, "/v2/"+repo+"/blobs/"+d.String(), nil)
 	if err != nil {
-		cancel()
+		return 0, err
+	}
+	defer cancel()
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return 0, statusError("head blob", resp)
+	}
+	if resp.ContentLength < 0 {
+		return 0, &Error{Op: "head blob", Cause: CauseBadContent, Err: errors.New("no Content-Length")}
+	}
+	return resp.ContentLength, nil
+}
+
+// GetBlob starts a blob download. The wait for headers is bounded by the
+// upstream timeout, and so is each read of the body: a stalled upstream ends
+// the body with an error instead of hanging the fill. ctx bounds the whole
+// download.
+func (c *Client) GetBlob(ctx context.Context, repo string, d digest.Digest) (*http.Response, error) {
+	resp, cancel, err := c.headers(ctx, "get blob", http.MethodGet, repo, "/v2/"+repo+"/blobs/"+d.String(), nil)
+	if err != nil {
 		return nil, err
 	}
 	if resp.StatusCode != http.StatusOK {

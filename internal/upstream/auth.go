@@ -1,0 +1,331 @@
+package upstream
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sync/singleflight"
+)
+
+// maxAuthEntries bounds the credentials kept for reuse, one per host and
+// repository: a token is scoped to one repository, and a cache proxying
+// thousands of repositories must not keep a token for each forever.
+const maxAuthEntries = 1024
+
+// defaultTokenLifetime is what the token protocol says to assume when the
+// token service gives no expires_in.
+const defaultTokenLifetime = 60 * time.Second
+
+// challenge is one parsed WWW-Authenticate header.
+type challenge struct {
+	scheme string // "bearer" or "basic"
+	params map[string]string
+}
+
+// parseChallenges reads WWW-Authenticate values such as
+// `Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/alpine:pull"`.
+// Quoted values may contain commas (a scope list), so this is a small
+// tokenizer rather than a split.
+func parseChallenges(values []string) []challenge {
+	var out []challenge
+	for _, v := range values {
+		s := strings.TrimSpace(v)
+		for s != "" {
+			sp := strings.IndexAny(s, " \t")
+			var scheme string
+			if sp < 0 {
+				scheme, s = s, ""
+			} else {
+				scheme, s = s[:sp], strings.TrimSpace(s[sp:])
+			}
+			ch := challenge{scheme: strings.ToLower(scheme), params: map[string]string{}}
+			for s != "" {
+				eq := strings.IndexByte(s, '=')
+				if eq <= 0 || strings.ContainsAny(s[:eq], " \t,") {
+					break // the next challenge's scheme
+				}
+				key := strings.ToLower(strings.TrimSpace(s[:eq]))
+				s = s[eq+1:]
+				var val string
+				if strings.HasPrefix(s, `"`) {
+					var b strings.Builder
+					i := 1
+					for ; i < len(s); i++ {
+						if s[i] == '\\' && i+1 < len(s) {
+							i++
+							b.WriteByte(s[i])
+							continue
+						}
+						if s[i] == '"' {
+							break
+						}
+						b.WriteByte(s[i])
+					}
+					val = b.String()
+					if i < len(s) {
+						i++
+					}
+					s = s[i:]
+				} else {
+					end := strings.IndexByte(s, ',')
+					if end < 0 {
+						end = len(s)
+					}
+					val, s = strings.TrimSpace(s[:end]), s[end:]
+				}
+				ch.params[key] = val
+				s = strings.TrimLeft(s, " \t")
+				if strings.HasPrefix(s, ",") {
+					s = strings.TrimLeft(s[1:], " \t")
+				}
+			}
+			out = append(out, ch)
+		}
+	}
+	return out
+}
+
+// credential is what is sent to one host for one repository.
+type credential struct {
+	header  string    // the Authorization value
+	expires time.Time // zero for basic credentials
+}
+
+func (c credential) valid(now time.Time) bool {
+	return c.header != "" && (c.expires.IsZero() || now.Before(c.expires))
+}
+
+type authKey struct{ host, repo string }
+
+// authorizer keeps the credentials of one upstream: bearer tokens per host
+// and repository scope, reused until shortly before they expire, and basic
+// credentials for hosts that ask for them.
+//
+// Credentials (username and password) are only ever sent to the upstream's
+// own host and to a token realm that host named. A redirect target that
+// challenges on its own (registry.k8s.io's backends do) gets anonymous
+// tokens from its realm, never our credentials: it is another party.
+type authorizer struct {
+	origin   string // host[:port] of the configured remote
+	hostname string // origin without port
+	username string
+	password string
+	http     http.RoundTripper
+	ua       string
+	timeout  time.Duration
+	now      func() time.Time
+
+	mu      sync.Mutex
+	creds   map[authKey]*authEntry
+	tick    uint64
+	realms  map[string]challenge // host -> its last bearer challenge, to fetch tokens before a 401
+	fetches singleflight.Group
+}
+
+type authEntry struct {
+	cred credential
+	used uint64
+}
+
+func newAuthorizer(origin *url.URL, username, password string, rt http.RoundTripper, ua string, timeout time.Duration) *authorizer {
+	return &authorizer{
+		timeout:  timeout,
+		origin:   origin.Host,
+		hostname: origin.Hostname(),
+		username: username,
+		password: password,
+		http:     rt,
+		ua:       ua,
+		now:      time.Now,
+		creds:    map[authKey]*authEntry{},
+		realms:   map[string]challenge{},
+	}
+}
+
+// header returns the Authorization value to send to host for repo, or "".
+// For the upstream's own host a token is fetched before the first request of
+// a repository once the host's realm is known, saving the 401 round trip.
+func (a *authorizer) header(ctx context.Context, host, repo string) (string, error) {
+	key := authKey{host, repo}
+	now := a.now()
+	a.mu.Lock()
+	if e, ok := a.creds[key]; ok && e.cred.valid(now) {
+		a.tick++
+		e.used = a.tick
+		a.mu.Unlock()
+		return e.cred.header, nil
+	}
+	ch, known := a.realms[host]
+	a.mu.Unlock()
+	if !known || host != a.origin || repo == "" {
+		return "", nil
+	}
+	cred, err := a.fetch(ctx, host, repo, ch)
+	if err != nil {
+		return "", err
+	}
+	return cred.header, nil
+}
+
+// answer reacts to a 401 from host: it obtains the credential the challenge
+// asks for. ok is false when there is nothing more to try.
+func (a *authorizer) answer(ctx context.Context, host, repo string, resp *http.Response) (bool, error) {
+	chs := parseChallenges(resp.Header.Values("WWW-Authenticate"))
+	a.invalidate(host, repo)
+	for _, ch := range chs {
+		switch ch.scheme {
+		case "bearer":
+			if ch.params["realm"] == "" {
+				continue
+			}
+			a.mu.Lock()
+			a.realms[host] = ch
+			a.mu.Unlock()
+			if _, err := a.fetch(ctx, host, repo, ch); err != nil {
+				return false, err
+			}
+			return true, nil
+		case "basic":
+			if host != a.origin || a.username == "" {
+				continue
+			}
+			raw := base64.StdEncoding.EncodeToString([]byte(a.username + ":" + a.password))
+			a.store(authKey{host, repo}, credential{header: "Basic " + raw})
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// invalidate drops a credential the host refused.
+func (a *authorizer) invalidate(host, repo string) {
+	a.mu.Lock()
+	delete(a.creds, authKey{host, repo})
+	a.mu.Unlock()
+}
+
+func (a *authorizer) store(key authKey, c credential) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if _, ok := a.creds[key]; !ok && len(a.creds) >= maxAuthEntries {
+		var oldest authKey
+		min := ^uint64(0)
+		for k, e := range a.creds {
+			if e.used < min {
+				oldest, min = k, e.used
+			}
+		}
+		delete(a.creds, oldest)
+	}
+	a.tick++
+	a.creds[key] = &authEntry{cred: c, used: a.tick}
+}
+
+// fetch gets a bearer token for repo on host. Concurrent requests for the
+// same repository share one token request.
+func (a *authorizer) fetch(ctx context.Context, host, repo string, ch challenge) (credential, error) {
+	// On the upstream's own host the scope is ours to name, so a realm
+	// learned from one repository serves the next. Elsewhere (a redirect
+	// target) the repository may live under another name: its challenge
+	// says which.
+	scope := ch.params["scope"]
+	if host == a.origin && repo != "" {
+		scope = "repository:" + repo + ":pull"
+	}
+	v, err, _ := a.fetches.Do(host+"\x00"+repo, func() (any, error) {
+		// Detached from the first caller: the others waiting share this
+		// token, and one client leaving must not fail them all.
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), a.timeout)
+		defer cancel()
+		tok, err := a.requestToken(fctx, host, ch.params["realm"], ch.params["service"], scope)
+		if err != nil {
+			return credential{}, err
+		}
+		a.store(authKey{host, repo}, tok)
+		return tok, nil
+	})
+	if err != nil {
+		return credential{}, err
+	}
+	return v.(credential), nil
+}
+
+type tokenResponse struct {
+	Token       string    `json:"token"`
+	AccessToken string    `json:"access_token"`
+	ExpiresIn   int64     `json:"expires_in"`
+	IssuedAt    time.Time `json:"issued_at"`
+}
+
+// requestToken runs the token protocol's GET. Credentials go only to a realm
+// of the upstream's own host, and only over https or to the same host name:
+// a plain-HTTP realm elsewhere would see the password in clear.
+func (a *authorizer) requestToken(ctx context.Context, host, realm, service, scope string) (credential, error) {
+	ru, err := url.Parse(realm)
+	if err != nil || (ru.Scheme != "https" && ru.Scheme != "http") || ru.Host == "" {
+		return credential{}, &Error{Op: "authenticate", Cause: CauseAuth, Err: fmt.Errorf("unusable token realm %q", realm)}
+	}
+	q := ru.Query()
+	if service != "" {
+		q.Set("service", service)
+	}
+	if scope != "" {
+		q.Set("scope", scope)
+	}
+	ru.RawQuery = q.Encode()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, ru.String(), nil)
+	if err != nil {
+		return credential{}, err
+	}
+	req.Header.Set("User-Agent", a.ua)
+	if host == a.origin && a.username != "" && (ru.Scheme == "https" || ru.Hostname() == a.hostname) {
+		req.SetBasicAuth(a.username, a.password)
+	}
+	resp, err := a.http.RoundTrip(req)
+	if err != nil {
+		return credential{}, classify("authenticate", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		err := statusError("authenticate", resp)
+		var ue *Error
+		if errors.As(err, &ue) && ue.Cause != CauseRateLimited && ue.Cause != CauseServerError {
+			// A token service that refuses is an auth failure, whatever
+			// its status: a 404 from it does not mean the image is gone.
+			ue.Cause = CauseAuth
+		}
+		return credential{}, err
+	}
+	var tr tokenResponse
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&tr); err != nil {
+		return credential{}, &Error{Op: "authenticate", Cause: CauseAuth, Err: fmt.Errorf("decode token response: %w", err)}
+	}
+	tok := tr.Token
+	if tok == "" {
+		tok = tr.AccessToken
+	}
+	if tok == "" {
+		return credential{}, &Error{Op: "authenticate", Cause: CauseAuth, Err: errors.New("token response without a token")}
+	}
+	life := defaultTokenLifetime
+	if tr.ExpiresIn > 0 {
+		life = time.Duration(tr.ExpiresIn) * time.Second
+	}
+	// Renew shortly before expiry, so that a request is not sent with a
+	// token that dies on the way: a tenth of the lifetime, at least 5 s.
+	margin := max(life/10, 5*time.Second)
+	if margin > life/2 {
+		margin = life / 2
+	}
+	issued := a.now()
+	return credential{header: "Bearer " + tok, expires: issued.Add(life - margin)}, nil
+}
