@@ -8,16 +8,26 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"time"
 
 	"github.com/distribution/distribution/v3"
 	"github.com/distribution/reference"
 	"github.com/opencontainers/go-digest"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/multiproxy/multiproxy/internal/disk"
 	"github.com/multiproxy/multiproxy/internal/upstream"
 )
 
 const copyBuffer = 256 << 10
+
+// passWindow is how far a pass-through fill may run ahead of its slowest
+// client: the bytes it keeps in memory instead of on disk.
+const passWindow = 4 << 20
+
+// errAbandoned ends a pass-through fill whose clients all left: with
+// nowhere to store the bytes, nobody would ever read them.
+var errAbandoned = errors.New("every client of an uncached fill left")
 
 // PrepareBlob makes a blob servable from the repository's local store if it
 // can be without the upstream (already there, or stored for another
@@ -54,7 +64,10 @@ func (c *Cache) linkLocal(ctx context.Context, repo distribution.Repository, d d
 		return true, nil
 	}
 	if err != nil {
-		return false, fmt.Errorf("link blob %s: %w", d, err)
+		// The link could not be written (a full or read-only disk), but
+		// the bytes are there: serve them, since they are served by digest.
+		c.storageFailed(OpCommit, fmt.Errorf("link blob %s: %w", d, err))
+		return true, nil
 	}
 	return false, errors.New("link blob: store did not mount")
 }
@@ -86,9 +99,10 @@ func (c *Cache) OpenBlob(ctx context.Context, name string, d digest.Digest) (s *
 	}
 	c.mu.Lock()
 	f, joined := c.fills[d]
-	if joined && f.failed() != nil {
-		// A failed fill lingers until its goroutine unpublishes it; joining
-		// it would hand this client the old failure.
+	if joined && !f.joinable() {
+		// A failed fill lingers until its goroutine unpublishes it, and a
+		// pass-through fill keeps only its last few MiB: neither can give
+		// this client its first byte.
 		joined = false
 	}
 	if !joined {
@@ -99,20 +113,13 @@ func (c *Cache) OpenBlob(ctx context.Context, name string, d digest.Digest) (s *
 			c.obs.Hit(KindBlob)
 			return nil, true, nil
 		}
-		f, err = c.startFill(repo, name, d)
-		if err != nil {
-			c.mu.Unlock()
-			return nil, false, err
-		}
+		f = c.startFill(repo, name, d)
 		c.obs.Miss(KindBlob)
 	} else {
 		c.obs.DedupJoin(KindBlob)
 	}
-	s, err = f.open(ctx)
+	s = f.attach(ctx)
 	c.mu.Unlock()
-	if err != nil {
-		return nil, false, err
-	}
 	select {
 	case <-f.ready:
 	case <-ctx.Done():
@@ -129,12 +136,20 @@ func (c *Cache) OpenBlob(ctx context.Context, name string, d digest.Digest) (s *
 		// only when the fill succeeded.
 		go func() {
 			<-f.finished
-			if f.failed() == nil {
+			if f.stored() {
 				_, _ = c.linkLocal(context.Background(), repo, d)
 			}
 		}()
 	}
 	return s, false, nil
+}
+
+// FillsInFlight is the number of blob downloads running now, including
+// those whose clients are served and whose bytes are being committed.
+func (c *Cache) FillsInFlight() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.fills)
 }
 
 // BlobSize answers a HEAD for a blob that is not local: from the fill running
@@ -155,77 +170,122 @@ func (c *Cache) BlobSize(ctx context.Context, name string, d digest.Digest) (int
 		default:
 		}
 	}
-	return c.up.HeadBlob(ctx, name, d)
+	return c.client().HeadBlob(ctx, name, d)
 }
 
 // fill is one upstream download of a blob, shared by every client asking for
-// it meanwhile. Bytes land in a spool file that readers follow.
+// it meanwhile. In the normal mode the bytes land in a spool file that
+// readers follow and that is renamed into the store once verified. When the
+// blob cannot be stored (no space even after eviction, or the store cannot
+// be written) the fill passes through: the bytes stay in a window in memory
+// that the upstream read is paced to, and nothing is written.
 type fill struct {
 	digest digest.Digest
-	path   string // the spool file, or the stored blob once moved (under Cache.mu)
-	moved  bool   // under Cache.mu
-	w      *os.File
 
-	ready     chan struct{} // closed once headers arrived or the fill failed early
+	// Set before ready is closed, under Cache.mu.
+	path      string // the spool file, or the stored blob once moved (under Cache.mu)
+	moved     bool   // under Cache.mu
+	w         *os.File
+	pass      bool
 	headerErr error
 	size      int64 // from Content-Length, -1 if unknown
 
+	ready    chan struct{} // closed once the mode is set or the fill failed early
 	finished chan struct{}
 
-	mu      sync.Mutex
-	cond    *sync.Cond
-	written int64
-	done    bool  // all bytes written and verified
-	err     error // the fill failed
+	mu       sync.Mutex
+	cond     *sync.Cond
+	written  int64
+	verified bool // all bytes written and their digest checked
+	ok       bool // verified and committed to the store
+	err      error
+	streams  map[*Stream]struct{}
+	ring     []byte // pass-through window: byte at offset o is ring[o%len(ring)]
 }
 
 // startFill must be called with c.mu held.
-func (c *Cache) startFill(repo distribution.Repository, name string, d digest.Digest) (*fill, error) {
-	w, err := os.CreateTemp(c.spoolDir, "fill-*")
-	if err != nil {
-		return nil, fmt.Errorf("create spool file: %w", err)
-	}
-	f := &fill{digest: d, path: w.Name(), w: w, ready: make(chan struct{}), finished: make(chan struct{}), size: -1}
+func (c *Cache) startFill(repo distribution.Repository, name string, d digest.Digest) *fill {
+	f := &fill{digest: d, ready: make(chan struct{}), finished: make(chan struct{}), size: -1,
+		streams: map[*Stream]struct{}{}}
 	f.cond = sync.NewCond(&f.mu)
 	c.fills[d] = f
 	go c.runFill(f, repo, name)
-	return f, nil
+	return f
 }
 
 func (c *Cache) runFill(f *fill, repo distribution.Repository, name string) {
-	ctx, cancel := context.WithTimeout(context.Background(), c.fillTimeout)
+	ctx, cancel := context.WithTimeout(c.ctx, c.opts().fillTimeout)
 	defer cancel()
 	defer close(f.finished)
 	defer c.endFill(f)
-
-	resp, err := c.up.GetBlob(ctx, name, f.digest)
-	if err != nil {
+	// Until the mode is known, ready is open: any exit before it is an
+	// early failure every waiter must hear about.
+	early := func(err error) {
 		f.headerErr = err
-		close(f.ready)
 		f.fail(err)
+		close(f.ready)
+	}
+
+	resp, err := c.client().GetBlob(ctx, name, f.digest)
+	if err != nil {
+		early(err)
 		return
 	}
 	defer resp.Body.Close()
-	f.size = resp.ContentLength
-	close(f.ready)
+	size := resp.ContentLength
 
-	// Each byte is written once, to the spool that every reader follows,
-	// and hashed once. Only verified, synced bytes are renamed into the
-	// store, so a process killed mid-fill leaves a spool file (cleared at
-	// the next start), never a servable blob.
+	res, reason := c.reserve(ctx, size)
+	defer res.Release()
+	var w *os.File
+	if reason == "" {
+		w, err = c.createSpool()
+		if err != nil {
+			c.storageFailed(OpSpool, err)
+			reason = UncachedStorageError
+		}
+	}
+	if reason != "" {
+		c.obs.FillUncached(reason)
+		c.log.Warn("blob passes through uncached", "repository", name, "digest", f.digest, "size", size, "reason", reason)
+	}
+	c.mu.Lock()
+	f.size = size
+	if w != nil {
+		f.w, f.path = w, w.Name()
+	} else {
+		f.pass = true
+		f.ring = make([]byte, passWindow)
+	}
+	// Streams that attached before the mode was known get their reader
+	// now, under the lock joiners take: no joiner falls between.
+	f.openStreams()
+	close(f.ready)
+	c.mu.Unlock()
+
 	digester := f.digest.Algorithm().Digester()
 	buf := make([]byte, copyBuffer)
 	for {
 		n, rerr := resp.Body.Read(buf)
 		if n > 0 {
 			chunk := buf[:n]
-			if _, err := f.w.Write(chunk); err != nil {
-				f.fail(fmt.Errorf("write spool: %w", err))
-				return
+			if f.pass {
+				if err := f.put(ctx, chunk); err != nil {
+					f.fail(err)
+					return
+				}
+			} else {
+				if _, err := f.w.Write(chunk); err != nil {
+					// The client's bytes are lost with the spool: it gets an
+					// error and its retry passes through or finds space.
+					c.storageFailed(OpSpool, fmt.Errorf("write spool: %w", err))
+					f.fail(&upstream.Error{Op: "store blob", Cause: CauseStorage, Err: errStorage})
+					return
+				}
+				f.advance(int64(n))
 			}
+			res.Consumed(int64(n))
 			_, _ = digester.Hash().Write(chunk)
 			c.obs.UpstreamBytes(int64(n))
-			f.advance(int64(n))
 		}
 		if rerr == io.EOF {
 			break
@@ -236,8 +296,8 @@ func (c *Cache) runFill(f *fill, repo distribution.Repository, name string) {
 		}
 	}
 	written := f.bytes()
-	if f.size >= 0 && written != f.size {
-		f.fail(&upstream.Error{Op: "read blob", Cause: upstream.CauseBadContent, Err: fmt.Errorf("short body: %d of %d bytes", written, f.size)})
+	if size >= 0 && written != size {
+		f.fail(&upstream.Error{Op: "read blob", Cause: upstream.CauseBadContent, Err: fmt.Errorf("short body: %d of %d bytes", written, size)})
 		return
 	}
 	if got := digester.Digest(); got != f.digest {
@@ -245,15 +305,92 @@ func (c *Cache) runFill(f *fill, repo distribution.Repository, name string) {
 		f.fail(&upstream.Error{Op: "read blob", Cause: upstream.CauseBadContent, Err: fmt.Errorf("digest mismatch: want %s, got %s", f.digest, got)})
 		return
 	}
-	// Storing is best effort: if it fails (disk full), the clients still
-	// get their verified bytes; only caching is skipped.
-	if err := c.commit(ctx, f, repo); err != nil {
-		c.log.Warn("cache commit failed", "digest", f.digest, "err", err)
+	// Every byte is verified: the clients get their last byte now, not
+	// after the fsync and rename. A crash before those loses a cache
+	// entry, never correctness: only verified bytes are ever renamed into
+	// the store, and only the rename makes them servable from it.
+	f.verify()
+	if f.pass {
+		return
 	}
-	f.complete()
+	if err := c.commit(ctx, f, repo); err != nil {
+		c.storageFailed(OpCommit, err)
+		return
+	}
+	c.storageWorked()
+	f.commit()
 }
 
-// commit moves a verified fill into the store and links it to repo.
+// CauseStorage is the cause of a fill that failed because the store could
+// not be written mid-stream; the client's retry is then served uncached.
+const CauseStorage upstream.Cause = "storage"
+
+// errStorage is what a client of such a fill is told: no paths, no errno.
+var errStorage = errors.New("the cache could not store the blob; retry")
+
+// reserve claims space for a fill of size bytes. It returns a reason
+// (UncachedNoSpace) when the blob must pass through: it does not fit above
+// the watermark even after evicting, or its size is unknown while space
+// is short. Eviction is bounded by the upstream timeout; if it takes longer
+// it goes on in the background and this one fill passes through.
+func (c *Cache) reserve(ctx context.Context, size int64) (*disk.Reservation, string) {
+	if c.space == nil {
+		return nil, ""
+	}
+	o := c.opts()
+	need := max(size, 0)
+	res, ok, err := c.space.Reserve(need, o.minFree)
+	if err != nil {
+		// statfs fails when the store's directory is gone; creating the
+		// spool will tell whether storing works at all.
+		c.log.Warn("disk space unknown", "err", err)
+		return nil, ""
+	}
+	if ok {
+		return res, ""
+	}
+	if c.makeRoom != nil {
+		short, err := c.space.Shortfall(need, o.minFree)
+		if err == nil && short > 0 {
+			done := make(chan error, 1)
+			go func() { done <- c.makeRoom(context.WithoutCancel(ctx), short) }()
+			t := time.NewTimer(c.client().Timeout())
+			select {
+			case err = <-done:
+				if err != nil {
+					c.log.Warn("evict for space", "need", short, "err", err)
+				}
+			case <-t.C:
+			case <-ctx.Done():
+			}
+			t.Stop()
+		}
+		if res, ok, err := c.space.Reserve(need, o.minFree); err == nil && ok {
+			return res, ""
+		}
+	}
+	return nil, UncachedNoSpace
+}
+
+// createSpool makes the spool file of a fill, recreating the directories if
+// the store's were removed underneath us (a replaced disk, a remount).
+func (c *Cache) createSpool() (*os.File, error) {
+	w, err := os.CreateTemp(c.spoolDir, "fill-*")
+	if err == nil {
+		return w, nil
+	}
+	if mkErr := os.MkdirAll(c.spoolDir, 0o750); mkErr != nil {
+		return nil, fmt.Errorf("create spool file: %w", err)
+	}
+	w, err = os.CreateTemp(c.spoolDir, "fill-*")
+	if err != nil {
+		return nil, fmt.Errorf("create spool file: %w", err)
+	}
+	c.log.Warn("recreated the storage directory", "dir", c.spoolDir)
+	return w, nil
+}
+
+// commit syncs a verified fill, moves it into the store and links it to repo.
 func (c *Cache) commit(ctx context.Context, f *fill, repo distribution.Repository) error {
 	if err := f.w.Sync(); err != nil {
 		return fmt.Errorf("sync spool: %w", err)
@@ -290,10 +427,28 @@ func (c *Cache) endFill(f *fill) {
 	}
 	moved := f.moved
 	c.mu.Unlock()
-	f.w.Close()
-	if !moved {
-		os.Remove(f.path)
+	if f.w != nil {
+		f.w.Close()
+		if !moved {
+			os.Remove(f.path)
+		}
 	}
+}
+
+// joinable reports whether a new client can still get every byte of f.
+func (f *fill) joinable() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.err != nil {
+		return false
+	}
+	return !f.pass || f.written <= int64(len(f.ring))
+}
+
+func (f *fill) stored() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.ok
 }
 
 func (f *fill) advance(n int64) {
@@ -301,6 +456,44 @@ func (f *fill) advance(n int64) {
 	f.written += n
 	f.mu.Unlock()
 	f.cond.Broadcast()
+}
+
+// put appends chunk to a pass-through window once the slowest client has
+// read far enough to make room for it.
+func (f *fill) put(ctx context.Context, chunk []byte) error {
+	stop := context.AfterFunc(ctx, func() {
+		f.mu.Lock()
+		f.cond.Broadcast()
+		f.mu.Unlock()
+	})
+	defer stop()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	w := int64(len(f.ring))
+	for {
+		if len(f.streams) == 0 {
+			return errAbandoned
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		slowest := f.written
+		for s := range f.streams {
+			slowest = min(slowest, s.off)
+		}
+		if f.written+int64(len(chunk))-slowest <= w {
+			break
+		}
+		f.cond.Wait()
+	}
+	for len(chunk) > 0 {
+		at := f.written % w
+		n := copy(f.ring[at:], chunk)
+		chunk = chunk[n:]
+		f.written += int64(n)
+	}
+	f.cond.Broadcast()
+	return nil
 }
 
 func (f *fill) bytes() int64 {
@@ -311,7 +504,7 @@ func (f *fill) bytes() int64 {
 
 func (f *fill) fail(err error) {
 	f.mu.Lock()
-	if f.err == nil && !f.done {
+	if f.err == nil && !f.verified {
 		f.err = err
 	}
 	f.mu.Unlock()
@@ -324,20 +517,24 @@ func (f *fill) failed() error {
 	return f.err
 }
 
-func (f *fill) complete() {
+func (f *fill) verify() {
 	f.mu.Lock()
-	f.done = true
+	f.verified = true
 	f.mu.Unlock()
 	f.cond.Broadcast()
 }
 
-// open must be called with the cache lock held, before endFill can unlink.
-func (f *fill) open(ctx context.Context) (*Stream, error) {
-	r, err := os.Open(f.path)
-	if err != nil {
-		return nil, fmt.Errorf("open spool: %w", err)
-	}
-	s := &Stream{f: f, r: r, ctx: ctx}
+func (f *fill) commit() {
+	f.mu.Lock()
+	f.ok = true
+	f.mu.Unlock()
+}
+
+// attach registers a client of f. Must be called with the cache lock held:
+// once the mode is known it opens the client's reader at once, before
+// endFill can unlink the spool.
+func (f *fill) attach(ctx context.Context) *Stream {
+	s := &Stream{f: f, ctx: ctx}
 	s.stop = context.AfterFunc(ctx, func() {
 		// Under the lock, so a reader between its ctx check and Wait
 		// cannot miss the wake-up.
@@ -345,23 +542,52 @@ func (f *fill) open(ctx context.Context) (*Stream, error) {
 		f.cond.Broadcast()
 		f.mu.Unlock()
 	})
-	return s, nil
+	f.mu.Lock()
+	f.streams[s] = struct{}{}
+	f.mu.Unlock()
+	select {
+	case <-f.ready:
+		s.open()
+	default:
+	}
+	return s
+}
+
+// openStreams opens the readers of streams that attached before the mode
+// was known. Called with the cache lock held.
+func (f *fill) openStreams() {
+	f.mu.Lock()
+	pending := make([]*Stream, 0, len(f.streams))
+	for s := range f.streams {
+		pending = append(pending, s)
+	}
+	f.mu.Unlock()
+	for _, s := range pending {
+		s.open()
+	}
 }
 
 // Stream reads a blob while its fill runs.
 type Stream struct {
 	f    *fill
-	r    *os.File
+	r    *os.File // spool reader; nil in pass-through mode
+	rerr error    // why the spool could not be opened
 	ctx  context.Context
 	stop func() bool
-	off  int64
+	off  int64 // under f.mu
+	once sync.Once
+}
+
+// open gets a spool reader; the path is read under the cache lock.
+func (s *Stream) open() {
+	if s.f.pass || s.f.w == nil || s.r != nil {
+		return
+	}
+	s.r, s.rerr = os.Open(s.f.path)
 }
 
 // Size is the blob's length as the upstream announced it, or -1.
 func (s *Stream) Size() int64 { return s.f.size }
-
-// Digest is the blob's digest.
-func (s *Stream) Digest() digest.Digest { return s.f.digest }
 
 // Read blocks until bytes are available. The final byte is released only
 // after the whole blob has been verified, so a reader of a bad fill always
@@ -381,24 +607,50 @@ func (s *Stream) Read(p []byte) (int, error) {
 			return 0, err
 		}
 		avail = f.written
-		if !f.done {
+		if !f.verified {
 			avail--
 		}
 		if s.off < avail {
 			break
 		}
-		if f.done {
+		if f.verified {
 			f.mu.Unlock()
 			return 0, io.EOF
 		}
 		f.cond.Wait()
 	}
-	f.mu.Unlock()
 	if int64(len(p)) > avail-s.off {
 		p = p[:avail-s.off]
 	}
-	n, err := s.r.ReadAt(p, s.off)
+	if f.pass {
+		w := int64(len(f.ring))
+		if s.off < f.written-w {
+			// Cannot happen: the fill waits for its slowest reader.
+			f.mu.Unlock()
+			return 0, errors.New("pass-through reader fell behind its window")
+		}
+		n := 0
+		for n < len(p) {
+			at := (s.off + int64(n)) % w
+			n += copy(p[n:], f.ring[at:min(w, at+int64(len(p)-n))])
+		}
+		s.off += int64(n)
+		f.mu.Unlock()
+		f.cond.Broadcast() // room for the writer
+		return n, nil
+	}
+	off := s.off
+	f.mu.Unlock()
+	if s.r == nil {
+		if s.rerr != nil {
+			return 0, fmt.Errorf("open spool: %w", s.rerr)
+		}
+		return 0, errors.New("spool not open")
+	}
+	n, err := s.r.ReadAt(p, off)
+	f.mu.Lock()
 	s.off += int64(n)
+	f.mu.Unlock()
 	if err == io.EOF && n > 0 {
 		err = nil
 	}
@@ -407,6 +659,17 @@ func (s *Stream) Read(p []byte) (int, error) {
 
 // Close releases the reader; the fill goes on for the others and the cache.
 func (s *Stream) Close() error {
-	s.stop()
-	return s.r.Close()
+	var err error
+	s.once.Do(func() {
+		s.stop()
+		f := s.f
+		f.mu.Lock()
+		delete(f.streams, s)
+		f.mu.Unlock()
+		f.cond.Broadcast()
+		if s.r != nil {
+			err = s.r.Close()
+		}
+	})
+	return err
 }

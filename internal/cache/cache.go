@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/distribution/distribution/v3"
@@ -24,6 +25,7 @@ import (
 	_ "github.com/distribution/distribution/v3/manifest/ocischema"
 	_ "github.com/distribution/distribution/v3/manifest/schema2"
 
+	"github.com/multiproxy/multiproxy/internal/disk"
 	"github.com/multiproxy/multiproxy/internal/upstream"
 )
 
@@ -42,7 +44,26 @@ type Observer interface {
 	Stale(cause string)
 	DedupJoin(kind string)
 	UpstreamBytes(n int64)
+	// FillUncached reports a blob streamed to its clients without being
+	// stored, and why (UncachedNoSpace, UncachedStorageError).
+	FillUncached(reason string)
+	// StorageError reports a failed write to the store (OpSpool, OpCommit,
+	// OpManifest).
+	StorageError(op string)
 }
+
+// Why a fill was not stored, as labelled in metrics.
+const (
+	UncachedNoSpace      = "no_space"
+	UncachedStorageError = "storage_error"
+)
+
+// Store operations that can fail, as labelled in metrics.
+const (
+	OpSpool    = "spool"
+	OpCommit   = "commit"
+	OpManifest = "manifest"
+)
 
 type nopObserver struct{}
 
@@ -51,6 +72,8 @@ func (nopObserver) Miss(string)         {}
 func (nopObserver) Stale(string)        {}
 func (nopObserver) DedupJoin(string)    {}
 func (nopObserver) UpstreamBytes(int64) {}
+func (nopObserver) FillUncached(string) {}
+func (nopObserver) StorageError(string) {}
 
 // Guard is told about content the cache is about to rely on, before it
 // writes or serves it, so that a concurrent garbage collection spares it.
@@ -78,20 +101,37 @@ type Options struct {
 	Logger       *slog.Logger
 	Observer     Observer
 	Guard        Guard
+	// Space accounts for the free space of the store's filesystem; nil
+	// turns accounting off.
+	Space *disk.Space
+	// MinFree is the low watermark a fill must leave free.
+	MinFree disk.MinFree
+	// MakeRoom, if set, evicts from this upstream's store until at least
+	// n more bytes are free, least recently pulled first.
+	MakeRoom func(ctx context.Context, n int64) error
 }
 
 // Cache is the pull-through logic of one upstream over its local store.
 type Cache struct {
-	up           *upstream.Client
-	driver       storagedriver.StorageDriver
-	ns           distribution.Namespace
-	spoolDir     string
-	tagFreshness time.Duration
-	fillTimeout  time.Duration
-	log          *slog.Logger
-	obs          Observer
-	guard        Guard
-	root         string
+	up       atomic.Pointer[upstream.Client]
+	tun      atomic.Pointer[tunables]
+	driver   storagedriver.StorageDriver
+	ns       distribution.Namespace
+	spoolDir string
+	log      *slog.Logger
+	obs      Observer
+	guard    Guard
+	root     string
+	space    *disk.Space
+	makeRoom func(ctx context.Context, n int64) error
+
+	// ctx is the parent of every fill: fills belong to the cache, not to
+	// the request, App or config generation that started them, and end
+	// only when the cache is closed (its upstream removed).
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	problem atomic.Pointer[storageProblem] // nil while the store can be written
 
 	manifests singleflight.Group
 	heads     singleflight.Group // tag revalidations in flight, by "repo:tag"
@@ -106,8 +146,18 @@ type Cache struct {
 	accessed map[string]time.Time // "repo@digest" -> last recorded pull
 }
 
+// tunables are the settings a reload may change under running fills.
+type tunables struct {
+	tagFreshness time.Duration
+	fillTimeout  time.Duration
+	minFree      disk.MinFree
+}
+
 // New opens the store under o.Root. Leftover spool files from a previous
-// process are removed: they were never part of the cache.
+// process are removed: they were never part of the cache. A cache is opened
+// once per storage root for the life of the process (a reload hands the same
+// cache to the upstream's new server), so no running fill's spool is ever
+// removed under it.
 func New(ctx context.Context, o Options) (*Cache, error) {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
@@ -139,21 +189,82 @@ func New(ctx context.Context, o Options) (*Cache, error) {
 	if err := os.MkdirAll(spool, 0o750); err != nil {
 		return nil, fmt.Errorf("create spool: %w", err)
 	}
-	return &Cache{
-		up:           o.Upstream,
-		driver:       driver,
-		ns:           ns,
-		spoolDir:     spool,
-		tagFreshness: o.TagFreshness,
-		fillTimeout:  o.FillTimeout,
-		log:          o.Logger,
-		obs:          o.Observer,
-		guard:        o.Guard,
-		root:         o.Root,
-		fills:        map[digest.Digest]*fill{},
-		fresh:        map[string]time.Time{},
-		accessed:     map[string]time.Time{},
-	}, nil
+	bg, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	c := &Cache{
+		driver:   driver,
+		ns:       ns,
+		spoolDir: spool,
+		log:      o.Logger,
+		obs:      o.Observer,
+		guard:    o.Guard,
+		root:     o.Root,
+		space:    o.Space,
+		makeRoom: o.MakeRoom,
+		ctx:      bg,
+		cancel:   cancel,
+		fills:    map[digest.Digest]*fill{},
+		fresh:    map[string]time.Time{},
+		accessed: map[string]time.Time{},
+	}
+	c.Update(o)
+	return c, nil
+}
+
+// Update applies a reloaded upstream's settings: its new upstream client,
+// tag freshness, fill timeout and watermark. Fills already running keep the
+// client they started with and finish.
+func (c *Cache) Update(o Options) {
+	c.up.Store(o.Upstream)
+	c.tun.Store(&tunables{tagFreshness: o.TagFreshness, fillTimeout: o.FillTimeout, minFree: o.MinFree})
+}
+
+func (c *Cache) client() *upstream.Client { return c.up.Load() }
+func (c *Cache) opts() *tunables          { return c.tun.Load() }
+
+// Close cancels every running fill: the upstream was removed, and nobody
+// will read or store what it would bring.
+func (c *Cache) Close() { c.cancel() }
+
+// Space is the free-space accountant of the store's filesystem, or nil.
+func (c *Cache) Space() *disk.Space { return c.space }
+
+// storageProblem is a failed write to the store, kept until one succeeds.
+type storageProblem struct {
+	op    string
+	err   error
+	since time.Time
+}
+
+// StorageProblem says why the store cannot be written now: the operation
+// that failed last, since when, and the error (for the log and operators,
+// never for clients). It is nil while writes succeed.
+func (c *Cache) StorageProblem() (op string, since time.Time, err error) {
+	p := c.problem.Load()
+	if p == nil {
+		return "", time.Time{}, nil
+	}
+	return p.op, p.since, p.err
+}
+
+// storageFailed records a failed write; the first failure of a run of them
+// is logged, the rest only counted.
+func (c *Cache) storageFailed(op string, err error) {
+	c.obs.StorageError(op)
+	prev := c.problem.Load()
+	since := time.Now()
+	if prev != nil {
+		since = prev.since
+	} else {
+		c.log.Error("storage write failed; serving without storing until it works again", "op", op, "err", err)
+	}
+	c.problem.Store(&storageProblem{op: op, err: err, since: since})
+}
+
+// storageWorked clears a recorded storage problem.
+func (c *Cache) storageWorked() {
+	if c.problem.Swap(nil) != nil {
+		c.log.Info("storage writable again")
+	}
 }
 
 // Hold brackets work that relies on the store, such as serving a manifest,
@@ -194,6 +305,9 @@ type Resolved struct {
 	Stale bool
 	Cause upstream.Cause
 	Err   error // why the revalidation failed, when Stale
+	// Manifest is set when the store could not take the manifest: it is
+	// to be served from memory.
+	Manifest *Manifest
 }
 
 // ResolveTag returns the digest a tag points at now, caching the manifest.
@@ -213,7 +327,7 @@ func (c *Cache) ResolveTag(ctx context.Context, name, tag string) (Resolved, err
 	hasLocal := lerr == nil && c.hasManifest(ctx, repo, local.Digest)
 	key := name + ":" + tag
 
-	if hasLocal && c.tagFreshness > 0 && c.isFresh(key) {
+	if hasLocal && c.opts().tagFreshness > 0 && c.isFresh(key) {
 		c.obs.Hit(KindTag)
 		c.used(name, local.Digest)
 		return Resolved{Digest: local.Digest}, nil
@@ -255,15 +369,21 @@ func (c *Cache) ResolveTag(ctx context.Context, name, tag string) (Resolved, err
 		return Resolved{Digest: local.Digest}, nil
 	}
 	c.obs.Miss(KindTag)
-	desc, err := c.ensureManifest(ctx, repo, name, info.Digest)
+	desc, mem, err := c.ensureManifest(ctx, repo, name, info.Digest)
 	if err != nil {
 		if hasLocal && !upstream.IsNotFound(err) {
 			return stale(err)
 		}
 		return Resolved{}, err
 	}
+	if mem != nil {
+		return Resolved{Digest: info.Digest, Manifest: mem}, nil
+	}
 	if err := tags.Tag(ctx, tag, desc); err != nil {
-		return Resolved{}, fmt.Errorf("tag %s:%s: %w", name, tag, err)
+		// The manifest is stored and is what the tag points at now; only
+		// remembering the tag failed, which the next pull retries.
+		c.storageFailed(OpManifest, fmt.Errorf("tag %s:%s: %w", name, tag, err))
+		return Resolved{Digest: info.Digest}, nil
 	}
 	c.markFresh(key)
 	return Resolved{Digest: info.Digest}, nil
@@ -278,7 +398,7 @@ func (c *Cache) revalidate(ctx context.Context, name, tag string) (upstream.Mani
 	ch := c.heads.DoChan(name+":"+tag, func() (any, error) {
 		// Detached: the pulls waiting on it share the answer, and the
 		// first one leaving must not fail the rest.
-		return c.up.HeadManifest(context.WithoutCancel(ctx), name, tag)
+		return c.client().HeadManifest(context.WithoutCancel(ctx), name, tag)
 	})
 	select {
 	case <-ctx.Done():
@@ -294,11 +414,12 @@ func (c *Cache) revalidate(ctx context.Context, name, tag string) (upstream.Mani
 
 // fetchManifestByTag is the fallback for upstreams whose HEAD has no digest.
 func (c *Cache) fetchManifestByTag(ctx context.Context, repo distribution.Repository, name, tag string) (upstream.ManifestInfo, error) {
-	body, info, err := c.up.GetManifest(ctx, name, tag)
+	body, info, err := c.client().GetManifest(ctx, name, tag)
 	if err != nil {
 		return info, err
 	}
-	if _, err := c.putManifest(ctx, repo, body, info); err != nil {
+	var ns *notStored
+	if _, err := c.putManifest(ctx, repo, body, info); err != nil && !errors.As(err, &ns) {
 		return info, err
 	}
 	return info, nil
@@ -308,11 +429,11 @@ func (c *Cache) isFresh(key string) bool {
 	c.freshMu.Lock()
 	defer c.freshMu.Unlock()
 	t, ok := c.fresh[key]
-	return ok && time.Since(t) < c.tagFreshness
+	return ok && time.Since(t) < c.opts().tagFreshness
 }
 
 func (c *Cache) markFresh(key string) {
-	if c.tagFreshness <= 0 {
+	if c.opts().tagFreshness <= 0 {
 		return
 	}
 	c.freshMu.Lock()
@@ -356,34 +477,37 @@ func (c *Cache) hasManifest(ctx context.Context, repo distribution.Repository, d
 
 // EnsureManifest makes the manifest with digest d present in the local store,
 // fetching and verifying it on a miss. Concurrent misses share one GET.
-func (c *Cache) EnsureManifest(ctx context.Context, name string, d digest.Digest) error {
+//
+// When the store cannot take the manifest it is returned, verified, to be
+// served from memory; otherwise the returned Manifest is nil.
+func (c *Cache) EnsureManifest(ctx context.Context, name string, d digest.Digest) (*Manifest, error) {
 	repo, err := c.repo(ctx, name)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	c.guard.Use(d) // claim before looking (see ResolveTag)
 	if c.hasManifest(ctx, repo, d) {
 		c.obs.Hit(KindManifest)
 		c.used(name, d)
-		return nil
+		return nil, nil
 	}
-	_, err = c.ensureManifest(ctx, repo, name, d)
-	if err == nil {
+	_, mem, err := c.ensureManifest(ctx, repo, name, d)
+	if err == nil && mem == nil {
 		c.used(name, d)
 	}
-	return err
+	return mem, err
 }
 
-func (c *Cache) ensureManifest(ctx context.Context, repo distribution.Repository, name string, d digest.Digest) (v1.Descriptor, error) {
+func (c *Cache) ensureManifest(ctx context.Context, repo distribution.Repository, name string, d digest.Digest) (v1.Descriptor, *Manifest, error) {
 	ch := c.manifests.DoChan(name+"@"+d.String(), func() (any, error) {
 		// Detached from any one client: the others waiting share this result.
-		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.up.Timeout())
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*c.client().Timeout())
 		defer cancel()
 		if c.hasManifest(fctx, repo, d) {
 			return c.describeManifest(fctx, repo, d)
 		}
 		c.obs.Miss(KindManifest)
-		body, info, err := c.up.GetManifest(fctx, name, d.String())
+		body, info, err := c.client().GetManifest(fctx, name, d.String())
 		if err != nil {
 			return v1.Descriptor{}, err
 		}
@@ -392,15 +516,20 @@ func (c *Cache) ensureManifest(ctx context.Context, repo distribution.Repository
 	})
 	select {
 	case <-ctx.Done():
-		return v1.Descriptor{}, ctx.Err()
+		return v1.Descriptor{}, nil, ctx.Err()
 	case r := <-ch:
 		if r.Shared {
 			c.obs.DedupJoin(KindManifest)
 		}
-		if r.Err != nil {
-			return v1.Descriptor{}, r.Err
+		desc, _ := r.Val.(v1.Descriptor)
+		var ns *notStored
+		if errors.As(r.Err, &ns) {
+			return desc, &Manifest{Body: ns.body, MediaType: desc.MediaType}, nil
 		}
-		return r.Val.(v1.Descriptor), nil
+		if r.Err != nil {
+			return v1.Descriptor{}, nil, r.Err
+		}
+		return desc, nil, nil
 	}
 }
 
@@ -445,10 +574,27 @@ func (c *Cache) putManifest(ctx context.Context, repo distribution.Repository, b
 	}
 	got, err := ms.Put(ctx, m)
 	if err != nil {
-		return v1.Descriptor{}, fmt.Errorf("store manifest %s: %w", info.Digest, err)
+		// The bytes are verified: a store that cannot take them (full,
+		// read-only, gone) must not fail the pull. The caller serves them
+		// from memory.
+		c.storageFailed(OpManifest, fmt.Errorf("store manifest %s: %w", info.Digest, err))
+		return desc, &notStored{body: body}
 	}
 	if got != info.Digest {
 		return v1.Descriptor{}, fmt.Errorf("store manifest: stored as %s, want %s", got, info.Digest)
 	}
+	c.storageWorked()
 	return desc, nil
+}
+
+// notStored carries a verified manifest the store could not take.
+type notStored struct{ body []byte }
+
+func (e *notStored) Error() string { return "manifest not stored" }
+
+// Manifest is a verified manifest the store could not take (a full or
+// read-only disk), to be served from memory.
+type Manifest struct {
+	Body      []byte
+	MediaType string
 }

@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 )
@@ -26,7 +27,9 @@ func ParseByteSize(s string) (ByteSize, error) {
 		}
 	}
 	n, err := strconv.ParseFloat(num, 64)
-	if err != nil || n < 0 {
+	// !(n >= 0) also refuses NaN; the upper bound refuses Inf and sizes
+	// that would overflow int64.
+	if err != nil || !(n >= 0) || n*float64(factor) >= math.MaxInt64 {
 		return 0, fmt.Errorf("invalid size %q: want bytes or a number with a unit such as \"512MiB\"", s)
 	}
 	return ByteSize(n * float64(factor)), nil

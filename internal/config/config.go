@@ -37,6 +37,7 @@ type Config struct {
 	ListenAll string     `mapstructure:"listen_all" yaml:"listen_all,omitempty"`
 	Admin     Admin      `mapstructure:"admin" yaml:"admin"`
 	Recycle   Recycle    `mapstructure:"recycle" yaml:"recycle"`
+	Disk      Disk       `mapstructure:"disk" yaml:"disk"`
 	Upstreams []Upstream `mapstructure:"upstreams" yaml:"upstreams"`
 }
 
@@ -113,6 +114,9 @@ type Upstream struct {
 	MaxSize ByteSize `mapstructure:"max_size" yaml:"max_size,omitempty"`
 	// MaxUnused evicts images not pulled for this long. 0: never.
 	MaxUnused time.Duration `mapstructure:"max_unused" yaml:"max_unused,omitempty"`
+	// Disk overrides the top-level disk settings for this upstream. After
+	// Load it holds the effective values (see MinFree).
+	Disk Disk `mapstructure:"disk" yaml:"disk"`
 }
 
 // Secret is a credential. It prints as "<redacted>" everywhere: fmt, slog,

@@ -781,7 +781,7 @@ func TestByteSizes(t *testing.T) {
 			t.Errorf("ParseByteSize(%q) = %d, %v; want %d", in, got, err, want)
 		}
 	}
-	for _, bad := range []string{"", "-1", "12XB", "MiB"} {
+	for _, bad := range []string{"", "-1", "12XB", "MiB", "NaN", "Inf", "1e30GiB"} {
 		if _, err := config.ParseByteSize(bad); err == nil {
 			t.Errorf("ParseByteSize(%q) accepted", bad)
 		}

@@ -35,6 +35,10 @@ func (c *Config) applyDefaults() {
 		if u.FillTimeout == 0 {
 			u.FillTimeout = DefaultFillTimeout
 		}
+		// An upstream's own min_free wins over the top-level one.
+		if u.Disk.MinFree.IsZero() {
+			u.Disk.MinFree = c.Disk.MinFree
+		}
 		// An empty name would make the storage DataDir itself, shared with
 		// every other upstream; leave it empty so Validate reports the name.
 		if u.Storage == "" && u.Name != "" {

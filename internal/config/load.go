@@ -167,7 +167,7 @@ func envMap(env []string) map[string]string {
 // mean three nanoseconds.
 func strictDecoding(dc *mapstructure.DecoderConfig) {
 	dc.WeaklyTypedInput = false
-	dc.DecodeHook = mapstructure.ComposeDecodeHookFunc(durationHook, byteSizeHook)
+	dc.DecodeHook = mapstructure.ComposeDecodeHookFunc(durationHook, byteSizeHook, minFreeHook)
 }
 
 var durationType = reflect.TypeFor[time.Duration]()

@@ -168,11 +168,20 @@ func (c Config) Validate() error {
 		if u.MaxUnused < 0 {
 			add(fieldErr(field("max_unused"), "must not be negative, got %s", u.MaxUnused))
 		}
+		// An inherited top-level value is reported once, as disk.min_free.
+		if u.Disk.MinFree != c.Disk.MinFree {
+			if msg := u.Disk.MinFree.check(); msg != "" {
+				add(fieldErr(field("disk.min_free"), "%s", msg))
+			}
+		}
 		if u.GC.Schedule != "" {
 			if _, err := cron.ParseStandard(u.GC.Schedule); err != nil {
 				add(fieldErr(field("gc.schedule"), "invalid cron expression %q: %v", u.GC.Schedule, err))
 			}
 		}
+	}
+	if msg := c.Disk.MinFree.check(); msg != "" {
+		add(fieldErr("disk.min_free", "%s", msg))
 	}
 	if c.Recycle.Interval < 0 {
 		add(fieldErr("recycle.interval", "must not be negative, got %s", c.Recycle.Interval))

@@ -30,6 +30,9 @@ const (
 type Policy struct {
 	MaxSize   int64         // bytes; 0: no cap
 	MaxUnused time.Duration // 0: never
+	// Free asks for at least this many bytes to be freed, least recently
+	// pulled first: a fill that does not fit above the disk's watermark.
+	Free int64
 }
 
 // Store is what a collection works on: one upstream's storage.
@@ -285,7 +288,17 @@ func choose(ms []*manifest, sizes map[digest.Digest]int64, stored int64, p Polic
 			freed += size
 		}
 	}
-	if p.MaxSize <= 0 || stored-freed <= p.MaxSize {
+	if p.Free > 0 {
+		// Freeing n bytes is a cap of what is stored less n.
+		limit := max(stored-p.Free, 0)
+		if p.MaxSize <= 0 || limit < p.MaxSize {
+			p.MaxSize = limit
+		}
+		if p.MaxSize == 0 {
+			p.MaxSize = -1 // everything may go; 0 would mean "no cap"
+		}
+	}
+	if p.MaxSize == 0 || stored-freed <= p.MaxSize {
 		return
 	}
 	order := make([]*manifest, 0, len(ms))

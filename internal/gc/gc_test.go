@@ -100,6 +100,14 @@ func (f *fixture) push(t testing.TB, n, layers int, size int64) []image {
 	return out
 }
 
+// settle waits until every fill is committed: clients get their last byte
+// before the commit, and a collection or snapshot taken meanwhile would
+// count a store still changing.
+func (f *fixture) settle(t testing.TB) {
+	t.Helper()
+	ts.WaitFor(t, 10*time.Second, "fills committed", func() bool { return f.srv.Cache().FillsInFlight() == 0 })
+}
+
 // backdate makes an image look last pulled at when.
 func (f *fixture) backdate(t testing.TB, im image, when time.Time) {
 	t.Helper()
@@ -123,6 +131,7 @@ func TestOnlineGCWhilePulling(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	f.settle(t)
 	old := time.Now().Add(-48 * time.Hour)
 	for _, im := range images[:10] {
 		f.backdate(t, im, old)
@@ -253,6 +262,7 @@ func TestMaxSizeEvictsLeastRecentlyPulledFirst(t *testing.T) {
 		}
 		f.backdate(t, im, time.Now().Add(time.Duration(i-10)*time.Hour))
 	}
+	f.settle(t)
 	before := duBlobs(t, f.cfg.Storage)
 	limit := int64(3<<20 + 512<<10)
 	res, err := gc.Collect(context.Background(), f.store, gc.Policy{MaxSize: limit}, false, nil)
@@ -306,6 +316,9 @@ func TestDryRunChangesNothing(t *testing.T) {
 		if err := ts.PullVerified(c, f.base, im.repo, "1"); err != nil {
 			t.Fatal(err)
 		}
+	}
+	f.settle(t)
+	for _, im := range images {
 		f.backdate(t, im, time.Now().Add(-100*time.Hour))
 	}
 	before := snapshot(t, f.cfg.Storage)

@@ -97,6 +97,35 @@ func (s *Scheduler) Stop() {
 // Has reports whether an upstream is collected by this scheduler.
 func (s *Scheduler) Has(name string) bool { _, ok := s.targets[name]; return ok }
 
+// MakeRoom evicts from one upstream's store until at least n bytes are
+// freed, least recently pulled and untagged first, as a fill that does not
+// fit above the disk's watermark needs. It waits for the global slot like
+// any collection, so it never runs beside one.
+func (s *Scheduler) MakeRoom(ctx context.Context, name string, n int64) (Result, error) {
+	t, ok := s.targets[name]
+	if !ok {
+		return Result{}, fmt.Errorf("no upstream named %q", name)
+	}
+	p := t.Policy
+	p.Free = n
+	s.slot.Lock()
+	defer s.slot.Unlock()
+	if err := ctx.Err(); err != nil {
+		return Result{}, err
+	}
+	r, err := Collect(ctx, t.Store, p, false, s.log)
+	if err != nil {
+		s.log.Error("evict for space failed", "upstream", name, "err", err)
+	} else {
+		s.log.Info("evicted for space", "upstream", name, "wanted_bytes", n, "freed_bytes", r.FreedBytes,
+			"evicted", len(r.Evicted), "took", r.Duration)
+	}
+	if s.obs != nil {
+		s.obs.Collected(name, r, err)
+	}
+	return r, err
+}
+
 // Run collects one upstream now, waiting for the global slot.
 func (s *Scheduler) Run(ctx context.Context, name string, dryRun bool) (Result, error) {
 	t, ok := s.targets[name]

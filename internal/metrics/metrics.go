@@ -43,6 +43,9 @@ var (
 	sources        = []string{"cache", "upstream"}
 	recycleReasons = []string{recycle.ReasonInterval, recycle.ReasonMemory, recycle.ReasonAdmin, recycle.ReasonRetry, other}
 	gcResults      = []string{GCSuccess, GCFailure}
+	// As internal/cache names them.
+	uncachedReasons = []string{cache.UncachedNoSpace, cache.UncachedStorageError}
+	storageOps      = []string{cache.OpSpool, cache.OpCommit, cache.OpManifest}
 	// As internal/gc names them.
 	evictReasons = []string{"max_size", "max_unused", other}
 	// Every cause a revalidation can fail with; not_found never serves
@@ -73,8 +76,11 @@ type Metrics struct {
 	rateLimitRemain *prometheus.GaugeVec
 	stale           *prometheus.CounterVec
 	dedupWaiters    *prometheus.CounterVec
+	fillUncached    *prometheus.CounterVec
+	storageErrors   *prometheus.CounterVec
 	state           *prometheus.GaugeVec
 	stored          *storedBytes
+	disk            *diskBytes
 	recycles        *prometheus.CounterVec
 	recycleFailures *prometheus.CounterVec
 	lastRecycle     *prometheus.GaugeVec
@@ -134,12 +140,26 @@ func New() *Metrics {
 	m.dedupWaiters = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "dedup_waiters_total",
 		Help: "Requests joined to a fetch already in flight instead of starting their own, by kind."},
 		[]string{"upstream", "kind"})
+	m.fillUncached = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "fill_uncached_total",
+		Help: "Blob fills streamed to clients without being stored, by reason (no_space: it would not fit above disk.min_free even after eviction; storage_error: the store could not be written)."},
+		[]string{"upstream", "reason"})
+	m.storageErrors = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "storage_errors_total",
+		Help: "Failed writes to the upstream's store, by operation (spool, commit, manifest)."},
+		[]string{"upstream", "op"})
 	m.state = prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "upstream_state",
-		Help: "1 for the upstream's current state (unknown, reachable, stale, down), 0 for the others."},
+		Help: "1 for the upstream's current state (unknown, reachable, stale, down, degraded), 0 for the others."},
 		[]string{"upstream", "state"})
 	m.stored = &storedBytes{desc: prometheus.NewDesc(ns+"_stored_bytes",
 		"Bytes in the upstream's storage directory, from a walk at most 30 s old.", []string{"upstream"}, nil),
 		funcs: map[string]func() (int64, bool){}}
+	m.disk = &diskBytes{
+		free: prometheus.NewDesc(ns+"_disk_free_bytes",
+			"Bytes free to an unprivileged writer on the filesystem holding the upstream's storage (statfs), read at scrape time.",
+			[]string{"upstream"}, nil),
+		reserved: prometheus.NewDesc(ns+"_disk_reserved_bytes",
+			"Bytes reserved on that filesystem by blob fills still writing; upstreams sharing a filesystem share the figure.",
+			[]string{"upstream"}, nil),
+		funcs: map[string]func() (int64, int64, bool){}}
 	m.recycles = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "recycles_total",
 		Help: "Embedded App recycles completed, by reason (interval, memory, admin, retry)."}, []string{"upstream", "reason"})
 	m.recycleFailures = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "recycle_failures_total",
@@ -163,7 +183,8 @@ func New() *Metrics {
 		[]string{"upstream"})
 	m.Registry.MustRegister(m.requests, m.requestDuration, m.inflight, m.hits, m.misses, m.servedBytes,
 		m.fetchedBytes, m.upRequests, m.upDuration, m.redirects, m.rateLimited, m.rateLimitRemain, m.stale, m.dedupWaiters,
-		m.state, m.stored, m.recycles, m.recycleFailures, m.lastRecycle, m.gcRuns, m.gcDuration, m.gcFreedBytes,
+		m.fillUncached, m.storageErrors,
+		m.state, m.stored, m.disk, m.recycles, m.recycleFailures, m.lastRecycle, m.gcRuns, m.gcDuration, m.gcFreedBytes,
 		m.gcFreedObjects, m.evictions, m.lastGC,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
@@ -187,6 +208,12 @@ func (m *Metrics) For(name string) *Upstream {
 	}
 	for _, c := range staleCauses {
 		m.stale.WithLabelValues(name, c)
+	}
+	for _, r := range uncachedReasons {
+		m.fillUncached.WithLabelValues(name, r)
+	}
+	for _, op := range storageOps {
+		m.storageErrors.WithLabelValues(name, op)
 	}
 	for _, r := range recycleReasons {
 		m.recycles.WithLabelValues(name, r)
@@ -271,6 +298,22 @@ func (u *Upstream) Upstream(method string, status int, d time.Duration, h http.H
 	}
 }
 
+// FillUncached counts a fill streamed to its clients without being stored.
+func (u *Upstream) FillUncached(reason string) {
+	if !slices.Contains(uncachedReasons, reason) {
+		reason = other
+	}
+	u.m.fillUncached.WithLabelValues(u.name, reason).Inc()
+}
+
+// StorageError counts a failed write to the store.
+func (u *Upstream) StorageError(op string) {
+	if !slices.Contains(storageOps, op) {
+		op = other
+	}
+	u.m.storageErrors.WithLabelValues(u.name, op).Inc()
+}
+
 // UpstreamRedirect counts one redirect followed on an upstream call.
 func (u *Upstream) UpstreamRedirect() { u.m.redirects.WithLabelValues(u.name).Inc() }
 
@@ -293,6 +336,30 @@ func (u *Upstream) StoredBytesFunc(size func() (n int64, ok bool)) {
 	u.m.stored.mu.Lock()
 	u.m.stored.funcs[u.name] = size
 	u.m.stored.mu.Unlock()
+}
+
+// DiskFunc makes multiproxy_disk_free_bytes and multiproxy_disk_reserved_bytes
+// report f at scrape time: the free bytes of the filesystem holding the
+// upstream's storage, and the bytes running fills have reserved on it. f
+// must be cheap (a statfs) and may say ok=false when it cannot tell (the
+// storage directory is gone), leaving both samples out rather than
+// reporting 0.
+func (u *Upstream) DiskFunc(f func() (free, reserved int64, ok bool)) {
+	u.m.disk.mu.Lock()
+	u.m.disk.funcs[u.name] = f
+	u.m.disk.mu.Unlock()
+}
+
+// Forget drops the series read at scrape time (stored bytes, disk figures)
+// of an upstream a reload removed. Counters stay: they are totals since the
+// process started.
+func (m *Metrics) Forget(name string) {
+	m.stored.mu.Lock()
+	delete(m.stored.funcs, name)
+	m.stored.mu.Unlock()
+	m.disk.mu.Lock()
+	delete(m.disk.funcs, name)
+	m.disk.mu.Unlock()
 }
 
 // Recycled records a recycle that swapped in a new App, for reason (one of
@@ -383,6 +450,33 @@ func (s *storedBytes) Collect(ch chan<- prometheus.Metric) {
 	for name, f := range funcs {
 		if n, ok := f(); ok {
 			ch <- prometheus.MustNewConstMetric(s.desc, prometheus.GaugeValue, float64(n), name)
+		}
+	}
+}
+
+// diskBytes reads each upstream's filesystem figures at scrape time.
+type diskBytes struct {
+	free, reserved *prometheus.Desc
+	mu             sync.Mutex
+	funcs          map[string]func() (free, reserved int64, ok bool)
+}
+
+func (d *diskBytes) Describe(ch chan<- *prometheus.Desc) {
+	ch <- d.free
+	ch <- d.reserved
+}
+
+func (d *diskBytes) Collect(ch chan<- prometheus.Metric) {
+	d.mu.Lock()
+	funcs := make(map[string]func() (int64, int64, bool), len(d.funcs))
+	for k, f := range d.funcs {
+		funcs[k] = f
+	}
+	d.mu.Unlock()
+	for name, f := range funcs {
+		if free, reserved, ok := f(); ok {
+			ch <- prometheus.MustNewConstMetric(d.free, prometheus.GaugeValue, float64(free), name)
+			ch <- prometheus.MustNewConstMetric(d.reserved, prometheus.GaugeValue, float64(reserved), name)
 		}
 	}
 }

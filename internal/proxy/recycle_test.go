@@ -107,9 +107,9 @@ func TestHundredRecyclesLeakNothing(t *testing.T) {
 			t.Fatalf("recycle %d: %v", i, err)
 		}
 	}
-	waitFor(t, 5*time.Second, func() bool { return proxy.OpenApps() == appsBefore })
+	ts.WaitFor(t, 5*time.Second, "every recycled App shut down", func() bool { return proxy.OpenApps() == appsBefore })
 	runtime.GC()
-	waitFor(t, 5*time.Second, func() bool { return runtime.NumGoroutine() <= baseline+3 })
+	ts.WaitFor(t, 5*time.Second, "goroutines back to baseline", func() bool { return runtime.NumGoroutine() <= baseline+3 })
 	t.Logf("goroutines: baseline %d, after 100 recycles %d; open apps %d", baseline, runtime.NumGoroutine(), proxy.OpenApps())
 
 	srv.Close()
@@ -150,13 +150,3 @@ func TestRecycleWithUpstreamDownKeepsServing(t *testing.T) {
 	}
 }
 
-func waitFor(t *testing.T, d time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("condition not met within %v", d)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}

@@ -247,6 +247,9 @@ func TestCachedBlobServesRangesAndHead(t *testing.T) {
 	url := p.URL("docker.io") + "/v2/library/app/blobs/" + layer
 	full := get(t, url, http.MethodGet) // fills the cache
 	body, _ := io.ReadAll(full.Body)
+	// The client has its last byte once it is verified; the blob is
+	// servable from the store (with ranges) once committed just after.
+	ts.WaitFor(t, 10*time.Second, "the blob is stored", func() bool { return blobStored(t, p, layer) })
 
 	req, _ := http.NewRequest(http.MethodGet, url, nil)
 	req.Header.Set("Range", "bytes=100-199")

@@ -22,6 +22,7 @@ import (
 	"net/http"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/distribution/reference"
@@ -29,6 +30,7 @@ import (
 
 	"github.com/multiproxy/multiproxy/internal/cache"
 	"github.com/multiproxy/multiproxy/internal/config"
+	"github.com/multiproxy/multiproxy/internal/disk"
 	"github.com/multiproxy/multiproxy/internal/upstream"
 	"github.com/multiproxy/multiproxy/internal/version"
 )
@@ -51,6 +53,8 @@ func (nopObserver) UpstreamBytes(int64)                                     {}
 func (nopObserver) Request(string, int, time.Duration, bool, int64)         {}
 func (nopObserver) Upstream(string, int, time.Duration, http.Header, error) {}
 func (nopObserver) UpstreamRedirect()                                       {}
+func (nopObserver) FillUncached(string)                                     {}
+func (nopObserver) StorageError(string)                                     {}
 
 // Options configures a Server beyond its upstream config.
 type Options struct {
@@ -63,6 +67,14 @@ type Options struct {
 	Drain time.Duration
 	// Guard is told what the cache relies on, for online GC.
 	Guard cache.Guard
+	// Space accounts for the free space of the storage's filesystem.
+	Space *disk.Space
+	// MakeRoom evicts from the upstream's store until n more bytes are free.
+	MakeRoom func(ctx context.Context, n int64) error
+	// Reuse, when set, is the server this one replaces (a reload changed
+	// the upstream's settings): the new server shares its cache, so fills
+	// running there finish and commit. TakeOver completes the handover.
+	Reuse *Server
 }
 
 // Server is the HTTP handler of one upstream.
@@ -75,8 +87,9 @@ type Server struct {
 	obs   Observer
 	drain time.Duration
 
-	unroute func()
-	swapMu  sync.Mutex // one App build-and-swap at a time
+	unroute   func()
+	ownsCache atomic.Bool // closing the server closes the cache's fills
+	swapMu    sync.Mutex  // one App build-and-swap at a time
 	closed  bool       // under swapMu
 	stop    context.CancelFunc
 	wg      sync.WaitGroup
@@ -116,17 +129,25 @@ func New(ctx context.Context, u config.Upstream, o Options) (*Server, error) {
 		return nil, fmt.Errorf("upstream %s: %w", u.Name, err)
 	}
 	s.up = up
-	s.cache, err = cache.New(ctx, cache.Options{
-		Root:         u.Storage,
-		Upstream:     up,
-		TagFreshness: u.TagFreshness,
-		FillTimeout:  u.FillTimeout,
-		Logger:       log,
-		Observer:     o.Observer,
-		Guard:        o.Guard,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("upstream %s: %w", u.Name, err)
+	if o.Reuse != nil {
+		s.cache = o.Reuse.cache
+	} else {
+		s.cache, err = cache.New(ctx, cache.Options{
+			Root:         u.Storage,
+			Upstream:     up,
+			TagFreshness: u.TagFreshness,
+			FillTimeout:  u.FillTimeout,
+			MinFree:      u.MinFree(),
+			Logger:       log,
+			Observer:     o.Observer,
+			Guard:        o.Guard,
+			Space:        o.Space,
+			MakeRoom:     o.MakeRoom,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("upstream %s: %w", u.Name, err)
+		}
+		s.ownsCache.Store(true)
 	}
 	s.unroute = upstream.RouteDefaultTransport(up)
 
@@ -209,6 +230,21 @@ func (s *Server) retryProxyMode(ctx context.Context, every time.Duration) {
 	}
 }
 
+// TakeOver completes a handover from the server this one was built to
+// replace (Options.Reuse): the shared cache switches to this server's
+// upstream client and settings, and closing the old server no longer ends
+// its fills. Fills already running finish with the client they started with.
+func (s *Server) TakeOver(old *Server) {
+	s.cache.Update(cache.Options{
+		Upstream:     s.up,
+		TagFreshness: s.cfg.TagFreshness,
+		FillTimeout:  s.cfg.FillTimeout,
+		MinFree:      s.cfg.MinFree(),
+	})
+	old.ownsCache.Store(false)
+	s.ownsCache.Store(true)
+}
+
 // Name is the upstream's name.
 func (s *Server) Name() string { return s.cfg.Name }
 
@@ -228,6 +264,9 @@ func (s *Server) Close() {
 		s.swapMu.Unlock()
 		s.wg.Wait()
 		s.apps.current().shutdown(s.drain)
+		if s.ownsCache.Load() {
+			s.cache.Close()
+		}
 		s.unroute()
 		s.up.Close()
 	})
@@ -281,6 +320,7 @@ func (s *Server) serveManifest(w *recorder, r *http.Request, rt route) {
 	// manifest it resolved to.
 	release := s.cache.Hold()
 	defer release()
+	var mem *cache.Manifest
 	d, err := digest.Parse(rt.ref)
 	if err != nil {
 		if !tagPattern.MatchString(rt.ref) {
@@ -300,15 +340,34 @@ func (s *Server) serveManifest(w *recorder, r *http.Request, rt route) {
 			w.stale = true
 			w.Header().Set("Warning", fmt.Sprintf(`110 multiproxy "Response is Stale: upstream %s"`, res.Cause))
 		}
-		d = res.Digest
-	} else if err := s.cache.EnsureManifest(ctx, rt.repo, d); err != nil {
+		d, mem = res.Digest, res.Manifest
+	} else if mem, err = s.cache.EnsureManifest(ctx, rt.repo, d); err != nil {
 		s.writeUpstreamError(w, r, err, kindManifest)
+		return
+	}
+	if mem != nil {
+		serveManifestBytes(w, r, d, mem)
 		return
 	}
 	r2 := r.Clone(ctx)
 	r2.URL.Path = "/v2/" + rt.repo + "/manifests/" + d.String()
 	r2.URL.RawPath = ""
 	s.apps.serve(w, r2)
+}
+
+// serveManifestBytes answers with a verified manifest the store could not
+// take, as the App would have served it.
+func serveManifestBytes(w http.ResponseWriter, r *http.Request, d digest.Digest, m *cache.Manifest) {
+	h := w.Header()
+	h.Set("Content-Type", m.MediaType)
+	h.Set("Content-Length", strconv.Itoa(len(m.Body)))
+	h.Set("Docker-Content-Digest", d.String())
+	h.Set("Etag", `"`+d.String()+`"`)
+	h.Set("Docker-Distribution-Api-Version", "registry/2.0")
+	w.WriteHeader(http.StatusOK)
+	if r.Method != http.MethodHead {
+		_, _ = w.Write(m.Body)
+	}
 }
 
 func looksLikeDigest(ref string) bool {
@@ -469,6 +528,8 @@ func (s *Server) writeUpstreamError(w *recorder, r *http.Request, err error, kin
 		}
 	case upstream.CauseServerError:
 		writeError(w, ue.Status, codeUnavailable, fmt.Sprintf("upstream error %d", ue.Status))
+	case cache.CauseStorage:
+		writeError(w, http.StatusServiceUnavailable, codeUnavailable, "the cache could not store the blob; retry")
 	case upstream.CauseBadContent:
 		writeError(w, http.StatusBadGateway, codeUnknown, "upstream sent content that does not match its digest")
 	case upstream.CauseTimeout:

@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os"
 	"reflect"
 	"sync/atomic"
 
 	"github.com/multiproxy/multiproxy/internal/config"
+	"github.com/multiproxy/multiproxy/internal/disk"
 	"github.com/multiproxy/multiproxy/internal/gc"
 	"github.com/multiproxy/multiproxy/internal/proxy"
 	"github.com/multiproxy/multiproxy/internal/recycle"
@@ -26,18 +28,67 @@ func (s *swapHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // newRunning builds an upstream's proxy server. Its listener, if any, is the
-// caller's business.
-func (p *Process) newRunning(ctx context.Context, u config.Upstream) (*running, error) {
+// caller's business. With replacing set (a reload changed the upstream's
+// settings but not its storage), the new server shares the old one's cache
+// and GC guard, so running fills finish and commit.
+func (p *Process) newRunning(ctx context.Context, u config.Upstream, replacing *running) (*running, error) {
 	obs := p.metrics.For(u.Name)
 	guard := &gc.Guard{}
-	srv, err := proxy.New(ctx, u, proxy.Options{Logger: p.log, Observer: p.board.observer(u.Name, obs),
-		Drain: p.cfg.ShutdownTimeout, Guard: guard})
+	opts := proxy.Options{Logger: p.log, Observer: p.board.observer(u.Name, obs),
+		Drain: p.cfg.ShutdownTimeout, Guard: guard,
+		MakeRoom: func(ctx context.Context, n int64) error { return p.makeRoom(ctx, u.Name, n) }}
+	if replacing != nil {
+		guard = replacing.guard
+		opts.Guard, opts.Reuse = guard, replacing.server
+	} else {
+		space, err := p.spaceFor(u.Storage)
+		if err != nil {
+			return nil, fmt.Errorf("upstream %s: %w", u.Name, err)
+		}
+		opts.Space = space
+	}
+	srv, err := proxy.New(ctx, u, opts)
 	if err != nil {
 		return nil, err
 	}
 	r := &running{name: u.Name, cfg: u, server: srv, guard: guard, handler: &swapHandler{}}
 	r.handler.set(inflight(obs, srv))
 	return r, nil
+}
+
+// spaceFor returns the free-space accountant of the filesystem holding
+// root, shared by every upstream stored on it: their fills draw on the same
+// free bytes.
+func (p *Process) spaceFor(root string) (*disk.Space, error) {
+	if err := os.MkdirAll(root, 0o750); err != nil {
+		return nil, fmt.Errorf("create storage root: %w", err)
+	}
+	dev, err := disk.Device(root)
+	if err != nil {
+		return nil, err
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if s := p.spaces[dev]; s != nil {
+		return s, nil
+	}
+	s := disk.New(root)
+	p.spaces[dev] = s
+	return s, nil
+}
+
+// makeRoom evicts from an upstream's store for a fill that does not fit
+// above the watermark, through the current GC scheduler so that it never
+// runs beside a collection.
+func (p *Process) makeRoom(ctx context.Context, name string, n int64) error {
+	p.mu.Lock()
+	sched := p.gc
+	p.mu.Unlock()
+	if sched == nil || !sched.Has(name) {
+		return errors.New("no collector for this upstream")
+	}
+	_, err := sched.MakeRoom(ctx, name, n)
+	return err
 }
 
 // routes lists the upstreams for the one-port listener, as they are now.
@@ -76,8 +127,10 @@ func (p *Process) startBackground(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	p.mu.Lock()
 	p.gc = sched
-	p.gc.Start()
+	p.mu.Unlock()
+	sched.Start()
 	p.recycler = recycle.New(recycleTargets, recycle.Options{
 		Interval:  cfg.Recycle.Interval,
 		MaxMemory: int64(cfg.Recycle.MaxMemory),
@@ -159,7 +212,7 @@ func (p *Process) Reload(ctx context.Context, next config.Config) error {
 		case old != nil && reflect.DeepEqual(old.cfg, u):
 			keep = append(keep, old)
 		case old != nil && old.cfg.Listen == u.Listen && old.cfg.Storage == u.Storage:
-			r, err := p.newRunning(ctx, u)
+			r, err := p.newRunning(ctx, u, old)
 			if err != nil {
 				undo()
 				return fmt.Errorf("reload %s: %w", u.Name, err)
@@ -195,6 +248,7 @@ func (p *Process) Reload(ctx context.Context, next config.Config) error {
 		for _, c := range changed {
 			if c.new.name == u.Name {
 				c.new.addr, c.new.http, c.new.listener, c.new.handler = c.old.addr, c.old.http, c.old.listener, c.old.handler
+				c.new.server.TakeOver(c.old.server)
 				c.new.handler.set(inflight(p.metrics.For(u.Name), c.new.server))
 				ups = append(ups, c.new)
 			}
@@ -251,7 +305,7 @@ func (p *Process) add(ctx context.Context, u config.Upstream, replacing *running
 	if err != nil {
 		return nil, fmt.Errorf("listen %s: %w", u.Listen, err)
 	}
-	r, err := p.newRunning(ctx, u)
+	r, err := p.newRunning(ctx, u, nil)
 	if err != nil {
 		l.Close()
 		return nil, err

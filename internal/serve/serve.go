@@ -19,11 +19,11 @@ import (
 
 	"github.com/multiproxy/multiproxy/internal/admin"
 	"github.com/multiproxy/multiproxy/internal/config"
+	"github.com/multiproxy/multiproxy/internal/disk"
 	"github.com/multiproxy/multiproxy/internal/gc"
 	"github.com/multiproxy/multiproxy/internal/metrics"
 	"github.com/multiproxy/multiproxy/internal/proxy"
 	"github.com/multiproxy/multiproxy/internal/recycle"
-	"github.com/multiproxy/multiproxy/internal/upstream"
 )
 
 // Process is a running multiproxy.
@@ -37,7 +37,8 @@ type Process struct {
 	upstreams []*running
 	recycler  *recycle.Scheduler
 	gc        *gc.Scheduler
-	locks     map[string]func() // storage root -> release of its lock
+	locks     map[string]func()      // storage root -> release of its lock
+	spaces    map[uint64]*disk.Space // filesystem -> its accountant
 	reloadMu  sync.Mutex
 	onePort   *http.Server
 	stopBg    context.CancelFunc
@@ -69,6 +70,7 @@ func Start(ctx context.Context, cfg config.Config, log *slog.Logger) (*Process, 
 	// Undo whatever was set up when a later step fails.
 	var listeners []net.Listener
 	p.locks = map[string]func(){}
+	p.spaces = map[uint64]*disk.Space{}
 	fail := func(err error) (*Process, error) {
 		for _, l := range listeners {
 			l.Close()
@@ -110,7 +112,7 @@ func Start(ctx context.Context, cfg config.Config, log *slog.Logger) (*Process, 
 	listeners = append(listeners, adminL)
 
 	for i, u := range cfg.Upstreams {
-		r, err := p.newRunning(ctx, u)
+		r, err := p.newRunning(ctx, u, nil)
 		if err != nil {
 			return fail(err)
 		}
@@ -369,7 +371,8 @@ func (p *Process) Resolve(ctx context.Context, image string) (admin.Resolution, 
 	tagged := named.(reference.NamedTagged)
 	res, err := srv.Cache().ResolveTag(ctx, reference.Path(named), tagged.Tag())
 	if err != nil {
-		return admin.Resolution{}, resolveError(err)
+		p.log.Warn("admin resolve failed", "image", image, "err", err)
+		return admin.Resolution{}, resolveError(reference.FamiliarString(tagged), err)
 	}
 	pinned := strings.TrimSpace(image)
 	if i := strings.LastIndex(pinned, ":"); i > strings.LastIndex(pinned, "/") {
@@ -383,19 +386,6 @@ func (p *Process) Resolve(ctx context.Context, image string) (admin.Resolution, 
 	}, nil
 }
 
-func resolveError(err error) error {
-	status := http.StatusBadGateway
-	switch upstream.CauseOf(err) {
-	case upstream.CauseNotFound:
-		status = http.StatusNotFound
-	case upstream.CauseRateLimited:
-		status = http.StatusTooManyRequests
-	case upstream.CauseUnreachable, upstream.CauseTimeout:
-		status = http.StatusServiceUnavailable
-	}
-	return &admin.StatusError{Status: status, Err: err}
-}
-
 // Purge implements admin.Backend.
 func (p *Process) Purge(ctx context.Context, image string) error {
 	srv, named, err := p.server(image)
@@ -405,9 +395,9 @@ func (p *Process) Purge(ctx context.Context, image string) error {
 	named = reference.TagNameOnly(named)
 	tagged, ok := named.(reference.NamedTagged)
 	if !ok {
-		return &admin.StatusError{Status: http.StatusBadRequest, Err: errors.New("purge takes a tag, not a digest: digests are immutable")}
+		return &admin.StatusError{Status: http.StatusBadRequest, Code: admin.CodeUnsupported, Err: errors.New("purge takes a tag, not a digest: digests are immutable")}
 	}
-	return srv.Cache().Forget(ctx, reference.Path(named), tagged.Tag())
+	return p.purgeTag(ctx, srv.Cache(), image, tagged)
 }
 
 // gcMetrics reports collections to the metrics.
@@ -430,10 +420,13 @@ func (g gcMetrics) Collected(upstream string, r gc.Result, err error) {
 
 // collect runs one upstream's GC now (the admin API's gc).
 func (p *Process) collect(ctx context.Context, name string, dryRun bool) (gc.Result, error) {
-	if !p.gc.Has(name) {
+	p.mu.Lock()
+	sched := p.gc
+	p.mu.Unlock()
+	if sched == nil || !sched.Has(name) {
 		return gc.Result{}, &admin.StatusError{Status: http.StatusNotFound, Err: fmt.Errorf("no upstream named %q", name)}
 	}
-	return p.gc.Run(ctx, name, dryRun)
+	return sched.Run(ctx, name, dryRun)
 }
 
 // recycleNow rebuilds one upstream's App at once (the admin API's recycle).

@@ -8,6 +8,7 @@ package serve
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io/fs"
 	"log/slog"
 	"net"
@@ -17,9 +18,16 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/distribution/distribution/v3"
+	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
+	"github.com/distribution/reference"
+
 	"github.com/multiproxy/multiproxy/internal/admin"
+	"github.com/multiproxy/multiproxy/internal/cache"
+	"github.com/multiproxy/multiproxy/internal/disk"
 	"github.com/multiproxy/multiproxy/internal/health"
 	"github.com/multiproxy/multiproxy/internal/metrics"
+	"github.com/multiproxy/multiproxy/internal/upstream"
 )
 
 // Timings of the status board. They are variables so tests can shorten
@@ -38,8 +46,12 @@ var (
 
 // board is what the status surface knows per upstream beyond the metrics.
 type board struct {
-	log    *slog.Logger
-	health *health.Monitor
+	log     *slog.Logger
+	health  *health.Monitor
+	metrics *metrics.Metrics
+	// cache is an upstream's cache as it is now (a reload may replace it),
+	// or nil before its server is built.
+	cache func(name string) *cache.Cache
 	// ups is filled by newBoard and Start, and changed by config reloads.
 	mu  sync.RWMutex
 	ups map[string]*boardUpstream
@@ -57,7 +69,7 @@ type boardUpstream struct {
 
 func newBoard(p *Process) *board {
 	ctx, cancel := context.WithCancel(context.Background())
-	b := &board{log: p.log, ups: map[string]*boardUpstream{}, ctx: ctx, cancel: cancel}
+	b := &board{log: p.log, metrics: p.metrics, cache: p.cacheOf, ups: map[string]*boardUpstream{}, ctx: ctx, cancel: cancel}
 	b.health = health.New(health.Options{
 		Interval: ProbeInterval,
 		StaleFor: StaleWindow,
@@ -65,27 +77,79 @@ func newBoard(p *Process) *board {
 		OnChange: func(name string, t health.Transition) { p.metrics.For(name).State(t.To) },
 	})
 	for _, u := range p.cfg.Upstreams {
-		b.ups[u.Name] = b.newUpstream(p.metrics.For(u.Name), u.Storage, b.health.Track(u.Name))
+		b.ups[u.Name] = b.newUpstream(u.Name, p.metrics.For(u.Name), u.Storage, b.health.Track(u.Name))
 	}
 	return b
 }
 
-func (b *board) newUpstream(m *metrics.Upstream, storage string, h *health.Upstream) *boardUpstream {
+// cacheOf is the cache of the named upstream's current server, or nil.
+func (p *Process) cacheOf(name string) *cache.Cache {
+	ups, _ := p.snapshot()
+	for _, r := range ups {
+		if r.name == name && r.server != nil {
+			return r.server.Cache()
+		}
+	}
+	return nil
+}
+
+func (b *board) newUpstream(name string, m *metrics.Upstream, storage string, h *health.Upstream) *boardUpstream {
 	bu := &boardUpstream{
 		health: h,
 		size:   &sizer{dir: storage, maxAge: StoredBytesMaxAge, b: b},
 	}
+	h.CheckStore(b.storeCheck(name))
 	m.State(health.Unknown) // until the first evidence, so the series exists from the start
 	m.StoredBytesFunc(func() (int64, bool) {
 		n, _, ok := bu.size.get()
 		return n, ok
 	})
+	m.DiskFunc(b.diskFigures(name, storage))
 	return bu
+}
+
+// storeCheck reads whether an upstream's store can be written, as its cache
+// records failed writes. The error itself stays in the cache's log line.
+func (b *board) storeCheck(name string) health.StoreCheck {
+	return func() (string, time.Time, bool) {
+		c := b.cache(name)
+		if c == nil {
+			return "", time.Time{}, false
+		}
+		op, since, err := c.StorageProblem()
+		return op, since, err != nil
+	}
+}
+
+// diskFigures reads, at scrape time, the free bytes of the filesystem
+// holding an upstream's storage and what fills have reserved there. Without
+// space accounting in the cache nothing is reserved, and the figure comes
+// from a statfs of the storage root.
+func (b *board) diskFigures(name, storage string) func() (free, reserved int64, ok bool) {
+	return func() (int64, int64, bool) {
+		var sp *disk.Space
+		root := storage
+		if c := b.cache(name); c != nil {
+			sp, root = c.Space(), c.Root()
+		}
+		if sp != nil {
+			u, err := sp.Usage()
+			if err != nil {
+				return 0, 0, false
+			}
+			return u.Free, sp.Reserved(), true
+		}
+		u, err := disk.Statfs(root)
+		if err != nil {
+			return 0, 0, false
+		}
+		return u.Free, 0, true
+	}
 }
 
 // add tracks an upstream a reload added, probing it at once.
 func (b *board) add(name, storage string, m *metrics.Upstream, p health.Pinger) {
-	bu := b.newUpstream(m, storage, b.health.Add(name, p))
+	bu := b.newUpstream(name, m, storage, b.health.Add(name, p))
 	b.mu.Lock()
 	b.ups[name] = bu
 	b.mu.Unlock()
@@ -99,6 +163,7 @@ func (b *board) remove(name string) {
 	b.mu.Unlock()
 	if bu != nil {
 		b.health.Remove(bu.health)
+		b.metrics.Forget(name)
 	}
 }
 
@@ -113,6 +178,7 @@ func (b *board) reprobe(name string, p health.Pinger) {
 	}
 	old := bu.health
 	nh := b.health.Add(name, p)
+	nh.CheckStore(b.storeCheck(name))
 	b.mu.Lock()
 	bu.health = nh
 	b.mu.Unlock()
@@ -175,11 +241,13 @@ func (o *observer) h() *health.Upstream {
 	return nil
 }
 
-func (o *observer) Hit(kind string)       { o.m.Hit(kind) }
-func (o *observer) Miss(kind string)      { o.m.Miss(kind) }
-func (o *observer) DedupJoin(kind string) { o.m.DedupJoin(kind) }
-func (o *observer) UpstreamBytes(n int64) { o.m.UpstreamBytes(n) }
-func (o *observer) UpstreamRedirect()     { o.m.UpstreamRedirect() }
+func (o *observer) Hit(kind string)        { o.m.Hit(kind) }
+func (o *observer) Miss(kind string)       { o.m.Miss(kind) }
+func (o *observer) DedupJoin(kind string)  { o.m.DedupJoin(kind) }
+func (o *observer) UpstreamBytes(n int64)  { o.m.UpstreamBytes(n) }
+func (o *observer) UpstreamRedirect()      { o.m.UpstreamRedirect() }
+func (o *observer) FillUncached(r string)  { o.m.FillUncached(r) }
+func (o *observer) StorageError(op string) { o.m.StorageError(op) }
 func (o *observer) Request(kind string, status int, d time.Duration, fromCache bool, bytes int64) {
 	o.m.Request(kind, status, d, fromCache, bytes)
 }
@@ -282,13 +350,15 @@ type readyUpstream struct {
 	Serving   bool         `json:"serving"`
 	State     health.State `json:"state"`
 	Since     time.Time    `json:"since"`
+	Reason    string       `json:"reason,omitempty"`
 	LastError string       `json:"last_error,omitempty"`
 }
 
 // Ready implements admin.Backend: ready while every upstream listener is
-// open. An unreachable upstream does not make the process unready, since the
-// cache still serves what it holds; its state is in the body for the
-// operator.
+// open and no upstream is degraded (its store cannot be written: the node
+// needs an operator). An unreachable upstream does not make the process
+// unready, since the cache still serves what it holds; its state is in the
+// body for the operator.
 func (p *Process) Ready() (bool, any) {
 	p.mu.Lock()
 	closed := p.closed
@@ -300,10 +370,10 @@ func (p *Process) Ready() (bool, any) {
 		bu := p.board.get(r.name)
 		hs := bu.health.Status()
 		serving := !closed && bu.listener.serving()
-		ready = ready && serving
+		ready = ready && serving && hs.State != health.Degraded
 		out = append(out, readyUpstream{
 			Name: r.name, Listen: r.addr, Serving: serving,
-			State: hs.State, Since: hs.Since.UTC(), LastError: hs.LastError,
+			State: hs.State, Since: hs.Since.UTC(), Reason: hs.Reason, LastError: hs.LastError,
 		})
 	}
 	return ready, map[string]any{"ready": ready, "upstreams": out}
@@ -329,6 +399,7 @@ func (p *Process) Status(context.Context) (admin.Status, error) {
 			Serving:            !closed && bu.listener.serving(),
 			State:              string(hs.State),
 			Since:              hs.Since.UTC(),
+			Reason:             hs.Reason,
 			LastError:          hs.LastError,
 			History:            make([]admin.Transition, 0, len(hs.History)),
 			HitRatio:           sum.HitRatio(),
@@ -364,12 +435,127 @@ func (p *Process) Status(context.Context) (admin.Status, error) {
 	return st, nil
 }
 
-// Recycle implements admin.Backend.
+// Recycle implements admin.Backend. Why a recycle failed goes to the log,
+// not to the client.
 func (p *Process) Recycle(ctx context.Context, upstream string) error {
-	return p.recycleNow(ctx, upstream)
+	err := p.recycleNow(ctx, upstream)
+	if err == nil || clientError(err) {
+		return err
+	}
+	p.log.Error("admin recycle failed; the old App keeps serving", "upstream", upstream, "err", err)
+	return &admin.StatusError{Status: http.StatusServiceUnavailable, Code: admin.CodeUnavailable,
+		Err: fmt.Errorf("recycle of %s failed; the old App keeps serving and the recycle is retried (the server log has the details)", upstream)}
 }
 
-// GC implements admin.Backend.
+// GC implements admin.Backend. Why a collection failed goes to the log, not
+// to the client.
 func (p *Process) GC(ctx context.Context, upstream string, dryRun bool) (any, error) {
-	return p.collect(ctx, upstream, dryRun)
+	res, err := p.collect(ctx, upstream, dryRun)
+	if err == nil {
+		return res, nil
+	}
+	if clientError(err) {
+		return nil, err
+	}
+	p.log.Error("admin gc failed", "upstream", upstream, "dry_run", dryRun, "err", err)
+	return nil, &admin.StatusError{Status: http.StatusInternalServerError, Code: admin.CodeUnknown,
+		Err: fmt.Errorf("garbage collection of %s failed (the server log has the details)", upstream)}
+}
+
+// clientError reports an error whose message was written for the admin
+// client (an unknown upstream, a bad argument): a 4xx StatusError.
+func clientError(err error) bool {
+	var se *admin.StatusError
+	return errors.As(err, &se) && se.Status >= 400 && se.Status < 500
+}
+
+// resolveError says why image could not be resolved in the client's terms:
+// the upstream's answer, never its body, a path or a Go error chain (the
+// caller logs those).
+func resolveError(image string, err error) error {
+	statusError := func(status int, code, format string, args ...any) error {
+		return &admin.StatusError{Status: status, Code: code, Err: fmt.Errorf(format, args...)}
+	}
+	var re *cache.RequestError
+	if errors.As(err, &re) {
+		return statusError(http.StatusBadRequest, re.Code, "invalid image reference %s", image)
+	}
+	var ue *upstream.Error
+	if !errors.As(err, &ue) {
+		if errors.Is(err, context.DeadlineExceeded) {
+			return statusError(http.StatusServiceUnavailable, admin.CodeUnavailable, "upstream did not answer in time")
+		}
+		return statusError(http.StatusInternalServerError, admin.CodeUnknown, "resolve of %s failed (the server log has the details)", image)
+	}
+	switch ue.Cause {
+	case upstream.CauseNotFound:
+		return statusError(http.StatusNotFound, admin.CodeManifestUnknown, "%s: not found upstream", image)
+	case upstream.CauseRateLimited:
+		return statusError(http.StatusTooManyRequests, admin.CodeTooManyRequests, "upstream rate limit reached")
+	case upstream.CauseUnreachable:
+		return statusError(http.StatusServiceUnavailable, admin.CodeUnavailable, "upstream unreachable")
+	case upstream.CauseTimeout:
+		return statusError(http.StatusServiceUnavailable, admin.CodeUnavailable, "upstream did not answer in time")
+	case upstream.CauseAuth:
+		return statusError(http.StatusBadGateway, admin.CodeDenied, "upstream refused the configured credentials")
+	case upstream.CauseBadContent:
+		return statusError(http.StatusBadGateway, admin.CodeUnknown, "upstream sent a manifest that does not match its digest")
+	}
+	if ue.Status != 0 {
+		return statusError(http.StatusBadGateway, admin.CodeUnknown, "upstream answered %d %s", ue.Status, http.StatusText(ue.Status))
+	}
+	return statusError(http.StatusBadGateway, admin.CodeUnknown, "upstream failed")
+}
+
+// purgeTag drops a cached tag (the admin API's purge). A tag that is not
+// cached is a 404 MANIFEST_UNKNOWN; any other failure is logged and the
+// client told only that it failed.
+func (p *Process) purgeTag(ctx context.Context, c *cache.Cache, image string, tagged reference.NamedTagged) error {
+	notCached := &admin.StatusError{Status: http.StatusNotFound, Code: admin.CodeManifestUnknown,
+		Err: fmt.Errorf("%s is not cached", reference.FamiliarString(tagged))}
+	failed := &admin.StatusError{Status: http.StatusInternalServerError, Code: admin.CodeUnknown,
+		Err: errors.New("purge failed (the server log has the details)")}
+	path, tag := reference.Path(tagged), tagged.Tag()
+	// Asked first, so that a tag never cached is a 404 whatever Forget
+	// makes of it.
+	cached, err := tagCached(ctx, c, path, tag)
+	if err != nil {
+		p.log.Error("admin purge: look up tag", "image", image, "err", err)
+		return failed
+	}
+	if !cached {
+		return notCached
+	}
+	err = c.Forget(ctx, path, tag)
+	var gone storagedriver.PathNotFoundError
+	switch {
+	case err == nil:
+		return nil
+	case errors.As(err, &gone):
+		return notCached // untagged meanwhile
+	}
+	p.log.Error("admin purge failed", "image", image, "err", err)
+	return failed
+}
+
+// tagCached reports whether the store holds tag of repository path.
+func tagCached(ctx context.Context, c *cache.Cache, path, tag string) (bool, error) {
+	named, err := reference.WithName(path)
+	if err != nil {
+		return false, err
+	}
+	repo, err := c.Namespace().Repository(ctx, named)
+	if err != nil {
+		return false, err
+	}
+	_, err = repo.Tags(ctx).Get(ctx, tag)
+	var unknown distribution.ErrTagUnknown
+	var gone storagedriver.PathNotFoundError
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.As(err, &unknown), errors.As(err, &gone):
+		return false, nil
+	}
+	return false, err
 }

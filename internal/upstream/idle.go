@@ -12,7 +12,9 @@ var errIdle = errors.New("upstream body idle past timeout")
 
 // idleBody ends a body whose reads make no progress for longer than timeout.
 // A black-holed upstream mid-stream would otherwise hang a fill, and every
-// client waiting on it, forever.
+// client waiting on it, forever. Only time spent inside Read counts: a fill
+// that pauses its reads (a pass-through fill waiting for its slowest
+// client, a slow disk) is not the upstream being idle.
 type idleBody struct {
 	rc      io.ReadCloser
 	timer   *time.Timer
@@ -31,14 +33,14 @@ func newIdleBody(rc io.ReadCloser, timeout time.Duration, cancel func()) *idleBo
 		b.mu.Unlock()
 		cancel()
 	})
+	b.timer.Stop()
 	return b
 }
 
 func (b *idleBody) Read(p []byte) (int, error) {
+	b.timer.Reset(b.timeout)
 	n, err := b.rc.Read(p)
-	if n > 0 {
-		b.timer.Reset(b.timeout)
-	}
+	b.timer.Stop()
 	if err != nil && err != io.EOF {
 		b.mu.Lock()
 		fired := b.fired
