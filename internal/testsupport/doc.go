@@ -25,4 +25,45 @@
 //	f.Add(testsupport.Rule{PathContains: "/blobs/", Times: 1, Action: testsupport.Truncate(1000)})
 //	// ... point the proxy at up.URL(), pull through it, then:
 //	if n := f.Count("GET", testsupport.LayerDigests(t, img)[0]); n != 2 { ... }
+//
+// # Upstreams like the real ones
+//
+// The registries users proxy are not distribution out of the box, and a
+// cache that passes against the plain registry can fail its first real
+// pull. Profiles rebuild their behaviour from real parts, still all on
+// 127.0.0.1:
+//
+//   - RegistryOptions.Token: bearer tokens (distribution's token access
+//     controller, verifying JWTs from a TokenIssuer on its own port, like
+//     auth.docker.io);
+//   - RegistryOptions.CDN: blob GETs and HEADs redirected (distribution's
+//     redirect storage middleware) to a CDN on its own port that, like an
+//     S3 presigned URL, wants a valid expiring signature and refuses any
+//     request carrying Authorization;
+//   - Front: registry.k8s.io's redirect of the whole API to another
+//     registry under a path prefix.
+//
+// Token realms, CDN URLs and Front redirects name the other port as
+// "localhost", not 127.0.0.1, because real registries send clients to
+// other domains and clients act on that: net/http keeps Authorization
+// across a redirect only within a hostname (whatever the port), and
+// go-containerregistry refuses a loopback IP literal as a token realm
+// unless it is the registry's own host:port. Every server still listens on
+// 127.0.0.1 only.
+//
+// To run one test body against each kind of upstream:
+//
+//	testsupport.ForEachProfile(t, func(t *testing.T, up *testsupport.Upstream) {
+//		img := up.Push(t, "library/app:1", 2, 1<<20) // under the front's prefix if any
+//		p := testsupport.StartProxy(t, up.ProxyUpstream("hub"))
+//		// ... pull p.Ref(t, "hub", "library/app:1"), then prove the bytes
+//		// came from the upstream's blob host, and no token leaked there:
+//		if up.CDN != nil && up.CDN.AuthorizationSeen() != 0 { ... }
+//		up.Faults.Add(...) // faults on the API host, as with a plain registry
+//	})
+//
+// Profiles lists what runs: "plain", "token-cdn" (docker.io, ghcr.io,
+// quay.io) and "redirected-api" (registry.k8s.io before a token-cdn
+// registry). A test needing credentials, TLS or another mix starts its own
+// Profile with Profile.Start.
 package testsupport

@@ -21,6 +21,8 @@ import (
 type ProxyUpstream struct {
 	Name string
 	Reg  *Registry
+	// URL, if set, is the remote instead of Reg.URL(), e.g. a Front's.
+	URL string
 	// Tweak adjusts the upstream's config (timeouts, freshness, ...).
 	Tweak func(*config.Upstream)
 }
@@ -46,10 +48,14 @@ func NewProxyConfig(t testing.TB, ups ...ProxyUpstream) config.Config {
 		Admin:           config.Admin{Listen: "127.0.0.1:0"},
 	}
 	for _, u := range ups {
+		remoteURL := u.Reg.URL()
+		if u.URL != "" {
+			remoteURL = u.URL
+		}
 		uc := config.Upstream{
 			Name:        u.Name,
 			Listen:      "127.0.0.1:0",
-			Remote:      u.Reg.URL(),
+			Remote:      remoteURL,
 			Storage:     filepath.Join(dir, u.Name),
 			CAFile:      u.Reg.CAFile(),
 			Username:    u.Reg.opts.Username,

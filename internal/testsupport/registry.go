@@ -6,10 +6,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
-	"errors"
 	"fmt"
-	"io"
-	"log"
 	"net"
 	"net/http"
 	"os"
@@ -31,20 +28,47 @@ import (
 	// init-time registration, so the implementations we configure must be
 	// linked in explicitly.
 	_ "github.com/distribution/distribution/v3/registry/auth/htpasswd"
+	_ "github.com/distribution/distribution/v3/registry/auth/token"
 	_ "github.com/distribution/distribution/v3/registry/storage/driver/filesystem"
+	_ "github.com/distribution/distribution/v3/registry/storage/driver/middleware/redirect"
 )
 
 // RegistryOptions configures a test registry.
 type RegistryOptions struct {
 	// Username and Password, when Username is non-empty, enable htpasswd
-	// basic auth: anonymous requests get 401 with a Basic challenge.
+	// basic auth: anonymous requests get 401 with a Basic challenge. With
+	// Token, they are instead the only credentials the token issuer
+	// accepts, and anonymous token requests get 401.
 	Username, Password string
 	// TLS serves HTTPS with a certificate from a freshly generated CA; the
-	// CA's PEM is at CAFile().
+	// CA's PEM is at CAFile(). The token issuer and the CDN serve HTTPS
+	// too, with the same CA.
 	TLS bool
 	// Wrap, if set, wraps the registry handler, typically (*Faults).Wrap.
 	// It is called on every Start.
 	Wrap func(http.Handler) http.Handler
+
+	// Token replaces basic auth with bearer tokens: distribution's token
+	// access controller, and a TokenIssuer on its own port (Tokens()).
+	Token bool
+	// TokenTTL is the lifetime of issued tokens, 5 minutes if zero,
+	// rounded up to whole seconds. The registry refuses a token within a
+	// second of its expiry rather than after the 60 s of leeway
+	// distribution's verifier adds, so tests of token renewal need not
+	// wait a minute.
+	TokenTTL time.Duration
+	// WrapTokens, if set, wraps the token issuer's handler (e.g. with a
+	// Faults of its own).
+	WrapTokens func(http.Handler) http.Handler
+
+	// CDN makes the registry redirect blob GETs and HEADs (307) to a
+	// separate blob server with signed, expiring URLs (CDN()).
+	CDN bool
+	// CDNURLTTL is how long a redirect URL stays valid, 60 s if zero.
+	CDNURLTTL time.Duration
+	// WrapCDN, if set, wraps the CDN's handler, inside its request
+	// recording.
+	WrapCDN func(http.Handler) http.Handler
 }
 
 // stopTimeout bounds how long Stop waits for handlers to return. Handlers
@@ -81,6 +105,9 @@ func (f expectedNoiseFilter) Format(e *logrus.Entry) ([]byte, error) {
 
 // Registry is a real distribution registry on 127.0.0.1 whose storage
 // (filesystem, in t.TempDir()) survives Stop/Start on the same address.
+// With Token or CDN, its token issuer and CDN are part of it: they stop and
+// start with it, on ports of their own that also stay the same, and keep
+// their keys, so tokens and URLs handed out before a restart stay valid.
 type Registry struct {
 	t            testing.TB
 	opts         RegistryOptions
@@ -91,25 +118,15 @@ type Registry struct {
 	pki          *testPKI
 	caFile       string
 	transport    *http.Transport
+	tokens       *TokenIssuer // nil without Token
+	cdn          *CDN         // nil without CDN
 
 	mu  sync.Mutex
-	gen *generation // nil while stopped
-}
-
-// generation is one Start..Stop period. A fresh App per generation means a
-// restarted registry has no in-memory state left over, just like a
-// restarted process; only what reached the filesystem survives.
-type generation struct {
-	app      *handlers.App
-	srv      *http.Server
-	cancel   context.CancelFunc
-	served   chan struct{}
-	serveErr error
-
-	mu       sync.Mutex
-	inflight int
-	closing  bool
-	idle     chan struct{}
+	svc *service
+	// app is nil while stopped. A fresh App per Start means a restarted
+	// registry has no in-memory state left over, just like a restarted
+	// process; only what reached the filesystem survives.
+	app *handlers.App
 }
 
 // NewRegistry prepares a registry on a free 127.0.0.1 port without serving
@@ -131,13 +148,7 @@ func NewRegistry(t testing.TB, opts RegistryOptions) *Registry {
 		secret:  randomHex(16),
 	}
 
-	addr, err := pickAddr()
-	if err != nil {
-		t.Fatalf("testsupport: reserve registry port: %v", err)
-	}
-	r.addr = addr
-
-	if opts.Username != "" {
+	if opts.Username != "" && !opts.Token {
 		// MinCost because the access controller runs bcrypt on every
 		// request; the default cost would dominate test run time.
 		hash, err := bcrypt.GenerateFromPassword([]byte(opts.Password), bcrypt.MinCost)
@@ -160,6 +171,7 @@ func NewRegistry(t testing.TB, opts RegistryOptions) *Registry {
 		IdleConnTimeout:     30 * time.Second,
 		TLSHandshakeTimeout: 5 * time.Second,
 	}
+	var serverTLS *tls.Config
 	if opts.TLS {
 		pki, err := newTestPKI()
 		if err != nil {
@@ -171,6 +183,29 @@ func NewRegistry(t testing.TB, opts RegistryOptions) *Registry {
 			t.Fatalf("testsupport: write CA file: %v", err)
 		}
 		r.transport.TLSClientConfig = &tls.Config{RootCAs: pki.pool, MinVersion: tls.VersionTLS12}
+		serverTLS = &tls.Config{Certificates: []tls.Certificate{pki.server}, MinVersion: tls.VersionTLS12}
+	}
+
+	svc, err := newService(serverTLS)
+	if err != nil {
+		t.Fatalf("testsupport: registry: %v", err)
+	}
+	r.svc, r.addr = svc, svc.addr
+	if opts.Token {
+		svc, err := newService(serverTLS)
+		if err != nil {
+			t.Fatalf("testsupport: token issuer: %v", err)
+		}
+		if r.tokens, err = newTokenIssuer(dir, opts, svc); err != nil {
+			t.Fatalf("testsupport: %v", err)
+		}
+	}
+	if opts.CDN {
+		svc, err := newService(serverTLS)
+		if err != nil {
+			t.Fatalf("testsupport: CDN: %v", err)
+		}
+		r.cdn = newCDN(r.rootDir, opts, svc)
 	}
 
 	t.Cleanup(r.Stop)
@@ -185,14 +220,14 @@ func StartRegistry(t testing.TB, opts RegistryOptions) *Registry {
 	return r
 }
 
-// Start serves on the registry's address, again if it was stopped. It is a
-// no-op while already serving. It calls t.Fatal on failure, so call it from
-// the test goroutine.
+// Start serves on the registry's address (and the token issuer's and
+// CDN's), again if it was stopped. It is a no-op while already serving. It
+// calls t.Fatal on failure, so call it from the test goroutine.
 func (r *Registry) Start() {
 	r.t.Helper()
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.gen != nil {
+	if r.svc.running() {
 		return
 	}
 
@@ -200,84 +235,62 @@ func (r *Registry) Start() {
 	if err != nil {
 		r.t.Fatalf("testsupport: %v", err)
 	}
-	ln, err := listenRetry(r.addr)
-	if err != nil {
-		_ = app.Shutdown()
-		r.t.Fatalf("testsupport: start registry: %v", err)
-	}
-
-	// Request contexts derive from ctx so that Stop can release handlers
-	// parked on them (e.g. Faults' BlackHole) instead of leaking them.
-	ctx, cancel := context.WithCancel(context.Background())
-	g := &generation{
-		app:    app,
-		cancel: cancel,
-		served: make(chan struct{}),
-		idle:   make(chan struct{}),
-	}
-	var h http.Handler = app
+	var h http.Handler = r.edge(app)
 	if r.opts.Wrap != nil {
 		h = r.opts.Wrap(h)
 	}
-	g.srv = &http.Server{
-		Handler:           g.track(h),
-		BaseContext:       func(net.Listener) context.Context { return ctx },
-		ReadHeaderTimeout: 10 * time.Second,
-		// Clients such as go-containerregistry probe https before http on
-		// loopback addresses; the resulting handshake errors are expected
-		// and would only clutter test output.
-		ErrorLog: log.New(io.Discard, "", 0),
+	// The registry's port opens last, so a client that reaches it finds
+	// the hosts it is sent on to already up.
+	if r.cdn != nil {
+		err = r.cdn.svc.start(r.cdn.handler())
 	}
-	if r.pki != nil {
-		g.srv.TLSConfig = &tls.Config{
-			Certificates: []tls.Certificate{r.pki.server},
-			MinVersion:   tls.VersionTLS12,
-		}
+	if err == nil && r.tokens != nil {
+		err = r.tokens.svc.start(r.tokens.handler())
 	}
-	go func() {
-		defer close(g.served)
-		var err error
-		if r.pki != nil {
-			err = g.srv.ServeTLS(ln, "", "")
-		} else {
-			err = g.srv.Serve(ln)
-		}
-		if !errors.Is(err, http.ErrServerClosed) {
-			g.serveErr = err
-		}
-	}()
-	r.gen = g
+	if err == nil {
+		err = r.svc.start(h)
+	}
+	if err != nil {
+		r.app = app
+		r.stopLocked()
+		r.t.Fatalf("testsupport: start registry: %v", err)
+	}
+	r.app = app
 }
 
-// Stop closes the listener and every connection, so clients see
-// "connection refused" until the next Start, then waits for all handlers to
-// return. It is idempotent and safe to call from any goroutine.
+// Stop closes the listeners (the registry's, the token issuer's and the
+// CDN's) and every connection, so clients see "connection refused" until
+// the next Start, then waits for all handlers to return. It is idempotent
+// and safe to call from any goroutine.
 func (r *Registry) Stop() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	g := r.gen
-	if g == nil {
+	if r.app == nil {
 		return
 	}
-	r.gen = nil
+	r.stopLocked()
+}
 
-	// Close first so that clients retrying a dropped request meet a closed
-	// port rather than a server that is going away; then release handlers
-	// parked on their request context.
-	_ = g.srv.Close()
-	g.cancel()
-	<-g.served
-	if g.serveErr != nil {
-		r.t.Errorf("testsupport: registry %s stopped serving: %v", r.addr, g.serveErr)
-	}
-	if !g.drain(stopTimeout) {
-		r.t.Errorf("testsupport: registry %s: handlers still running %v after Stop", r.addr, stopTimeout)
+func (r *Registry) stopLocked() {
+	if err := r.svc.stop(); err != nil {
+		r.t.Errorf("testsupport: registry: %v", err)
 	}
 	// Exactly once per App: a second Shutdown panics.
-	if err := g.app.Shutdown(); err != nil {
+	if err := r.app.Shutdown(); err != nil {
 		r.t.Errorf("testsupport: shut down registry app: %v", err)
 	}
-	// Pooled connections point at a server that no longer exists.
+	r.app = nil
+	if r.tokens != nil {
+		if err := r.tokens.svc.stop(); err != nil {
+			r.t.Errorf("testsupport: token issuer: %v", err)
+		}
+	}
+	if r.cdn != nil {
+		if err := r.cdn.svc.stop(); err != nil {
+			r.t.Errorf("testsupport: CDN: %v", err)
+		}
+	}
+	// Pooled connections point at servers that no longer exist.
 	r.transport.CloseIdleConnections()
 }
 
@@ -323,13 +336,24 @@ func (r *Registry) HTTPClient() *http.Client {
 	return &http.Client{Transport: r.transport}
 }
 
+// Tokens is the registry's token issuer, or nil without Token.
+func (r *Registry) Tokens() *TokenIssuer { return r.tokens }
+
+// CDN is the registry's blob server, or nil without CDN.
+func (r *Registry) CDN() *CDN { return r.cdn }
+
 // RemoteOptions lets go-containerregistry push to and pull from this
-// registry directly: credentials if configured, and a transport trusting
-// the registry's CA.
+// registry directly: credentials that may push (the configured user, or
+// with Token and no user the issuer's internal pusher account), and a
+// transport trusting the registry's CA.
 func (r *Registry) RemoteOptions() []remote.Option {
 	var auth authn.Authenticator = authn.Anonymous
-	if r.opts.Username != "" {
+	switch {
+	case r.opts.Username != "":
 		auth = &authn.Basic{Username: r.opts.Username, Password: r.opts.Password}
+	case r.tokens != nil:
+		u, p := r.tokens.credentials()
+		auth = &authn.Basic{Username: u, Password: p}
 	}
 	return []remote.Option{remote.WithAuth(auth), remote.WithTransport(r.transport)}
 }
@@ -343,8 +367,7 @@ func (r *Registry) config() *configuration.Configuration {
 			"filesystem": configuration.Parameters{"rootdirectory": r.rootDir},
 			// Tests delete tags and manifests upstream to simulate
 			// upstream changes.
-			"delete":   configuration.Parameters{"enabled": true},
-			"redirect": configuration.Parameters{"disable": true},
+			"delete": configuration.Parameters{"enabled": true},
 			// The purger would otherwise start a goroutine per App that
 			// walks storage after a random delay. NewApp insists on
 			// map[any]any here.
@@ -357,7 +380,26 @@ func (r *Registry) config() *configuration.Configuration {
 	// Fixed for the registry's lifetime so upload session state signed by
 	// one generation stays valid after a restart.
 	cfg.HTTP.Secret = r.secret
-	if r.htpasswdPath != "" {
+	if r.cdn != nil {
+		// The middleware turns a blob's storage path into baseurl + path
+		// (path.Join, so the storage layout shows through), and the
+		// registry answers GET and HEAD on the blob with 307 to it.
+		cfg.Middleware = map[string][]configuration.Middleware{"storage": {{
+			Name:    "redirect",
+			Options: configuration.Parameters{"baseurl": r.cdn.URL() + "/"},
+		}}}
+	} else {
+		cfg.Storage["redirect"] = configuration.Parameters{"disable": true}
+	}
+	switch {
+	case r.tokens != nil:
+		cfg.Auth = configuration.Auth{"token": configuration.Parameters{
+			"realm":          r.tokens.URL(),
+			"service":        tokenService,
+			"issuer":         tokenIssuer,
+			"rootcertbundle": r.tokens.rootFile,
+		}}
+	case r.htpasswdPath != "":
 		cfg.Auth = configuration.Auth{"htpasswd": configuration.Parameters{
 			"realm": "multiproxy-testsupport",
 			"path":  r.htpasswdPath,
@@ -365,6 +407,60 @@ func (r *Registry) config() *configuration.Configuration {
 	}
 	return cfg
 }
+
+// edge makes the registry's answers what a client of the real registries
+// gets, where distribution's differ: redirects to the CDN carry a
+// signature, and an expired token is refused when it expires, not a minute
+// later (distribution's verifier allows 60 s of clock skew, which would
+// hide a client that keeps using expired tokens).
+func (r *Registry) edge(next http.Handler) http.Handler {
+	if r.tokens == nil && r.cdn == nil {
+		return next
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		ew := &edgeWriter{ResponseWriter: w, cdn: r.cdn}
+		if r.tokens != nil {
+			// exp counts whole seconds from a truncated issue time, so a
+			// token is honoured for at least TTL and under TTL+1s.
+			if exp, ok := bearerExpiry(req); ok && !time.Now().Before(exp.Add(time.Second)) {
+				req = req.Clone(req.Context())
+				req.Header.Del("Authorization")
+				ew.expired = true
+			}
+		}
+		next.ServeHTTP(ew, req)
+	})
+}
+
+type edgeWriter struct {
+	http.ResponseWriter
+	cdn     *CDN
+	expired bool
+	wrote   bool
+}
+
+func (e *edgeWriter) WriteHeader(code int) {
+	if !e.wrote {
+		e.wrote = true
+		h := e.Header()
+		if loc := h.Get("Location"); code == http.StatusTemporaryRedirect && e.cdn != nil && loc != "" {
+			h.Set("Location", e.cdn.sign(loc))
+		}
+		// With the token removed distribution challenges as for a
+		// request without one; real registries say why.
+		if c := h.Get("WWW-Authenticate"); code == http.StatusUnauthorized && e.expired && c != "" && !strings.Contains(c, "error=") {
+			h.Set("WWW-Authenticate", c+`,error="invalid_token"`)
+		}
+	}
+	e.ResponseWriter.WriteHeader(code)
+}
+
+func (e *edgeWriter) Write(p []byte) (int, error) {
+	e.wrote = true
+	return e.ResponseWriter.Write(p)
+}
+
+func (e *edgeWriter) Unwrap() http.ResponseWriter { return e.ResponseWriter }
 
 // newApp turns NewApp's setup panics into errors so a bad configuration
 // fails the test with a message instead of crashing the binary.
@@ -375,48 +471,6 @@ func newApp(cfg *configuration.Configuration) (app *handlers.App, err error) {
 		}
 	}()
 	return handlers.NewApp(context.Background(), cfg), nil
-}
-
-// track counts running handlers so Stop can wait for them: http.Server's
-// Close does not, and a handler outliving its test trips leak checks and
-// may touch a deleted TempDir.
-func (g *generation) track(h http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-		g.mu.Lock()
-		if g.closing {
-			g.mu.Unlock()
-			panic(http.ErrAbortHandler)
-		}
-		g.inflight++
-		g.mu.Unlock()
-		defer func() {
-			g.mu.Lock()
-			g.inflight--
-			if g.closing && g.inflight == 0 {
-				close(g.idle)
-			}
-			g.mu.Unlock()
-		}()
-		h.ServeHTTP(w, req)
-	})
-}
-
-// drain stops admitting handlers and waits up to d for running ones.
-func (g *generation) drain(d time.Duration) bool {
-	g.mu.Lock()
-	g.closing = true
-	if g.inflight == 0 {
-		close(g.idle)
-	}
-	g.mu.Unlock()
-	timer := time.NewTimer(d)
-	defer timer.Stop()
-	select {
-	case <-g.idle:
-		return true
-	case <-timer.C:
-		return false
-	}
 }
 
 func randomHex(n int) string {
