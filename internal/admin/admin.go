@@ -4,7 +4,8 @@
 //
 //	GET  /metrics                 Prometheus exposition, our own registry
 //	GET  /healthz                 the process is alive
-//	GET  /readyz                  200 when every upstream listener serves, else 503
+//	GET  /readyz                  200 when every upstream listener serves and
+//	                              every store can be written, else 503
 //	GET  /api/v1/status           every upstream at a glance (JSON)
 //	GET  /                        the same as an HTML page that refreshes itself
 //	GET  /api/v1/resolve?image=   the digest a tag points at now
@@ -18,6 +19,12 @@
 // refusal is 401 (no bearer token sent) or 403 (wrong token, or no token
 // configured on a non-loopback listener), always with a JSON error body, and
 // is decided before the Backend is called.
+//
+// Error bodies are {"error": message}, plus the OCI distribution form
+// {"errors": [{"code": ..., "message": ...}]} when the Backend gives a code.
+// Only a *StatusError's own message reaches a client; any other error is
+// logged and answered with a bare 500, so that no filesystem path, storage
+// driver message or Go error chain leaves the process.
 package admin
 
 import (
@@ -26,6 +33,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"strconv"
@@ -61,11 +69,29 @@ type Resolution struct {
 	Stale  bool   `json:"stale"`
 }
 
-// StatusError lets a Backend choose the HTTP status of its error.
+// StatusError lets a Backend choose the HTTP status of its error. Its
+// message is sent to the client as it is, so it must be written for one:
+// say what went wrong in the client's terms and leave paths, storage
+// errors and wrapped Go errors to the log.
 type StatusError struct {
 	Status int
-	Err    error
+	// Code, if set, is an OCI distribution error code (MANIFEST_UNKNOWN,
+	// NAME_UNKNOWN, ...) sent with the message in the OCI error form.
+	Code string
+	Err  error
 }
+
+// OCI distribution error codes the admin API answers with.
+const (
+	CodeManifestUnknown = "MANIFEST_UNKNOWN"
+	CodeNameUnknown     = "NAME_UNKNOWN"
+	CodeNameInvalid     = "NAME_INVALID"
+	CodeTooManyRequests = "TOOMANYREQUESTS"
+	CodeUnavailable     = "UNAVAILABLE"
+	CodeDenied          = "DENIED"
+	CodeUnsupported     = "UNSUPPORTED"
+	CodeUnknown         = "UNKNOWN"
+)
 
 func (e *StatusError) Error() string { return e.Err.Error() }
 func (e *StatusError) Unwrap() error { return e.Err }
@@ -78,10 +104,17 @@ type Options struct {
 	Token string
 	// Loopback says the admin listener is bound to a loopback address.
 	Loopback bool
+	// Logger receives the errors kept from clients; nil: slog.Default().
+	Logger *slog.Logger
 }
 
 // Handler builds the admin router.
 func Handler(o Options) http.Handler {
+	log := o.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	writeErr := func(w http.ResponseWriter, req *http.Request, err error) { writeError(w, req, log, err) }
 	r := mux.NewRouter()
 	r.Handle("/metrics", o.Metrics).Methods(http.MethodGet)
 	r.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
@@ -101,7 +134,7 @@ func Handler(o Options) http.Handler {
 	r.HandleFunc(api+"/resolve", func(w http.ResponseWriter, req *http.Request) {
 		res, err := o.Backend.Resolve(req.Context(), req.URL.Query().Get("image"))
 		if err != nil {
-			writeErr(w, err)
+			writeErr(w, req, err)
 			return
 		}
 		writeJSON(w, http.StatusOK, res)
@@ -109,7 +142,7 @@ func Handler(o Options) http.Handler {
 	r.HandleFunc(api+"/status", func(w http.ResponseWriter, req *http.Request) {
 		st, err := o.Backend.Status(req.Context())
 		if err != nil {
-			writeErr(w, err)
+			writeErr(w, req, err)
 			return
 		}
 		writeJSON(w, http.StatusOK, st)
@@ -117,15 +150,15 @@ func Handler(o Options) http.Handler {
 	r.HandleFunc("/", func(w http.ResponseWriter, req *http.Request) {
 		st, err := o.Backend.Status(req.Context())
 		if err != nil {
-			writeErr(w, err)
+			writeErr(w, req, err)
 			return
 		}
-		writePage(w, st)
+		writePage(w, req, log, st)
 	}).Methods(http.MethodGet)
 	r.Handle(api+"/purge", guard(o, http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		image := req.URL.Query().Get("image")
 		if err := o.Backend.Purge(req.Context(), image); err != nil {
-			writeErr(w, err)
+			writeErr(w, req, err)
 			return
 		}
 		writeJSON(w, http.StatusOK, map[string]string{"purged": image})
@@ -136,7 +169,7 @@ func Handler(o Options) http.Handler {
 			return
 		}
 		if err := o.Backend.Recycle(req.Context(), name); err != nil {
-			writeErr(w, err)
+			writeErr(w, req, err)
 			return
 		}
 		writeJSON(w, http.StatusOK, map[string]string{"recycled": name})
@@ -157,7 +190,7 @@ func Handler(o Options) http.Handler {
 		}
 		res, err := o.Backend.GC(req.Context(), name, dryRun)
 		if err != nil {
-			writeErr(w, err)
+			writeErr(w, req, err)
 			return
 		}
 		writeJSON(w, http.StatusOK, res)
@@ -222,13 +255,41 @@ func upstreamParam(w http.ResponseWriter, req *http.Request) (string, bool) {
 
 func errBody(msg string) map[string]string { return map[string]string{"error": msg} }
 
-func writeErr(w http.ResponseWriter, err error) {
-	status := http.StatusInternalServerError
+// ociError is one entry of the OCI distribution error form.
+type ociError struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+// errorBody is an error answer: the message for people and the admin
+// Client, and the OCI form when there is a code.
+type errorBody struct {
+	Error  string     `json:"error"`
+	Errors []ociError `json:"errors,omitempty"`
+}
+
+// writeError answers with err. Only a *StatusError's own message is sent
+// (not the text of errors wrapping it); anything else is logged and
+// answered with a bare 500.
+func writeError(w http.ResponseWriter, req *http.Request, log *slog.Logger, err error) {
 	var se *StatusError
-	if errors.As(err, &se) {
-		status = se.Status
+	if !errors.As(err, &se) || se.Err == nil {
+		log.Error("admin request failed", "method", req.Method, "path", req.URL.Path, "err", err)
+		writeJSON(w, http.StatusInternalServerError, errorBody{
+			Error:  "internal error; the server log has the details",
+			Errors: []ociError{{Code: CodeUnknown, Message: "internal error"}},
+		})
+		return
 	}
-	writeJSON(w, status, errBody(err.Error()))
+	status := se.Status
+	if status < 400 || status > 599 {
+		status = http.StatusInternalServerError
+	}
+	body := errorBody{Error: se.Error()}
+	if se.Code != "" {
+		body.Errors = []ociError{{Code: se.Code, Message: se.Error()}}
+	}
+	writeJSON(w, status, body)
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"html/template"
+	"log/slog"
 	"net"
 	"net/http"
 	"time"
@@ -30,8 +31,11 @@ type UpstreamStatus struct {
 	Remote  string `json:"remote"`
 	Serving bool   `json:"serving"`
 
-	State     string       `json:"state"` // reachable, stale, down or unknown
-	Since     time.Time    `json:"since"`
+	State string    `json:"state"` // reachable, stale, down, degraded or unknown
+	Since time.Time `json:"since"`
+	// Reason says why the upstream is degraded ("storage: commit failing
+	// since ..."); empty in any other state.
+	Reason    string       `json:"reason,omitempty"`
 	LastError string       `json:"last_error,omitempty"`
 	LastStale *time.Time   `json:"last_stale,omitempty"`
 	History   []Transition `json:"history"`
@@ -117,6 +121,7 @@ td.when { white-space: nowrap; }
 .reachable { color: #1a7f37; }
 .stale { color: #9a6700; }
 .down { color: #d1242f; }
+.degraded { color: #bc4c00; }
 .unknown { color: #59636e; }
 small { color: #59636e; }
 </style>
@@ -137,7 +142,7 @@ small { color: #59636e; }
 <td>{{.Name}}{{if not .Serving}} <small class="down">(not serving)</small>{{end}}</td>
 <td class="num" title="{{.Listen}}">{{port .Listen}}</td>
 <td>{{.Remote}}</td>
-<td><span class="state {{.State}}">{{.State}}</span> <small title="{{rfc3339 .Since}}">since {{ago $now .Since}}</small>{{if .LastError}}<br><small>{{.LastError}}</small>{{end}}</td>
+<td><span class="state {{.State}}">{{.State}}</span> <small title="{{rfc3339 .Since}}">since {{ago $now .Since}}</small>{{if .Reason}}<br><small class="reason">{{.Reason}}</small>{{end}}{{if .LastError}}<br><small>{{.LastError}}</small>{{end}}</td>
 <td class="num" title="{{.CacheHits}} hits, {{.CacheMisses}} misses">{{pct .HitRatio}}</td>
 <td class="num">{{bytes .ServedBytes.Cache}}</td>
 <td class="num">{{bytes .ServedBytes.Upstream}}</td>
@@ -153,12 +158,12 @@ small { color: #59636e; }
 </html>
 `))
 
-func writePage(w http.ResponseWriter, st Status) {
+func writePage(w http.ResponseWriter, req *http.Request, log *slog.Logger, st Status) {
 	// Rendered to a buffer first so a template error is a clean 500, not
 	// half a page.
 	var buf bytes.Buffer
 	if err := page.Execute(&buf, st); err != nil {
-		writeErr(w, fmt.Errorf("render status page: %w", err))
+		writeError(w, req, log, fmt.Errorf("render status page: %w", err))
 		return
 	}
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")

@@ -21,6 +21,17 @@
 //     recently: only content pinned by digest in the cache can be pulled.
 //   - reachable: the last evidence is an answer.
 //   - unknown: no evidence yet; only seen before the first probe returns.
+//
+// One state is about the upstream's local store rather than its remote:
+//
+//   - degraded: the store cannot be written (a read-only or failing
+//     filesystem, a storage directory replaced by a file). Pulls of what is cached
+//     may still work and fills are passed through unstored, but the node
+//     needs an operator, so /readyz answers 503. It outranks every other
+//     state while it lasts. The store is not probed here: the cache
+//     reports its own write failures, and CheckStore hands the Monitor a
+//     function to read them, polled whenever the state is read and at
+//     every probe interval.
 package health
 
 import (
@@ -42,10 +53,11 @@ const (
 	Reachable State = "reachable"
 	Stale     State = "stale"
 	Down      State = "down"
+	Degraded  State = "degraded"
 )
 
 // States lists every State, for metrics that want a series per state.
-var States = []State{Unknown, Reachable, Stale, Down}
+var States = []State{Unknown, Reachable, Stale, Down, Degraded}
 
 // Defaults for Options left zero.
 const (
@@ -213,9 +225,19 @@ type Status struct {
 	// operator can see what the last outage was.
 	LastError string `json:"last_error,omitempty"`
 	// LastStale is when a tag was last served stale; zero if never.
-	LastStale time.Time    `json:"last_stale,omitzero"`
-	History   []Transition `json:"history"`
+	LastStale time.Time `json:"last_stale,omitzero"`
+	// Reason says why the upstream is degraded, e.g. "storage: commit
+	// failing since 2025-01-02T03:04:05Z"; empty in any other state. It
+	// never carries a path or an error's text: those are for the log.
+	Reason  string       `json:"reason,omitempty"`
+	History []Transition `json:"history"`
 }
+
+// StoreCheck reports whether an upstream's store can be written: failing
+// with the operation that failed last and since when it has been failing.
+// cache.Cache's StorageProblem is one, less its error. It must be cheap and
+// must not call into the Monitor.
+type StoreCheck func() (op string, since time.Time, failing bool)
 
 // Upstream is the tracked state of one upstream. Its methods are safe for
 // concurrent use.
@@ -228,6 +250,9 @@ type Upstream struct {
 
 	mu           sync.Mutex
 	pinger       Pinger
+	store        StoreCheck
+	storeOp      string             // the failing store operation, "" while writable
+	storeSince   time.Time          // since when it fails
 	stop         context.CancelFunc // ends this upstream's probes
 	known        bool               // any evidence yet
 	ok           bool               // the latest evidence was an answer
@@ -246,6 +271,70 @@ func (u *Upstream) Probe(p Pinger) {
 	u.mu.Lock()
 	u.pinger = p
 	u.mu.Unlock()
+}
+
+// CheckStore sets how the upstream's store is checked (see StoreCheck); nil
+// stops checking it. The check is first read at the next Status or probe
+// tick, not here, so a caller may hold locks the check takes.
+func (u *Upstream) CheckStore(f StoreCheck) {
+	u.mu.Lock()
+	u.store = f
+	u.mu.Unlock()
+}
+
+// pollStore reads the store check and moves into or out of degraded. The
+// check runs outside u.mu, so it may take locks of its own.
+func (u *Upstream) pollStore() {
+	u.mu.Lock()
+	f := u.store
+	u.mu.Unlock()
+	var (
+		op      string
+		since   time.Time
+		failing bool
+	)
+	if f != nil {
+		op, since, failing = f()
+	}
+	now := u.m.o.now()
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.settleLocked(now)
+	u.storeLocked(now, op, since, failing)
+}
+
+// storeLocked records the store's condition. A new failure counts from when
+// it began (not before the current state's own start, so history stays in
+// order); a recovery counts from now, the first moment it is known.
+func (u *Upstream) storeLocked(now time.Time, op string, since time.Time, failing bool) {
+	if !failing {
+		if u.storeOp == "" {
+			return
+		}
+		u.storeOp, u.storeSince = "", time.Time{}
+		u.transitionLocked(now, "storage writable again")
+		return
+	}
+	if op == "" {
+		op = "write"
+	}
+	if since.IsZero() || since.After(now) {
+		since = now
+	}
+	if u.storeOp != "" && u.storeSince.Equal(since) {
+		u.storeOp = op // the same run of failures; only the operation moved
+		return
+	}
+	u.storeOp, u.storeSince = op, since
+	at := since
+	if at.Before(u.since) {
+		at = u.since
+	}
+	u.transitionLocked(at, u.storeReasonLocked())
+}
+
+func (u *Upstream) storeReasonLocked() string {
+	return fmt.Sprintf("storage: %s failing since %s", u.storeOp, u.storeSince.UTC().Format(time.RFC3339))
 }
 
 func (u *Upstream) getPinger() Pinger {
@@ -292,13 +381,14 @@ func (u *Upstream) Stale(cause string) {
 	u.transitionLocked(now, "served stale: "+cause)
 }
 
-// Status reports the state now.
+// Status reports the state now, reading the store check first.
 func (u *Upstream) Status() Status {
+	u.pollStore()
 	now := u.m.o.now()
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	u.settleLocked(now)
-	return Status{
+	st := Status{
 		Name:      u.name,
 		State:     u.state,
 		Since:     u.since,
@@ -306,6 +396,10 @@ func (u *Upstream) Status() Status {
 		LastStale: u.lastStale,
 		History:   append([]Transition(nil), u.history...),
 	}
+	if u.state == Degraded {
+		st.Reason = u.storeReasonLocked()
+	}
+	return st
 }
 
 func (u *Upstream) record(ok bool, reason string) {
@@ -323,6 +417,8 @@ func (u *Upstream) record(ok bool, reason string) {
 // derive is the state the evidence gives at t.
 func (u *Upstream) deriveLocked(t time.Time) State {
 	switch {
+	case u.storeOp != "":
+		return Degraded
 	case !u.lastStale.IsZero() && t.Sub(u.lastStale) < u.m.o.StaleFor:
 		return Stale
 	case !u.known:
@@ -361,8 +457,11 @@ func (u *Upstream) transitionLocked(at time.Time, reason string) {
 	}
 	u.history = append(u.history, t)
 	level := slog.LevelInfo
-	if to == Down || to == Stale {
+	switch to {
+	case Down, Stale:
 		level = slog.LevelWarn
+	case Degraded:
+		level = slog.LevelError
 	}
 	u.m.log.Log(context.Background(), level, "upstream "+string(to), "upstream", u.name, "from", t.From, "reason", reason)
 	if u.m.o.OnChange != nil {
@@ -389,6 +488,7 @@ func (u *Upstream) run(ctx context.Context, p Pinger) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+			u.pollStore()
 			now := u.m.o.now()
 			u.mu.Lock()
 			u.settleLocked(now)

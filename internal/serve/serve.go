@@ -137,6 +137,7 @@ func Start(ctx context.Context, cfg config.Config, log *slog.Logger) (*Process, 
 			Metrics:  p.metrics.Handler(),
 			Token:    cfg.Admin.Token.Reveal(),
 			Loopback: admin.IsLoopback(cfg.Admin.Listen),
+			Logger:   log,
 		}),
 		ReadHeaderTimeout: 10 * time.Second,
 	}

@@ -145,6 +145,11 @@ func everyHookTouched(t *testing.T) map[string]*dto.MetricFamily {
 	u.Upstream(http.MethodGet, http.StatusTooManyRequests, time.Millisecond, http.Header{"Ratelimit-Remaining": {"99;w=21600"}}, nil)
 	u.State(health.Reachable)
 	u.StoredBytesFunc(func() (int64, bool) { return 1 << 20, true })
+	u.DiskFunc(func() (metrics.Disk, bool) {
+		return metrics.Disk{Size: 1 << 40, Free: 1 << 39, Reserved: 1 << 20, MinFree: 1 << 30}, true
+	})
+	u.FillUncached("no_space")
+	u.StorageError("commit")
 	u.Recycled("interval")
 	u.RecycleFailed()
 	u.GCRun(time.Second, 1<<20, 3, nil)
