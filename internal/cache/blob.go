@@ -98,6 +98,10 @@ func (c *Cache) OpenBlob(ctx context.Context, name string, d digest.Digest) (s *
 		return nil, false, err
 	}
 	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return nil, false, &upstream.Error{Op: "get blob", Cause: upstream.CauseUnreachable, Err: errors.New("upstream removed")}
+	}
 	f, joined := c.fills[d]
 	if joined && !f.joinable() {
 		// A failed fill lingers until its goroutine unpublishes it, and a
@@ -209,7 +213,11 @@ func (c *Cache) startFill(repo distribution.Repository, name string, d digest.Di
 		streams: map[*Stream]struct{}{}}
 	f.cond = sync.NewCond(&f.mu)
 	c.fills[d] = f
-	go c.runFill(f, repo, name)
+	c.fillWG.Add(1)
+	go func() {
+		defer c.fillWG.Done()
+		c.runFill(f, repo, name)
+	}()
 	return f
 }
 
@@ -353,7 +361,13 @@ func (c *Cache) reserve(ctx context.Context, size int64) (*disk.Reservation, str
 		short, err := c.space.Shortfall(need, o.minFree)
 		if err == nil && short > 0 {
 			done := make(chan error, 1)
-			go func() { done <- c.makeRoom(context.WithoutCancel(ctx), short) }()
+			// Eviction may outlast this fill's wait; it belongs to the
+			// cache like the fill (Close cancels and waits for it).
+			c.fillWG.Add(1)
+			go func() {
+				defer c.fillWG.Done()
+				done <- c.makeRoom(c.ctx, short)
+			}()
 			t := time.NewTimer(c.client().Timeout())
 			select {
 			case err = <-done:

@@ -136,8 +136,10 @@ type Cache struct {
 	manifests singleflight.Group
 	heads     singleflight.Group // tag revalidations in flight, by "repo:tag"
 
-	mu    sync.Mutex
-	fills map[digest.Digest]*fill
+	mu     sync.Mutex
+	fills  map[digest.Digest]*fill
+	closed bool           // under mu: no fill starts after Close
+	fillWG sync.WaitGroup // running fills, for Close to wait on
 
 	freshMu sync.Mutex
 	fresh   map[string]time.Time // "repo:tag" -> last successful revalidation
@@ -221,9 +223,16 @@ func (c *Cache) Update(o Options) {
 func (c *Cache) client() *upstream.Client { return c.up.Load() }
 func (c *Cache) opts() *tunables          { return c.tun.Load() }
 
-// Close cancels every running fill: the upstream was removed, and nobody
-// will read or store what it would bring.
-func (c *Cache) Close() { c.cancel() }
+// Close cancels every running fill (the upstream was removed, or the
+// process stops: nobody will read what they would bring) and waits for
+// them to end, so nothing writes to the store afterwards.
+func (c *Cache) Close() {
+	c.mu.Lock()
+	c.closed = true
+	c.mu.Unlock()
+	c.cancel()
+	c.fillWG.Wait()
+}
 
 // Space is the free-space accountant of the store's filesystem, or nil.
 func (c *Cache) Space() *disk.Space { return c.space }

@@ -80,6 +80,7 @@ type Metrics struct {
 	storageErrors   *prometheus.CounterVec
 	state           *prometheus.GaugeVec
 	stored          *storedBytes
+	fills           *storedBytes // same shape: a gauge read from funcs
 	disk            *diskBytes
 	recycles        *prometheus.CounterVec
 	recycleFailures *prometheus.CounterVec
@@ -149,17 +150,26 @@ func New() *Metrics {
 	m.state = prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "upstream_state",
 		Help: "1 for the upstream's current state (unknown, reachable, stale, down, degraded), 0 for the others."},
 		[]string{"upstream", "state"})
+	m.fills = &storedBytes{desc: prometheus.NewDesc(ns+"_fills_in_flight",
+		"Blob downloads running now, including those whose clients are served and whose bytes are being committed.",
+		[]string{"upstream"}, nil), funcs: map[string]func() (int64, bool){}}
 	m.stored = &storedBytes{desc: prometheus.NewDesc(ns+"_stored_bytes",
 		"Bytes in the upstream's storage directory, from a walk at most 30 s old.", []string{"upstream"}, nil),
 		funcs: map[string]func() (int64, bool){}}
 	m.disk = &diskBytes{
+		size: prometheus.NewDesc(ns+"_disk_size_bytes",
+			"Size of the filesystem holding the upstream's storage (statfs), read at scrape time.",
+			[]string{"upstream"}, nil),
 		free: prometheus.NewDesc(ns+"_disk_free_bytes",
 			"Bytes free to an unprivileged writer on the filesystem holding the upstream's storage (statfs), read at scrape time.",
 			[]string{"upstream"}, nil),
 		reserved: prometheus.NewDesc(ns+"_disk_reserved_bytes",
 			"Bytes reserved on that filesystem by blob fills still writing; upstreams sharing a filesystem share the figure.",
 			[]string{"upstream"}, nil),
-		funcs: map[string]func() (int64, int64, bool){}}
+		minFree: prometheus.NewDesc(ns+"_disk_min_free_bytes",
+			"The upstream's low watermark (disk.min_free) in bytes on that filesystem: a fill is stored only if free less reserved bytes stay above it.",
+			[]string{"upstream"}, nil),
+		funcs: map[string]func() (Disk, bool){}}
 	m.recycles = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "recycles_total",
 		Help: "Embedded App recycles completed, by reason (interval, memory, admin, retry)."}, []string{"upstream", "reason"})
 	m.recycleFailures = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "recycle_failures_total",
@@ -184,7 +194,7 @@ func New() *Metrics {
 	m.Registry.MustRegister(m.requests, m.requestDuration, m.inflight, m.hits, m.misses, m.servedBytes,
 		m.fetchedBytes, m.upRequests, m.upDuration, m.redirects, m.rateLimited, m.rateLimitRemain, m.stale, m.dedupWaiters,
 		m.fillUncached, m.storageErrors,
-		m.state, m.stored, m.disk, m.recycles, m.recycleFailures, m.lastRecycle, m.gcRuns, m.gcDuration, m.gcFreedBytes,
+		m.state, m.stored, m.fills, m.disk, m.recycles, m.recycleFailures, m.lastRecycle, m.gcRuns, m.gcDuration, m.gcFreedBytes,
 		m.gcFreedObjects, m.evictions, m.lastGC,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
@@ -338,13 +348,26 @@ func (u *Upstream) StoredBytesFunc(size func() (n int64, ok bool)) {
 	u.m.stored.mu.Unlock()
 }
 
-// DiskFunc makes multiproxy_disk_free_bytes and multiproxy_disk_reserved_bytes
-// report f at scrape time: the free bytes of the filesystem holding the
-// upstream's storage, and the bytes running fills have reserved on it. f
-// must be cheap (a statfs) and may say ok=false when it cannot tell (the
-// storage directory is gone), leaving both samples out rather than
-// reporting 0.
-func (u *Upstream) DiskFunc(f func() (free, reserved int64, ok bool)) {
+// FillsFunc makes multiproxy_fills_in_flight report n() at scrape time.
+func (u *Upstream) FillsFunc(n func() (int64, bool)) {
+	u.m.fills.mu.Lock()
+	u.m.fills.funcs[u.name] = n
+	u.m.fills.mu.Unlock()
+}
+
+// Disk is one reading of the filesystem holding an upstream's storage.
+type Disk struct {
+	Size     int64 // the filesystem's size
+	Free     int64 // free to an unprivileged writer
+	Reserved int64 // reserved by fills still writing
+	MinFree  int64 // the upstream's watermark in bytes on this filesystem
+}
+
+// DiskFunc makes multiproxy_disk_{size,free,reserved,min_free}_bytes report
+// f at scrape time. f must be cheap (a statfs) and may say ok=false when it
+// cannot tell (the storage directory is gone), leaving the samples out
+// rather than reporting 0.
+func (u *Upstream) DiskFunc(f func() (d Disk, ok bool)) {
 	u.m.disk.mu.Lock()
 	u.m.disk.funcs[u.name] = f
 	u.m.disk.mu.Unlock()
@@ -357,6 +380,9 @@ func (m *Metrics) Forget(name string) {
 	m.stored.mu.Lock()
 	delete(m.stored.funcs, name)
 	m.stored.mu.Unlock()
+	m.fills.mu.Lock()
+	delete(m.fills.funcs, name)
+	m.fills.mu.Unlock()
 	m.disk.mu.Lock()
 	delete(m.disk.funcs, name)
 	m.disk.mu.Unlock()
@@ -456,27 +482,33 @@ func (s *storedBytes) Collect(ch chan<- prometheus.Metric) {
 
 // diskBytes reads each upstream's filesystem figures at scrape time.
 type diskBytes struct {
-	free, reserved *prometheus.Desc
-	mu             sync.Mutex
-	funcs          map[string]func() (free, reserved int64, ok bool)
+	size, free, reserved, minFree *prometheus.Desc
+
+	mu    sync.Mutex
+	funcs map[string]func() (Disk, bool)
 }
 
 func (d *diskBytes) Describe(ch chan<- *prometheus.Desc) {
+	ch <- d.size
 	ch <- d.free
 	ch <- d.reserved
+	ch <- d.minFree
 }
 
 func (d *diskBytes) Collect(ch chan<- prometheus.Metric) {
 	d.mu.Lock()
-	funcs := make(map[string]func() (int64, int64, bool), len(d.funcs))
+	funcs := make(map[string]func() (Disk, bool), len(d.funcs))
 	for k, f := range d.funcs {
 		funcs[k] = f
 	}
 	d.mu.Unlock()
 	for name, f := range funcs {
-		if free, reserved, ok := f(); ok {
-			ch <- prometheus.MustNewConstMetric(d.free, prometheus.GaugeValue, float64(free), name)
-			ch <- prometheus.MustNewConstMetric(d.reserved, prometheus.GaugeValue, float64(reserved), name)
+		x, ok := f()
+		if !ok {
+			continue
+		}
+		for desc, v := range map[*prometheus.Desc]int64{d.size: x.Size, d.free: x.Free, d.reserved: x.Reserved, d.minFree: x.MinFree} {
+			ch <- prometheus.MustNewConstMetric(desc, prometheus.GaugeValue, float64(v), name)
 		}
 	}
 }

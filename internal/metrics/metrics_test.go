@@ -161,3 +161,91 @@ func TestStateAndStoredBytes(t *testing.T) {
 		t.Errorf("stored bytes %v (present %v), want 1234", v, ok)
 	}
 }
+
+func TestDegradedIsAState(t *testing.T) {
+	m := New()
+	u := m.For("docker.io")
+	u.State(health.Degraded)
+	for _, s := range []health.State{health.Degraded, health.Reachable} {
+		want := 0.0
+		if s == health.Degraded {
+			want = 1
+		}
+		if v, ok := gathered(t, m, "multiproxy_upstream_state", map[string]string{"upstream": "docker.io", "state": string(s)}); !ok || v != want {
+			t.Errorf("upstream_state{state=%s} = %v (present %v), want %v", s, v, ok, want)
+		}
+	}
+}
+
+func TestDiskFiguresAtScrapeTime(t *testing.T) {
+	m := New()
+	hub, ghcr := m.For("docker.io"), m.For("ghcr.io")
+	if _, ok := gathered(t, m, "multiproxy_disk_free_bytes", nil); ok {
+		t.Error("disk free bytes reported before any upstream has a DiskFunc")
+	}
+	d := Disk{Size: 100 << 30, Free: 10 << 30, MinFree: 1 << 30}
+	ok := true
+	calls := 0
+	hub.DiskFunc(func() (Disk, bool) { calls++; return d, ok })
+	ghcr.DiskFunc(func() (Disk, bool) { return Disk{}, false })
+
+	check := func(want Disk) {
+		t.Helper()
+		for name, want := range map[string]int64{
+			"multiproxy_disk_size_bytes": want.Size, "multiproxy_disk_free_bytes": want.Free,
+			"multiproxy_disk_reserved_bytes": want.Reserved, "multiproxy_disk_min_free_bytes": want.MinFree,
+		} {
+			if v, present := gathered(t, m, name, map[string]string{"upstream": "docker.io"}); !present || v != float64(want) {
+				t.Errorf("%s{upstream=docker.io} = %v (present %v), want %v", name, v, present, want)
+			}
+			if _, present := gathered(t, m, name, map[string]string{"upstream": "ghcr.io"}); present {
+				t.Errorf("%s{upstream=ghcr.io} reported although its func cannot tell", name)
+			}
+		}
+	}
+	check(d)
+	// Read again at the next scrape, not cached.
+	d.Free, d.Reserved = 3<<30, 512<<20
+	check(d)
+	if calls == 0 {
+		t.Fatal("DiskFunc never called")
+	}
+
+	ok = false
+	if _, present := gathered(t, m, "multiproxy_disk_free_bytes", map[string]string{"upstream": "docker.io"}); present {
+		t.Error("disk free bytes reported while the func says it cannot tell")
+	}
+
+	ok = true
+	hub.StoredBytesFunc(func() (int64, bool) { return 1, true })
+	m.Forget("docker.io")
+	for _, name := range []string{"multiproxy_disk_free_bytes", "multiproxy_disk_reserved_bytes", "multiproxy_stored_bytes"} {
+		if _, present := gathered(t, m, name, map[string]string{"upstream": "docker.io"}); present {
+			t.Errorf("%s still reported for a forgotten upstream", name)
+		}
+	}
+}
+
+func TestStorageCountersStartAtZero(t *testing.T) {
+	m := New()
+	u := m.For("docker.io")
+	for _, labels := range []map[string]string{{"reason": "no_space"}, {"reason": "storage_error"}} {
+		labels["upstream"] = "docker.io"
+		if v, ok := gathered(t, m, "multiproxy_fill_uncached_total", labels); !ok || v != 0 {
+			t.Errorf("fill_uncached_total%v = %v (present %v) before any event, want 0", labels, v, ok)
+		}
+	}
+	for _, op := range []string{"spool", "commit", "manifest"} {
+		if v, ok := gathered(t, m, "multiproxy_storage_errors_total", map[string]string{"upstream": "docker.io", "op": op}); !ok || v != 0 {
+			t.Errorf("storage_errors_total{op=%s} = %v (present %v) before any event, want 0", op, v, ok)
+		}
+	}
+	u.StorageError("commit")
+	u.FillUncached("no_space")
+	if v, _ := gathered(t, m, "multiproxy_storage_errors_total", map[string]string{"op": "commit"}); v != 1 {
+		t.Errorf("storage_errors_total{op=commit} = %v, want 1", v)
+	}
+	if v, _ := gathered(t, m, "multiproxy_fill_uncached_total", map[string]string{"reason": "no_space"}); v != 1 {
+		t.Errorf("fill_uncached_total{reason=no_space} = %v, want 1", v)
+	}
+}

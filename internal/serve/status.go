@@ -49,9 +49,9 @@ type board struct {
 	log     *slog.Logger
 	health  *health.Monitor
 	metrics *metrics.Metrics
-	// cache is an upstream's cache as it is now (a reload may replace it),
-	// or nil before its server is built.
-	cache func(name string) *cache.Cache
+	// running is an upstream as it runs now (a reload may replace it), or
+	// nil before its server is built.
+	running func(name string) *running
 	// ups is filled by newBoard and Start, and changed by config reloads.
 	mu  sync.RWMutex
 	ups map[string]*boardUpstream
@@ -69,7 +69,7 @@ type boardUpstream struct {
 
 func newBoard(p *Process) *board {
 	ctx, cancel := context.WithCancel(context.Background())
-	b := &board{log: p.log, metrics: p.metrics, cache: p.cacheOf, ups: map[string]*boardUpstream{}, ctx: ctx, cancel: cancel}
+	b := &board{log: p.log, metrics: p.metrics, running: p.runningOf, ups: map[string]*boardUpstream{}, ctx: ctx, cancel: cancel}
 	b.health = health.New(health.Options{
 		Interval: ProbeInterval,
 		StaleFor: StaleWindow,
@@ -82,12 +82,12 @@ func newBoard(p *Process) *board {
 	return b
 }
 
-// cacheOf is the cache of the named upstream's current server, or nil.
-func (p *Process) cacheOf(name string) *cache.Cache {
+// runningOf is the named upstream as it runs now, or nil.
+func (p *Process) runningOf(name string) *running {
 	ups, _ := p.snapshot()
 	for _, r := range ups {
 		if r.name == name && r.server != nil {
-			return r.server.Cache()
+			return r
 		}
 	}
 	return nil
@@ -105,6 +105,13 @@ func (b *board) newUpstream(name string, m *metrics.Upstream, storage string, h 
 		return n, ok
 	})
 	m.DiskFunc(b.diskFigures(name, storage))
+	m.FillsFunc(func() (int64, bool) {
+		r := b.running(name)
+		if r == nil {
+			return 0, false
+		}
+		return int64(r.server.Cache().FillsInFlight()), true
+	})
 	return bu
 }
 
@@ -112,38 +119,46 @@ func (b *board) newUpstream(name string, m *metrics.Upstream, storage string, h 
 // records failed writes. The error itself stays in the cache's log line.
 func (b *board) storeCheck(name string) health.StoreCheck {
 	return func() (string, time.Time, bool) {
-		c := b.cache(name)
-		if c == nil {
+		r := b.running(name)
+		if r == nil {
 			return "", time.Time{}, false
 		}
-		op, since, err := c.StorageProblem()
+		op, since, err := r.server.Cache().StorageProblem()
 		return op, since, err != nil
 	}
 }
 
-// diskFigures reads, at scrape time, the free bytes of the filesystem
-// holding an upstream's storage and what fills have reserved there. Without
-// space accounting in the cache nothing is reserved, and the figure comes
-// from a statfs of the storage root.
-func (b *board) diskFigures(name, storage string) func() (free, reserved int64, ok bool) {
-	return func() (int64, int64, bool) {
-		var sp *disk.Space
+// diskFigures reads, at scrape time, the filesystem holding an upstream's
+// storage: its size, free bytes, what fills have reserved there and the
+// upstream's watermark in bytes. Without space accounting in the cache
+// nothing is reserved, and the figures come from a statfs of the storage
+// root.
+func (b *board) diskFigures(name, storage string) func() (metrics.Disk, bool) {
+	return func() (metrics.Disk, bool) {
+		var (
+			sp      *disk.Space
+			minFree disk.MinFree
+		)
 		root := storage
-		if c := b.cache(name); c != nil {
-			sp, root = c.Space(), c.Root()
+		if r := b.running(name); r != nil {
+			c := r.server.Cache()
+			sp, root, minFree = c.Space(), c.Root(), r.cfg.MinFree()
 		}
+		var (
+			u        disk.Usage
+			reserved int64
+			err      error
+		)
 		if sp != nil {
-			u, err := sp.Usage()
-			if err != nil {
-				return 0, 0, false
-			}
-			return u.Free, sp.Reserved(), true
+			u, err = sp.Usage()
+			reserved = sp.Reserved()
+		} else {
+			u, err = disk.Statfs(root)
 		}
-		u, err := disk.Statfs(root)
 		if err != nil {
-			return 0, 0, false
+			return metrics.Disk{}, false
 		}
-		return u.Free, 0, true
+		return metrics.Disk{Size: u.Total, Free: u.Free, Reserved: reserved, MinFree: minFree.For(u.Total)}, true
 	}
 }
 

@@ -1,11 +1,13 @@
 package testsupport
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"log/slog"
 	"net/http"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -149,4 +151,29 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// Settle waits until no blob download is running in the proxy, as its
+// multiproxy_fills_in_flight gauge reports. Clients get a blob's last byte
+// before the fill is committed, so a test that pulls again "warm" or looks
+// at the store must wait for this event first.
+func (p *Proxy) Settle(t testing.TB) {
+	t.Helper()
+	WaitFor(t, 30*time.Second, "no fill in flight", func() bool {
+		resp, err := http.Get(p.AdminURL() + "/metrics")
+		if err != nil {
+			t.Fatalf("testsupport: scrape metrics: %v", err)
+		}
+		defer resp.Body.Close()
+		sc := bufio.NewScanner(resp.Body)
+		sc.Buffer(make([]byte, 64<<10), 1<<20)
+		busy := false
+		for sc.Scan() {
+			line := sc.Text()
+			if strings.HasPrefix(line, "multiproxy_fills_in_flight{") && !strings.HasSuffix(line, " 0") {
+				busy = true
+			}
+		}
+		return !busy
+	})
 }

@@ -112,6 +112,9 @@ func TestMetricsMatchTheWorkloadPerUpstream(t *testing.T) {
 		}
 	}
 
+	// Warm means stored: clients get a blob's last byte just before its
+	// fill commits.
+	p.Settle(t)
 	warm := map[string]pulled{}
 	for _, w := range workloads {
 		var sum pulled

@@ -71,6 +71,7 @@ func TestStatusPageRendersInChromium(t *testing.T) {
 		ts.ProxyUpstream{Name: "ghcr.io", Reg: ghcr},
 		ts.ProxyUpstream{Name: "quay.io", Reg: quay})
 	pull(t, p.URL("docker.io"), "library/app", "1")
+	p.Settle(t) // the second pull is warm only once the first one's fills are stored
 	pull(t, p.URL("docker.io"), "library/app", "1")
 	waitFor(t, 10*time.Second, "stored bytes measured and quay.io down", func() (bool, string) {
 		st := status(t, p)
