@@ -149,4 +149,3 @@ func TestRecycleWithUpstreamDownKeepsServing(t *testing.T) {
 		}
 	}
 }
-

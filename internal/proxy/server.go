@@ -90,10 +90,10 @@ type Server struct {
 	unroute   func()
 	ownsCache atomic.Bool // closing the server closes the cache's fills
 	swapMu    sync.Mutex  // one App build-and-swap at a time
-	closed  bool       // under swapMu
-	stop    context.CancelFunc
-	wg      sync.WaitGroup
-	once    sync.Once
+	closed    bool        // under swapMu
+	stop      context.CancelFunc
+	wg        sync.WaitGroup
+	once      sync.Once
 }
 
 // New builds the server for one upstream. An unreachable upstream is not an
