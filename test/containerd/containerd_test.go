@@ -3,9 +3,11 @@ package containerd
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -18,100 +20,200 @@ import (
 	ts "github.com/multiproxy/multiproxy/internal/testsupport"
 )
 
-// TestPullThroughCacheThenFallBack: containerd pulls images of two
-// upstreams through multiproxy using the generated hosts.toml files, never
-// contacting the registries itself; once multiproxy is stopped, the next
-// pull falls through to the registry named as server.
+// TestPullThroughCacheThenFallBack: for each kind of upstream, ctr pulls a
+// multi-layer image and the linux/amd64 child of a multi-arch index
+// through multiproxy using the generated hosts.toml files, and every byte
+// provably came through the cache (see requireThroughCache); once
+// multiproxy is stopped, the next pull falls through to the upstream named
+// as server, and the same counters see containerd there, which shows they
+// would have caught it bypassing the cache. The files are generated for
+// containerd 2.x, so they carry dial_timeout: the pulls show that 1.6
+// ignores the key rather than the file.
 func TestPullThroughCacheThenFallBack(t *testing.T) {
 	requireContainerd(t)
-	start := time.Now()
+	ts.ForEachProfile(t, func(t *testing.T, up *ts.Upstream) {
+		img := up.Push(t, "library/alpha:1", 3, 256<<10)
+		idx := up.PushIndex(t, "library/multi:1")
+		later := up.Push(t, "library/alpha:2", 1, 128<<10)
+		r := startRig(t, up, ctrdcfg.V2)
 
-	var direct directPulls
-	regA := ts.StartRegistry(t, ts.RegistryOptions{Wrap: direct.wrap})
-	regB := ts.StartRegistry(t, ts.RegistryOptions{Wrap: direct.wrap})
-	imgA := ts.PushImage(t, regA, "library/alpha:1", 2, 256<<10)
-	ts.PushImage(t, regA, "library/alpha:2", 1, 128<<10)
-	imgB := ts.PushImage(t, regB, "team/beta:1", 2, 192<<10)
+		r.d.pull(up.Ref("library/alpha:1"), r.hostsDir)
+		r.d.pull(up.Ref("library/multi:1"), r.hostsDir)
+		r.requireThroughCache(img, indexChild(t, idx, "amd64"))
+		for _, d := range blobDigests(t, indexChild(t, idx, "arm64")) {
+			if uas := r.blobGets(d); len(uas) != 0 {
+				t.Errorf("blob %s of the arm64 child, which nobody pulled, was fetched by %q", d, uas)
+			}
+		}
 
-	// Each upstream is named after its registry's host:port, since that is
-	// what the image references (and so the hosts.toml directories) say.
-	p := ts.StartProxy(t,
-		ts.ProxyUpstream{Name: regA.Host(), Reg: regA},
-		ts.ProxyUpstream{Name: regB.Host(), Reg: regB},
-	)
+		r.p.Stop()
+		r.d.pull(up.Ref("library/alpha:2"), r.hostsDir)
+		if r.api.direct() == 0 {
+			t.Error("with the cache stopped the pull succeeded, but containerd never asked the registry: where did it come from?")
+		}
+		for _, d := range ts.LayerDigests(t, later) {
+			if uas := r.blobGets(d); !slices.ContainsFunc(uas, fromContainerd) {
+				t.Errorf("with the cache stopped, the blob host never saw containerd fetch layer %s (GETs by %q)", d, uas)
+			}
+		}
+		out, err := r.d.ctr(10*time.Second, "images", "ls", "-q")
+		if err != nil {
+			t.Fatalf("ctr images ls: %v\n%s", err, out)
+		}
+		for _, ref := range []string{up.Ref("library/alpha:1"), up.Ref("library/multi:1"), up.Ref("library/alpha:2")} {
+			if !strings.Contains(out, ref) {
+				t.Errorf("containerd does not list %s:\n%s", ref, out)
+			}
+		}
+	})
+}
 
+// rig is an upstream of one profile behind multiproxy, and a containerd
+// (CRI plugin included) whose hosts.toml files send the upstream's pulls
+// to multiproxy.
+type rig struct {
+	t  *testing.T
+	up *ts.Upstream
+	// api records what reached the registry holding the images: the API
+	// host, or with a front, the front's target, which every manifest and
+	// blob request through the front reaches by redirect. (containerd 1.6
+	// sends no /v2/ ping, the only thing the front answers itself.)
+	api      *apiLog
+	p        *ts.Proxy
+	hostsDir string
+	d        *daemon
+}
+
+// startRig starts multiproxy for up, writes its hosts.toml files for
+// containerd version v, and starts containerd with them as the CRI
+// plugin's config_path.
+func startRig(t *testing.T, up *ts.Upstream, v ctrdcfg.Version) *rig {
+	t.Helper()
+	r := &rig{t: t, up: up, api: &apiLog{}}
+	up.Faults.Add(ts.Rule{Action: r.api.observe})
+	// The upstream is named after the host its image references carry (the
+	// front's, with one), since that names the hosts.toml directory.
+	r.p = ts.StartProxy(t, up.ProxyUpstream(up.Host))
 	dir := shortDir(t)
-	hostsDir := filepath.Join(dir, "certs.d")
-	writeHosts(t, p, hostsDir)
-	d := startContainerd(t, dir, fmt.Sprintf("[plugins.\"io.containerd.grpc.v1.cri\".registry]\n  config_path = %q\n", hostsDir))
+	r.hostsDir = filepath.Join(dir, "certs.d")
+	writeHosts(t, r.p, r.hostsDir, v)
+	r.d = startContainerd(t, dir, criConfig(r.hostsDir))
+	return r
+}
 
-	d.pull(regA.Ref("library/alpha:1"), hostsDir)
-	d.pull(regB.Ref("team/beta:1"), hostsDir)
-
-	if n := direct.n.Load(); n != 0 {
-		t.Errorf("containerd sent %d requests straight to the registries while the cache was up", n)
+// requireThroughCache proves that containerd got images through
+// multiproxy, not through its silent fallback to the server: the registry
+// saw no request with containerd's User-Agent; the blob host (the CDN, or
+// the registry itself) served each config and layer blob exactly once, to
+// multiproxy; the CDN never served containerd nor saw an Authorization
+// header; and multiproxy's metrics count at least the images' bytes as
+// served.
+func (r *rig) requireThroughCache(images ...v1.Image) {
+	t := r.t
+	t.Helper()
+	if n := r.api.direct(); n != 0 {
+		t.Errorf("containerd sent %d requests straight to the registry while the cache was up", n)
 	}
-	requireServedByCache(t, p, pulled{regA, imgA}, pulled{regB, imgB})
-
-	p.Stop()
-	d.pull(regA.Ref("library/alpha:2"), hostsDir)
-	if direct.n.Load() == 0 {
-		t.Error("with the cache stopped the pull succeeded, but containerd never asked the registry: where did it come from?")
-	}
-	out, err := d.ctr(10*time.Second, "images", "ls", "-q")
-	if err != nil {
-		t.Fatalf("ctr images ls: %v\n%s", err, out)
-	}
-	for _, ref := range []string{regA.Ref("library/alpha:1"), regB.Ref("team/beta:1"), regA.Ref("library/alpha:2")} {
-		if !strings.Contains(out, ref) {
-			t.Errorf("containerd does not list %s:\n%s", ref, out)
+	for _, img := range images {
+		for _, d := range blobDigests(t, img) {
+			if uas := r.blobGets(d); len(uas) != 1 || !strings.HasPrefix(uas[0], "multiproxy/") {
+				t.Errorf("blob %s was fetched from the blob host by %q; want exactly one GET, by multiproxy", d, uas)
+			}
 		}
 	}
-	t.Logf("end to end in %v", time.Since(start).Round(time.Millisecond))
+	if c := r.up.CDN; c != nil {
+		for _, req := range c.Requests() {
+			if fromContainerd(req.UserAgent) {
+				t.Errorf("the CDN served containerd itself: %s %s", req.Method, req.Path)
+			}
+		}
+		if n := c.AuthorizationSeen(); n != 0 {
+			t.Errorf("the CDN saw %d requests carrying Authorization", n)
+		}
+	}
+	requireServedByCache(t, r.p, r.up.Host, images...)
+}
+
+// blobGets lists the User-Agents of the GETs of blob digest at the
+// upstream's blob host.
+func (r *rig) blobGets(digest string) []string {
+	if r.up.CDN == nil {
+		return r.api.gets("/blobs/" + digest)
+	}
+	var uas []string
+	for _, req := range r.up.CDN.Requests() {
+		if req.Method == http.MethodGet && req.Digest == digest {
+			uas = append(uas, req.UserAgent)
+		}
+	}
+	return uas
+}
+
+// blobDigests lists img's config and layer digests.
+func blobDigests(t *testing.T, img v1.Image) []string {
+	t.Helper()
+	cfg, err := img.ConfigName()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return append([]string{cfg.String()}, ts.LayerDigests(t, img)...)
+}
+
+// indexChild is idx's linux image for arch.
+func indexChild(t *testing.T, idx v1.ImageIndex, arch string) v1.Image {
+	t.Helper()
+	im, err := idx.IndexManifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, desc := range im.Manifests {
+		if p := desc.Platform; p != nil && p.OS == "linux" && p.Architecture == arch {
+			img, err := idx.Image(desc.Digest)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return img
+		}
+	}
+	t.Fatalf("the index has no linux/%s image", arch)
+	return nil
 }
 
 // writeHosts writes the hosts.toml set for p's upstreams at the ports they
-// are bound to, as `multiproxy containerd hosts --address 127.0.0.1` would
-// for a config with those listen addresses. The second upstream's file is
-// generated for containerd 2.x, so it carries dial_timeout: the pull through
-// it shows that 1.6 ignores the key rather than the file.
-func writeHosts(t *testing.T, p *ts.Proxy, dir string) {
+// are bound to, as `multiproxy containerd hosts --address 127.0.0.1
+// --containerd-version` would for a config with those listen addresses.
+func writeHosts(t *testing.T, p *ts.Proxy, dir string, v ctrdcfg.Version) {
 	t.Helper()
 	ups := make([]config.Upstream, len(p.Config.Upstreams))
 	copy(ups, p.Config.Upstreams)
 	for i := range ups {
 		ups[i].Listen = p.Addr(ups[i].Name)
 	}
-	var files []ctrdcfg.HostsFile
-	for i, v := range []ctrdcfg.Version{ctrdcfg.V16, ctrdcfg.V2} {
-		f, err := ctrdcfg.GenerateHosts(ups[i:i+1], ctrdcfg.HostsOptions{Address: "127.0.0.1", Version: v})
-		if err != nil {
-			t.Fatal(err)
-		}
-		files = append(files, f...)
+	files, err := ctrdcfg.GenerateHosts(ups, ctrdcfg.HostsOptions{Address: "127.0.0.1", Version: v})
+	if err != nil {
+		t.Fatal(err)
 	}
-	if !strings.Contains(string(files[1].Content), "dial_timeout") {
-		t.Fatalf("the 2.x file lacks dial_timeout:\n%s", files[1].Content)
+	for _, f := range files {
+		if v == ctrdcfg.V2 && !strings.Contains(string(f.Content), "dial_timeout") {
+			t.Fatalf("the 2.x file lacks dial_timeout:\n%s", f.Content)
+		}
 	}
 	if _, err := ctrdcfg.WriteHosts(dir, files, ctrdcfg.WriteOptions{}); err != nil {
 		t.Fatal(err)
 	}
 }
 
-// pulled is an image containerd pulled from a registry through the cache.
-type pulled struct {
-	reg *ts.Registry
-	img v1.Image
-}
-
-// requireServedByCache checks, from multiproxy's metrics, that each image's
-// bytes reached containerd through the cache.
-func requireServedByCache(t *testing.T, p *ts.Proxy, images ...pulled) {
+// requireServedByCache checks, from multiproxy's metrics, that the bytes
+// of images, pulled from one upstream, reached containerd through the
+// cache.
+func requireServedByCache(t *testing.T, p *ts.Proxy, upstream string, images ...v1.Image) {
 	t.Helper()
-	for _, c := range images {
-		if got, want := servedBytes(t, p.AdminURL(), c.reg.Host()), imageBytes(t, c.img); got < float64(want) {
-			t.Errorf("multiproxy served %v bytes for upstream %s; containerd needed %d for the image", got, c.reg.Host(), want)
-		}
+	var want int64
+	for _, img := range images {
+		want += imageBytes(t, img)
+	}
+	if got := servedBytes(t, p.AdminURL(), upstream); got < float64(want) {
+		t.Errorf("multiproxy served %v bytes for upstream %s; containerd needed %d for the images", got, upstream, want)
 	}
 }
 

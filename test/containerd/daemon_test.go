@@ -11,7 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync/atomic"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -23,7 +23,7 @@ func requireContainerd(t *testing.T) {
 	t.Helper()
 	for _, bin := range []string{"containerd", "ctr"} {
 		if _, err := exec.LookPath(bin); err != nil {
-			t.Skipf("%s is not installed: this end-to-end test drives Debian's containerd package (run ci/containerd.sh, or apt-get install -y containerd)", bin)
+			t.Skipf("%s is not installed: this end-to-end test drives Debian's containerd package (run ci/install-containerd.sh, or apt-get install -y containerd)", bin)
 		}
 	}
 }
@@ -190,17 +190,70 @@ func (d *daemon) logTail() string {
 	return strings.Join(lines, "\n")
 }
 
-// directPulls counts requests containerd itself makes to a registry, told
-// apart from the proxy's by containerd's User-Agent.
-type directPulls struct{ n atomic.Int64 }
+// criConfig is the config.toml part for the CRI plugin under test: hosts
+// from hostsDir (the kubelet's pulls read config_path; ctr needs
+// --hosts-dir), and the native snapshotter, which works in any container,
+// unlike the default overlayfs.
+func criConfig(hostsDir string) string {
+	return fmt.Sprintf(`[plugins."io.containerd.grpc.v1.cri".containerd]
+  snapshotter = "native"
 
-func (c *directPulls) wrap(h http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if strings.HasPrefix(r.UserAgent(), "containerd/") {
-			c.n.Add(1)
+[plugins."io.containerd.grpc.v1.cri".registry]
+  config_path = %q
+`, hostsDir)
+}
+
+// apiLog records the requests reaching a registry, with their User-Agent,
+// so a test can tell containerd's own requests from the proxy's
+// ("multiproxy/...").
+type apiLog struct {
+	mu   sync.Mutex
+	reqs []apiRequest
+}
+
+type apiRequest struct{ method, path, userAgent string }
+
+// fromContainerd reports whether a User-Agent is containerd's (ctr's and
+// the CRI plugin's alike).
+func fromContainerd(userAgent string) bool { return strings.HasPrefix(userAgent, "containerd/") }
+
+// observe is a testsupport Action that records the request and passes it on.
+func (a *apiLog) observe(w http.ResponseWriter, r *http.Request, next http.Handler) {
+	a.mu.Lock()
+	a.reqs = append(a.reqs, apiRequest{r.Method, r.URL.Path, r.UserAgent()})
+	a.mu.Unlock()
+	next.ServeHTTP(w, r)
+}
+
+// wrap is observe as a RegistryOptions.Wrap.
+func (a *apiLog) wrap(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { a.observe(w, r, h) })
+}
+
+// direct counts the requests containerd sent itself.
+func (a *apiLog) direct() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	n := 0
+	for _, r := range a.reqs {
+		if fromContainerd(r.userAgent) {
+			n++
 		}
-		h.ServeHTTP(w, r)
-	})
+	}
+	return n
+}
+
+// gets lists the User-Agents of the GETs of paths containing s.
+func (a *apiLog) gets(s string) []string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var uas []string
+	for _, r := range a.reqs {
+		if r.method == http.MethodGet && strings.Contains(r.path, s) {
+			uas = append(uas, r.userAgent)
+		}
+	}
+	return uas
 }
 
 // servedBytes sums multiproxy_served_bytes_total for one upstream over

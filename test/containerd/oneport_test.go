@@ -1,8 +1,6 @@
 package containerd
 
 import (
-	"fmt"
-
 	"path/filepath"
 	"testing"
 
@@ -16,7 +14,7 @@ import (
 // request is for.
 func TestOnePortPullsTwoUpstreams(t *testing.T) {
 	requireContainerd(t)
-	var direct directPulls
+	var direct apiLog
 	regA := ts.StartRegistry(t, ts.RegistryOptions{Wrap: direct.wrap})
 	regB := ts.StartRegistry(t, ts.RegistryOptions{Wrap: direct.wrap})
 	imgA := ts.PushImage(t, regA, "library/alpha:1", 1, 128<<10)
@@ -43,12 +41,13 @@ func TestOnePortPullsTwoUpstreams(t *testing.T) {
 	if _, err := ctrdcfg.WriteHosts(hostsDir, files, ctrdcfg.WriteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	d := startContainerd(t, dir, fmt.Sprintf("[plugins.\"io.containerd.grpc.v1.cri\".registry]\n  config_path = %q\n", hostsDir))
+	d := startContainerd(t, dir, criConfig(hostsDir))
 	d.pull(regA.Ref("library/alpha:1"), hostsDir)
 	d.pull(regB.Ref("team/beta:1"), hostsDir)
 
-	if n := direct.n.Load(); n != 0 {
+	if n := direct.direct(); n != 0 {
 		t.Errorf("containerd sent %d requests straight to the registries", n)
 	}
-	requireServedByCache(t, p, pulled{regA, imgA}, pulled{regB, imgB})
+	requireServedByCache(t, p, regA.Host(), imgA)
+	requireServedByCache(t, p, regB.Host(), imgB)
 }
