@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -259,6 +260,15 @@ func (a *authorizer) fetch(ctx context.Context, host, repo string, ch challenge)
 	return v.(credential), nil
 }
 
+// isLoopback reports a host name or address that never leaves the machine.
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
 type tokenResponse struct {
 	Token       string    `json:"token"`
 	AccessToken string    `json:"access_token"`
@@ -287,8 +297,13 @@ func (a *authorizer) requestToken(ctx context.Context, host, realm, service, sco
 		return credential{}, err
 	}
 	req.Header.Set("User-Agent", a.ua)
-	if host == a.origin && a.username != "" && (ru.Scheme == "https" || ru.Hostname() == a.hostname) {
-		req.SetBasicAuth(a.username, a.password)
+	withheld := false
+	if host == a.origin && a.username != "" {
+		if ru.Scheme == "https" || ru.Hostname() == a.hostname || (isLoopback(ru.Hostname()) && isLoopback(a.hostname)) {
+			req.SetBasicAuth(a.username, a.password)
+		} else {
+			withheld = true
+		}
 	}
 	resp, err := a.http.RoundTrip(req)
 	if err != nil {
@@ -302,6 +317,9 @@ func (a *authorizer) requestToken(ctx context.Context, host, realm, service, sco
 			// A token service that refuses is an auth failure, whatever
 			// its status: a 404 from it does not mean the image is gone.
 			ue.Cause = CauseAuth
+			if withheld {
+				ue.Err = fmt.Errorf("credentials withheld from the plain-HTTP realm %s on another host: %w", ru.Host, ue.Err)
+			}
 		}
 		return credential{}, err
 	}
