@@ -248,4 +248,3 @@ func TestClientAgainstRealUpstreamBehaviours(t *testing.T) {
 		}
 	})
 }
-
