@@ -56,7 +56,7 @@ func TestDefaultSchedulesNeverOverlap(t *testing.T) {
 // fixture is a proxy.Server for one upstream with its GC store, served on
 // 127.0.0.1.
 type fixture struct {
-	up    *ts.Registry
+	up    *ts.Upstream
 	srv   *proxy.Server
 	store gc.Store
 	base  string
@@ -65,11 +65,18 @@ type fixture struct {
 
 func newFixture(t testing.TB) *fixture {
 	t.Helper()
-	up := ts.StartRegistry(t, ts.RegistryOptions{})
+	return newFixtureOf(t, ts.Profiles()[0])
+}
+
+// newFixtureOf serves an upstream of the given profile.
+func newFixtureOf(t testing.TB, prof ts.Profile) *fixture {
+	t.Helper()
+	up := prof.Start(t)
 	// A generous upstream timeout: these tests are about what GC deletes, and
 	// 50 clients under the race detector can make a healthy upstream slow.
-	cfg := ts.NewProxyConfig(t, ts.ProxyUpstream{Name: "docker.io", Reg: up,
-		Tweak: func(u *config.Upstream) { u.Timeout = 15 * time.Second }})
+	pu := up.ProxyUpstream("docker.io")
+	pu.Tweak = func(u *config.Upstream) { u.Timeout = 15 * time.Second }
+	cfg := ts.NewProxyConfig(t, pu)
 	u := cfg.Upstreams[0]
 	guard := &gc.Guard{}
 	srv, err := proxy.New(context.Background(), u, proxy.Options{Guard: guard, Drain: time.Second,
@@ -94,7 +101,7 @@ func (f *fixture) push(t testing.TB, n, layers int, size int64) []image {
 	var out []image
 	for i := range n {
 		repo := fmt.Sprintf("team/app%d", i)
-		img := ts.PushImage(t, f.up, repo+":1", layers, size)
+		img := f.up.Push(t, repo+":1", layers, size)
 		out = append(out, image{repo, ts.Digest(t, img)})
 	}
 	return out
@@ -122,8 +129,17 @@ func (f *fixture) cached(im image) bool {
 	return err == nil
 }
 
+// Collections run while 50 clients pull, from a plain upstream and from one
+// that hands out tokens and redirects blobs to a CDN: no pull fails, and
+// only what nobody pulled goes.
 func TestOnlineGCWhilePulling(t *testing.T) {
-	f := newFixture(t)
+	for _, prof := range ts.Profiles()[:2] {
+		t.Run(prof.Name, func(t *testing.T) { onlineGCWhilePulling(t, prof) })
+	}
+}
+
+func onlineGCWhilePulling(t *testing.T, prof ts.Profile) {
+	f := newFixtureOf(t, prof)
 	images := f.push(t, 30, 2, 32<<10)
 	c := &http.Client{Timeout: 30 * time.Second}
 	for _, im := range images[:15] {
@@ -207,7 +223,7 @@ func TestOnlineGCWhilePulling(t *testing.T) {
 	t.Logf("%d pulls, 0 failures; freed %d bytes; %d objects spared for concurrent pulls", pulls.Load(), freed, spared)
 
 	// Everything still cached is complete: it pulls with the upstream gone.
-	f.up.Stop()
+	f.up.Registry.Stop()
 	kept := 0
 	for _, im := range images {
 		if !f.cached(im) {

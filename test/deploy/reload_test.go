@@ -43,10 +43,11 @@ func (l *lockedBuffer) String() string {
 // SIGHUP reload removes ghcr.io, adds quay.io and changes docker.io's
 // timeout. The loop sees no failure, quay.io serves, ghcr.io is gone; then
 // an invalid config is rejected with a log line and everything keeps
-// serving.
+// serving. docker.io behaves like Docker Hub: bearer tokens, and blobs
+// redirected to a CDN.
 func TestSIGHUPReloadKeepsPullsGoing(t *testing.T) {
 	faults := ts.NewFaults()
-	hub := ts.StartRegistry(t, ts.RegistryOptions{Wrap: faults.Wrap})
+	hub := ts.StartRegistry(t, ts.RegistryOptions{Token: true, CDN: true, WrapCDN: faults.Wrap})
 	ghcr := ts.StartRegistry(t, ts.RegistryOptions{})
 	quay := ts.StartRegistry(t, ts.RegistryOptions{})
 	var hubLayers []string
