@@ -20,9 +20,10 @@ import (
 // upstream served is measured at the upstream: GETs and body bytes per path.
 // In black-hole mode it accepts requests and never answers them.
 type front struct {
-	rp  *httputil.ReverseProxy
-	srv *http.Server
-	url string
+	rp     *httputil.ReverseProxy
+	srv    *http.Server
+	url    string
+	tokens http.Handler
 
 	blackhole atomic.Bool
 	inflight  atomic.Int64
@@ -38,16 +39,21 @@ type front struct {
 	bytes map[string]int64
 }
 
-func startFront(target string) (*front, error) {
+// startFront starts a front before target. edit, if non-nil, may change
+// each upstream response before it is counted and relayed (the token + CDN
+// upstream signs its CDN redirects there). tokens, if non-nil, answers
+// /token on the front's own address instead of the target.
+func startFront(target string, edit func(*http.Response), tokens http.Handler) (*front, error) {
 	tu, err := url.Parse(target)
 	if err != nil {
 		return nil, err
 	}
 	f := &front{
-		held:  make(chan struct{}),
-		gets:  map[string]int64{},
-		heads: map[string]int64{},
-		bytes: map[string]int64{},
+		held:   make(chan struct{}),
+		gets:   map[string]int64{},
+		heads:  map[string]int64{},
+		bytes:  map[string]int64{},
+		tokens: tokens,
 	}
 	tr := &http.Transport{
 		Proxy:               nil,
@@ -68,6 +74,9 @@ func startFront(target string) (*front, error) {
 		BufferPool: bufPool{},
 		ErrorLog:   log.New(io.Discard, "", 0),
 		ModifyResponse: func(resp *http.Response) error {
+			if edit != nil {
+				edit(resp)
+			}
 			cb := &countingBody{rc: resp.Body, f: f, path: resp.Request.URL.Path, start: time.Now()}
 			if strings.Contains(cb.path, "/blobs/") {
 				cb.rate = f.rate.Load()
@@ -107,6 +116,10 @@ func (f *front) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		// Drop the connection without an answer, like a crashed upstream.
 		panic(http.ErrAbortHandler)
+	}
+	if f.tokens != nil && r.URL.Path == "/token" {
+		f.tokens.ServeHTTP(w, r)
+		return
 	}
 	f.mu.Lock()
 	switch r.Method {

@@ -113,10 +113,11 @@ type pusher struct {
 	host string // 127.0.0.1:port
 	tr   http.RoundTripper
 	rng  *mrand.ChaCha8
+	auth authn.Authenticator // anonymous unless set (the token upstream's pusher account)
 }
 
 func newPusher(host string) *pusher {
-	return &pusher{host: host, tr: &http.Transport{Proxy: nil, MaxIdleConnsPerHost: 16, DisableCompression: true}, rng: newRNG()}
+	return &pusher{host: host, tr: &http.Transport{Proxy: nil, MaxIdleConnsPerHost: 16, DisableCompression: true}, rng: newRNG(), auth: authn.Anonymous}
 }
 
 // push builds an image of len(layerSizes) random layers and pushes it as
@@ -160,7 +161,7 @@ func (p *pusher) push(repo, tag string, layerSizes []int64, keep map[int]string)
 	if err != nil {
 		return out, err
 	}
-	if err := remote.Write(ref, img, remote.WithTransport(p.tr), remote.WithAuth(authn.Anonymous), remote.WithJobs(3)); err != nil {
+	if err := remote.Write(ref, img, remote.WithTransport(p.tr), remote.WithAuth(p.auth), remote.WithJobs(3)); err != nil {
 		return out, fmt.Errorf("push %s: %w", ref, err)
 	}
 	d, err := img.Digest()

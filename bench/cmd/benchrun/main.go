@@ -187,6 +187,12 @@ type bench struct {
 	coldImgWAN []pushed
 	small      []pushed
 
+	// The token + CDN upstream (tokencdn.go): nil with tcErr saying why.
+	tc         *tokenCDN
+	tcErr      string
+	coldImgCDN []pushed
+	tcSides    map[string]*cdnSide
+
 	rows  []*row
 	notes []string
 
@@ -251,7 +257,7 @@ func (b *bench) setupUpstream() error {
 		return err
 	}
 	b.up, b.upHost = up, strings.TrimPrefix(base, "http://")
-	b.front, err = startFront(base)
+	b.front, err = startFront(base, nil, nil)
 	if err != nil {
 		return err
 	}
@@ -331,6 +337,12 @@ func (b *bench) runBench() (*results, error) {
 	if err := b.pushContent(); err != nil {
 		return nil, err
 	}
+	b.setupTokenCDN()
+	defer func() {
+		if b.tc != nil {
+			b.tc.close()
+		}
+	}()
 	if b.o.nginxBin != "" {
 		var base string
 		var err error
@@ -372,11 +384,13 @@ func (b *bench) runBench() (*results, error) {
 	b.latencyRun(systems)
 	b.cold16Run(systems)
 	b.coldImageRun(systems)
+	b.tokenCDNRun()
 	b.blackholeRun()
 
 	res := &results{Mode: map[bool]string{true: "quick", false: "default"}[b.o.quick], Header: b.header(), Rows: b.rows,
 		GoalsTitle: "Goals (issue 9)"}
 	res.Goals = b.goals()
+	res.TokenCDN = b.tcSides
 	if b.o.profileDir != "" {
 		b.note("profiling on (numbers include pprof overhead): CPU profiles of multiproxy's measurement windows in %s", b.o.profileDir)
 	}
@@ -724,7 +738,7 @@ func (b *bench) coldImageRun(systems []*sys) {
 		}
 		b.addRow(&row{Key: key, Metric: metric, Unit: "s", BaseName: "direct", series: tm, Note: note, isTime: true})
 		if !wan {
-			b.addRow(&row{Key: "cold_image_cpu", Metric: "  proxy CPU (utime+stime) for that cold pull", Unit: "CPU-s",
+			b.addRow(&row{Key: "cold_image_cpu", Metric: fmt.Sprintf("  proxy CPU (utime+stime) for that cold 3 x %s pull", mib(b.p.layer)), Unit: "CPU-s",
 				series: cpu, isTime: true})
 		}
 	}
@@ -912,6 +926,8 @@ func (b *bench) goals() []goal {
 	} else {
 		add("CPU per GB served warm <= 0.8x the reference", nil, "not measured")
 	}
+
+	out = append(out, b.tokenCDNGoal())
 
 	limit := b.p.timeout.Seconds() + 0.5
 	if r := b.row("blackhole"); r != nil && r.MP != nil {

@@ -17,8 +17,11 @@ type row struct {
 	Unit   string   `json:"unit"`
 	MP     *float64 `json:"multiproxy"`
 	Ref    *float64 `json:"reference"`
-	// RefText replaces Ref in the table when the reference hit a cap.
-	RefText string `json:"reference_text,omitempty"`
+	// MPText, RefText and BaseText replace the value in the table: a cap
+	// the reference hit, a failure ("FAIL"), a range.
+	MPText   string `json:"multiproxy_text,omitempty"`
+	RefText  string `json:"reference_text,omitempty"`
+	BaseText string `json:"baseline_text,omitempty"`
 	// Ratio is multiproxy / reference.
 	Ratio *float64 `json:"ratio_mp_ref"`
 	// BaseName is the ceiling or baseline ("nginx", "direct").
@@ -99,7 +102,9 @@ type results struct {
 	Goals      []goal   `json:"goals"`
 	Notes      []string `json:"notes"`
 	Soak       *soakOut `json:"soak,omitempty"`
-	Seconds    float64  `json:"elapsed_seconds"`
+	// TokenCDN is what each system did at the token + CDN upstream.
+	TokenCDN map[string]*cdnSide `json:"token_cdn,omitempty"`
+	Seconds  float64             `json:"elapsed_seconds"`
 }
 
 func median(xs []float64) *float64 {
@@ -218,15 +223,22 @@ func printRows(w io.Writer, rows []*row) {
 	cols := []string{"metric", "unit", "multiproxy", "reference", "mp/ref", "baseline", "mp vs base", "ref vs base"}
 	table := [][]string{cols}
 	for _, r := range rows {
-		ref := fmtVal(r.Ref)
+		mp, ref, base := fmtVal(r.MP), fmtVal(r.Ref), fmtVal(r.Base)
+		if r.MPText != "" {
+			mp = r.MPText
+		}
 		if r.RefText != "" {
 			ref = r.RefText
 		}
-		base := "-"
-		if r.BaseName != "" {
-			base = r.BaseName + " " + fmtVal(r.Base)
+		if r.BaseText != "" {
+			base = r.BaseText
 		}
-		table = append(table, []string{r.Metric, r.Unit, fmtVal(r.MP), ref, fmtRatio(r.Ratio), base,
+		if r.BaseName != "" {
+			base = r.BaseName + " " + base
+		} else {
+			base = "-"
+		}
+		table = append(table, []string{r.Metric, r.Unit, mp, ref, fmtRatio(r.Ratio), base,
 			fmtRatio(r.MPvsBase), fmtRatio(r.RefvsBase)})
 	}
 	width := make([]int, len(cols))

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -66,6 +67,12 @@ proxy:
 
 // startRegistry starts the reference registry binary with cfg.
 func startRegistry(name, dir, bin, cfg string, port int) (*proc, string, error) {
+	return startRegistryWant(name, dir, bin, cfg, port, http.StatusOK)
+}
+
+// startRegistryWant is startRegistry for a registry whose /v2/ answers
+// want once up (401 with token auth).
+func startRegistryWant(name, dir, bin, cfg string, port, want int) (*proc, string, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, "", err
 	}
@@ -78,7 +85,7 @@ func startRegistry(name, dir, bin, cfg string, port int) (*proc, string, error) 
 		return nil, "", err
 	}
 	base := fmt.Sprintf("http://127.0.0.1:%d", port)
-	if err := waitHTTP(p, base+"/v2/", 200, 60*time.Second); err != nil {
+	if err := waitHTTP(p, base+"/v2/", want, 60*time.Second); err != nil {
 		p.stop()
 		return nil, "", fmt.Errorf("%s: %w", name, err)
 	}
