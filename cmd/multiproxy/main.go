@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
 
@@ -20,8 +21,10 @@ import (
 
 	"github.com/multiproxy/multiproxy/internal/admin"
 	"github.com/multiproxy/multiproxy/internal/config"
+	"github.com/multiproxy/multiproxy/internal/gc"
 	"github.com/multiproxy/multiproxy/internal/sdnotify"
 	"github.com/multiproxy/multiproxy/internal/serve"
+	"github.com/multiproxy/multiproxy/internal/version"
 )
 
 // exitError carries a process exit code: 2 for bad configuration or usage.
@@ -50,18 +53,21 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 	root := &cobra.Command{
 		Use:           "multiproxy",
 		Short:         "One pull-through cache for several container registries",
+		Version:       version.Version(),
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
 	root.SetOut(stdout)
 	root.SetErr(stderr)
+	// --version and `multiproxy version` print the same line.
+	root.SetVersionTemplate("multiproxy {{.Version}}\n")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error {
 		return &exitError{code: 2, err: err}
 	})
 	root.PersistentFlags().StringP("config", "c", os.Getenv("MULTIPROXY_CONFIG"),
 		"config file (YAML); empty: the built-in default of five upstreams")
 	root.AddCommand(serveCmd(stderr), configCmd(stdout), resolveCmd(stdout), purgeCmd(stdout), gcCmd(stdout),
-		containerdCmd(stdout, stderr), healthcheckCmd(stdout))
+		containerdCmd(stdout, stderr), healthcheckCmd(stdout), versionCmd(stdout))
 	return root
 }
 
@@ -71,11 +77,29 @@ func addOverrideFlags(fs *pflag.FlagSet) {
 	fs.String("log-level", "", "debug, info, warn or error (overrides log_level)")
 }
 
+func versionCmd(stdout io.Writer) *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print multiproxy's version (as --version does)",
+		Args:  cobra.NoArgs,
+		RunE: func(*cobra.Command, []string) error {
+			fmt.Fprintf(stdout, "multiproxy %s\n", version.Version())
+			return nil
+		},
+	}
+}
+
 func loadConfig(cmd *cobra.Command) (config.Config, error) {
 	file, _ := cmd.Flags().GetString("config")
 	cfg, err := config.Load(config.LoadOptions{File: file, Flags: cmd.Flags()})
 	if err != nil {
-		return cfg, &exitError{code: 2, err: fmt.Errorf("load config: %w", err)}
+		// The flag's default comes from MULTIPROXY_CONFIG; a user who
+		// never typed --config needs to be told where the file came from.
+		what := "load config"
+		if f := cmd.Flags().Lookup("config"); file != "" && f != nil && !f.Changed {
+			what = "load config from MULTIPROXY_CONFIG"
+		}
+		return cfg, &exitError{code: 2, err: fmt.Errorf("%s: %w", what, err)}
 	}
 	return cfg, nil
 }
@@ -168,13 +192,30 @@ func configCmd(stdout io.Writer) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return cfg.WriteYAML(stdout)
+			return effective(cfg).WriteYAML(stdout)
 		},
 	}
 	addOverrideFlags(check.Flags())
 	addOverrideFlags(print.Flags())
 	cmd.AddCommand(check, print)
 	return cmd
+}
+
+// effective fills in what the server decides at run time rather than
+// Load, so that `config print` shows what each upstream really gets: the
+// generated weekly GC slot of an upstream without gc.schedule. The server
+// (internal/serve) hands gc.NewScheduler the upstreams in config order, and
+// it gives the i-th one without a schedule gc.DefaultSchedules(n)[i].
+func effective(cfg config.Config) config.Config {
+	ups := slices.Clone(cfg.Upstreams)
+	slots := gc.DefaultSchedules(len(ups))
+	for i := range ups {
+		if ups[i].GC.Schedule == "" {
+			ups[i].GC.Schedule = slots[i]
+		}
+	}
+	cfg.Upstreams = ups
+	return cfg
 }
 
 // adminClient finds the running server's admin API: --admin, or the config's admin.listen.

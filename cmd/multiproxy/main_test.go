@@ -73,11 +73,7 @@ func TestBadConfigExitsTwoNamingTheField(t *testing.T) {
 
 // The real binary's exit status, not just the error value.
 func TestBinaryExitStatusOnBadConfig(t *testing.T) {
-	bin := filepath.Join(t.TempDir(), "multiproxy")
-	build := exec.Command("go", "build", "-o", bin, ".")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
+	bin := buildBinary(t)
 	file := writeFile(t, t.TempDir(), "bad.yaml", "data_dir: x\nadmin: {listen: 'nope'}\n")
 	cmd := exec.Command(bin, "serve", "--config", file)
 	out, err := cmd.CombinedOutput()

@@ -46,5 +46,11 @@ func (b ByteSize) String() string {
 	return strconv.FormatInt(int64(b), 10)
 }
 
-// MarshalYAML prints sizes readably in `config print`.
-func (b ByteSize) MarshalYAML() (any, error) { return b.String(), nil }
+// MarshalYAML prints sizes readably in `config print`; 0 (off) as a plain
+// number rather than the string "0".
+func (b ByteSize) MarshalYAML() (any, error) {
+	if b == 0 {
+		return 0, nil
+	}
+	return b.String(), nil
+}

@@ -111,9 +111,9 @@ type Upstream struct {
 	GC GC `mapstructure:"gc" yaml:"gc"`
 	// MaxSize caps the bytes stored for this upstream; GC evicts the least
 	// recently pulled images first to stay under it. 0: no cap.
-	MaxSize ByteSize `mapstructure:"max_size" yaml:"max_size,omitempty"`
+	MaxSize ByteSize `mapstructure:"max_size" yaml:"max_size"`
 	// MaxUnused evicts images not pulled for this long. 0: never.
-	MaxUnused time.Duration `mapstructure:"max_unused" yaml:"max_unused,omitempty"`
+	MaxUnused time.Duration `mapstructure:"max_unused" yaml:"max_unused"`
 	// Disk overrides the top-level disk settings for this upstream. After
 	// Load it holds the effective values (see MinFree).
 	Disk Disk `mapstructure:"disk" yaml:"disk"`

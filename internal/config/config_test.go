@@ -130,21 +130,44 @@ func TestLoadDefaults(t *testing.T) {
 	}
 }
 
-func TestLoadFileWithoutUpstreamsKeepsDefaults(t *testing.T) {
-	dir := t.TempDir()
-	path := writeConfig(t, dir, "data_dir: {{dir}}/store\nlog_level: debug\n")
-	cfg, err := config.Load(config.LoadOptions{File: path, Env: noEnv})
+// A file must list its upstreams: one without them is an error that says
+// where the default table is, and everything else in it is still checked.
+// Without a file the built-in upstreams serve (TestLoadDefaults).
+func TestLoadFileWithoutUpstreams(t *testing.T) {
+	for name, yaml := range map[string]string{
+		"no key":          "data_dir: {{dir}}/store\nlog_level: debug\n",
+		"bare key":        "log_level: debug\nupstreams:\n",
+		"null":            "upstreams: null\n",
+		"empty file":      "",
+		"only a comment":  "# nothing yet\n",
+		"other key wrong": "log_level: verbose\n",
+	} {
+		t.Run(name, func(t *testing.T) {
+			dir := t.TempDir()
+			_, err := config.Load(config.LoadOptions{File: writeConfig(t, dir, yaml), Env: noEnv})
+			requireFieldError(t, err, "upstreams", "no upstreams configured; copy the default table from configs/multiproxy.yaml")
+			if !strings.Contains(err.Error(), "run without --config to use the built-in default") {
+				t.Errorf("error does not say how to get the built-in default: %v", err)
+			}
+			if strings.Contains(err.Error(), "at least one upstream") {
+				t.Errorf("error repeats itself: %v", err)
+			}
+			if strings.Contains(yaml, "verbose") {
+				requireFieldError(t, err, "log_level", `unknown level "verbose"`)
+			}
+		})
+	}
+}
+
+// The shipped default table is a complete config: the five built-in
+// upstreams.
+func TestShippedConfigIsTheDefault(t *testing.T) {
+	cfg, err := config.Load(config.LoadOptions{File: "../../configs/multiproxy.yaml", Env: noEnv})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(cfg.Upstreams) != 5 {
-		t.Fatalf("got %d upstreams, want the 5 defaults", len(cfg.Upstreams))
-	}
-	if want := filepath.Join(dir, "store", "quay.io"); cfg.Upstreams[2].Storage != want {
-		t.Errorf("storage = %q, want %q", cfg.Upstreams[2].Storage, want)
-	}
-	if cfg.LogLevel != "debug" {
-		t.Errorf("log_level = %q", cfg.LogLevel)
+	if got, want := fmt.Sprintf("%#v", cfg), fmt.Sprintf("%#v", config.Default()); got != want {
+		t.Errorf("configs/multiproxy.yaml loads as\n%s\nwant the built-in default\n%s", got, want)
 	}
 }
 

@@ -50,14 +50,19 @@ var flagOverrides = []struct{ flag, key string }{
 // file, then MULTIPROXY_* variables, then flags, each overriding the last.
 // It then reads the secrets and validates the result.
 //
-// A file without an upstreams key keeps the five built-in upstreams; a file
-// with one replaces that list entirely (viper drops null values, so a bare
-// `upstreams:` counts as absent, while `upstreams: []` fails validation).
-// Relative paths are taken from the working directory. Unknown keys are
-// errors, so a typo cannot silently fall back to a default.
+// Without a file the five built-in upstreams serve. A file must list its
+// own upstreams, which replace the built-in ones entirely: a file without an
+// upstreams key (or with a bare `upstreams:`) is an error saying where the
+// default table is, since quietly serving five public registries from a
+// file that meant to configure something else would surprise. Relative
+// paths are taken from the working directory. Unknown keys are errors, so a
+// typo cannot silently fall back to a default.
 //
 // Errors about the content are *ValidationError values, joined when there is
-// more than one; errors reading or parsing the file itself are not.
+// more than one; a value that came from a MULTIPROXY_* variable or a flag
+// names it as its Source. A file that is not valid YAML is a *SyntaxError
+// (wrapped) with the line and column of the problem; other errors reading
+// the file are neither.
 func Load(opts LoadOptions) (Config, error) {
 	env := opts.Env
 	if env == nil {
@@ -72,12 +77,19 @@ func Load(opts LoadOptions) (Config, error) {
 		cfg.Upstreams[i].Storage = ""
 	}
 
-	v := viper.New()
+	v := viper.NewWithOptions(viper.WithDecoderRegistry(yamlDecoder{}))
 	var errs []error
+	noUpstreams := false
 	if opts.File != "" {
 		v.SetConfigFile(opts.File)
 		v.SetConfigType("yaml")
 		if err := v.ReadInConfig(); err != nil {
+			// Drop viper's "While parsing config:"; the SyntaxError
+			// says what and where.
+			var pe viper.ConfigParseError
+			if errors.As(err, &pe) && pe.Unwrap() != nil {
+				err = pe.Unwrap()
+			}
 			return Config{}, fmt.Errorf("read config %s: %w", opts.File, err)
 		}
 		errs = append(errs, unknownKeys("", v.AllSettings(), reflect.TypeFor[Config]())...)
@@ -87,7 +99,11 @@ func Load(opts LoadOptions) (Config, error) {
 		// default while an explicit `timeout: 0s` stays zero for
 		// explicitZeros to catch. A fresh slice also keeps the file's list
 		// from being merged into the built-in one.
-		if list, ok := v.Get("upstreams").([]any); ok {
+		switch list := v.Get("upstreams").(type) {
+		case nil:
+			noUpstreams = true
+			cfg.Upstreams = nil
+		case []any:
 			cfg.Upstreams = make([]Upstream, len(list))
 			for i := range cfg.Upstreams {
 				cfg.Upstreams[i] = defaultUpstream()
@@ -98,16 +114,19 @@ func Load(opts LoadOptions) (Config, error) {
 	// viper.Set outranks everything else, so set flags after the
 	// environment to give them the last word. Reading opts.Env by hand
 	// rather than viper.AutomaticEnv keeps the process environment out of
-	// tests.
+	// tests. sources remembers which key came from where, for the errors.
+	sources := map[string]string{}
 	for _, o := range envOverrides {
 		if val := vars[o.env]; val != "" {
 			v.Set(o.key, val)
+			sources[o.key] = o.env
 		}
 	}
 	if opts.Flags != nil {
 		for _, o := range flagOverrides {
 			if f := opts.Flags.Lookup(o.flag); f != nil && f.Changed {
 				v.Set(o.key, f.Value.String())
+				sources[o.key] = "--" + o.flag
 			}
 		}
 	}
@@ -115,20 +134,59 @@ func Load(opts LoadOptions) (Config, error) {
 	if err := v.Unmarshal(&cfg, strictDecoding); err != nil {
 		errs = append(errs, decodeErrors(err)...)
 	}
+	// A file without upstreams gets its own error, said first since it is
+	// likely the one thing to fix, in place of validate's "at least one
+	// upstream is required". The rest is still checked, so that one run
+	// reports everything.
+	var first error
+	if noUpstreams {
+		first = fieldErr("upstreams", "%s", noUpstreamsMsg)
+	}
 	if len(errs) > 0 {
-		return Config{}, errors.Join(errs...)
+		return Config{}, withSources(errors.Join(append([]error{first}, errs...)...), sources)
 	}
 
 	errs = explicitZeros(cfg)
 	cfg.applyDefaults()
 	errs = append(errs, cfg.loadSecrets(vars)...)
-	if err := cfg.Validate(); err != nil {
-		errs = append(errs, err)
-	}
-	if err := errors.Join(errs...); err != nil {
-		return Config{}, err
+	errs = append(errs, cfg.validate(!noUpstreams)...)
+	if err := errors.Join(append([]error{first}, errs...)...); err != nil {
+		return Config{}, withSources(err, sources)
 	}
 	return cfg, nil
+}
+
+// noUpstreamsMsg is the error for a config file without upstreams.
+const noUpstreamsMsg = "no upstreams configured; copy the default table from configs/multiproxy.yaml, " +
+	"or run without --config to use the built-in default"
+
+// withSources marks each *ValidationError in err whose field was set by a
+// variable or a flag with that source, so that the message names what the
+// user has to change.
+func withSources(err error, sources map[string]string) error {
+	if len(sources) == 0 {
+		return err
+	}
+	var walk func(error)
+	walk = func(e error) {
+		if ve, ok := e.(*ValidationError); ok {
+			if src := sources[ve.Field]; src != "" && ve.Source == "" {
+				ve.Source = src
+			}
+			return
+		}
+		if multi, ok := e.(interface{ Unwrap() []error }); ok {
+			for _, inner := range multi.Unwrap() {
+				walk(inner)
+			}
+			return
+		}
+		if inner := errors.Unwrap(e); inner != nil {
+			walk(inner)
+		}
+	}
+	walk(err)
+	return err
 }
 
 // explicitZeros reports durations that must be positive but were set to

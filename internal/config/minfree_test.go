@@ -2,6 +2,7 @@ package config_test
 
 import (
 	"bytes"
+	"os"
 	"strings"
 	"testing"
 
@@ -98,7 +99,13 @@ upstreams:
 }
 
 func TestMinFreeGlobalReachesBuiltInUpstreams(t *testing.T) {
-	cfg, err := config.Load(config.LoadOptions{File: writeConfig(t, t.TempDir(), "disk: {min_free: 3%}\n"), Env: noEnv})
+	// The default table, with a top-level watermark added.
+	table, err := os.ReadFile("../../configs/multiproxy.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	file := writeConfig(t, t.TempDir(), "disk: {min_free: 3%}\n"+string(table))
+	cfg, err := config.Load(config.LoadOptions{File: file, Env: noEnv})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -25,12 +25,21 @@ import (
 type ValidationError struct {
 	Field string
 	Msg   string
+	// Source is the environment variable (MULTIPROXY_SHUTDOWN_TIMEOUT) or
+	// flag (--log-level) the value came from, or "" for the file or a
+	// default.
+	Source string
 	// err is the underlying cause, if any, so that errors.Is(err,
 	// fs.ErrNotExist) works for an unreadable file.
 	err error
 }
 
-func (e *ValidationError) Error() string { return e.Field + ": " + e.Msg }
+func (e *ValidationError) Error() string {
+	if e.Source != "" {
+		return e.Field + ": " + e.Msg + " (from " + e.Source + ")"
+	}
+	return e.Field + ": " + e.Msg
+}
 
 // Unwrap returns the underlying cause, or nil.
 func (e *ValidationError) Unwrap() error { return e.err }
@@ -52,7 +61,11 @@ var registryHost = regexp.MustCompile(
 // Validate checks the whole configuration and reports every problem found,
 // each as a *ValidationError naming the field. It reads ca_file itself, since
 // a Config built in code never went through Load.
-func (c Config) Validate() error {
+func (c Config) Validate() error { return errors.Join(c.validate(true)...) }
+
+// validate is Validate, with the check for an empty upstream list left to
+// the caller when requireUpstreams is false.
+func (c Config) validate(requireUpstreams bool) []error {
 	var errs []error
 	add := func(e *ValidationError) { errs = append(errs, e) }
 
@@ -84,7 +97,7 @@ func (c Config) Validate() error {
 		}
 	}
 
-	if len(c.Upstreams) == 0 {
+	if len(c.Upstreams) == 0 && requireUpstreams {
 		add(fieldErr("upstreams", "at least one upstream is required"))
 	}
 
@@ -188,7 +201,7 @@ func (c Config) Validate() error {
 	}
 
 	errs = append(errs, nestedStorage(c.Upstreams)...)
-	return errors.Join(errs...)
+	return errs
 }
 
 // listenPort checks a listen address and returns its port.
