@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"context"
-	"fmt"
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -11,64 +10,41 @@ import (
 	"github.com/distribution/distribution/v3/configuration"
 	"github.com/distribution/distribution/v3/registry/handlers"
 
-	// Storage drivers and the proxy register themselves in init, as in
-	// distribution's cmd/registry.
-	_ "github.com/distribution/distribution/v3/registry/proxy"
+	// Storage drivers register themselves in init, as in distribution's
+	// cmd/registry.
 	_ "github.com/distribution/distribution/v3/registry/storage/driver/filesystem"
 )
 
-// appSpec is what an embedded distribution App is built from.
-type appSpec struct {
-	name     string
-	root     string
-	remote   string // empty: local-only App (the upstream was unreachable)
-	username string
-	password string
-}
-
-// buildApp builds a distribution App in code. configuration.Parse is never
-// used, so REGISTRY_* environment variables cannot reach one App, let alone
-// all of them. NewApp reports setup errors by panicking; they become errors.
-func buildApp(ctx context.Context, s appSpec) (app *handlers.App, err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			app, err = nil, fmt.Errorf("build registry app for %s: %v", s.name, r)
-		}
-	}()
-	zero := time.Duration(0)
+// buildApp builds the distribution App that serves one upstream's local
+// store, in code: configuration.Parse is never used, so REGISTRY_*
+// environment variables cannot reach one App, let alone all of them. The App
+// has no proxy section: everything that reaches the upstream is ours
+// (internal/cache and internal/upstream), and the App only serves what the
+// cache has put in the store.
+func buildApp(ctx context.Context, name, root string) *handlers.App {
 	cfg := &configuration.Configuration{
 		Version: "0.1",
 		Storage: configuration.Storage{
-			"filesystem": configuration.Parameters{"rootdirectory": s.root},
+			"filesystem": configuration.Parameters{"rootdirectory": root},
 			// Writes come only from our verified fills; clients never push.
 			"delete": configuration.Parameters{"enabled": true},
+			// The store only ever receives our own fills, never uploads.
+			"maintenance": configuration.Parameters{
+				"uploadpurging": map[any]any{"enabled": false},
+			},
 		},
 	}
 	cfg.HTTP.Secret = "multiproxy-does-not-accept-uploads"
-	if s.remote != "" {
-		cfg.Proxy = configuration.Proxy{
-			RemoteURL: s.remote,
-			Username:  s.username,
-			Password:  s.password,
-			// TTL 0 turns distribution's scheduler off: it keeps a timer per
-			// object and a state file, and frees nothing without delete.
-			// Eviction is ours (internal/gc).
-			TTL: &zero,
-		}
-	}
 	// distribution's loggers read this untyped key to tag an App's lines.
 	//lint:ignore SA1029 the key is distribution's, not ours
-	ctx = context.WithValue(ctx, "instance.id", s.name)
-	app = handlers.NewApp(ctx, cfg)
-	openApps.Add(1)
-	return app, nil
+	ctx = context.WithValue(ctx, "instance.id", name)
+	return handlers.NewApp(ctx, cfg)
 }
 
 // appHandle is one built App with a count of the requests inside it, so that
 // a swap can drain it before shutting it down exactly once.
 type appHandle struct {
 	app      *handlers.App
-	proxied  bool
 	inflight sync.WaitGroup
 	closed   atomic.Bool
 }
@@ -87,7 +63,6 @@ func (h *appHandle) shutdown(drain time.Duration) {
 	}
 	_ = h.app.Shutdown()
 	closeEventSink(h.app)
-	openApps.Add(-1)
 }
 
 // appSlot holds the current App of an upstream. Requests acquire the current

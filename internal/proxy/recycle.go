@@ -2,48 +2,26 @@ package proxy
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"reflect"
 	"runtime/debug"
-	"sync/atomic"
 	"unsafe"
 
 	"github.com/distribution/distribution/v3/registry/handlers"
 )
 
-// openApps counts embedded Apps built and not yet shut down, process-wide,
-// so tests can prove recycling leaves none behind.
-var openApps atomic.Int64
-
-// OpenApps is the number of embedded distribution Apps currently open.
-func OpenApps() int64 { return openApps.Load() }
-
-// errUpstreamDown refuses a recycle that would trade a proxy-mode App for a
-// cache-only one.
-var errUpstreamDown = errors.New("upstream unreachable: keeping the current app")
-
 // Recycle builds a fresh App and swaps it in. New requests go to the new App
 // at once; the old one finishes its in-flight requests (bounded by the drain
-// timeout) and is then shut down exactly once. If the new App cannot be built
-// the old one keeps serving and the error is returned for the caller to
-// count and retry.
+// timeout) and is then shut down exactly once. The App only serves the local
+// store, so building one needs neither the upstream nor anything that can
+// fail once the server runs; a closed server refuses.
 func (s *Server) Recycle(ctx context.Context) error {
 	s.swapMu.Lock()
 	defer s.swapMu.Unlock()
 	if s.closed {
 		return fmt.Errorf("recycle %s: server closed", s.cfg.Name)
 	}
-	wasProxied := s.apps.current().proxied
-	h, err := s.build(ctx)
-	if err != nil {
-		return fmt.Errorf("recycle %s: %w", s.cfg.Name, err)
-	}
-	if wasProxied && !h.proxied {
-		h.shutdown(0)
-		return fmt.Errorf("recycle %s: %w", s.cfg.Name, errUpstreamDown)
-	}
-	s.install(h)
+	s.install(&appHandle{app: buildApp(s.ctx, s.cfg.Name, s.cfg.Storage)})
 	// Forget revalidation times too: they are the cache layer's only
 	// unbounded-by-config state.
 	s.cache.ResetFreshness()

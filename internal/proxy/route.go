@@ -11,6 +11,7 @@ const (
 	kindManifest = "manifest"
 	kindBlob     = "blob"
 	kindTags     = "tags"
+	kindUpload   = "upload"
 	kindOther    = "other"
 )
 
@@ -42,7 +43,7 @@ func parseRoute(path string) route {
 	if i := strings.LastIndex(rest, "/blobs/"); i > 0 {
 		ref := rest[i+len("/blobs/"):]
 		if strings.HasPrefix(ref, "uploads") {
-			return route{kind: kindOther, repo: rest[:i]}
+			return route{kind: kindUpload, repo: rest[:i]}
 		}
 		return route{kind: kindBlob, repo: rest[:i], ref: ref}
 	}

@@ -60,9 +60,6 @@ func (nopObserver) StorageError(string)                                     {}
 type Options struct {
 	Logger   *slog.Logger
 	Observer Observer
-	// RetryEvery is how often an upstream that was down when the server
-	// started is probed so its App can be switched to proxy mode.
-	RetryEvery time.Duration
 	// Drain bounds how long a replaced App may finish its requests.
 	Drain time.Duration
 	// Guard is told what the cache relies on, for online GC.
@@ -86,8 +83,8 @@ type Server struct {
 	log   *slog.Logger
 	obs   Observer
 	drain time.Duration
+	ctx   context.Context // parent of the Apps; cancelled by Close
 
-	unroute   func()
 	ownsCache atomic.Bool // closing the server closes the cache's fills
 	swapMu    sync.Mutex  // one App build-and-swap at a time
 	closed    bool        // under swapMu
@@ -96,15 +93,12 @@ type Server struct {
 	once      sync.Once
 }
 
-// New builds the server for one upstream. An unreachable upstream is not an
-// error: the server starts on what is cached and switches to proxy mode when
-// the upstream answers.
+// New builds the server for one upstream. It does not contact the upstream:
+// one that is down serves what is cached and answers the rest with 503 until
+// it is back, and health reports it meanwhile.
 func New(ctx context.Context, u config.Upstream, o Options) (*Server, error) {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
-	}
-	if o.RetryEvery <= 0 {
-		o.RetryEvery = 10 * time.Second
 	}
 	if o.Drain <= 0 {
 		o.Drain = 30 * time.Second
@@ -149,85 +143,9 @@ func New(ctx context.Context, u config.Upstream, o Options) (*Server, error) {
 		}
 		s.ownsCache.Store(true)
 	}
-	s.unroute = upstream.RouteDefaultTransport(up)
-
-	bg, stop := context.WithCancel(context.WithoutCancel(ctx))
-	s.stop = stop
-	h, err := s.build(bg)
-	if err != nil {
-		s.unroute()
-		stop()
-		return nil, err
-	}
-	s.apps.cur = h
-	if !h.proxied {
-		s.wg.Add(1)
-		go s.retryProxyMode(bg, o.RetryEvery)
-	}
+	s.ctx, s.stop = context.WithCancel(context.WithoutCancel(ctx))
+	s.apps.cur = &appHandle{app: buildApp(s.ctx, u.Name, u.Storage)}
 	return s, nil
-}
-
-// build makes an App in proxy mode if the upstream answers now, otherwise a
-// local-only one: distribution's proxy panics at construction when it cannot
-// reach the upstream, and a down upstream must not stop us serving the cache.
-func (s *Server) build(ctx context.Context) (*appHandle, error) {
-	spec := appSpec{name: s.cfg.Name, root: s.cfg.Storage}
-	if err := s.up.Ping(ctx); err == nil {
-		spec.remote = s.cfg.Remote
-		spec.username = s.cfg.Username
-		spec.password = s.cfg.Password.Reveal()
-		app, err := buildApp(ctx, spec)
-		if err == nil {
-			return &appHandle{app: app, proxied: true}, nil
-		}
-		s.log.Warn("proxy mode unavailable, serving cache only", "err", err)
-	} else {
-		s.log.Warn("upstream unreachable at start, serving cache only", "err", err)
-	}
-	spec.remote = ""
-	app, err := buildApp(ctx, spec)
-	if err != nil {
-		return nil, err
-	}
-	return &appHandle{app: app}, nil
-}
-
-func (s *Server) retryProxyMode(ctx context.Context, every time.Duration) {
-	defer s.wg.Done()
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		if s.apps.current().proxied {
-			return // a recycle already got there
-		}
-		s.swapMu.Lock()
-		if s.closed {
-			s.swapMu.Unlock()
-			return
-		}
-		h, err := s.build(ctx)
-		if err != nil {
-			s.swapMu.Unlock()
-			s.log.Warn("rebuild app", "err", err)
-			continue
-		}
-		if ctx.Err() != nil {
-			s.swapMu.Unlock()
-			h.shutdown(0)
-			return
-		}
-		s.install(h)
-		s.swapMu.Unlock()
-		if h.proxied {
-			s.log.Info("upstream reachable, proxy mode on")
-			return
-		}
-	}
 }
 
 // TakeOver completes a handover from the server this one was built to
@@ -267,7 +185,6 @@ func (s *Server) Close() {
 		if s.ownsCache.Load() {
 			s.cache.Close()
 		}
-		s.unroute()
 		s.up.Close()
 	})
 }
@@ -279,9 +196,20 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rt := parseRoute(r.URL.Path)
 	defer func() {
 		d := time.Since(start)
-		s.obs.Request(rt.kind, rw.status, d, !rw.fromUpstream, rw.bytes)
-		s.log.Info("request", "method", r.Method, "repository", rt.repo, "kind", rt.kind,
-			"ref", rt.ref, "status", rw.status, "bytes", rw.bytes, "duration", d, "stale", rw.stale)
+		// Only content counts as served: an error body is not traffic
+		// anyone pulled.
+		content := rw.bytes
+		if rw.status >= 300 {
+			content = 0
+		}
+		s.obs.Request(rt.kind, rw.status, d, !rw.fromUpstream, content)
+		attrs := []any{"method", r.Method, "repository", rt.repo, "kind", rt.kind,
+			"ref", rt.ref, "status", rw.status, "bytes", rw.bytes, "duration", d, "stale", rw.stale}
+		if rw.cause != nil {
+			// The whole story for the operator; the client got a code.
+			attrs = append(attrs, "cause", rw.cause.Error())
+		}
+		s.log.Info("request", attrs...)
 	}()
 
 	// containerd names the registry a mirror request is for in ?ns=. A port
@@ -309,8 +237,39 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.serveManifest(rw, r, rt)
 	case kindBlob:
 		s.serveBlob(rw, r, rt)
+	case kindTags:
+		s.serveTags(rw, r, rt)
+	case kindUpload:
+		writeError(rw, http.StatusMethodNotAllowed, codeUnsupported, "multiproxy is a read-only pull-through cache")
 	default:
 		s.apps.serve(rw, r)
+	}
+}
+
+// serveTags passes a tag list through from the upstream, or from the cached
+// tags, marked stale, when the upstream fails.
+func (s *Server) serveTags(w *recorder, r *http.Request, rt route) {
+	list, err := s.cache.ListTags(r.Context(), rt.repo, r.URL.Query().Encode())
+	if err != nil {
+		s.writeUpstreamError(w, r, err, kindTags)
+		return
+	}
+	h := w.Header()
+	if list.Stale {
+		w.stale = true
+		h.Set("Warning", fmt.Sprintf(`110 multiproxy "Response is Stale: upstream %s"`, list.Cause))
+	} else {
+		w.fromUpstream = true
+	}
+	if list.Next != "" {
+		h.Set("Link", fmt.Sprintf(`<%s?%s>; rel="next"`, r.URL.Path, list.Next))
+	}
+	h.Set("Content-Type", "application/json")
+	h.Set("Content-Length", strconv.Itoa(len(list.Body)))
+	h.Set("Docker-Distribution-Api-Version", "registry/2.0")
+	w.WriteHeader(http.StatusOK)
+	if r.Method != http.MethodHead {
+		_, _ = w.Write(list.Body)
 	}
 }
 
@@ -393,8 +352,11 @@ func (s *Server) serveBlob(w *recorder, r *http.Request, rt route) {
 	}
 	if local {
 		s.obs.Hit(cache.KindBlob)
-		s.serveLocalBlob(w, r, d)
-		return
+		if s.serveLocalBlob(w, r, d) {
+			return
+		}
+		// A collection removed it between the check and the open: fetch
+		// it again.
 	}
 	if r.Method == http.MethodHead {
 		// A HEAD asks whether the blob exists and how big it is: one
@@ -416,7 +378,9 @@ func (s *Server) serveBlob(w *recorder, r *http.Request, rt route) {
 		return
 	}
 	if local {
-		s.serveLocalBlob(w, r, d)
+		if !s.serveLocalBlob(w, r, d) {
+			writeError(w, http.StatusServiceUnavailable, codeUnavailable, "blob removed while being served; retry")
+		}
 		return
 	}
 	defer st.Close()
@@ -465,18 +429,18 @@ func setBlobHeaders(h http.Header, d digest.Digest) {
 // ranges work. Measured on loopback, sendfile halves the CPU per byte at
 // 16 clients for the same throughput, though one stream alone runs a little
 // slower than a user-space copy (1.85 against 2.4 GB/s), far above any NIC.
-// If the file cannot be opened (a collection removed it just
-// now), the App serves the request and fetches it again in proxy mode.
-func (s *Server) serveLocalBlob(w *recorder, r *http.Request, d digest.Digest) {
+// It reports false, having written nothing, when the file cannot be
+// opened (a collection removed it just now).
+func (s *Server) serveLocalBlob(w *recorder, r *http.Request, d digest.Digest) bool {
 	f, err := s.cache.OpenLocal(d)
 	if err != nil {
-		s.apps.serve(w, r)
-		return
+		return false
 	}
 	defer f.Close()
 	setBlobHeaders(w.Header(), d)
 	w.Header().Set("Cache-Control", "max-age=31536000")
 	http.ServeContent(w, r, "", time.Time{}, f)
+	return true
 }
 
 // writerOnly hides the recorder's ReadFrom, so the stream is copied with our
@@ -486,6 +450,7 @@ type writerOnly struct{ io.Writer }
 // writeUpstreamError maps a cache or upstream failure to the client's answer:
 // the upstream's own status where it gave one, 503 when it did not answer.
 func (s *Server) writeUpstreamError(w *recorder, r *http.Request, err error, kind string) {
+	w.cause = err
 	unknown := codeManifestUnknown
 	if kind == kindBlob {
 		unknown = codeBlobUnknown
@@ -553,6 +518,7 @@ type recorder struct {
 	wrote        bool
 	stale        bool
 	fromUpstream bool
+	cause        error // why an error was answered, for the access log
 }
 
 func (r *recorder) WriteHeader(code int) {

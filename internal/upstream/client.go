@@ -21,7 +21,6 @@ import (
 	"net/url"
 	"os"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -109,12 +108,10 @@ func New(o Options) (*Client, error) {
 
 // newTransport is the one place upstream connections are configured: every
 // wait is bounded by timeout, and a private CA is added to the system roots.
+// Each upstream has a transport of its own; nothing process-wide is touched.
 func newTransport(caFile string, timeout time.Duration) (*http.Transport, error) {
-	// Clone the router's fallback, never the router itself: a process has
-	// one original default transport, kept by installRouter.
-	tr := installRouter().fallback.Clone()
-	dialer := &net.Dialer{Timeout: timeout, KeepAlive: 30 * time.Second}
-	tr.DialContext = countDials(dialer.DialContext)
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.DialContext = (&net.Dialer{Timeout: timeout, KeepAlive: 30 * time.Second}).DialContext
 	tr.TLSHandshakeTimeout = timeout
 	tr.ResponseHeaderTimeout = timeout
 	tr.ExpectContinueTimeout = time.Second
@@ -137,41 +134,11 @@ func newTransport(caFile string, timeout time.Duration) (*http.Transport, error)
 	return tr, nil
 }
 
-// dials counts outbound connection attempts by address, for any upstream,
-// so tests can prove a request caused none to a given host (an ns naming no
-// upstream must never be dialed).
-var dials sync.Map // addr -> *atomic.Int64
-
-// Dials is the number of outbound connections attempted so far to addresses
-// for which match is true.
-func Dials(match func(addr string) bool) int64 {
-	var n int64
-	dials.Range(func(k, v any) bool {
-		if match(k.(string)) {
-			n += v.(*atomic.Int64).Load()
-		}
-		return true
-	})
-	return n
-}
-
-func countDials(dial func(ctx context.Context, network, addr string) (net.Conn, error)) func(ctx context.Context, network, addr string) (net.Conn, error) {
-	return func(ctx context.Context, network, addr string) (net.Conn, error) {
-		c, _ := dials.LoadOrStore(addr, new(atomic.Int64))
-		c.(*atomic.Int64).Add(1)
-		return dial(ctx, network, addr)
-	}
-}
-
 // Name is the upstream's configured name.
 func (c *Client) Name() string { return c.name }
 
 // Timeout is the bound on every upstream wait.
 func (c *Client) Timeout() time.Duration { return c.timeout }
-
-// RoundTripper is the bare per-upstream transport, without registry auth. The
-// embedded distribution App's own upstream calls are routed through it.
-func (c *Client) RoundTripper() http.RoundTripper { return c.rt }
 
 // Close drops idle connections.
 func (c *Client) Close() { c.base.CloseIdleConnections() }
@@ -448,4 +415,63 @@ func (o observer) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	o.observe(req.Method, resp.StatusCode, time.Since(start), resp.Header, nil)
 	return resp, nil
+}
+
+// MaxTagListSize bounds a tag list body; registries paginate long lists.
+const MaxTagListSize = 4 << 20
+
+// TagList is one page of a repository's tags as the upstream sent it.
+type TagList struct {
+	Body []byte
+	// Next is the query (n, last) of the following page, from the
+	// upstream's Link header, or "" on the last page.
+	Next string
+}
+
+// GetTags fetches one page of a repository's tag list; query is the
+// client's (n, last), passed on as is.
+func (c *Client) GetTags(ctx context.Context, repo, query string) (TagList, error) {
+	ctx, cancelAll := context.WithTimeout(ctx, 2*c.timeout)
+	defer cancelAll()
+	path := "/v2/" + repo + "/tags/list"
+	if query != "" {
+		path += "?" + query
+	}
+	resp, cancel, err := c.headers(ctx, "get tags", http.MethodGet, repo, path, []string{"application/json"})
+	if err != nil {
+		return TagList{}, err
+	}
+	defer cancel()
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return TagList{}, statusError("get tags", resp)
+	}
+	body, err := io.ReadAll(io.LimitReader(resp.Body, MaxTagListSize+1))
+	if err != nil {
+		return TagList{}, classify("read tags", err)
+	}
+	if len(body) > MaxTagListSize {
+		return TagList{}, &Error{Op: "get tags", Cause: CauseBadContent, Err: fmt.Errorf("tag list larger than %d bytes", MaxTagListSize)}
+	}
+	return TagList{Body: body, Next: nextQuery(resp.Header.Get("Link"))}, nil
+}
+
+// nextQuery takes the query of a Link header's rel="next" URL. Only the
+// query is kept: the path is the upstream's (under a redirected API, another
+// prefix), and the client must come back to us.
+func nextQuery(link string) string {
+	for part := range strings.SplitSeq(link, ",") {
+		if !strings.Contains(part, `rel="next"`) {
+			continue
+		}
+		start, end := strings.IndexByte(part, '<'), strings.IndexByte(part, '>')
+		if start < 0 || end <= start {
+			continue
+		}
+		u, err := url.Parse(part[start+1 : end])
+		if err == nil {
+			return u.RawQuery
+		}
+	}
+	return ""
 }

@@ -20,8 +20,14 @@ func TestReadyzFollowsUpstreamOutages(t *testing.T) {
 	// one upstream timeout for the probe to fail, and polling slack.
 	within := 2*probeInterval + p.Config.Upstreams[0].Timeout + time.Second
 
-	r := getReadyz(t, p)
-	if r.code != http.StatusOK || !r.Ready || r.state("docker.io") != "reachable" || r.state("ghcr.io") != "reachable" {
+	// Nothing contacts an upstream before serving: the first probe, sent
+	// at start, tells.
+	var r readyz
+	waitFor(t, within, "both upstreams reachable", func() (bool, string) {
+		r = getReadyz(t, p)
+		return r.state("docker.io") == "reachable" && r.state("ghcr.io") == "reachable", fmt.Sprintf("%+v", r)
+	})
+	if r.code != http.StatusOK || !r.Ready {
 		t.Fatalf("at start: %+v", r)
 	}
 	for _, u := range r.Upstreams {

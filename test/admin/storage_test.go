@@ -121,10 +121,12 @@ func TestUnwritableStoreDegradesReadiness(t *testing.T) {
 	p := ts.StartProxy(t, ts.ProxyUpstream{Name: "docker.io", Reg: hub}, ts.ProxyUpstream{Name: "ghcr.io", Reg: ghcr})
 	storage := p.Config.Upstreams[0].Storage
 
-	code, ups, raw := readyzFull(t, p)
-	if code != http.StatusOK || upstreamIn(ups, "docker.io").State != "reachable" {
-		t.Fatalf("at start: %d %s", code, raw)
-	}
+	// The first probes, sent at start, say both upstreams answer.
+	waitFor(t, 10*time.Second, "both upstreams reachable", func() (bool, string) {
+		code, ups, raw := readyzFull(t, p)
+		return code == http.StatusOK && upstreamIn(ups, "docker.io").State == "reachable" &&
+			upstreamIn(ups, "ghcr.io").State == "reachable", fmt.Sprintf("%d %s", code, raw)
+	})
 
 	breakStore(t, storage)
 	broken := time.Now()
@@ -153,7 +155,12 @@ func TestUnwritableStoreDegradesReadiness(t *testing.T) {
 		}
 	}
 
-	var degraded readyzUpstream
+	var (
+		degraded readyzUpstream
+		code     int
+		ups      []readyzUpstream
+		raw      string
+	)
 	waitFor(t, 2*probeInterval+time.Second, "docker.io degraded on /readyz", func() (bool, string) {
 		code, ups, raw = readyzFull(t, p)
 		degraded = upstreamIn(ups, "docker.io")

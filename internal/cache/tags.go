@@ -1,0 +1,77 @@
+package cache
+
+import (
+	"context"
+	"encoding/json"
+	"net/url"
+	"slices"
+	"strconv"
+
+	"github.com/multiproxy/multiproxy/internal/upstream"
+)
+
+// TagList is one page of a repository's tag list for a client.
+type TagList struct {
+	Body []byte
+	// Next is the query of the following page, or "".
+	Next string
+	// Stale is set when the upstream failed and the list was made from the
+	// tags cached here.
+	Stale bool
+	Cause upstream.Cause
+}
+
+// ListTags passes a tag list through from the upstream: tags are mutable, so
+// the upstream's answer is the truth. When the upstream fails (down, slow,
+// 5xx, 429, refusing credentials) the list is made from the tags cached
+// here, paginated the same way, and marked stale, as a stale tag is served.
+// A 404 from a working upstream is passed on.
+func (c *Cache) ListTags(ctx context.Context, name, query string) (TagList, error) {
+	repo, err := c.repo(ctx, name)
+	if err != nil {
+		return TagList{}, err
+	}
+	up, err := c.client().GetTags(ctx, name, query)
+	if err == nil {
+		return TagList{Body: up.Body, Next: up.Next}, nil
+	}
+	if upstream.IsNotFound(err) {
+		return TagList{}, err
+	}
+	local, lerr := repo.Tags(ctx).All(ctx)
+	if lerr != nil || len(local) == 0 {
+		return TagList{}, err
+	}
+	cause := upstream.CauseOf(err)
+	c.obs.Stale(string(cause))
+	c.log.Warn("serving stale tag list", "repository", name, "cause", cause, "err", err)
+	page, next := paginate(local, query)
+	body, merr := json.Marshal(struct {
+		Name string   `json:"name"`
+		Tags []string `json:"tags"`
+	}{name, page})
+	if merr != nil {
+		return TagList{}, merr
+	}
+	return TagList{Body: body, Next: next, Stale: true, Cause: cause}, nil
+}
+
+// paginate applies the distribution spec's n and last to sorted tags.
+func paginate(tags []string, query string) (page []string, next string) {
+	slices.Sort(tags)
+	q, _ := url.ParseQuery(query)
+	if last := q.Get("last"); last != "" {
+		i, _ := slices.BinarySearch(tags, last)
+		for i < len(tags) && tags[i] <= last {
+			i++
+		}
+		tags = tags[i:]
+	}
+	n, err := strconv.Atoi(q.Get("n"))
+	if err != nil || n <= 0 || n >= len(tags) {
+		return tags, ""
+	}
+	page = tags[:n]
+	nq := url.Values{"n": {strconv.Itoa(n)}, "last": {page[len(page)-1]}}
+	return page, nq.Encode()
+}
