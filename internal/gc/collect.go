@@ -2,6 +2,7 @@ package gc
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -69,6 +70,16 @@ type Result struct {
 	Evicted      []Eviction    `json:"evicted,omitempty"`
 	// Spared counts objects a concurrent pull claimed during the run.
 	Spared int `json:"spared"`
+}
+
+// MarshalJSON writes Duration as a string with units ("1.2s"), as a
+// person reading `multiproxy gc` output expects, not in nanoseconds.
+func (r Result) MarshalJSON() ([]byte, error) {
+	type plain Result
+	return json.Marshal(struct {
+		plain
+		Duration string `json:"duration"`
+	}{plain(r), r.Duration.String()})
 }
 
 type manifest struct {

@@ -2,6 +2,7 @@ package gc_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io/fs"
 	"log/slog"
@@ -353,5 +354,20 @@ func TestDryRunChangesNothing(t *testing.T) {
 		if after[p] != v {
 			t.Errorf("dry run changed %s: %s -> %s", p, v, after[p])
 		}
+	}
+}
+
+// gc output is read by people: its duration has units.
+func TestResultJSONDurationHasUnits(t *testing.T) {
+	b, err := json.Marshal(gc.Result{Upstream: "docker.io", Duration: 1500 * time.Millisecond, FreedBytes: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got map[string]any
+	if err := json.Unmarshal(b, &got); err != nil {
+		t.Fatal(err)
+	}
+	if got["duration"] != "1.5s" || got["freed_bytes"] != float64(3) || got["upstream"] != "docker.io" {
+		t.Errorf("gc result JSON %s, want duration \"1.5s\" beside the other fields", b)
 	}
 }
