@@ -41,18 +41,6 @@ func (c Client) Purge(ctx context.Context, image string) error {
 	return c.call(ctx, http.MethodPost, "/api/v1/purge?image="+url.QueryEscape(image), nil)
 }
 
-// Status fetches every upstream's state and figures.
-func (c Client) Status(ctx context.Context) (Status, error) {
-	var st Status
-	err := c.call(ctx, http.MethodGet, "/api/v1/status", &st)
-	return st, err
-}
-
-// Recycle rebuilds an upstream's embedded App now.
-func (c Client) Recycle(ctx context.Context, upstream string) error {
-	return c.call(ctx, http.MethodPost, "/api/v1/recycle?upstream="+url.QueryEscape(upstream), nil)
-}
-
 // GC collects an upstream's garbage, or with dryRun reports what it would
 // delete; the server's report is decoded into out if it is not nil.
 func (c Client) GC(ctx context.Context, upstream string, dryRun bool, out any) error {

@@ -41,14 +41,6 @@ func Reloading() error {
 // for the drain instead of a running service that no longer accepts.
 func Stopping() error { return notify("STOPPING=1") }
 
-// Status sets the free-form status line `systemctl status` shows.
-// Line breaks become spaces: a newline would end the assignment and let the
-// rest of the text be read as further assignments (say, READY=1).
-func Status(s string) error {
-	s = strings.NewReplacer("\r\n", " ", "\n", " ", "\r", " ").Replace(s)
-	return notify("STATUS=" + s)
-}
-
 // notify sends the given VAR=VALUE assignments in one datagram. It returns
 // nil without doing anything when NOTIFY_SOCKET is unset.
 func notify(assignments ...string) error {

@@ -57,9 +57,7 @@ func TestMessages(t *testing.T) {
 	}{
 		{"Ready", Ready, "READY=1\n"},
 		{"Stopping", Stopping, "STOPPING=1\n"},
-		{"Status", func() error { return Status("serving 5 upstreams") }, "STATUS=serving 5 upstreams\n"},
 		// A newline in the text must not smuggle in a READY=1 of its own.
-		{"StatusNewlines", func() error { return Status("reload failed:\nREADY=1\r\nbad") }, "STATUS=reload failed: READY=1 bad\n"},
 	} {
 		if err := tc.send(); err != nil {
 			t.Fatalf("%s: %v", tc.name, err)
@@ -117,7 +115,6 @@ func TestNoSocketIsNoOp(t *testing.T) {
 	t.Setenv("NOTIFY_SOCKET", "")
 	for name, f := range map[string]func() error{
 		"Ready": Ready, "Reloading": Reloading, "Stopping": Stopping,
-		"Status": func() error { return Status("x") },
 	} {
 		if err := f(); err != nil {
 			t.Errorf("%s without NOTIFY_SOCKET: %v, want nil", name, err)

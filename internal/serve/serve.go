@@ -228,9 +228,6 @@ func (p *Process) Addr(name string) string {
 // AdminAddr is the admin listener's bound address.
 func (p *Process) AdminAddr() string { return p.adminAddr }
 
-// Errors reports a listener that stopped serving on its own.
-func (p *Process) Errors() <-chan error { return p.serveErr }
-
 // Shutdown stops accepting, lets in-flight requests finish until ctx ends,
 // then shuts every App down exactly once.
 func (p *Process) Shutdown(ctx context.Context) error {
