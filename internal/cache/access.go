@@ -42,10 +42,10 @@ func (c *Cache) used(repo string, d digest.Digest) {
 	}
 }
 
-// OpenLocal opens a committed blob's bytes for reading, or fails if the store
+// openLocal opens a committed blob's bytes for reading, or fails if the store
 // does not hold them. Serving the file directly lets the kernel send it
 // (sendfile), where distribution's ServeBlob copies through user space.
-func (c *Cache) OpenLocal(d digest.Digest) (*os.File, error) {
+func (c *Cache) openLocal(d digest.Digest) (*os.File, error) {
 	if err := d.Validate(); err != nil {
 		return nil, err
 	}

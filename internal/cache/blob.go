@@ -29,15 +29,55 @@ const passWindow = 4 << 20
 // nowhere to store the bytes, nobody would ever read them.
 var errAbandoned = errors.New("every client of an uncached fill left")
 
-// PrepareBlob makes a blob servable from the repository's local store if it
-// can be without the upstream (already there, or stored for another
-// repository and now linked here). It reports whether it is local.
-func (c *Cache) PrepareBlob(ctx context.Context, name string, d digest.Digest) (bool, error) {
+// BlobReader is what a client's blob request is served from: the stored
+// file, which the kernel can send (sendfile) with ranges, or a stream of the
+// fill running for it, shared with every other client asking meanwhile.
+// Exactly one of File and Stream is set; Close releases it.
+type BlobReader struct {
+	File   *os.File
+	Stream *Stream
+}
+
+// Close releases the reader.
+func (b *BlobReader) Close() error {
+	if b.File != nil {
+		return b.File.Close()
+	}
+	return b.Stream.Close()
+}
+
+// Blob answers a client's GET of a blob: from the store if it is there (or
+// stored for another repository, then linked here), else from the upstream
+// through a fill shared with every other client asking meanwhile. It
+// returns once the upstream has answered with headers, bounded by the
+// upstream timeout.
+func (c *Cache) Blob(ctx context.Context, name string, d digest.Digest) (*BlobReader, error) {
 	repo, err := c.repo(ctx, name)
 	if err != nil {
-		return false, err
+		return nil, err
 	}
-	return c.linkLocal(ctx, repo, d)
+	// A collection may remove a blob between the check and the open; it
+	// is then fetched again, once.
+	for range 2 {
+		if ok, _ := c.linkLocal(ctx, repo, d); ok {
+			if f, err := c.openLocal(d); err == nil {
+				c.obs.Hit(KindBlob)
+				return &BlobReader{File: f}, nil
+			}
+		}
+		st, local, err := c.openFill(ctx, repo, name, d)
+		if err != nil {
+			return nil, err
+		}
+		if !local {
+			return &BlobReader{Stream: st}, nil
+		}
+		if f, err := c.openLocal(d); err == nil {
+			c.obs.Hit(KindBlob)
+			return &BlobReader{File: f}, nil
+		}
+	}
+	return nil, &upstream.Error{Op: "get blob", Cause: upstream.CauseUnreachable, Err: errors.New("blob removed while being served; retry")}
 }
 
 func (c *Cache) linkLocal(ctx context.Context, repo distribution.Repository, d digest.Digest) (bool, error) {
@@ -88,15 +128,10 @@ func (m mountWithStat) Apply(v any) error {
 	return nil
 }
 
-// OpenBlob returns a stream of a blob being fetched from the upstream, joining
-// the fill already running for it if there is one. It returns once the
-// upstream has answered with headers (bounded by the upstream timeout), or
-// with local=true if the blob became local meanwhile.
-func (c *Cache) OpenBlob(ctx context.Context, name string, d digest.Digest) (s *Stream, local bool, err error) {
-	repo, err := c.repo(ctx, name)
-	if err != nil {
-		return nil, false, err
-	}
+// openFill returns a stream of a blob being fetched from the upstream,
+// joining the fill already running for it if there is one, or local=true if
+// the blob became local meanwhile.
+func (c *Cache) openFill(ctx context.Context, repo distribution.Repository, name string, d digest.Digest) (s *Stream, local bool, err error) {
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
@@ -114,7 +149,6 @@ func (c *Cache) OpenBlob(ctx context.Context, name string, d digest.Digest) (s *
 		// looked, and a second upstream GET would be wasted.
 		if ok, _ := c.linkLocal(ctx, repo, d); ok {
 			c.mu.Unlock()
-			c.obs.Hit(KindBlob)
 			return nil, true, nil
 		}
 		f = c.startFill(repo, name, d)
@@ -156,11 +190,19 @@ func (c *Cache) FillsInFlight() int {
 	return len(c.fills)
 }
 
-// BlobSize answers a HEAD for a blob that is not local: from the fill running
-// for it if there is one, else from one upstream HEAD. It never downloads.
+// BlobSize answers a HEAD of a blob: from the store if it is there, else
+// from the fill running for it, else from one upstream HEAD. It never
+// downloads.
 func (c *Cache) BlobSize(ctx context.Context, name string, d digest.Digest) (int64, error) {
-	if _, err := c.repo(ctx, name); err != nil {
+	repo, err := c.repo(ctx, name)
+	if err != nil {
 		return 0, err
+	}
+	if ok, _ := c.linkLocal(ctx, repo, d); ok {
+		if fi, err := os.Stat(c.blobPath(d)); err == nil {
+			c.obs.Hit(KindBlob)
+			return fi.Size(), nil
+		}
 	}
 	c.mu.Lock()
 	f := c.fills[d]
