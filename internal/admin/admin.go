@@ -39,6 +39,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/distribution/distribution/v3/registry/api/errcode"
 	"github.com/gorilla/mux"
 )
 
@@ -82,15 +83,15 @@ type StatusError struct {
 }
 
 // OCI distribution error codes the admin API answers with.
-const (
-	CodeManifestUnknown = "MANIFEST_UNKNOWN"
-	CodeNameUnknown     = "NAME_UNKNOWN"
-	CodeNameInvalid     = "NAME_INVALID"
-	CodeTooManyRequests = "TOOMANYREQUESTS"
-	CodeUnavailable     = "UNAVAILABLE"
-	CodeDenied          = "DENIED"
-	CodeUnsupported     = "UNSUPPORTED"
-	CodeUnknown         = "UNKNOWN"
+var (
+	CodeManifestUnknown = errcode.ErrorCodeManifestUnknown.String()
+	CodeNameUnknown     = errcode.ErrorCodeNameUnknown.String()
+	CodeNameInvalid     = errcode.ErrorCodeNameInvalid.String()
+	CodeTooManyRequests = errcode.ErrorCodeTooManyRequests.String()
+	CodeUnavailable     = errcode.ErrorCodeUnavailable.String()
+	CodeDenied          = errcode.ErrorCodeDenied.String()
+	CodeUnsupported     = errcode.ErrorCodeUnsupported.String()
+	CodeUnknown         = errcode.ErrorCodeUnknown.String()
 )
 
 func (e *StatusError) Error() string { return e.Err.Error() }

@@ -15,7 +15,6 @@ package proxy
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -422,19 +421,10 @@ func setBlobHeaders(h http.Header, d digest.Digest) {
 // buffer rather than probed for sendfile.
 type writerOnly struct{ io.Writer }
 
-// writeUpstreamError maps a cache or upstream failure to the client's answer:
-// the upstream's own status where it gave one, 503 when it did not answer.
+// writeUpstreamError answers a failed request as FailureOf says, and notes
+// the cause for the access log.
 func (s *Server) writeUpstreamError(w *recorder, r *http.Request, err error, kind string) {
 	w.cause = err
-	unknown := codeManifestUnknown
-	if kind == kindBlob {
-		unknown = codeBlobUnknown
-	}
-	var re *cache.RequestError
-	if errors.As(err, &re) {
-		writeError(w, http.StatusBadRequest, re.Code, re.Error())
-		return
-	}
 	if r.Context().Err() != nil {
 		// The client went away; nobody reads this answer. Only the
 		// client's own context says so: a cancellation inside the upstream
@@ -442,47 +432,21 @@ func (s *Server) writeUpstreamError(w *recorder, r *http.Request, err error, kin
 		w.status = 499
 		return
 	}
-	var ue *upstream.Error
-	if !errors.As(err, &ue) {
-		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
-			writeError(w, http.StatusServiceUnavailable, codeUnavailable, "upstream did not answer in time")
-			return
-		}
-		s.log.Error("request failed", "err", err)
-		writeError(w, http.StatusInternalServerError, codeUnknown, "internal error")
-		return
+	notFound := codeManifestUnknown
+	switch kind {
+	case kindBlob:
+		notFound = codeBlobUnknown
+	case kindTags:
+		notFound = codeNameUnknown
 	}
-	for k, v := range ue.Header {
+	f := FailureOf(err, notFound)
+	if f.Status >= 500 && f.Code == codeUnknown {
+		s.log.Error("request failed", "err", err)
+	}
+	for k, v := range f.Header {
 		w.Header()[k] = v
 	}
-	switch ue.Cause {
-	case upstream.CauseNotFound:
-		writeError(w, http.StatusNotFound, unknown, "not found upstream")
-	case upstream.CauseRateLimited:
-		writeError(w, http.StatusTooManyRequests, codeTooManyRequests, "upstream rate limit")
-	case upstream.CauseAuth:
-		if ue.Status == http.StatusForbidden {
-			writeError(w, http.StatusForbidden, codeDenied, "upstream denied access")
-		} else {
-			writeError(w, http.StatusUnauthorized, codeUnauthorized, "upstream refused our credentials")
-		}
-	case upstream.CauseServerError:
-		writeError(w, ue.Status, codeUnavailable, fmt.Sprintf("upstream error %d", ue.Status))
-	case cache.CauseStorage:
-		writeError(w, http.StatusServiceUnavailable, codeUnavailable, "the cache could not store the blob; retry")
-	case upstream.CauseBadContent:
-		writeError(w, http.StatusBadGateway, codeUnknown, "upstream sent content that does not match its digest")
-	case upstream.CauseTimeout:
-		writeError(w, http.StatusServiceUnavailable, codeUnavailable, "upstream did not answer in time")
-	case upstream.CauseUnreachable:
-		writeError(w, http.StatusServiceUnavailable, codeUnavailable, "upstream unreachable")
-	default:
-		status := ue.Status
-		if status < 400 || status > 599 {
-			status = http.StatusBadGateway
-		}
-		writeError(w, status, codeUnknown, fmt.Sprintf("upstream answered %d", ue.Status))
-	}
+	writeError(w, f.Status, f.Code, f.Message)
 }
 
 // recorder notes what was answered, for the access log and metrics.

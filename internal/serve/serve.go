@@ -10,11 +10,9 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"strings"
 	"sync"
 	"time"
 
-	"github.com/distribution/reference"
 	"github.com/sirupsen/logrus"
 
 	"github.com/multiproxy/multiproxy/internal/admin"
@@ -340,64 +338,6 @@ loop:
 	return errors.Join(serveErr, p.Shutdown(sctx))
 }
 
-// server finds the upstream an image reference's registry host belongs to.
-func (p *Process) server(image string) (*proxy.Server, reference.Named, error) {
-	named, err := reference.ParseNormalizedNamed(strings.TrimSpace(image))
-	if err != nil {
-		return nil, nil, &admin.StatusError{Status: http.StatusBadRequest, Err: fmt.Errorf("parse image %q: %w", image, err)}
-	}
-	domain := reference.Domain(named)
-	ups, _ := p.snapshot()
-	for _, r := range ups {
-		if r.cfg.Serves(domain) {
-			return r.server, named, nil
-		}
-	}
-	return nil, nil, &admin.StatusError{Status: http.StatusNotFound, Err: fmt.Errorf("no upstream configured for registry %q", domain)}
-}
-
-// Resolve implements admin.Backend.
-func (p *Process) Resolve(ctx context.Context, image string) (admin.Resolution, error) {
-	srv, named, err := p.server(image)
-	if err != nil {
-		return admin.Resolution{}, err
-	}
-	named = reference.TagNameOnly(named)
-	if c, ok := named.(reference.Canonical); ok {
-		return admin.Resolution{Image: image, Digest: c.Digest().String(), Pinned: reference.FamiliarString(c)}, nil
-	}
-	tagged := named.(reference.NamedTagged)
-	res, err := srv.Cache().ResolveTag(ctx, reference.Path(named), tagged.Tag())
-	if err != nil {
-		p.log.Warn("admin resolve failed", "image", image, "err", err)
-		return admin.Resolution{}, resolveError(reference.FamiliarString(tagged), err)
-	}
-	pinned := strings.TrimSpace(image)
-	if i := strings.LastIndex(pinned, ":"); i > strings.LastIndex(pinned, "/") {
-		pinned = pinned[:i]
-	}
-	return admin.Resolution{
-		Image:  image,
-		Digest: res.Digest.String(),
-		Pinned: pinned + "@" + res.Digest.String(),
-		Stale:  res.Stale,
-	}, nil
-}
-
-// Purge implements admin.Backend.
-func (p *Process) Purge(ctx context.Context, image string) error {
-	srv, named, err := p.server(image)
-	if err != nil {
-		return err
-	}
-	named = reference.TagNameOnly(named)
-	tagged, ok := named.(reference.NamedTagged)
-	if !ok {
-		return &admin.StatusError{Status: http.StatusBadRequest, Code: admin.CodeUnsupported, Err: errors.New("purge takes a tag, not a digest: digests are immutable")}
-	}
-	return p.purgeTag(ctx, srv.Cache(), image, tagged)
-}
-
 // gcMetrics reports collections to the metrics.
 type gcMetrics struct{ m *metrics.Metrics }
 
@@ -414,30 +354,6 @@ func (g gcMetrics) Collected(upstream string, r gc.Result, err error) {
 	for reason, n := range byReason {
 		u.Evicted(reason, n)
 	}
-}
-
-// collect runs one upstream's GC now (the admin API's gc).
-func (p *Process) collect(ctx context.Context, name string, dryRun bool) (gc.Result, error) {
-	p.mu.Lock()
-	sched := p.gc
-	p.mu.Unlock()
-	if sched == nil || !sched.Has(name) {
-		return gc.Result{}, &admin.StatusError{Status: http.StatusNotFound, Err: fmt.Errorf("no upstream named %q", name)}
-	}
-	return sched.Run(ctx, name, dryRun)
-}
-
-// recycleNow rebuilds one upstream's App at once (the admin API's recycle).
-func (p *Process) recycleNow(ctx context.Context, name string) error {
-	ok, err := p.recycler.Now(ctx, name)
-	if !ok {
-		return &admin.StatusError{Status: http.StatusNotFound, Err: fmt.Errorf("no upstream named %q", name)}
-	}
-	if err != nil {
-		// The old App keeps serving; the recycle is retried on its own.
-		return &admin.StatusError{Status: http.StatusServiceUnavailable, Err: err}
-	}
-	return nil
 }
 
 // shareListener makes an upstream without a listener of its own report the
