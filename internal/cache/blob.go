@@ -713,6 +713,83 @@ func (s *Stream) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// WriteTo sends the rest of the stream to w as bytes become available, the
+// last one only once verified, like Read. From a spool file into a writer
+// that can take a file (an HTTP response on a TCP connection) the bytes go
+// by sendfile: the kernel copies them from the page cache the fill just
+// wrote to the socket, without passing through user space once per client.
+func (s *Stream) WriteTo(w io.Writer) (int64, error) {
+	rf, ok := w.(io.ReaderFrom)
+	if s.f.pass || s.r == nil || !ok {
+		buf := make([]byte, copyBuffer)
+		return io.CopyBuffer(writerOnly{w}, readerOnly{s}, buf)
+	}
+	var total int64
+	for {
+		avail, err := s.wait()
+		if err == io.EOF {
+			return total, nil
+		}
+		if err != nil {
+			return total, err
+		}
+		off := s.offset()
+		if _, err := s.r.Seek(off, io.SeekStart); err != nil {
+			return total, err
+		}
+		n, err := rf.ReadFrom(&io.LimitedReader{R: s.r, N: avail - off})
+		total += n
+		s.f.mu.Lock()
+		s.off += n
+		s.f.mu.Unlock()
+		if err != nil {
+			return total, err
+		}
+		if n == 0 {
+			return total, io.ErrUnexpectedEOF
+		}
+	}
+}
+
+// wait blocks until the stream has bytes past its offset, and returns how
+// far it may read: all that is written, less the last byte until verified.
+// It returns io.EOF at the verified end, and the fill's error if it failed.
+func (s *Stream) wait() (int64, error) {
+	f := s.f
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for {
+		if f.err != nil {
+			return 0, f.err
+		}
+		if err := s.ctx.Err(); err != nil {
+			return 0, err
+		}
+		avail := f.written
+		if !f.verified {
+			avail--
+		}
+		if s.off < avail {
+			return avail, nil
+		}
+		if f.verified {
+			return 0, io.EOF
+		}
+		f.cond.Wait()
+	}
+}
+
+func (s *Stream) offset() int64 {
+	s.f.mu.Lock()
+	defer s.f.mu.Unlock()
+	return s.off
+}
+
+// writerOnly and readerOnly hide ReadFrom and WriteTo, so io.CopyBuffer
+// uses its buffer instead of calling back into WriteTo.
+type writerOnly struct{ io.Writer }
+type readerOnly struct{ io.Reader }
+
 // Close releases the reader; the fill goes on for the others and the cache.
 func (s *Stream) Close() error {
 	var err error

@@ -400,7 +400,7 @@ func (s *Server) serveBlob(w *recorder, r *http.Request, rt route) {
 			panic(http.ErrAbortHandler)
 		}
 	}
-	if _, err := io.CopyBuffer(writerOnly{w}, st, buf); err != nil {
+	if _, err := st.WriteTo(w); err != nil {
 		if ctx.Err() == nil {
 			s.log.Warn("blob stream aborted", "repository", rt.repo, "digest", d, "err", err)
 		}
@@ -416,10 +416,6 @@ func setBlobHeaders(h http.Header, d digest.Digest) {
 	h.Set("Etag", `"`+d.String()+`"`)
 	h.Set("Docker-Distribution-Api-Version", "registry/2.0")
 }
-
-// writerOnly hides the recorder's ReadFrom, so the stream is copied with our
-// buffer rather than probed for sendfile.
-type writerOnly struct{ io.Writer }
 
 // writeUpstreamError answers a failed request as FailureOf says, and notes
 // the cause for the access log.
