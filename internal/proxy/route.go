@@ -12,6 +12,7 @@ const (
 	kindBlob     = "blob"
 	kindTags     = "tags"
 	kindUpload   = "upload"
+	kindRefs     = "referrers"
 	kindOther    = "other"
 )
 
@@ -36,6 +37,9 @@ func parseRoute(path string) route {
 	}
 	if repo, ok := strings.CutSuffix(rest, "/tags/list"); ok {
 		return route{kind: kindTags, repo: repo}
+	}
+	if i := strings.LastIndex(rest, "/referrers/"); i > 0 {
+		return route{kind: kindRefs, repo: rest[:i], ref: rest[i+len("/referrers/"):]}
 	}
 	if i := strings.LastIndex(rest, "/manifests/"); i > 0 {
 		return route{kind: kindManifest, repo: rest[:i], ref: rest[i+len("/manifests/"):]}

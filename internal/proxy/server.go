@@ -238,10 +238,42 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.serveBlob(rw, r, rt)
 	case kindTags:
 		s.serveTags(rw, r, rt)
+	case kindRefs:
+		s.serveReferrers(rw, r, rt)
 	case kindUpload:
 		writeError(rw, http.StatusMethodNotAllowed, codeUnsupported, "multiproxy is a read-only pull-through cache")
 	default:
 		s.apps.serve(rw, r)
+	}
+}
+
+// serveReferrers answers the OCI referrers API (signatures, attestations)
+// from the upstream's API or tag schema, stale when the upstream fails.
+func (s *Server) serveReferrers(w *recorder, r *http.Request, rt route) {
+	d, err := digest.Parse(rt.ref)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, codeDigestInvalid, "invalid digest")
+		return
+	}
+	refs, err := s.cache.Referrers(r.Context(), rt.repo, d, r.URL.Query().Get("artifactType"))
+	if err != nil {
+		s.writeUpstreamError(w, r, err, kindManifest)
+		return
+	}
+	h := w.Header()
+	if refs.Stale {
+		w.stale = true
+		h.Set("Warning", fmt.Sprintf(`110 multiproxy "Response is Stale: upstream %s"`, refs.Cause))
+	}
+	if refs.Filtered {
+		h.Set("OCI-Filters-Applied", "artifactType")
+	}
+	h.Set("Content-Type", "application/vnd.oci.image.index.v1+json")
+	h.Set("Content-Length", strconv.Itoa(len(refs.Body)))
+	h.Set("Docker-Distribution-Api-Version", "registry/2.0")
+	w.WriteHeader(http.StatusOK)
+	if r.Method != http.MethodHead {
+		_, _ = w.Write(refs.Body)
 	}
 }
 

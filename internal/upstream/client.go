@@ -475,3 +475,29 @@ func nextQuery(link string) string {
 	}
 	return ""
 }
+
+// GetReferrers fetches the OCI referrers index of digest d in repo, from the
+// upstream's referrers API. A 404 means the upstream has no such API (or
+// nothing is known of d); the caller then tries the tag schema.
+func (c *Client) GetReferrers(ctx context.Context, repo string, d digest.Digest) ([]byte, error) {
+	ctx, cancelAll := context.WithTimeout(ctx, 2*c.timeout)
+	defer cancelAll()
+	resp, cancel, err := c.headers(ctx, "get referrers", http.MethodGet, repo, "/v2/"+repo+"/referrers/"+d.String(),
+		[]string{"application/vnd.oci.image.index.v1+json"})
+	if err != nil {
+		return nil, err
+	}
+	defer cancel()
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, statusError("get referrers", resp)
+	}
+	body, err := io.ReadAll(io.LimitReader(resp.Body, MaxManifestSize+1))
+	if err != nil {
+		return nil, classify("read referrers", err)
+	}
+	if len(body) > MaxManifestSize {
+		return nil, &Error{Op: "get referrers", Cause: CauseBadContent, Err: fmt.Errorf("referrers index larger than %d bytes", MaxManifestSize)}
+	}
+	return body, nil
+}
