@@ -35,6 +35,10 @@ func buildApp(ctx context.Context, name, root string) *handlers.App {
 		},
 	}
 	cfg.HTTP.Secret = "multiproxy-does-not-accept-uploads"
+	// What configuration.Parse would default to: with 0, every _catalog
+	// page is empty and any n is refused, and the seeds' first check after
+	// setup is a _catalog on every port.
+	cfg.Catalog.MaxEntries = 1000
 	// distribution's loggers read this untyped key to tag an App's lines.
 	//lint:ignore SA1029 the key is distribution's, not ours
 	ctx = context.WithValue(ctx, "instance.id", name)

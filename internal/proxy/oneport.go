@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"fmt"
+	"io"
 	"net/http"
 	"strings"
 )
@@ -42,7 +43,7 @@ func OnePort(routes func() []Route) http.Handler {
 				r2 := r.Clone(r.Context())
 				r2.URL.Path = "/v2/" + tail
 				r2.URL.RawPath = ""
-				h.ServeHTTP(w, r2)
+				h.ServeHTTP(&prefixLinks{ResponseWriter: w, prefix: "/v2/" + registry + "/"}, r2)
 				return
 			}
 		}
@@ -68,3 +69,44 @@ func handlerFor(routes []Route, registry string) http.Handler {
 	}
 	return nil
 }
+
+// prefixLinks puts the registry's path prefix back into the Link headers of
+// paginated answers (tags/list, _catalog): the upstream's server wrote them
+// for its own paths, and a client following one must come back here.
+type prefixLinks struct {
+	http.ResponseWriter
+	prefix string
+	done   bool
+}
+
+func (p *prefixLinks) fix() {
+	if p.done {
+		return
+	}
+	p.done = true
+	h := p.ResponseWriter.Header()
+	if links := h.Values("Link"); len(links) > 0 {
+		h.Del("Link")
+		for _, l := range links {
+			h.Add("Link", strings.ReplaceAll(l, "</v2/", "<"+p.prefix))
+		}
+	}
+}
+
+func (p *prefixLinks) WriteHeader(code int) {
+	p.fix()
+	p.ResponseWriter.WriteHeader(code)
+}
+
+func (p *prefixLinks) Write(b []byte) (int, error) {
+	p.fix()
+	return p.ResponseWriter.Write(b)
+}
+
+// ReadFrom keeps sendfile for blobs served from the store.
+func (p *prefixLinks) ReadFrom(src io.Reader) (int64, error) {
+	p.fix()
+	return io.Copy(p.ResponseWriter, src)
+}
+
+func (p *prefixLinks) Unwrap() http.ResponseWriter { return p.ResponseWriter }

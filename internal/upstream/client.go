@@ -165,10 +165,10 @@ func (c *Client) Ping(ctx context.Context) error {
 	return statusError("ping", resp)
 }
 
+// endpoint is the upstream URL of an API path, which may carry a query.
 func (c *Client) endpoint(path string) string {
 	u := *c.remote
-	u.Path = path
-	u.RawQuery = ""
+	u.Path, u.RawQuery, _ = strings.Cut(path, "?")
 	return u.String()
 }
 
