@@ -34,8 +34,12 @@ type Config struct {
 	// ListenAll, if set, is one address serving every upstream, routed by
 	// containerd's ?ns= parameter or a /v2/<registry>/ path prefix. An
 	// upstream's own listen then becomes optional.
-	ListenAll string     `mapstructure:"listen_all" yaml:"listen_all,omitempty"`
-	Admin     Admin      `mapstructure:"admin" yaml:"admin"`
+	ListenAll string `mapstructure:"listen_all" yaml:"listen_all,omitempty"`
+	Admin     Admin  `mapstructure:"admin" yaml:"admin"`
+	// TLS, when set, makes every client-facing listener (each upstream's
+	// and listen_all) serve HTTPS with this certificate, unless an upstream
+	// sets its own.
+	TLS       TLS        `mapstructure:"tls" yaml:"tls,omitempty"`
 	Recycle   Recycle    `mapstructure:"recycle" yaml:"recycle"`
 	Disk      Disk       `mapstructure:"disk" yaml:"disk"`
 	Upstreams []Upstream `mapstructure:"upstreams" yaml:"upstreams"`
@@ -63,6 +67,16 @@ type GC struct {
 // ByteSize is a size in bytes. Config files may write it as a number or with
 // a unit: "512MiB", "20GB".
 type ByteSize int64
+
+// TLS is a certificate and key for HTTPS listeners, as PEM files. Both are
+// read again on SIGHUP, so a renewed certificate needs no restart.
+type TLS struct {
+	CertFile string `mapstructure:"cert_file" yaml:"cert_file,omitempty"`
+	KeyFile  string `mapstructure:"key_file" yaml:"key_file,omitempty"`
+}
+
+// Enabled reports whether a certificate is configured.
+func (t TLS) Enabled() bool { return t.CertFile != "" }
 
 // Admin configures the admin listener (metrics, health, admin API).
 type Admin struct {
@@ -107,6 +121,9 @@ type Upstream struct {
 	// appear in containerd's ?ns= parameter. The name, the remote's host and,
 	// for Docker Hub, its well-known names always count.
 	Aliases []string `mapstructure:"aliases" yaml:"aliases,omitempty"`
+
+	// TLS overrides the top-level tls for this upstream's own listener.
+	TLS TLS `mapstructure:"tls" yaml:"tls,omitempty"`
 
 	GC GC `mapstructure:"gc" yaml:"gc"`
 	// MaxSize caps the bytes stored for this upstream; GC evicts the least

@@ -214,6 +214,16 @@ func TestLoadInvalid(t *testing.T) {
 			field: "lgo_level", msg: "unknown key",
 		},
 		{
+			name:  "tls cert without key",
+			yaml:  "tls: {cert_file: /etc/x.crt}\nupstreams:\n  - {name: docker.io, listen: \":5000\", remote: \"https://registry-1.docker.io\"}\n",
+			field: "tls", msg: "set both cert_file and key_file",
+		},
+		{
+			name:  "upstream tls that does not load",
+			yaml:  "upstreams:\n  - {name: docker.io, listen: \":5000\", remote: \"https://registry-1.docker.io\", tls: {cert_file: /nonexistent.crt, key_file: /nonexistent.key}}\n",
+			field: "upstreams[0].tls", msg: "cannot load the certificate",
+		},
+		{
 			name:  "unknown admin key",
 			yaml:  "admin:\n  listen: 127.0.0.1:9090\n  tokn_file: /x\n",
 			field: "admin.tokn_file", msg: "unknown key",

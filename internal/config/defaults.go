@@ -35,6 +35,10 @@ func (c *Config) applyDefaults() {
 		if u.FillTimeout == 0 {
 			u.FillTimeout = DefaultFillTimeout
 		}
+		// An upstream's own certificate wins over the top-level one.
+		if !u.TLS.Enabled() && u.TLS.KeyFile == "" {
+			u.TLS = c.TLS
+		}
 		// An upstream's own min_free wins over the top-level one.
 		if u.Disk.MinFree.IsZero() {
 			u.Disk.MinFree = c.Disk.MinFree

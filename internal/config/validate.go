@@ -1,6 +1,7 @@
 package config
 
 import (
+	"crypto/tls"
 	"github.com/robfig/cron/v3"
 
 	"crypto/x509"
@@ -97,6 +98,10 @@ func (c Config) validate(requireUpstreams bool) []error {
 		}
 	}
 
+	if msg := checkTLS(c.TLS); msg != "" {
+		add(fieldErr("tls", "%s", msg))
+	}
+
 	if len(c.Upstreams) == 0 && requireUpstreams {
 		add(fieldErr("upstreams", "at least one upstream is required"))
 	}
@@ -130,6 +135,12 @@ func (c Config) validate(requireUpstreams bool) []error {
 				add(fieldErr(field("listen"), "port %d already used by %s", port, owner))
 			} else {
 				ports[port] = fmt.Sprintf("upstreams[%d]", i)
+			}
+		}
+
+		if u.TLS != c.TLS {
+			if msg := checkTLS(u.TLS); msg != "" {
+				add(fieldErr(field("tls"), "%s", msg))
 			}
 		}
 
@@ -310,4 +321,19 @@ func absPath(p string) string {
 		return abs
 	}
 	return filepath.Clean(p)
+}
+
+// checkTLS says what is wrong with a certificate setting, or "": both files
+// or neither, and a pair that loads.
+func checkTLS(t TLS) string {
+	switch {
+	case t.CertFile == "" && t.KeyFile == "":
+		return ""
+	case t.CertFile == "" || t.KeyFile == "":
+		return "set both cert_file and key_file, or neither"
+	}
+	if _, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile); err != nil {
+		return fmt.Sprintf("cannot load the certificate: %v", err)
+	}
+	return ""
 }

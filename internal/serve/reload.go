@@ -166,8 +166,14 @@ func (p *Process) Reload(ctx context.Context, next config.Config) error {
 	defer p.reloadMu.Unlock()
 	cur, curCfg := p.snapshot()
 	if next.ListenAll != curCfg.ListenAll || next.Admin.Listen != curCfg.Admin.Listen ||
-		next.Admin.Token != curCfg.Admin.Token {
-		return errors.New("reload: admin and listen_all changes need a restart")
+		next.Admin.Token != curCfg.Admin.Token || next.TLS.Enabled() != curCfg.TLS.Enabled() {
+		return errors.New("reload: admin, listen_all and turning tls on or off need a restart")
+	}
+	// Certificates are re-read (a renewed one is the reason for most
+	// reloads); they take effect at the next handshake.
+	certs, err := loadCerts(next)
+	if err != nil {
+		return fmt.Errorf("reload: %w", err)
 	}
 
 	byName := map[string]*running{}
@@ -211,6 +217,9 @@ func (p *Process) Reload(ctx context.Context, next config.Config) error {
 		switch {
 		case old != nil && reflect.DeepEqual(old.cfg, u):
 			keep = append(keep, old)
+		case old != nil && old.cfg.Listen == u.Listen && old.cfg.TLS.Enabled() != u.TLS.Enabled():
+			undo()
+			return fmt.Errorf("reload %s: turning tls on or off on a listener needs a restart", u.Name)
 		case old != nil && old.cfg.Listen == u.Listen && old.cfg.Storage == u.Storage:
 			r, err := p.newRunning(ctx, u, old)
 			if err != nil {
@@ -237,6 +246,7 @@ func (p *Process) Reload(ctx context.Context, next config.Config) error {
 	}
 
 	// Commit: from here nothing fails.
+	p.certs.replace(certs)
 	p.stopBackground()
 	var ups []*running
 	for _, u := range next.Upstreams {
@@ -316,7 +326,7 @@ func (p *Process) add(ctx context.Context, u config.Upstream, replacing *running
 		p.board.reprobe(u.Name, r.server.Upstream())
 	}
 	r.addr = l.Addr().String()
-	r.listener = p.board.listener(u.Name, l)
+	r.listener = p.board.listener(u.Name, p.certs.listenWith(u.Name, u.TLS, l))
 	r.http = p.httpServer(r.handler)
 	return r, nil
 }

@@ -37,6 +37,7 @@ type Process struct {
 	gc        *gc.Scheduler
 	locks     map[string]func()      // storage root -> release of its lock
 	spaces    map[uint64]*disk.Space // filesystem -> its accountant
+	certs     *certStore
 	reloadMu  sync.Mutex
 	onePort   *http.Server
 	stopBg    context.CancelFunc
@@ -69,6 +70,12 @@ func Start(ctx context.Context, cfg config.Config, log *slog.Logger) (*Process, 
 	var listeners []net.Listener
 	p.locks = map[string]func(){}
 	p.spaces = map[uint64]*disk.Space{}
+	p.certs = newCertStore()
+	certs, err := loadCerts(cfg)
+	if err != nil {
+		return nil, err
+	}
+	p.certs.replace(certs)
 	fail := func(err error) (*Process, error) {
 		for _, l := range listeners {
 			l.Close()
@@ -92,7 +99,7 @@ func Start(ctx context.Context, cfg config.Config, log *slog.Logger) (*Process, 
 			return fail(fmt.Errorf("upstream %s: listen %s: %w", u.Name, u.Listen, err))
 		}
 		listeners = append(listeners, l)
-		own[i] = l
+		own[i] = p.certs.listen(u.Name, l)
 	}
 	var allL net.Listener
 	if cfg.ListenAll != "" {
@@ -101,7 +108,7 @@ func Start(ctx context.Context, cfg config.Config, log *slog.Logger) (*Process, 
 			return fail(fmt.Errorf("listen_all: listen %s: %w", cfg.ListenAll, err))
 		}
 		listeners = append(listeners, l)
-		allL = l
+		allL = p.certs.listen(onePortKey, l)
 	}
 	adminL, err := net.Listen("tcp", cfg.Admin.Listen)
 	if err != nil {
