@@ -260,20 +260,26 @@ func (s *Server) serveReferrers(w *recorder, r *http.Request, rt route) {
 		s.writeUpstreamError(w, r, err, kindManifest)
 		return
 	}
-	h := w.Header()
-	if refs.Stale {
-		w.stale = true
-		h.Set("Warning", fmt.Sprintf(`110 multiproxy "Response is Stale: upstream %s"`, refs.Cause))
-	}
 	if refs.Filtered {
-		h.Set("OCI-Filters-Applied", "artifactType")
+		w.Header().Set("OCI-Filters-Applied", "artifactType")
 	}
-	h.Set("Content-Type", "application/vnd.oci.image.index.v1+json")
-	h.Set("Content-Length", strconv.Itoa(len(refs.Body)))
+	writeListing(w, r, "application/vnd.oci.image.index.v1+json", refs.Body, refs.Stale, refs.Cause)
+}
+
+// writeListing answers with a list made by the cache (tags, referrers),
+// marked stale when the upstream could not confirm it.
+func writeListing(w *recorder, r *http.Request, mediaType string, body []byte, stale bool, cause upstream.Cause) {
+	h := w.Header()
+	if stale {
+		w.stale = true
+		h.Set("Warning", fmt.Sprintf(`110 multiproxy "Response is Stale: upstream %s"`, cause))
+	}
+	h.Set("Content-Type", mediaType)
+	h.Set("Content-Length", strconv.Itoa(len(body)))
 	h.Set("Docker-Distribution-Api-Version", "registry/2.0")
 	w.WriteHeader(http.StatusOK)
 	if r.Method != http.MethodHead {
-		_, _ = w.Write(refs.Body)
+		_, _ = w.Write(body)
 	}
 }
 
@@ -285,23 +291,11 @@ func (s *Server) serveTags(w *recorder, r *http.Request, rt route) {
 		s.writeUpstreamError(w, r, err, kindTags)
 		return
 	}
-	h := w.Header()
-	if list.Stale {
-		w.stale = true
-		h.Set("Warning", fmt.Sprintf(`110 multiproxy "Response is Stale: upstream %s"`, list.Cause))
-	} else {
-		w.fromUpstream = true
-	}
+	w.fromUpstream = !list.Stale
 	if list.Next != "" {
-		h.Set("Link", fmt.Sprintf(`<%s?%s>; rel="next"`, r.URL.Path, list.Next))
+		w.Header().Set("Link", fmt.Sprintf(`<%s?%s>; rel="next"`, r.URL.Path, list.Next))
 	}
-	h.Set("Content-Type", "application/json")
-	h.Set("Content-Length", strconv.Itoa(len(list.Body)))
-	h.Set("Docker-Distribution-Api-Version", "registry/2.0")
-	w.WriteHeader(http.StatusOK)
-	if r.Method != http.MethodHead {
-		_, _ = w.Write(list.Body)
-	}
+	writeListing(w, r, "application/json", list.Body, list.Stale, list.Cause)
 }
 
 func (s *Server) serveManifest(w *recorder, r *http.Request, rt route) {
