@@ -1,4 +1,4 @@
-package metrics
+package metrics_test
 
 import (
 	"errors"
@@ -7,48 +7,23 @@ import (
 	"time"
 
 	"github.com/multiproxy/multiproxy/internal/health"
+	"github.com/multiproxy/multiproxy/internal/metrics"
 	"github.com/multiproxy/multiproxy/internal/recycle"
+	ts "github.com/multiproxy/multiproxy/internal/testsupport"
 )
 
 // A recycle.Scheduler can report straight to the metrics.
-var _ recycle.Observer = (*Metrics)(nil)
+var _ recycle.Observer = (*metrics.Metrics)(nil)
 
-func gathered(t *testing.T, m *Metrics, name string, labels map[string]string) (float64, bool) {
+// gathered is the value of the series of name with labels, as
+// testsupport.Metrics.Value reads it.
+func gathered(t *testing.T, m *metrics.Metrics, name string, labels map[string]string) (float64, bool) {
 	t.Helper()
-	fams, err := m.Registry.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, f := range fams {
-		if f.GetName() != name {
-			continue
-		}
-	next:
-		for _, s := range f.GetMetric() {
-			got := map[string]string{}
-			for _, l := range s.GetLabel() {
-				got[l.GetName()] = l.GetValue()
-			}
-			for k, v := range labels {
-				if got[k] != v {
-					continue next
-				}
-			}
-			switch {
-			case s.Counter != nil:
-				return s.GetCounter().GetValue(), true
-			case s.Gauge != nil:
-				return s.GetGauge().GetValue(), true
-			case s.Histogram != nil:
-				return float64(s.GetHistogram().GetSampleCount()), true
-			}
-		}
-	}
-	return 0, false
+	return ts.Gathered(t, m.Registry).Value(name, labels)
 }
 
 func TestSummaryKeepsUpstreamsApart(t *testing.T) {
-	m := New()
+	m := metrics.New()
 	hub, ghcr := m.For("docker.io"), m.For("ghcr.io")
 	hub.Hit("blob")
 	hub.Hit("tag")
@@ -80,10 +55,10 @@ func TestSummaryKeepsUpstreamsApart(t *testing.T) {
 }
 
 func TestGCAndRecycleFigures(t *testing.T) {
-	m := New()
+	m := metrics.New()
 	u := m.For("docker.io")
 	// Zero before anything happened, so increase() sees the first run.
-	if v, ok := gathered(t, m, "multiproxy_gc_runs_total", map[string]string{"upstream": "docker.io", "result": GCSuccess}); !ok || v != 0 {
+	if v, ok := gathered(t, m, "multiproxy_gc_runs_total", map[string]string{"upstream": "docker.io", "result": metrics.GCSuccess}); !ok || v != 0 {
 		t.Errorf("gc_runs_total before any run: %v (present %v), want 0", v, ok)
 	}
 	if _, ok := gathered(t, m, "multiproxy_last_gc_timestamp_seconds", nil); ok {
@@ -104,8 +79,8 @@ func TestGCAndRecycleFigures(t *testing.T) {
 		labels map[string]string
 		want   float64
 	}{
-		{"multiproxy_gc_runs_total", map[string]string{"result": GCSuccess}, 1},
-		{"multiproxy_gc_runs_total", map[string]string{"result": GCFailure}, 1},
+		{"multiproxy_gc_runs_total", map[string]string{"result": metrics.GCSuccess}, 1},
+		{"multiproxy_gc_runs_total", map[string]string{"result": metrics.GCFailure}, 1},
 		{"multiproxy_gc_freed_bytes_total", nil, 6 << 20},
 		{"multiproxy_gc_freed_objects_total", nil, 8},
 		{"multiproxy_gc_duration_seconds", nil, 2},
@@ -129,7 +104,7 @@ func TestGCAndRecycleFigures(t *testing.T) {
 	}
 
 	s := m.Summary("docker.io")
-	if s.LastGC == nil || s.LastGC.Result != GCFailure || s.LastGC.FreedBytes != 1<<20 || s.LastGC.At.Before(before) {
+	if s.LastGC == nil || s.LastGC.Result != metrics.GCFailure || s.LastGC.FreedBytes != 1<<20 || s.LastGC.At.Before(before) {
 		t.Errorf("last GC %+v, want the failed second run", s.LastGC)
 	}
 	if s.LastRecycle == nil || s.LastRecycle.Reason != "other" || s.RecycleFailures != 1 {
@@ -138,7 +113,7 @@ func TestGCAndRecycleFigures(t *testing.T) {
 }
 
 func TestStateAndStoredBytes(t *testing.T) {
-	m := New()
+	m := metrics.New()
 	u := m.For("docker.io")
 	u.State(health.Down)
 	for _, s := range health.States {
@@ -163,7 +138,7 @@ func TestStateAndStoredBytes(t *testing.T) {
 }
 
 func TestDegradedIsAState(t *testing.T) {
-	m := New()
+	m := metrics.New()
 	u := m.For("docker.io")
 	u.State(health.Degraded)
 	for _, s := range []health.State{health.Degraded, health.Reachable} {
@@ -178,18 +153,18 @@ func TestDegradedIsAState(t *testing.T) {
 }
 
 func TestDiskFiguresAtScrapeTime(t *testing.T) {
-	m := New()
+	m := metrics.New()
 	hub, ghcr := m.For("docker.io"), m.For("ghcr.io")
 	if _, ok := gathered(t, m, "multiproxy_disk_free_bytes", nil); ok {
 		t.Error("disk free bytes reported before any upstream has a DiskFunc")
 	}
-	d := Disk{Size: 100 << 30, Free: 10 << 30, MinFree: 1 << 30}
+	d := metrics.Disk{Size: 100 << 30, Free: 10 << 30, MinFree: 1 << 30}
 	ok := true
 	calls := 0
-	hub.DiskFunc(func() (Disk, bool) { calls++; return d, ok })
-	ghcr.DiskFunc(func() (Disk, bool) { return Disk{}, false })
+	hub.DiskFunc(func() (metrics.Disk, bool) { calls++; return d, ok })
+	ghcr.DiskFunc(func() (metrics.Disk, bool) { return metrics.Disk{}, false })
 
-	check := func(want Disk) {
+	check := func(want metrics.Disk) {
 		t.Helper()
 		for name, want := range map[string]int64{
 			"multiproxy_disk_size_bytes": want.Size, "multiproxy_disk_free_bytes": want.Free,
@@ -227,7 +202,7 @@ func TestDiskFiguresAtScrapeTime(t *testing.T) {
 }
 
 func TestStorageCountersStartAtZero(t *testing.T) {
-	m := New()
+	m := metrics.New()
 	u := m.For("docker.io")
 	for _, labels := range []map[string]string{{"reason": "no_space"}, {"reason": "storage_error"}} {
 		labels["upstream"] = "docker.io"

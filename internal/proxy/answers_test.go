@@ -153,7 +153,7 @@ func TestConcurrentTagPullsShareOneUpstreamHEAD(t *testing.T) {
 	if n := f.Count("HEAD", "/manifests/latest"); n > 2 {
 		t.Errorf("%d concurrent pulls of one tag sent %d upstream HEADs, want at most 2", clients, n)
 	}
-	if n := metric(t, p, "multiproxy_dedup_waiters_total", map[string]string{"upstream": "docker.io", "kind": "tag"}); n < clients/2 {
+	if n := p.Metric(t, "multiproxy_dedup_waiters_total", map[string]string{"upstream": "docker.io", "kind": "tag"}); n < clients/2 {
 		t.Errorf("multiproxy_dedup_waiters_total{kind=tag} = %v, want most of the %d pulls", n, clients)
 	}
 }

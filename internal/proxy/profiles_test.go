@@ -3,7 +3,6 @@ package proxy_test
 import (
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -79,7 +78,7 @@ func TestPullThroughEveryUpstreamProfile(t *testing.T) {
 			t.Fatalf("pulled index %s, pushed %s", ts.Digest(t, ix), ts.Digest(t, idx))
 		}
 
-		if n := metric(t, p, "multiproxy_upstream_redirects_total", map[string]string{"upstream": "docker.io"}); up.CDN != nil && n == 0 {
+		if n := p.Metric(t, "multiproxy_upstream_redirects_total", map[string]string{"upstream": "docker.io"}); up.CDN != nil && n == 0 {
 			t.Error("multiproxy_upstream_redirects_total is 0 after pulling through redirects")
 		}
 
@@ -108,24 +107,14 @@ func TestColdFanOutFetchesOnceFromEveryProfile(t *testing.T) {
 		layer := ts.LayerDigests(t, img)[0]
 		p := ts.StartProxy(t, up.ProxyUpstream("docker.io"))
 		const clients = 16
-		results := make([]blobResult, clients)
-		start := make(chan struct{})
-		var wg sync.WaitGroup
-		for i := range clients {
-			wg.Go(func() {
-				<-start
-				results[i] = fetchBlob(p.URL("docker.io") + "/v2/library/big/blobs/" + layer)
-			})
-		}
-		close(start)
-		wg.Wait()
-		for i, r := range results {
-			if r.err != nil || r.digest != layer {
-				t.Fatalf("client %d: %v %s", i, r.err, r.digest)
+		results := fanOut(clients, p.URL("docker.io")+"/v2/library/big/blobs/"+layer, nil)
+		for range clients {
+			if r := <-results; r.err != nil || r.digest != layer {
+				t.Fatalf("a client got %s (%v), want %s", r.digest, r.err, layer)
 			}
 		}
 		requireThroughCache(t, up, []string{layer})
-		if n := metric(t, p, "multiproxy_upstream_fetched_bytes_total", map[string]string{"upstream": "docker.io"}); n != float64(layerSize(t, img, layer)) {
+		if n := p.Metric(t, "multiproxy_upstream_fetched_bytes_total", map[string]string{"upstream": "docker.io"}); n != float64(layerSize(t, img, layer)) {
 			t.Errorf("upstream bytes %v for a %d-byte blob, want exactly one download", n, layerSize(t, img, layer))
 		}
 	})
@@ -169,7 +158,7 @@ func TestTokensAreReusedUntilTheyExpire(t *testing.T) {
 	head() // learns the realm: one 401, one token
 	reg.Tokens().ResetCounts()
 	refused := func() float64 {
-		return metric(t, p, "multiproxy_upstream_requests_total", map[string]string{"upstream": "docker.io", "method": "HEAD", "code": "401"})
+		return p.Metric(t, "multiproxy_upstream_requests_total", map[string]string{"upstream": "docker.io", "method": "HEAD", "code": "401"})
 	}
 	before := refused()
 	for range 5 {

@@ -66,4 +66,22 @@
 // quay.io) and "redirected-api" (registry.k8s.io before a token-cdn
 // registry). A test needing credentials, TLS or another mix starts its own
 // Profile with Profile.Start.
+//
+// # Events, not the clock
+//
+// A test asserts on what happened, never on how long it took: a duration
+// that passes or fails a test fails on a loaded machine, or passes while
+// the behaviour is gone. Timeouts here only catch a hang. The helpers:
+//
+//   - WaitFor and WaitUntil poll for an event (a fill committed, a state
+//     reported) with a bound for a hang;
+//   - HoldBody makes an upstream send part of a body and hold the rest
+//     until the test releases it, so "while the download runs" is a state
+//     the test controls rather than a window it guesses;
+//   - Scrape, Metric and Proxy.Metric read /metrics: a counter, not a
+//     count of log lines, is the evidence that something happened (a log
+//     line is checked only where it is what an operator reads);
+//   - FreeAddr names a port for a server started later, and StartChild (with
+//     RunChildIfAsked in TestMain) runs multiproxy as a process a test can
+//     kill -9.
 package testsupport

@@ -366,3 +366,80 @@ func (f *flipWriter) Write(p []byte) (int, error) {
 }
 
 func (f *flipWriter) Unwrap() http.ResponseWriter { return f.ResponseWriter }
+
+// HoldBody passes the response through until after body bytes have been
+// sent, flushes them, and holds the rest back until release is closed: the
+// client has a first part of the body and then an upstream that is still
+// sending, for as long as the test wants, with no clock involved. If the
+// request is cancelled while held (the client left, Faults.ReleaseHeld,
+// the Registry stopped), the connection is dropped. Bodies of after bytes
+// or fewer pass unharmed.
+func HoldBody(after int64, release <-chan struct{}) Action {
+	return func(w http.ResponseWriter, r *http.Request, next http.Handler) {
+		next.ServeHTTP(&holdWriter{ResponseWriter: w, remaining: after, release: release, done: r.Context().Done()}, r)
+	}
+}
+
+type holdWriter struct {
+	http.ResponseWriter
+	remaining int64 // bytes to send before holding; <0 once released
+	release   <-chan struct{}
+	done      <-chan struct{}
+}
+
+func (h *holdWriter) Write(p []byte) (int, error) {
+	if h.remaining < 0 || int64(len(p)) <= h.remaining {
+		n, err := h.ResponseWriter.Write(p)
+		if h.remaining >= 0 {
+			h.remaining -= int64(n)
+		}
+		return n, err
+	}
+	n, err := h.ResponseWriter.Write(p[:h.remaining])
+	if err != nil {
+		return n, err
+	}
+	h.remaining = -1
+	_ = http.NewResponseController(h.ResponseWriter).Flush()
+	select {
+	case <-h.release:
+	case <-h.done:
+		abort()
+	}
+	m, err := h.ResponseWriter.Write(p[n:])
+	return n + m, err
+}
+
+func (h *holdWriter) Unwrap() http.ResponseWriter { return h.ResponseWriter }
+
+// DropHeader passes the response through without the named header, as an
+// upstream that does not send it would answer: say, a registry whose HEAD
+// of a manifest has no Docker-Content-Digest.
+func DropHeader(name string) Action {
+	return func(w http.ResponseWriter, r *http.Request, next http.Handler) {
+		next.ServeHTTP(&dropHeaderWriter{ResponseWriter: w, name: name}, r)
+	}
+}
+
+type dropHeaderWriter struct {
+	http.ResponseWriter
+	name  string
+	wrote bool
+}
+
+func (d *dropHeaderWriter) WriteHeader(code int) {
+	if !d.wrote {
+		d.wrote = true
+		d.Header().Del(d.name)
+	}
+	d.ResponseWriter.WriteHeader(code)
+}
+
+func (d *dropHeaderWriter) Write(p []byte) (int, error) {
+	if !d.wrote {
+		d.WriteHeader(http.StatusOK)
+	}
+	return d.ResponseWriter.Write(p)
+}
+
+func (d *dropHeaderWriter) Unwrap() http.ResponseWriter { return d.ResponseWriter }

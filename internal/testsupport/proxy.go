@@ -1,13 +1,11 @@
 package testsupport
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"log/slog"
 	"net/http"
 	"path/filepath"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -34,7 +32,7 @@ type Proxy struct {
 	t       testing.TB
 	Config  config.Config
 	Process *serve.Process
-	logs    *syncBuffer
+	logs    *SyncBuffer
 	stopped bool
 }
 
@@ -83,7 +81,7 @@ func StartProxy(t testing.TB, ups ...ProxyUpstream) *Proxy {
 // test can read with Logs.
 func StartProxyConfig(t testing.TB, cfg config.Config) *Proxy {
 	t.Helper()
-	p := &Proxy{t: t, Config: cfg, logs: &syncBuffer{}}
+	p := &Proxy{t: t, Config: cfg, logs: &SyncBuffer{}}
 	log := slog.New(slog.NewTextHandler(p.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	proc, err := serve.Start(context.Background(), cfg, log)
 	if err != nil {
@@ -136,18 +134,21 @@ func PullOptions() []remote.Option {
 	return []remote.Option{remote.WithTransport(tr)}
 }
 
-type syncBuffer struct {
+// SyncBuffer is a bytes.Buffer that a server may write its log to while
+// the test reads it.
+type SyncBuffer struct {
 	mu sync.Mutex
 	b  bytes.Buffer
 }
 
-func (s *syncBuffer) Write(p []byte) (int, error) {
+func (s *SyncBuffer) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.Write(p)
 }
 
-func (s *syncBuffer) String() string {
+// String is everything written so far.
+func (s *SyncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
@@ -160,20 +161,14 @@ func (s *syncBuffer) String() string {
 func (p *Proxy) Settle(t testing.TB) {
 	t.Helper()
 	WaitFor(t, 30*time.Second, "no fill in flight", func() bool {
-		resp, err := http.Get(p.AdminURL() + "/metrics")
-		if err != nil {
-			t.Fatalf("testsupport: scrape metrics: %v", err)
-		}
-		defer resp.Body.Close()
-		sc := bufio.NewScanner(resp.Body)
-		sc.Buffer(make([]byte, 64<<10), 1<<20)
-		busy := false
-		for sc.Scan() {
-			line := sc.Text()
-			if strings.HasPrefix(line, "multiproxy_fills_in_flight{") && !strings.HasSuffix(line, " 0") {
-				busy = true
-			}
-		}
-		return !busy
+		n, _ := Scrape(t, p.AdminURL()).Value("multiproxy_fills_in_flight", nil)
+		return n == 0
 	})
+}
+
+// Metric is the value of a metric on the proxy's /metrics (see
+// Metrics.Value), 0 if no series matches.
+func (p *Proxy) Metric(t testing.TB, name string, labels map[string]string) float64 {
+	t.Helper()
+	return Metric(t, p.AdminURL(), name, labels)
 }

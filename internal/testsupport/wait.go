@@ -11,9 +11,24 @@ import (
 // guessed time: d only bounds a failure, it never paces a pass.
 func WaitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
+	WaitUntil(t, d, what, func() (bool, string) { return cond(), "" })
+}
+
+// WaitUntil is WaitFor for a condition that says what it saw, which the
+// failure reports ("last saw ..."). It returns how long the wait took, for
+// the test's log: a duration that passes or fails a test races the clock.
+func WaitUntil(t testing.TB, d time.Duration, what string, cond func() (ok bool, saw string)) time.Duration {
+	t.Helper()
+	start := time.Now()
+	for {
+		ok, saw := cond()
+		if ok {
+			return time.Since(start)
+		}
+		if time.Since(start) > d {
+			if saw != "" {
+				t.Fatalf("%s: not within %v; last saw %s", what, d, saw)
+			}
 			t.Fatalf("%s: not within %v", what, d)
 		}
 		time.Sleep(10 * time.Millisecond)

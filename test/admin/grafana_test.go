@@ -15,6 +15,7 @@ import (
 
 	"github.com/multiproxy/multiproxy/internal/health"
 	"github.com/multiproxy/multiproxy/internal/metrics"
+	ts "github.com/multiproxy/multiproxy/internal/testsupport"
 )
 
 const dashboardPath = "../../deploy/grafana/multiproxy.json"
@@ -130,7 +131,7 @@ func selectable(fams map[string]*dto.MetricFamily) map[string]bool {
 
 // everyHookTouched is a registry on which every reporting method has run
 // once, so every metric the binary can export is there.
-func everyHookTouched(t *testing.T) map[string]*dto.MetricFamily {
+func everyHookTouched(t *testing.T) ts.Metrics {
 	t.Helper()
 	m := metrics.New()
 	u := m.For("docker.io")
@@ -154,15 +155,7 @@ func everyHookTouched(t *testing.T) map[string]*dto.MetricFamily {
 	u.RecycleFailed()
 	u.GCRun(time.Second, 1<<20, 3, nil)
 	u.Evicted("max_size", 1)
-	fams, err := m.Registry.Gather()
-	if err != nil {
-		t.Fatalf("gather: %v", err)
-	}
-	out := map[string]*dto.MetricFamily{}
-	for _, f := range fams {
-		out[f.GetName()] = f
-	}
-	return out
+	return ts.Gathered(t, m.Registry)
 }
 
 func TestDashboardQueriesOnlyExportedMetrics(t *testing.T) {

@@ -1,7 +1,6 @@
 package admin
 
 import (
-	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -14,8 +13,6 @@ import (
 	"time"
 
 	dto "github.com/prometheus/client_model/go"
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
 
 	api "github.com/multiproxy/multiproxy/internal/admin"
 	"github.com/multiproxy/multiproxy/internal/serve"
@@ -37,69 +34,14 @@ func TestMain(m *testing.M) {
 // client never reuses connections across tests and never waits forever.
 var client = &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 
-// scrape fetches and parses the proxy's /metrics.
-func scrape(t *testing.T, p *ts.Proxy) map[string]*dto.MetricFamily {
-	t.Helper()
-	resp, err := client.Get(p.AdminURL() + "/metrics")
-	if err != nil {
-		t.Fatalf("scrape: %v", err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("scrape: %s", resp.Status)
-	}
-	parser := expfmt.NewTextParser(model.UTF8Validation)
-	fams, err := parser.TextToMetricFamilies(resp.Body)
-	if err != nil {
-		t.Fatalf("parse /metrics: %v", err)
-	}
-	return fams
-}
-
-// value is the counter or gauge value of the one series of name whose
-// labels include want; ok is false if there is none.
-func value(fams map[string]*dto.MetricFamily, name string, want map[string]string) (v float64, ok bool) {
-	fam := fams[name]
-	if fam == nil {
-		return 0, false
-	}
-next:
-	for _, m := range fam.GetMetric() {
-		got := map[string]string{}
-		for _, l := range m.GetLabel() {
-			got[l.GetName()] = l.GetValue()
-		}
-		for k, w := range want {
-			if got[k] != w {
-				continue next
-			}
-		}
-		switch {
-		case m.Counter != nil:
-			return m.GetCounter().GetValue(), true
-		case m.Gauge != nil:
-			return m.GetGauge().GetValue(), true
-		}
-	}
-	return 0, false
-}
-
 // getJSON GETs url and decodes the body into out, returning the status.
 func getJSON(t *testing.T, url string, out any) int {
 	t.Helper()
-	resp, err := client.Get(url)
-	if err != nil {
-		t.Fatalf("GET %s: %v", url, err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatalf("GET %s: read: %v", url, err)
-	}
+	code, body := get(t, url, "")
 	if err := json.Unmarshal(body, out); err != nil {
-		t.Fatalf("GET %s: %d %q is not JSON: %v", url, resp.StatusCode, body, err)
+		t.Fatalf("GET %s: %d %q is not JSON: %v", url, code, body, err)
 	}
-	return resp.StatusCode
+	return code
 }
 
 func status(t *testing.T, p *ts.Proxy) api.Status {
@@ -124,72 +66,82 @@ func upstreamStatus(t *testing.T, st api.Status, name string) api.UpstreamStatus
 
 // readyz is the /readyz answer.
 type readyz struct {
-	Ready     bool `json:"ready"`
-	Upstreams []struct {
-		Name      string    `json:"name"`
-		Listen    string    `json:"listen"`
-		Serving   bool      `json:"serving"`
-		State     string    `json:"state"`
-		Since     time.Time `json:"since"`
-		LastError string    `json:"last_error"`
-	} `json:"upstreams"`
-	code int
+	Ready     bool             `json:"ready"`
+	Upstreams []readyzUpstream `json:"upstreams"`
+	code      int
+	raw       string // the body as sent
 }
 
+// readyzUpstream is one upstream of /readyz.
+type readyzUpstream struct {
+	Name      string    `json:"name"`
+	Listen    string    `json:"listen"`
+	Serving   bool      `json:"serving"`
+	State     string    `json:"state"`
+	Since     time.Time `json:"since"`
+	LastError string    `json:"last_error"`
+	Reason    string    `json:"reason"` // why it is degraded
+}
+
+// getReadyz GETs /readyz, whose ready flag must agree with its status.
 func getReadyz(t *testing.T, p *ts.Proxy) readyz {
 	t.Helper()
-	var r readyz
-	r.code = getJSON(t, p.AdminURL()+"/readyz", &r)
+	code, body := get(t, p.AdminURL()+"/readyz", "")
+	r := readyz{code: code, raw: string(body)}
+	if err := json.Unmarshal(body, &r); err != nil {
+		t.Fatalf("/readyz: %d %q is not JSON: %v", code, body, err)
+	}
+	if r.Ready != (r.code == http.StatusOK) {
+		t.Errorf("/readyz says ready=%v with status %d", r.Ready, r.code)
+	}
 	return r
 }
 
-func (r readyz) state(name string) string {
+func (r readyz) state(name string) string { return r.upstream(name).State }
+
+func (r readyz) upstream(name string) readyzUpstream {
 	for _, u := range r.Upstreams {
 		if u.Name == name {
-			return u.State
+			return u
 		}
 	}
-	return ""
+	return readyzUpstream{}
 }
 
-// post sends a bodiless POST with an optional Authorization header value.
+// post sends a bodiless POST with an optional Authorization header value
+// and decodes the JSON answer.
 func post(t *testing.T, url, authorization string) (int, http.Header, map[string]any) {
 	t.Helper()
-	req, err := http.NewRequest(http.MethodPost, url, nil)
+	code, h, raw := do(t, http.MethodPost, url, "Authorization", authorization)
+	var body map[string]any
+	if err := json.Unmarshal(raw, &body); err != nil {
+		t.Fatalf("POST %s: %d %q is not JSON: %v", url, code, raw, err)
+	}
+	return code, h, body
+}
+
+// do sends a bodiless request, with the header key: value unless value is
+// empty, and returns the answer's status, headers and body, whatever the
+// status.
+func do(t *testing.T, method, url, key, value string) (int, http.Header, []byte) {
+	t.Helper()
+	req, err := http.NewRequest(method, url, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if authorization != "" {
-		req.Header.Set("Authorization", authorization)
+	if value != "" {
+		req.Header.Set(key, value)
 	}
 	resp, err := client.Do(req)
 	if err != nil {
-		t.Fatalf("POST %s: %v", url, err)
+		t.Fatalf("%s %s: %v", method, url, err)
 	}
 	defer resp.Body.Close()
-	var body map[string]any
-	raw, _ := io.ReadAll(resp.Body)
-	if err := json.Unmarshal(raw, &body); err != nil {
-		t.Fatalf("POST %s: %d %q is not JSON: %v", url, resp.StatusCode, raw, err)
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("%s %s: read: %v", method, url, err)
 	}
 	return resp.StatusCode, resp.Header, body
-}
-
-// waitFor polls cond until it holds or within passes; it returns how long
-// that took. cond returns a description of what it saw, for the failure.
-func waitFor(t *testing.T, within time.Duration, what string, cond func() (bool, string)) time.Duration {
-	t.Helper()
-	start := time.Now()
-	for {
-		ok, saw := cond()
-		if ok {
-			return time.Since(start)
-		}
-		if time.Since(start) > within {
-			t.Fatalf("%s: not within %v; last saw %s", what, within, saw)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 // pulled is what one pull received, split the way the proxy counts it.
@@ -203,6 +155,21 @@ type pulled struct {
 }
 
 func (p pulled) total() int64 { return p.manifest + p.base + p.blobs }
+
+// pullAll pulls every image of w through the proxy's port for it and adds
+// up what came.
+func pullAll(t *testing.T, p *ts.Proxy, w workload) pulled {
+	t.Helper()
+	var sum pulled
+	for _, img := range w.images {
+		got := pull(t, p.URL(w.upstream), img.repo, img.tag)
+		sum.base += got.base
+		sum.manifest += got.manifest
+		sum.blobs += got.blobs
+		sum.nBlobs += got.nBlobs
+	}
+	return sum
+}
 
 // pull does what a container runtime does for one single-platform image,
 // over plain HTTP so every byte is accounted for: ping /v2/, GET the
@@ -241,28 +208,21 @@ func pull(t *testing.T, base, repo, tag string) pulled {
 	return out
 }
 
+// fetch GETs url and returns its body, failing the test unless it is a 200.
 func fetch(t *testing.T, url, accept string) []byte {
 	t.Helper()
-	req, err := http.NewRequest(http.MethodGet, url, nil)
-	if err != nil {
-		t.Fatal(err)
+	code, body := get(t, url, accept)
+	if code != http.StatusOK {
+		t.Fatalf("GET %s: %d: %s", url, code, body)
 	}
-	if accept != "" {
-		req.Header.Set("Accept", accept)
-	}
-	resp, err := client.Do(req)
-	if err != nil {
-		t.Fatalf("GET %s: %v", url, err)
-	}
-	defer resp.Body.Close()
-	var buf bytes.Buffer
-	if _, err := io.Copy(&buf, resp.Body); err != nil {
-		t.Fatalf("GET %s: read: %v", url, err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("GET %s: %s: %s", url, resp.Status, buf.String())
-	}
-	return buf.Bytes()
+	return body
+}
+
+// get fetches url and returns its status and body, whatever the status.
+func get(t *testing.T, url, accept string) (int, []byte) {
+	t.Helper()
+	code, _, body := do(t, http.MethodGet, url, "Accept", accept)
+	return code, body
 }
 
 // labelsOf formats a series' labels, for messages.

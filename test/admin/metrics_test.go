@@ -34,28 +34,18 @@ type counters struct {
 	stale, dedupJoined float64
 }
 
-func read(fams map[string]*dto.MetricFamily, upstream string) counters {
+func read(fams ts.Metrics, upstream string) counters {
 	c := counters{hits: map[string]float64{}, misses: map[string]float64{}}
 	for _, kind := range []string{"tag", "manifest", "blob"} {
-		c.hits[kind], _ = value(fams, "multiproxy_cache_hits_total", map[string]string{"upstream": upstream, "kind": kind})
-		c.misses[kind], _ = value(fams, "multiproxy_cache_misses_total", map[string]string{"upstream": upstream, "kind": kind})
+		c.hits[kind], _ = fams.Value("multiproxy_cache_hits_total", map[string]string{"upstream": upstream, "kind": kind})
+		c.misses[kind], _ = fams.Value("multiproxy_cache_misses_total", map[string]string{"upstream": upstream, "kind": kind})
 	}
-	c.servedCache, _ = value(fams, "multiproxy_served_bytes_total", map[string]string{"upstream": upstream, "source": "cache"})
-	c.servedUpstream, _ = value(fams, "multiproxy_served_bytes_total", map[string]string{"upstream": upstream, "source": "upstream"})
-	c.fetched, _ = value(fams, "multiproxy_upstream_fetched_bytes_total", map[string]string{"upstream": upstream})
-	for _, fam := range []string{"multiproxy_stale_serves_total", "multiproxy_dedup_waiters_total"} {
-		for _, m := range fams[fam].GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetName() == "upstream" && l.GetValue() == upstream {
-					if fam == "multiproxy_stale_serves_total" {
-						c.stale += m.GetCounter().GetValue()
-					} else {
-						c.dedupJoined += m.GetCounter().GetValue()
-					}
-				}
-			}
-		}
-	}
+	c.servedCache, _ = fams.Value("multiproxy_served_bytes_total", map[string]string{"upstream": upstream, "source": "cache"})
+	c.servedUpstream, _ = fams.Value("multiproxy_served_bytes_total", map[string]string{"upstream": upstream, "source": "upstream"})
+	c.fetched, _ = fams.Value("multiproxy_upstream_fetched_bytes_total", map[string]string{"upstream": upstream})
+	// Every cause and kind together.
+	c.stale, _ = fams.Value("multiproxy_stale_serves_total", map[string]string{"upstream": upstream})
+	c.dedupJoined, _ = fams.Value("multiproxy_dedup_waiters_total", map[string]string{"upstream": upstream})
 	return c
 }
 
@@ -83,16 +73,9 @@ func TestMetricsMatchTheWorkloadPerUpstream(t *testing.T) {
 	// exactly this upstream's pull and leave the other's figures alone.
 	cold := map[string]pulled{}
 	for _, w := range workloads {
-		var sum pulled
-		for _, img := range w.images {
-			got := pull(t, p.URL(w.upstream), img.repo, img.tag)
-			sum.base += got.base
-			sum.manifest += got.manifest
-			sum.blobs += got.blobs
-			sum.nBlobs += got.nBlobs
-		}
+		sum := pullAll(t, p, w)
 		cold[w.upstream] = sum
-		fams := scrape(t, p)
+		fams := ts.Scrape(t, p.AdminURL())
 		for _, other := range workloads {
 			got := read(fams, other.upstream)
 			want := counters{hits: map[string]float64{"tag": 0, "manifest": 0, "blob": 0},
@@ -117,20 +100,13 @@ func TestMetricsMatchTheWorkloadPerUpstream(t *testing.T) {
 	p.Settle(t)
 	warm := map[string]pulled{}
 	for _, w := range workloads {
-		var sum pulled
-		for _, img := range w.images {
-			got := pull(t, p.URL(w.upstream), img.repo, img.tag)
-			sum.base += got.base
-			sum.manifest += got.manifest
-			sum.blobs += got.blobs
-			sum.nBlobs += got.nBlobs
-		}
+		sum := pullAll(t, p, w)
 		if sum.total() != cold[w.upstream].total() {
 			t.Fatalf("%s: the warm pull got %d bytes, the cold one %d", w.upstream, sum.total(), cold[w.upstream].total())
 		}
 		warm[w.upstream] = sum
 	}
-	fams := scrape(t, p)
+	fams := ts.Scrape(t, p.AdminURL())
 	for _, w := range workloads {
 		c, n := cold[w.upstream], float64(len(w.images))
 		want := counters{
@@ -167,7 +143,7 @@ func TestMetricsMatchTheWorkloadPerUpstream(t *testing.T) {
 	for _, w := range workloads {
 		c := cold[w.upstream]
 		floor := c.manifest + c.blobs
-		waitFor(t, 10*time.Second, w.upstream+" stored bytes", func() (bool, string) {
+		ts.WaitUntil(t, 10*time.Second, w.upstream+" stored bytes", func() (bool, string) {
 			us := upstreamStatus(t, status(t, p), w.upstream)
 			if us.StoredBytes == nil {
 				return false, "null"
@@ -175,14 +151,14 @@ func TestMetricsMatchTheWorkloadPerUpstream(t *testing.T) {
 			n := *us.StoredBytes
 			return n >= floor && n < floor+64<<10, fmt.Sprintf("%d bytes (fetched %d)", n, floor)
 		})
-		stored, ok := value(scrape(t, p), "multiproxy_stored_bytes", map[string]string{"upstream": w.upstream})
+		stored, ok := ts.Scrape(t, p.AdminURL()).Value("multiproxy_stored_bytes", map[string]string{"upstream": w.upstream})
 		if !ok || stored < float64(floor) {
 			t.Errorf("multiproxy_stored_bytes{upstream=%q} = %v (present %v), want at least %d", w.upstream, stored, ok, floor)
 		}
 	}
 
-	checkLabelsBounded(t, scrape(t, p))
-	checkDashboardMetricsLive(t, scrape(t, p))
+	checkLabelsBounded(t, ts.Scrape(t, p.AdminURL()))
+	checkDashboardMetricsLive(t, ts.Scrape(t, p.AdminURL()))
 }
 
 func sum(byKind map[string]float64) int64 {

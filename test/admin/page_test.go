@@ -73,7 +73,7 @@ func TestStatusPageRendersInChromium(t *testing.T) {
 	pull(t, p.URL("docker.io"), "library/app", "1")
 	p.Settle(t) // the second pull is warm only once the first one's fills are stored
 	pull(t, p.URL("docker.io"), "library/app", "1")
-	waitFor(t, 10*time.Second, "stored bytes measured and quay.io down", func() (bool, string) {
+	ts.WaitUntil(t, 10*time.Second, "stored bytes measured and quay.io down", func() (bool, string) {
 		st := status(t, p)
 		us := upstreamStatus(t, st, "docker.io")
 		return us.StoredBytes != nil && *us.StoredBytes > 128<<10 && upstreamStatus(t, st, "quay.io").State == "down",

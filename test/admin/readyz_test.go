@@ -23,7 +23,7 @@ func TestReadyzFollowsUpstreamOutages(t *testing.T) {
 	// Nothing contacts an upstream before serving: the first probe, sent
 	// at start, tells.
 	var r readyz
-	waitFor(t, within, "both upstreams reachable", func() (bool, string) {
+	ts.WaitUntil(t, within, "both upstreams reachable", func() (bool, string) {
 		r = getReadyz(t, p)
 		return r.state("docker.io") == "reachable" && r.state("ghcr.io") == "reachable", fmt.Sprintf("%+v", r)
 	})
@@ -38,7 +38,7 @@ func TestReadyzFollowsUpstreamOutages(t *testing.T) {
 
 	stopped := time.Now()
 	hub.Stop()
-	took := waitFor(t, within, "docker.io down on /readyz", func() (bool, string) {
+	took := ts.WaitUntil(t, within, "docker.io down on /readyz", func() (bool, string) {
 		r = getReadyz(t, p)
 		return r.state("docker.io") == "down", fmt.Sprintf("%+v", r)
 	})
@@ -57,7 +57,7 @@ func TestReadyzFollowsUpstreamOutages(t *testing.T) {
 	}
 
 	hub.Start()
-	took = waitFor(t, within, "docker.io reachable again on /readyz", func() (bool, string) {
+	took = ts.WaitUntil(t, within, "docker.io reachable again on /readyz", func() (bool, string) {
 		r = getReadyz(t, p)
 		return r.state("docker.io") == "reachable", fmt.Sprintf("%+v", r)
 	})
@@ -88,7 +88,7 @@ func TestReadyzReportsAnUpstreamDownAtStart(t *testing.T) {
 	reg := ts.NewRegistry(t, ts.RegistryOptions{}) // never started
 	p := ts.StartProxy(t, ts.ProxyUpstream{Name: "docker.io", Reg: reg})
 	var r readyz
-	waitFor(t, 2*time.Second, "docker.io down", func() (bool, string) {
+	ts.WaitUntil(t, 2*time.Second, "docker.io down", func() (bool, string) {
 		r = getReadyz(t, p)
 		return r.state("docker.io") == "down", fmt.Sprintf("%+v", r)
 	})
@@ -96,7 +96,7 @@ func TestReadyzReportsAnUpstreamDownAtStart(t *testing.T) {
 		t.Errorf("an upstream down at start made the process unready: %+v", r)
 	}
 	reg.Start()
-	waitFor(t, 2*probeInterval+2*time.Second, "docker.io reachable", func() (bool, string) {
+	ts.WaitUntil(t, 2*probeInterval+2*time.Second, "docker.io reachable", func() (bool, string) {
 		r = getReadyz(t, p)
 		return r.state("docker.io") == "reachable", fmt.Sprintf("%+v", r)
 	})

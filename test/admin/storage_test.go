@@ -4,7 +4,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"strings"
@@ -14,44 +13,6 @@ import (
 	ts "github.com/multiproxy/multiproxy/internal/testsupport"
 	"github.com/multiproxy/multiproxy/internal/upstream"
 )
-
-// readyzUpstream is one upstream of /readyz, with the degraded reason.
-type readyzUpstream struct {
-	Name   string    `json:"name"`
-	State  string    `json:"state"`
-	Since  time.Time `json:"since"`
-	Reason string    `json:"reason"`
-}
-
-func readyzFull(t *testing.T, p *ts.Proxy) (int, []readyzUpstream, string) {
-	t.Helper()
-	resp, err := client.Get(p.AdminURL() + "/readyz")
-	if err != nil {
-		t.Fatalf("GET /readyz: %v", err)
-	}
-	defer resp.Body.Close()
-	raw, _ := io.ReadAll(resp.Body)
-	var body struct {
-		Ready     bool             `json:"ready"`
-		Upstreams []readyzUpstream `json:"upstreams"`
-	}
-	if err := jsonUnmarshal(raw, &body); err != nil {
-		t.Fatalf("/readyz: %q: %v", raw, err)
-	}
-	if body.Ready != (resp.StatusCode == http.StatusOK) {
-		t.Errorf("/readyz says ready=%v with status %d", body.Ready, resp.StatusCode)
-	}
-	return resp.StatusCode, body.Upstreams, string(raw)
-}
-
-func upstreamIn(ups []readyzUpstream, name string) readyzUpstream {
-	for _, u := range ups {
-		if u.Name == name {
-			return u
-		}
-	}
-	return readyzUpstream{}
-}
 
 // breakStore makes a store unwritable, even to root, by replacing its
 // directory with a regular file (root ignores permission bits, not
@@ -65,25 +26,6 @@ func breakStore(t *testing.T, dir string) {
 	if err := os.WriteFile(dir, []byte("not a directory\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-}
-
-// get fetches url and returns its status and body, whatever the status.
-func get(t *testing.T, url, accept string) (int, []byte) {
-	t.Helper()
-	req, err := http.NewRequest(http.MethodGet, url, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if accept != "" {
-		req.Header.Set("Accept", accept)
-	}
-	resp, err := client.Do(req)
-	if err != nil {
-		t.Fatalf("GET %s: %v", url, err)
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, body
 }
 
 // leaks says which internals a client-facing text carries, if any.
@@ -122,10 +64,10 @@ func TestUnwritableStoreDegradesReadiness(t *testing.T) {
 	storage := p.Config.Upstreams[0].Storage
 
 	// The first probes, sent at start, say both upstreams answer.
-	waitFor(t, 10*time.Second, "both upstreams reachable", func() (bool, string) {
-		code, ups, raw := readyzFull(t, p)
-		return code == http.StatusOK && upstreamIn(ups, "docker.io").State == "reachable" &&
-			upstreamIn(ups, "ghcr.io").State == "reachable", fmt.Sprintf("%d %s", code, raw)
+	ts.WaitUntil(t, 10*time.Second, "both upstreams reachable", func() (bool, string) {
+		r := getReadyz(t, p)
+		return r.code == http.StatusOK && r.state("docker.io") == "reachable" && r.state("ghcr.io") == "reachable",
+			fmt.Sprintf("%d %s", r.code, r.raw)
 	})
 
 	breakStore(t, storage)
@@ -156,15 +98,13 @@ func TestUnwritableStoreDegradesReadiness(t *testing.T) {
 	}
 
 	var (
+		r        readyz
 		degraded readyzUpstream
-		code     int
-		ups      []readyzUpstream
-		raw      string
 	)
-	waitFor(t, 2*probeInterval+time.Second, "docker.io degraded on /readyz", func() (bool, string) {
-		code, ups, raw = readyzFull(t, p)
-		degraded = upstreamIn(ups, "docker.io")
-		return code == http.StatusServiceUnavailable && degraded.State == "degraded", fmt.Sprintf("%d %s", code, raw)
+	ts.WaitUntil(t, 2*probeInterval+time.Second, "docker.io degraded on /readyz", func() (bool, string) {
+		r = getReadyz(t, p)
+		degraded = r.upstream("docker.io")
+		return r.code == http.StatusServiceUnavailable && degraded.State == "degraded", fmt.Sprintf("%d %s", r.code, r.raw)
 	})
 	if !strings.HasPrefix(degraded.Reason, "storage: ") || !strings.Contains(degraded.Reason, " failing since ") {
 		t.Errorf("degraded reason %q, want \"storage: <op> failing since <time>\"", degraded.Reason)
@@ -172,11 +112,11 @@ func TestUnwritableStoreDegradesReadiness(t *testing.T) {
 	if degraded.Since.Before(broken.Add(-time.Second)) {
 		t.Errorf("degraded since %v, before the store broke at %v", degraded.Since, broken)
 	}
-	if l := leaks(raw, storage, p.Config.DataDir); l != "" {
-		t.Errorf("/readyz carries %s: %s", l, raw)
+	if l := leaks(r.raw, storage, p.Config.DataDir); l != "" {
+		t.Errorf("/readyz carries %s: %s", l, r.raw)
 	}
 	// The other upstream is not affected.
-	if s := upstreamIn(ups, "ghcr.io").State; s != "reachable" {
+	if s := r.state("ghcr.io"); s != "reachable" {
 		t.Errorf("ghcr.io is %s while docker.io's store is broken", s)
 	}
 	fetch(t, p.URL("ghcr.io")+"/v2/team/tool/manifests/v1", accept)
@@ -199,16 +139,16 @@ func TestUnwritableStoreDegradesReadiness(t *testing.T) {
 	}
 
 	// And the metrics.
-	fams := scrape(t, p)
-	if v, ok := value(fams, "multiproxy_upstream_state", map[string]string{"upstream": "docker.io", "state": "degraded"}); !ok || v != 1 {
+	fams := ts.Scrape(t, p.AdminURL())
+	if v, ok := fams.Value("multiproxy_upstream_state", map[string]string{"upstream": "docker.io", "state": "degraded"}); !ok || v != 1 {
 		t.Errorf("upstream_state{docker.io,degraded} = %v (present %v), want 1", v, ok)
 	}
-	if v, ok := value(fams, "multiproxy_upstream_state", map[string]string{"upstream": "ghcr.io", "state": "degraded"}); !ok || v != 0 {
+	if v, ok := fams.Value("multiproxy_upstream_state", map[string]string{"upstream": "ghcr.io", "state": "degraded"}); !ok || v != 0 {
 		t.Errorf("upstream_state{ghcr.io,degraded} = %v (present %v), want 0", v, ok)
 	}
 	var errs float64
 	for _, op := range []string{"spool", "commit", "manifest"} {
-		v, _ := value(fams, "multiproxy_storage_errors_total", map[string]string{"upstream": "docker.io", "op": op})
+		v, _ := fams.Value("multiproxy_storage_errors_total", map[string]string{"upstream": "docker.io", "op": op})
 		errs += v
 	}
 	if errs == 0 {
@@ -227,9 +167,9 @@ func TestUnwritableStoreDegradesReadiness(t *testing.T) {
 		t.Fatal(err)
 	}
 	pull(t, p.URL("docker.io"), "library/app", "2")
-	waitFor(t, 2*probeInterval+time.Second, "docker.io ready again", func() (bool, string) {
-		code, ups, raw = readyzFull(t, p)
-		return code == http.StatusOK && upstreamIn(ups, "docker.io").State == "reachable", fmt.Sprintf("%d %s", code, raw)
+	ts.WaitUntil(t, 2*probeInterval+time.Second, "docker.io ready again", func() (bool, string) {
+		r = getReadyz(t, p)
+		return r.code == http.StatusOK && r.state("docker.io") == "reachable", fmt.Sprintf("%d %s", r.code, r.raw)
 	})
 }
 
@@ -238,24 +178,24 @@ func TestUnwritableStoreDegradesReadiness(t *testing.T) {
 func TestDiskMetricsLive(t *testing.T) {
 	reg := ts.StartRegistry(t, ts.RegistryOptions{})
 	p := ts.StartProxy(t, ts.ProxyUpstream{Name: "docker.io", Reg: reg})
-	fams := scrape(t, p)
+	fams := ts.Scrape(t, p.AdminURL())
 	hub := map[string]string{"upstream": "docker.io"}
-	size, _ := value(fams, "multiproxy_disk_size_bytes", hub)
-	free, ok := value(fams, "multiproxy_disk_free_bytes", hub)
+	size, _ := fams.Value("multiproxy_disk_size_bytes", hub)
+	free, ok := fams.Value("multiproxy_disk_free_bytes", hub)
 	if !ok || free <= 0 || free > size {
 		t.Errorf("multiproxy_disk_free_bytes{upstream=docker.io} = %v (present %v) of %v, want the free bytes", free, ok, size)
 	}
 	// No disk.min_free in the config: 5% or 1 GiB, whichever is smaller.
-	if v, ok := value(fams, "multiproxy_disk_min_free_bytes", hub); !ok || v != float64(min(int64(size)/20, 1<<30)) {
+	if v, ok := fams.Value("multiproxy_disk_min_free_bytes", hub); !ok || v != float64(min(int64(size)/20, 1<<30)) {
 		t.Errorf("multiproxy_disk_min_free_bytes{upstream=docker.io} = %v (present %v) on %v bytes, want the default watermark", v, ok, size)
 	}
-	if reserved, ok := value(fams, "multiproxy_disk_reserved_bytes", map[string]string{"upstream": "docker.io"}); !ok || reserved != 0 {
+	if reserved, ok := fams.Value("multiproxy_disk_reserved_bytes", map[string]string{"upstream": "docker.io"}); !ok || reserved != 0 {
 		t.Errorf("multiproxy_disk_reserved_bytes{upstream=docker.io} = %v (present %v), want 0 with no fill running", reserved, ok)
 	}
 	for _, labels := range []map[string]string{
 		{"upstream": "docker.io", "reason": "no_space"}, {"upstream": "docker.io", "reason": "storage_error"},
 	} {
-		if v, ok := value(fams, "multiproxy_fill_uncached_total", labels); !ok || v != 0 {
+		if v, ok := fams.Value("multiproxy_fill_uncached_total", labels); !ok || v != 0 {
 			t.Errorf("multiproxy_fill_uncached_total%v = %v (present %v), want 0", labels, v, ok)
 		}
 	}

@@ -3,7 +3,6 @@ package deploy
 import (
 	"bytes"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -91,18 +90,6 @@ func multiproxyBinary(t *testing.T) string {
 		t.Fatal(build.err)
 	}
 	return build.path
-}
-
-// freeAddr returns a 127.0.0.1 address nothing listens on right now.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
-	return addr
 }
 
 // shortTempDir is for unix sockets: sun_path holds 108 bytes, and

@@ -1,7 +1,6 @@
 package deploy
 
 import (
-	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
@@ -11,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -20,24 +20,6 @@ import (
 
 	ts "github.com/multiproxy/multiproxy/internal/testsupport"
 )
-
-// lockedBuffer collects the server's log while the test reads it.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // TestSIGHUPReloadKeepsPullsGoing: a pull loop runs on docker.io while a
 // SIGHUP reload removes ghcr.io, adds quay.io and changes docker.io's
@@ -61,7 +43,7 @@ func TestSIGHUPReloadKeepsPullsGoing(t *testing.T) {
 	quayImg := ts.PushImage(t, quay, "org/new:1", 1, 1024)
 
 	dir := t.TempDir()
-	hubAddr, ghcrAddr, quayAddr := freeAddr(t), freeAddr(t), freeAddr(t)
+	hubAddr, ghcrAddr, quayAddr := ts.FreeAddr(t), ts.FreeAddr(t), ts.FreeAddr(t)
 	cfgFile := filepath.Join(dir, "multiproxy.yaml")
 	write := func(body string) {
 		t.Helper()
@@ -69,14 +51,14 @@ func TestSIGHUPReloadKeepsPullsGoing(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	head := fmt.Sprintf("data_dir: %s\nadmin:\n  listen: %s\nupstreams:\n", filepath.Join(dir, "data"), freeAddr(t))
+	head := fmt.Sprintf("data_dir: %s\nadmin:\n  listen: %s\nupstreams:\n", filepath.Join(dir, "data"), ts.FreeAddr(t))
 	hubEntry := func(timeout string) string {
 		return fmt.Sprintf("  - {name: docker.io, listen: %q, remote: %q, timeout: %s}\n", hubAddr, hub.URL(), timeout)
 	}
 	write(head + hubEntry("5s") + fmt.Sprintf("  - {name: ghcr.io, listen: %q, remote: %q}\n", ghcrAddr, ghcr.URL()))
 
 	sock := listenNotify(t)
-	logs := &lockedBuffer{}
+	logs := &ts.SyncBuffer{}
 	cmd := exec.Command(multiproxyBinary(t), "serve", "--config", cfgFile)
 	cmd.Env = cleanEnv("NOTIFY_SOCKET=" + sock.path)
 	cmd.Stderr = logs
@@ -126,9 +108,9 @@ func TestSIGHUPReloadKeepsPullsGoing(t *testing.T) {
 	}
 	sock.waitFor(t, "RELOADING=1", exited, 10*time.Second)
 	sock.waitFor(t, "READY=1", exited, 30*time.Second)
-	if !eventually(func() bool { return strings.Contains(logs.String(), "config reloaded") }) {
-		t.Fatalf("no reload logged:\n%s", logs.String())
-	}
+	// The server's stderr reaches the test through a pipe, a little after
+	// the notifications.
+	waitLogged(t, logs, "config reloaded")
 	resp, err := getManifest(c, "http://"+quayAddr+"/v2/org/new/manifests/1")
 	if err != nil {
 		t.Fatalf("added upstream quay.io: %v", err)
@@ -145,9 +127,7 @@ func TestSIGHUPReloadKeepsPullsGoing(t *testing.T) {
 		t.Fatal(err)
 	}
 	sock.waitFor(t, "READY=1", exited, 30*time.Second)
-	if !eventually(func() bool { return strings.Contains(logs.String(), "config reload rejected") }) {
-		t.Errorf("an invalid config was not rejected with a log line:\n%s", logs.String())
-	}
+	waitLogged(t, logs, "config reload rejected")
 	time.Sleep(300 * time.Millisecond)
 	close(stop)
 	wg.Wait()
@@ -165,15 +145,14 @@ func TestSIGHUPReloadKeepsPullsGoing(t *testing.T) {
 	t.Logf("%d pulls on docker.io, 0 failed, across a reload and a rejected reload", pulls.Load())
 }
 
-// eventually polls cond for a few seconds: the server's stderr reaches the
-// test through a pipe, a little after the notifications.
-func eventually(cond func() bool) bool {
-	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-		if cond() {
-			return true
-		}
-	}
-	return cond()
+// waitLogged waits until the server's log has line, which an operator
+// reads to know what became of a reload.
+func waitLogged(t *testing.T, logs *ts.SyncBuffer, line string) {
+	t.Helper()
+	ts.WaitUntil(t, 10*time.Second, "the log line "+strconv.Quote(line), func() (bool, string) {
+		l := logs.String()
+		return strings.Contains(l, line), "\n" + l
+	})
 }
 
 // getManifest asks for an OCI manifest the way container clients do.
@@ -208,14 +187,12 @@ func fetch(c *http.Client, url, want string) error {
 // waitClosed waits until nothing accepts connections on addr.
 func waitClosed(t *testing.T, addr string) {
 	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for time.Now().Before(deadline) {
+	ts.WaitFor(t, 15*time.Second, "the removed upstream's listener "+addr+" closed", func() bool {
 		c, err := net.DialTimeout("tcp", addr, time.Second)
 		if err != nil {
-			return
+			return true
 		}
 		c.Close()
-		time.Sleep(50 * time.Millisecond)
-	}
-	t.Fatalf("removed upstream still listens on %s", addr)
+		return false
+	})
 }

@@ -134,10 +134,10 @@ func writeConfig(t *testing.T, adminListen string, ups []testUpstream) string {
 // the datagram arrives, with no retry.
 func TestServeNotifiesReadyOnceListening(t *testing.T) {
 	ups := []testUpstream{
-		{name: "docker.io", listen: freeAddr(t), reg: testsupport.StartRegistry(t, testsupport.RegistryOptions{})},
-		{name: "ghcr.io", listen: freeAddr(t), reg: testsupport.StartRegistry(t, testsupport.RegistryOptions{})},
+		{name: "docker.io", listen: testsupport.FreeAddr(t), reg: testsupport.StartRegistry(t, testsupport.RegistryOptions{})},
+		{name: "ghcr.io", listen: testsupport.FreeAddr(t), reg: testsupport.StartRegistry(t, testsupport.RegistryOptions{})},
 	}
-	adminAddr := freeAddr(t)
+	adminAddr := testsupport.FreeAddr(t)
 	cfgPath := writeConfig(t, adminAddr, ups)
 	img := testsupport.PushImage(t, ups[1].reg, "org/app:v1", 2, 4096)
 
@@ -218,8 +218,8 @@ func TestServeNotReadyWhenAListenerFails(t *testing.T) {
 	}
 	defer taken.Close()
 	reg := testsupport.StartRegistry(t, testsupport.RegistryOptions{})
-	cfgPath := writeConfig(t, freeAddr(t), []testUpstream{
-		{name: "docker.io", listen: freeAddr(t), reg: reg},
+	cfgPath := writeConfig(t, testsupport.FreeAddr(t), []testUpstream{
+		{name: "docker.io", listen: testsupport.FreeAddr(t), reg: reg},
 		{name: "ghcr.io", listen: taken.Addr().String(), reg: reg},
 	})
 
@@ -268,31 +268,28 @@ func TestHealthcheckFailures(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// Each failure is told by its message; runBinary's bound only catches
+	// a healthcheck that never ends (the "no answer" case proves the
+	// command's own 3 s timeout fired: its message says so).
 	for _, tc := range []struct {
 		name    string
 		args    []string
 		message string
-		within  time.Duration
 	}{
-		{"nothing listening", []string{"--admin", freeAddr(t)}, "connection refused", 5 * time.Second},
-		{"503", []string{"--admin", unhealthy.Listener.Addr().String()}, "503", 5 * time.Second},
-		{"no answer", []string{"--admin", hung.Listener.Addr().String()}, "no answer within 3s", 6 * time.Second},
+		{"nothing listening", []string{"--admin", testsupport.FreeAddr(t)}, "connection refused"},
+		{"503", []string{"--admin", unhealthy.Listener.Addr().String()}, "503"},
+		{"no answer", []string{"--admin", hung.Listener.Addr().String()}, "no answer within 3s"},
 		// Docker reserves exit code 2, which a config error would otherwise get.
-		{"broken config", []string{"--config", badConfig}, "admin.listen", 5 * time.Second},
+		{"broken config", []string{"--config", badConfig}, "admin.listen"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			start := time.Now()
 			out, err := runBinary(t, cleanEnv(), append([]string{"healthcheck"}, tc.args...)...)
-			elapsed := time.Since(start)
 			var ee *exec.ExitError
 			if !errors.As(err, &ee) || ee.ExitCode() != 1 {
 				t.Fatalf("got %v, want exit status 1\n%s", err, out)
 			}
 			if !strings.Contains(out, tc.message) {
 				t.Errorf("output %q does not mention %q", out, tc.message)
-			}
-			if elapsed > tc.within {
-				t.Errorf("took %s, want under %s", elapsed, tc.within)
 			}
 		})
 	}
