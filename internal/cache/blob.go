@@ -399,6 +399,11 @@ func (c *Cache) reserve(ctx context.Context, size int64) (*disk.Reservation, str
 	if ok {
 		return res, ""
 	}
+	// A blob bigger than the whole filesystem allows would have every
+	// image evicted for nothing: it passes through and evicts nothing.
+	if fits, err := c.space.Fits(need, o.minFree); err == nil && !fits {
+		return nil, UncachedNoSpace
+	}
 	if c.makeRoom != nil {
 		short, err := c.space.Shortfall(need, o.minFree)
 		if err == nil && short > 0 {
@@ -634,12 +639,21 @@ type Stream struct {
 	once sync.Once
 }
 
-// open gets a spool reader; the path is read under the cache lock.
+// open gets a spool reader; the path is read under the cache lock. When the
+// path is gone (the store's directory was removed under a running fill) the
+// reader is opened through the fill's own descriptor: the bytes are still
+// there, and a joiner must get them rather than an error. It is a new open
+// of the file, so its offset is its own, not the writer's.
 func (s *Stream) open() {
 	if s.f.pass || s.f.w == nil || s.r != nil {
 		return
 	}
 	s.r, s.rerr = os.Open(s.f.path)
+	if s.rerr != nil && !s.f.moved {
+		if r, err := os.Open(fmt.Sprintf("/proc/self/fd/%d", s.f.w.Fd())); err == nil {
+			s.r, s.rerr = r, nil
+		}
+	}
 }
 
 // Size is the blob's length as the upstream announced it, or -1.

@@ -392,6 +392,9 @@ func (c *Cache) ResolveTag(ctx context.Context, name, tag string) (Resolved, err
 		// The manifest is stored and is what the tag points at now; only
 		// remembering the tag failed, which the next pull retries.
 		c.storageFailed(OpManifest, fmt.Errorf("tag %s:%s: %w", name, tag, err))
+		tagDir := filepath.Join(c.root, "docker", "registry", "v2", "repositories", name, "_manifests", "tags", tag)
+		c.removeTemps(filepath.Join(tagDir, "current"),
+			filepath.Join(tagDir, "index", info.Digest.Algorithm().String(), info.Digest.Encoded()))
 		return Resolved{Digest: info.Digest}, nil
 	}
 	c.markFresh(key)
@@ -587,6 +590,11 @@ func (c *Cache) putManifest(ctx context.Context, repo distribution.Repository, b
 		// read-only, gone) must not fail the pull. The caller serves them
 		// from memory.
 		c.storageFailed(OpManifest, fmt.Errorf("store manifest %s: %w", info.Digest, err))
+		// distribution's filesystem driver leaves its temporary file
+		// behind when the final write fails (a full disk): on a disk that
+		// stays full every refused manifest would leave one more.
+		c.removeTemps(filepath.Dir(c.blobPath(info.Digest)),
+			filepath.Dir(RevisionLinkPath(c.root, repo.Named().Name(), info.Digest)))
 		return desc, &notStored{body: body}
 	}
 	if got != info.Digest {
@@ -594,6 +602,18 @@ func (c *Cache) putManifest(ctx context.Context, repo distribution.Repository, b
 	}
 	c.storageWorked()
 	return desc, nil
+}
+
+// removeTemps deletes the driver's leftover temporary files (*.tmp) in dirs.
+func (c *Cache) removeTemps(dirs ...string) {
+	for _, dir := range dirs {
+		tmps, _ := filepath.Glob(filepath.Join(dir, "*.tmp"))
+		for _, f := range tmps {
+			if err := os.Remove(f); err != nil && !os.IsNotExist(err) {
+				c.log.Debug("remove temporary file", "err", err)
+			}
+		}
+	}
 }
 
 // notStored carries a verified manifest the store could not take.

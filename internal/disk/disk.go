@@ -99,25 +99,39 @@ func (s *Space) Reserved() int64 {
 // Shortfall is how many bytes must be freed before n bytes fit above the
 // watermark m, counting reservations already granted; 0 if they fit now.
 func (s *Space) Shortfall(n int64, m MinFree) (int64, error) {
+	// statfs under the lock: a fill that writes and gives back its
+	// reservation between our statfs and our look at the reservations
+	// would have its bytes counted as free twice.
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	u, err := s.usage(s.path)
 	if err != nil {
 		return 0, err
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	return max(0, n+m.For(u.Total)-(u.Free-s.reserved)), nil
+}
+
+// Fits reports whether n bytes could ever fit above the watermark m, with
+// everything else on the filesystem gone. A blob that cannot is passed
+// through without evicting anything for it.
+func (s *Space) Fits(n int64, m MinFree) (bool, error) {
+	u, err := s.usage(s.path)
+	if err != nil {
+		return false, err
+	}
+	return n+m.For(u.Total) <= u.Total, nil
 }
 
 // Reserve claims n bytes if they fit above the watermark m. The returned
 // Reservation must be released once the bytes are written (they then show
 // in the free space) or abandoned.
 func (s *Space) Reserve(n int64, m MinFree) (*Reservation, bool, error) {
+	s.mu.Lock() // before statfs, as in Shortfall
+	defer s.mu.Unlock()
 	u, err := s.usage(s.path)
 	if err != nil {
 		return nil, false, err
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	if u.Free-s.reserved-n < m.For(u.Total) {
 		return nil, false, nil
 	}

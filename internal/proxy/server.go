@@ -336,7 +336,48 @@ func (s *Server) serveManifest(w *recorder, r *http.Request, rt route) {
 	r2 := r.Clone(ctx)
 	r2.URL.Path = "/v2/" + rt.repo + "/manifests/" + d.String()
 	r2.URL.RawPath = ""
-	s.apps.serve(w, r2)
+	// The manifest can vanish between the cache's check and the App's
+	// read (a store removed underneath us, an eviction): a 404 from the
+	// App for a manifest the cache just vouched for is fetched again once.
+	catch := &notFoundCatcher{ResponseWriter: w}
+	s.apps.serve(catch, r2)
+	if !catch.caught {
+		return
+	}
+	for _, k := range []string{"Content-Type", "Content-Length", "Docker-Distribution-Api-Version"} {
+		w.Header().Del(k)
+	}
+	mem, err = s.cache.EnsureManifest(ctx, rt.repo, d)
+	switch {
+	case err != nil:
+		s.writeUpstreamError(w, r, err, kindManifest)
+	case mem != nil:
+		serveManifestBytes(w, r, d, mem)
+	default:
+		s.apps.serve(w, r2)
+	}
+}
+
+// notFoundCatcher holds back a 404 and its body, so that the caller can try
+// again before anything reaches the client.
+type notFoundCatcher struct {
+	http.ResponseWriter
+	caught bool
+}
+
+func (c *notFoundCatcher) WriteHeader(code int) {
+	if code == http.StatusNotFound {
+		c.caught = true
+		return
+	}
+	c.ResponseWriter.WriteHeader(code)
+}
+
+func (c *notFoundCatcher) Write(b []byte) (int, error) {
+	if c.caught {
+		return len(b), nil
+	}
+	return c.ResponseWriter.Write(b)
 }
 
 // serveManifestBytes answers with a verified manifest the store could not
