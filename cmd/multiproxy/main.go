@@ -67,7 +67,8 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 	root.PersistentFlags().StringP("config", "c", os.Getenv("MULTIPROXY_CONFIG"),
 		"config file (YAML); empty: the built-in default of five upstreams")
 	root.AddCommand(serveCmd(stderr), configCmd(stdout), resolveCmd(stdout), purgeCmd(stdout), gcCmd(stdout),
-		containerdCmd(stdout, stderr), healthcheckCmd(stdout), versionCmd(stdout))
+		containerdCmd(stdout, stderr), containersCmd(stdout, stderr), dockerCmd(stdout, stderr),
+		healthcheckCmd(stdout), versionCmd(stdout))
 	return root
 }
 

@@ -48,6 +48,10 @@ type HostsOptions struct {
 	// DialTimeout is written as dial_timeout where Version supports it;
 	// 0 means DefaultDialTimeout.
 	DialTimeout time.Duration
+	// Reader, when set, names who reads the files in their first comment
+	// instead of "containerd <Version>" (dockerd, which embeds
+	// containerd's resolver, reads them from /etc/docker/certs.d).
+	Reader string
 }
 
 // HostsFile is one generated <registry>/hosts.toml.
@@ -74,6 +78,8 @@ type hostsSpec struct {
 	mirrors     []string
 	version     Version
 	dialTimeout time.Duration
+	// reader names who reads the file; empty: containerd <version>.
+	reader string
 	// serverTLS and mirrorTLS carry registry.configs.<host>.tls settings
 	// migrated from config.toml, for server and for mirrors by URL.
 	serverTLS *tlsSettings
@@ -131,6 +137,7 @@ func upstreamSpecs(ups []config.Upstream, opts HostsOptions) ([]hostsSpec, error
 			mirrors:     []string{mirror},
 			version:     version,
 			dialTimeout: opts.DialTimeout,
+			reader:      opts.Reader,
 		})
 	}
 	return specs, nil
@@ -242,7 +249,11 @@ func (s hostsSpec) render() ([]byte, error) {
 	}
 
 	var b strings.Builder
-	fmt.Fprintf(&b, "# Source: %s, for containerd %s.\n", s.origin, s.version)
+	reader := s.reader
+	if reader == "" {
+		reader = "containerd " + string(s.version)
+	}
+	fmt.Fprintf(&b, "# Source: %s, for %s.\n", s.origin, reader)
 	b.WriteString("# multiproxy replaces this file only while it is unedited, or with --force.\n")
 	if len(s.mirrors) > 0 && dial == "" {
 		fmt.Fprintf(&b, "# No dial_timeout: containerd %s ignores it (2.1+, or 2.0.x with the backport).\n", s.version)
