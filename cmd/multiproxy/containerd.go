@@ -44,15 +44,18 @@ func parseContainerdVersion(cmd *cobra.Command) (containerd.Version, error) {
 
 func containerdHostsCmd(stdout, stderr io.Writer) *cobra.Command {
 	var (
-		address, out string
-		force        bool
+		address, out, caFile string
+		force                bool
 	)
 	cmd := &cobra.Command{
-		Use:   "hosts --address HOST [--out DIR|-]",
+		Use:   "hosts --address HOST [--out DIR|-] [--ca-file PATH]",
 		Short: "Write DIR/<registry>/hosts.toml for every upstream, pointing containerd at this cache",
 		Long: `Write DIR/<registry>/hosts.toml for every configured upstream. Each file sends
 pulls to http://HOST:<the upstream's listen port> and keeps the real registry as
-server, so containerd pulls directly whenever the cache is down.
+server, so containerd pulls directly whenever the cache is down. A listener with
+tls configured gets an https:// mirror; --ca-file names where the nodes keep the
+CA that signed the cache's certificate (written as the mirror's ca), needed
+unless the nodes' system roots trust it.
 
 Files that already have this content are left alone. A file that multiproxy did
 not write, or that was edited since, is kept unless --force (which saves a .bak
@@ -76,7 +79,8 @@ leave it out and a cache host that stops answering costs containerd's built-in
 			if address == "" {
 				return usageError("--address is required: the cache's host name or IP as the nodes reach it")
 			}
-			files, err := containerd.GenerateHosts(cfg.Upstreams, containerd.HostsOptions{Address: address, Version: version, Endpoint: onePortEndpoint(cfg, address)})
+			files, err := containerd.GenerateHosts(cfg.Upstreams, containerd.HostsOptions{Address: address, Version: version,
+				Endpoint: onePortEndpoint(cfg, address), EndpointTLS: cfg.TLS.Enabled(), CAFile: caFile})
 			if err != nil {
 				return usageError("%w", err)
 			}
@@ -97,6 +101,7 @@ leave it out and a cache host that stops answering costs containerd's built-in
 	f.StringVar(&out, "out", containerd.DefaultCertsDir, `certs.d directory to write into, or "-" to print the files`)
 	f.String("containerd-version", string(containerd.DefaultVersion), "containerd release the files are for: 1.6, 1.7 or 2.x")
 	f.BoolVar(&force, "force", false, "replace hand-edited files (a .bak copy of each is kept)")
+	f.StringVar(&caFile, "ca-file", "", "path on the nodes of the CA that signed the cache's TLS certificate")
 	return cmd
 }
 

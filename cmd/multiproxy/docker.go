@@ -138,10 +138,11 @@ ignored before. Writing is idempotent and keeps hand-edited files unless --force
 				return usageError("--address is required: the cache's host name or IP as the nodes reach it")
 			}
 			files, err := containerd.GenerateHosts(cfg.Upstreams, containerd.HostsOptions{
-				Address:  address,
-				Version:  containerd.V2,
-				Endpoint: onePortEndpoint(cfg, address),
-				Reader:   dockerReader,
+				Address:     address,
+				Version:     containerd.V2,
+				Endpoint:    onePortEndpoint(cfg, address),
+				EndpointTLS: cfg.TLS.Enabled(),
+				Reader:      dockerReader,
 			})
 			if err != nil {
 				return usageError("%w", err)

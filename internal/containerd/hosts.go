@@ -48,6 +48,13 @@ type HostsOptions struct {
 	// DialTimeout is written as dial_timeout where Version supports it;
 	// 0 means DefaultDialTimeout.
 	DialTimeout time.Duration
+	// EndpointTLS says the one-port Endpoint serves HTTPS (the top-level
+	// tls). Per-port mirrors follow each upstream's own tls setting.
+	EndpointTLS bool
+	// CAFile, when set, is where nodes keep the CA that signed the cache's
+	// certificate; it is written as the mirror's ca. Without it the
+	// node's system roots must trust the certificate.
+	CAFile string
 	// Reader, when set, names who reads the files in their first comment
 	// instead of "containerd <Version>" (dockerd, which embeds
 	// containerd's resolver, reads them from /etc/docker/certs.d).
@@ -126,11 +133,16 @@ func upstreamSpecs(ups []config.Upstream, opts HostsOptions) ([]hostsSpec, error
 	}
 	specs := make([]hostsSpec, 0, len(ups))
 	for _, u := range ups {
-		mirror, err := mirrorURL(u, host, opts.Endpoint)
+		mirror, err := mirrorURL(u, host, opts.Endpoint, opts.EndpointTLS)
 		if err != nil {
 			return nil, fmt.Errorf("upstream %s: %w", u.Name, err)
 		}
+		var mirrorTLS map[string]*tlsSettings
+		if strings.HasPrefix(mirror, "https://") && opts.CAFile != "" {
+			mirrorTLS = map[string]*tlsSettings{mirror: {caFile: opts.CAFile}}
+		}
 		specs = append(specs, hostsSpec{
+			mirrorTLS:   mirrorTLS,
 			registry:    u.Name,
 			origin:      fmt.Sprintf("multiproxy upstream %q", u.Name),
 			server:      u.Remote,
@@ -190,9 +202,13 @@ func normalizeAddress(addr string) (string, error) {
 }
 
 // mirrorURL is the cache's URL for upstream u: the one-port endpoint, or
-// host plus the port u listens on.
-func mirrorURL(u config.Upstream, host, endpoint string) (string, error) {
+// host plus the port u listens on; https where that listener serves TLS.
+func mirrorURL(u config.Upstream, host, endpoint string, endpointTLS bool) (string, error) {
 	if endpoint != "" {
+		scheme := "http://"
+		if endpointTLS {
+			scheme = "https://"
+		}
 		h, p, err := net.SplitHostPort(endpoint)
 		if err != nil || h == "" {
 			return "", fmt.Errorf("invalid endpoint %q: want host:port", endpoint)
@@ -200,7 +216,11 @@ func mirrorURL(u config.Upstream, host, endpoint string) (string, error) {
 		if _, err := parsePort(p); err != nil {
 			return "", fmt.Errorf("invalid endpoint %q: %w", endpoint, err)
 		}
-		return "http://" + net.JoinHostPort(h, p), nil
+		return scheme + net.JoinHostPort(h, p), nil
+	}
+	scheme := "http://"
+	if u.TLS.Enabled() {
+		scheme = "https://"
 	}
 	_, p, err := net.SplitHostPort(u.Listen)
 	if err != nil {
@@ -210,7 +230,7 @@ func mirrorURL(u config.Upstream, host, endpoint string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("listen %q: %w", u.Listen, err)
 	}
-	return "http://" + net.JoinHostPort(host, strconv.Itoa(port)), nil
+	return scheme + net.JoinHostPort(host, strconv.Itoa(port)), nil
 }
 
 func parsePort(p string) (int, error) {

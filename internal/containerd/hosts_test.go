@@ -167,3 +167,30 @@ func TestLoopbackOnly(t *testing.T) {
 		t.Errorf("with a loopback address every port is reachable, got %v", got)
 	}
 }
+
+// A listener with tls gets an https mirror, and the CA the nodes keep is
+// written as its ca; plain listeners stay http.
+func TestGenerateHostsTLS(t *testing.T) {
+	ups := slices.Clone(testUpstreams)
+	ups[0].TLS = config.TLS{CertFile: "/etc/multiproxy/tls.crt", KeyFile: "/etc/multiproxy/tls.key"}
+	files, err := GenerateHosts(ups, HostsOptions{Address: "10.0.20.10", CAFile: "/etc/containerd/certs.d/multiproxy-ca.crt"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := hostsOf(t, files[0].Content)
+	if !slices.Equal(h.hosts, []string{"https://10.0.20.10:5000"}) || h.Host["https://10.0.20.10:5000"]["ca"] != "/etc/containerd/certs.d/multiproxy-ca.crt" {
+		t.Errorf("TLS upstream: hosts %q, ca %v\n%s", h.hosts, h.Host["https://10.0.20.10:5000"]["ca"], files[0].Content)
+	}
+	if h := hostsOf(t, files[1].Content); !slices.Equal(h.hosts, []string{"http://10.0.20.10:5010"}) || h.Host["http://10.0.20.10:5010"]["ca"] != nil {
+		t.Errorf("plain upstream: hosts %q\n%s", h.hosts, files[1].Content)
+	}
+	files, err = GenerateHosts(testUpstreams, HostsOptions{Endpoint: "10.0.20.10:5000", EndpointTLS: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range files {
+		if h := hostsOf(t, f.Content); !slices.Equal(h.hosts, []string{"https://10.0.20.10:5000"}) {
+			t.Errorf("one-port TLS, %s: hosts %q", f.Registry, h.hosts)
+		}
+	}
+}

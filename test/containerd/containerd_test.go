@@ -89,14 +89,27 @@ type rig struct {
 // plugin's config_path.
 func startRig(t *testing.T, up *ts.Upstream, v ctrdcfg.Version) *rig {
 	t.Helper()
+	return startRigTLS(t, up, v, nil)
+}
+
+// startRigTLS is startRig with the cache's port serving HTTPS with cert,
+// and the hosts.toml naming cert's CA.
+func startRigTLS(t *testing.T, up *ts.Upstream, v ctrdcfg.Version, cert *ts.ServerCert) *rig {
+	t.Helper()
 	r := &rig{t: t, up: up, api: &apiLog{}}
 	up.Faults.Add(ts.Rule{Action: r.api.observe})
 	// The upstream is named after the host its image references carry (the
 	// front's, with one), since that names the hosts.toml directory.
-	r.p = ts.StartProxy(t, up.ProxyUpstream(up.Host))
+	cfg := ts.NewProxyConfig(t, up.ProxyUpstream(up.Host))
+	ca := ""
+	if cert != nil {
+		cfg.Upstreams[0].TLS = config.TLS{CertFile: cert.CertFile, KeyFile: cert.KeyFile}
+		ca = cert.CAFile
+	}
+	r.p = ts.StartProxyConfig(t, cfg)
 	dir := shortDir(t)
 	r.hostsDir = filepath.Join(dir, "certs.d")
-	writeHosts(t, r.p, r.hostsDir, v)
+	writeHosts(t, r.p, r.hostsDir, v, ca)
 	r.d = startContainerd(t, dir, criConfig(r.hostsDir))
 	return r
 }
@@ -182,14 +195,14 @@ func indexChild(t *testing.T, idx v1.ImageIndex, arch string) v1.Image {
 // writeHosts writes the hosts.toml set for p's upstreams at the ports they
 // are bound to, as `multiproxy containerd hosts --address 127.0.0.1
 // --containerd-version` would for a config with those listen addresses.
-func writeHosts(t *testing.T, p *ts.Proxy, dir string, v ctrdcfg.Version) {
+func writeHosts(t *testing.T, p *ts.Proxy, dir string, v ctrdcfg.Version, caFile string) {
 	t.Helper()
 	ups := make([]config.Upstream, len(p.Config.Upstreams))
 	copy(ups, p.Config.Upstreams)
 	for i := range ups {
 		ups[i].Listen = p.Addr(ups[i].Name)
 	}
-	files, err := ctrdcfg.GenerateHosts(ups, ctrdcfg.HostsOptions{Address: "127.0.0.1", Version: v})
+	files, err := ctrdcfg.GenerateHosts(ups, ctrdcfg.HostsOptions{Address: "127.0.0.1", Version: v, CAFile: caFile})
 	if err != nil {
 		t.Fatal(err)
 	}

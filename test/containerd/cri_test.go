@@ -2,6 +2,8 @@ package containerd
 
 import (
 	"context"
+	"os"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"strings"
@@ -36,6 +38,28 @@ func TestCRIPullThroughCache(t *testing.T) {
 		c.pull(up.Ref("library/multi:1"), child)
 		r.requireThroughCache(img, child)
 	})
+}
+
+// A cache port serving HTTPS, as sites that refuse plain HTTP between nodes
+// and the cache run it: the generated hosts.toml names an https mirror and
+// the CA, and ctr and the CRI plugin both pull through it.
+func TestTLSPullThroughCache(t *testing.T) {
+	requireContainerd(t)
+	up := ts.Profiles()[1].Start(t) // token + CDN
+	img := up.Push(t, "library/app:1", 2, 128<<10)
+	other := up.Push(t, "library/other:1", 2, 128<<10)
+	cert := ts.WriteServerCert(t, t.TempDir())
+	r := startRigTLS(t, up, ctrdcfg.V16, &cert)
+	b, err := os.ReadFile(filepath.Join(r.hostsDir, up.Host, "hosts.toml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(b), `[host."https://`) || !strings.Contains(string(b), cert.CAFile) {
+		t.Fatalf("hosts.toml for a TLS port:\n%s", b)
+	}
+	r.d.pull(up.Ref("library/app:1"), r.hostsDir)
+	r.cri().pull(up.Ref("library/other:1"), other)
+	r.requireThroughCache(img, other)
 }
 
 // criClient talks to a containerd's CRI plugin as the kubelet does.

@@ -40,6 +40,8 @@ type client struct {
 	// directory, which containers/image reads as it reads
 	// /etc/containers/registries.conf.d.
 	dropIn string
+	// certDir, when set, holds ca.crt for a cache port that serves HTTPS.
+	certDir string
 }
 
 func newClient(t *testing.T) *client {
@@ -97,7 +99,13 @@ func (c *client) copy(t *testing.T, ref, platform string) string {
 	if os, arch, ok := strings.Cut(platform, "/"); ok {
 		args = append(args, "--override-os", os, "--override-arch", arch)
 	}
-	args = append(args, "copy", "docker://"+ref, "dir:"+dest)
+	args = append(args, "copy")
+	if c.certDir != "" {
+		// The CA that signed the cache's certificate, as a node keeps it
+		// in /etc/containers/certs.d/HOST:PORT/ca.crt.
+		args = append(args, "--src-cert-dir", c.certDir)
+	}
+	args = append(args, "docker://"+ref, "dir:"+dest)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "skopeo", args...)
@@ -467,4 +475,34 @@ func TestOnePortDockerHubNames(t *testing.T) {
 	requireCopied(t, c.copy(t, "ghcr.io/team/beta:1", ""), imgB)
 	requireThroughCache(t, p, "docker.io", hub, imgA)
 	requireThroughCache(t, p, "ghcr.io", ghcr, imgB)
+}
+
+// TestTLS: a cache port serving HTTPS is written without insecure, and
+// skopeo, trusting the cache's CA, pulls through it.
+func TestTLS(t *testing.T) {
+	requireSkopeo(t)
+	up := startProfile(t, profile(t, "token-cdn"))
+	img := up.Push(t, "library/alpha:1", 2, 128<<10)
+	up.pushed()
+	cert := ts.WriteServerCert(t, t.TempDir())
+	cfg := ts.NewProxyConfig(t, up.ProxyUpstream(up.Host))
+	cfg.Upstreams[0].TLS = config.TLS{CertFile: cert.CertFile, KeyFile: cert.KeyFile}
+	p := ts.StartProxyConfig(t, cfg)
+	c := newClient(t)
+	// Only the CA, as on a node: containers/image takes any *.key there
+	// for a client key pair.
+	c.certDir = t.TempDir()
+	ca, err := os.ReadFile(cert.CAFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(c.certDir, "ca.crt"), ca, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	conf := c.writeDropIn(boundUpstreams(p), containers.Options{Address: "127.0.0.1"})
+	if want := "[[registry.mirror]]\nlocation = \"" + p.Addr(up.Host) + "\"\n"; !strings.Contains(conf, want) || strings.Contains(conf[strings.Index(conf, want):], "insecure = true\n\n") {
+		t.Fatalf("the drop-in for a TLS port: want %q without insecure", want)
+	}
+	requireCopied(t, c.copy(t, up.Ref("library/alpha:1"), ""), img)
+	requireThroughCache(t, p, up.Host, up, img)
 }
