@@ -275,10 +275,10 @@ func (p *Process) Reload(ctx context.Context, next config.Config) error {
 	p.mu.Unlock()
 	for _, c := range changed {
 		p.board.reprobe(c.new.name, c.new.server.Upstream())
-		go c.old.server.Close() // drains its App, then shuts it down
+		p.retiring.Go(c.old.server.Close) // drains its App, then shuts it down
 	}
 	for _, r := range removed {
-		go p.retire(r)
+		p.retiring.Go(func() { p.retire(r) })
 	}
 	for _, r := range added {
 		go func() {

@@ -39,6 +39,7 @@ type Process struct {
 	spaces    map[uint64]*disk.Space // filesystem -> its accountant
 	certs     *certStore
 	reloadMu  sync.Mutex
+	retiring  sync.WaitGroup // servers a reload replaced or removed, closing
 	onePort   *http.Server
 	stopBg    context.CancelFunc
 	admin     *http.Server
@@ -275,19 +276,25 @@ func (p *Process) Shutdown(ctx context.Context) error {
 		}
 	})
 	wg.Wait()
+	// Upstreams a reload replaced or removed finish closing first: their
+	// storage locks and fills must be gone before the process says it is.
+	p.retiring.Wait()
 	p.board.stop()
 	p.closeServers()
 	return errors.Join(errs...)
 }
 
 func (p *Process) closeServers() {
-	for _, r := range p.upstreams {
+	p.mu.Lock()
+	ups, locks := p.upstreams, p.locks
+	p.locks = nil
+	p.mu.Unlock()
+	for _, r := range ups {
 		r.server.Close()
 	}
-	for _, unlock := range p.locks {
+	for _, unlock := range locks {
 		unlock()
 	}
-	p.locks = nil
 }
 
 // Hooks connect Run to its environment (signals, systemd).
