@@ -42,6 +42,8 @@ import (
 	"net/http"
 	"sync"
 	"time"
+
+	"github.com/multiproxy/multiproxy/internal/upstream"
 )
 
 // State is an upstream's health as clients experience it.
@@ -366,7 +368,7 @@ func (u *Upstream) Observe(status int, err error) {
 		default: // a probe is already asked for
 		}
 	default:
-		u.record(true, "upstream answered")
+		u.record(true, "upstream answered", "")
 	}
 }
 
@@ -402,16 +404,32 @@ func (u *Upstream) Status() Status {
 	return st
 }
 
-func (u *Upstream) record(ok bool, reason string) {
+// record takes a piece of evidence. reason goes to the log with the whole
+// story; public, what /readyz and the status page show, names the failure
+// without addresses or error chains.
+func (u *Upstream) record(ok bool, reason, public string) {
 	now := u.m.o.now()
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	u.settleLocked(now)
 	u.known, u.ok, u.lastEvidence = true, ok, now
 	if !ok {
-		u.lastErr = reason
+		u.lastErr = public
 	}
 	u.transitionLocked(now, reason)
+}
+
+// publicReason says why a probe failed in the terms of internal/upstream's
+// causes: "probe failed: unreachable", "probe failed: 503".
+func publicReason(err error) string {
+	var ue *upstream.Error
+	if errors.As(err, &ue) {
+		if ue.Status != 0 {
+			return fmt.Sprintf("probe failed: %s (%d)", ue.Cause, ue.Status)
+		}
+		return "probe failed: " + string(ue.Cause)
+	}
+	return "probe failed: " + string(upstream.CauseOf(err))
 }
 
 // derive is the state the evidence gives at t.
@@ -535,8 +553,8 @@ func (u *Upstream) probe(ctx context.Context, p Pinger) {
 		return
 	}
 	if err != nil {
-		u.record(false, "probe failed: "+err.Error())
+		u.record(false, "probe failed: "+err.Error(), publicReason(err))
 	} else {
-		u.record(true, "probe answered")
+		u.record(true, "probe answered", "")
 	}
 }

@@ -8,6 +8,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/multiproxy/multiproxy/internal/upstream"
 )
 
 // fakeClock is a settable clock for stale-window tests.
@@ -240,7 +242,7 @@ func TestStaleWindow(t *testing.T) {
 	// More stale serves and failures inside the window keep it stale, and
 	// since stays at the start of the episode.
 	clock.advance(30 * time.Second)
-	u.record(false, "probe failed: timeout")
+	u.record(false, "probe failed: timeout", "probe failed: timeout")
 	u.Stale("timeout")
 	lastStale := clock.now()
 	if st := u.Status(); st.State != Stale || !st.Since.Equal(staleAt) {
@@ -265,7 +267,7 @@ func TestHistoryIsBounded(t *testing.T) {
 	m := New(Options{})
 	u := m.Track("docker.io")
 	for i := range 3 * historyLen {
-		u.record(i%2 == 0, "flapping") // reachable, down, reachable, ...
+		u.record(i%2 == 0, "flapping", "flapping") // reachable, down, reachable, ...
 	}
 	st := u.Status()
 	if len(st.History) != historyLen {
@@ -302,3 +304,17 @@ func TestStopEndsProbesInFlight(t *testing.T) {
 type pingFunc func(context.Context) error
 
 func (f pingFunc) Ping(ctx context.Context) error { return f(ctx) }
+
+// What /readyz shows of a failed probe names the cause, never the error
+// chain with its addresses: that is the log's.
+func TestPublicReasonHasNoInternals(t *testing.T) {
+	err := &upstream.Error{Op: "ping", Cause: upstream.CauseUnreachable,
+		Err: errors.New("dial tcp: lookup registry-1.docker.io on 10.255.255.53:53: no such host")}
+	if got := publicReason(err); got != "probe failed: unreachable" {
+		t.Errorf("publicReason = %q", got)
+	}
+	err = &upstream.Error{Op: "ping", Cause: upstream.CauseServerError, Status: 503, Err: errors.New("<html>backend 10.1.2.3 down</html>")}
+	if got := publicReason(err); got != "probe failed: server_error (503)" {
+		t.Errorf("publicReason = %q", got)
+	}
+}

@@ -64,7 +64,7 @@ func TestStorageFailureDegrades(t *testing.T) {
 	// Degraded outranks what the remote does: answers, outages and stale
 	// serves are still recorded but do not move the state.
 	u.Observe(200, nil)
-	u.record(false, "probe failed: timeout")
+	u.record(false, "probe failed: timeout", "probe failed: timeout")
 	u.Stale("timeout")
 	s.fail("spool", failedAt) // the same run of failures, another operation
 	if st := u.Status(); st.State != Degraded || !st.Since.Equal(failedAt) || !strings.Contains(st.Reason, "spool failing") {
