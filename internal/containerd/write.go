@@ -4,11 +4,12 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/multiproxy/multiproxy/internal/nodefile"
 )
 
 // WriteAction is what WriteHosts did with one file.
@@ -83,14 +84,14 @@ func writeHostsFile(dir string, f HostsFile, force bool, now func() time.Time) (
 	case bytes.Equal(old, f.Content):
 		res.Action = Unchanged
 		return res, nil
-	case generatedUnedited(old):
+	case nodefile.Unedited(old):
 		res.Action = Updated
 	case !force:
 		res.Action = Kept
 		return res, nil
 	default:
 		res.Action = Replaced
-		backup, err := backupFile(path, old, now(), false)
+		backup, err := nodefile.Backup(path, old, now(), false)
 		if err != nil {
 			return res, err
 		}
@@ -100,53 +101,10 @@ func writeHostsFile(dir string, f HostsFile, force bool, now func() time.Time) (
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return res, fmt.Errorf("create %s: %w", filepath.Dir(path), err)
 	}
-	if err := writeFileAtomic(path, f.Content, 0o644); err != nil {
+	if err := nodefile.WriteAtomic(path, f.Content, 0o644); err != nil {
 		return res, err
 	}
 	return res, nil
-}
-
-// backupFile saves content next to path. Without timestamped it uses
-// path.bak while that name is free, so the usual case has one obvious
-// backup; an existing backup is never overwritten.
-func backupFile(path string, content []byte, now time.Time, timestamped bool) (string, error) {
-	name := path + ".bak"
-	if _, err := os.Lstat(name); timestamped || err == nil {
-		name = path + "." + now.UTC().Format("20060102T150405Z") + ".bak"
-	}
-	f, err := os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
-	if err != nil {
-		return "", fmt.Errorf("back up %s: %w", path, err)
-	}
-	_, werr := f.Write(content)
-	if err := errors.Join(werr, f.Sync(), f.Close()); err != nil {
-		return "", fmt.Errorf("back up %s to %s: %w", path, name, err)
-	}
-	return name, nil
-}
-
-// writeFileAtomic replaces path via a temporary file and a rename, so
-// containerd, which reads hosts.toml on every pull, never sees half a file.
-func writeFileAtomic(path string, content []byte, perm os.FileMode) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	done := false
-	defer func() {
-		if !done {
-			_ = os.Remove(tmp.Name())
-		}
-	}()
-	_, werr := io.Copy(tmp, bytes.NewReader(content))
-	if err := errors.Join(werr, tmp.Chmod(perm), tmp.Sync(), tmp.Close()); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	done = true
-	return nil
 }
 
 // WriteConfig replaces a containerd config.toml with content, first saving
@@ -169,9 +127,9 @@ func WriteConfig(path string, content []byte, now time.Time) (backup string, err
 		if st, err := os.Stat(path); err == nil {
 			perm = st.Mode().Perm()
 		}
-		if backup, err = backupFile(path, old, now, true); err != nil {
+		if backup, err = nodefile.Backup(path, old, now, true); err != nil {
 			return "", err
 		}
 	}
-	return backup, writeFileAtomic(path, content, perm)
+	return backup, nodefile.WriteAtomic(path, content, perm)
 }

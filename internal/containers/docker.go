@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/multiproxy/multiproxy/internal/config"
+	"github.com/multiproxy/multiproxy/internal/nodefile"
 )
 
 // DockerCertsDir is where dockerd looks for a registry's certificates
@@ -251,7 +252,7 @@ func WriteDaemonJSON(path string, d DaemonJSON, opts WriteOptions) (res Result, 
 		if now == nil {
 			now = time.Now
 		}
-		if res.Backup, err = backupFile(path, old, now()); err != nil {
+		if res.Backup, err = nodefile.Backup(path, old, now(), false); err != nil {
 			return res, dropped, err
 		}
 	}
@@ -261,5 +262,5 @@ func WriteDaemonJSON(path string, d DaemonJSON, opts WriteOptions) (res Result, 
 	} else if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return res, dropped, fmt.Errorf("create %s: %w", filepath.Dir(path), err)
 	}
-	return res, dropped, writeFileAtomic(path, merged, perm)
+	return res, dropped, nodefile.WriteAtomic(path, merged, perm)
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/pelletier/go-toml/v2"
 
 	"github.com/multiproxy/multiproxy/internal/config"
+	"github.com/multiproxy/multiproxy/internal/nodefile"
 )
 
 // DefaultDropIn is where `containers registries-conf` writes unless told
@@ -377,7 +378,7 @@ func render(regs []Registry) ([]byte, error) {
 		}
 	}
 	body := b.String()
-	content := []byte(markerLine(body) + body)
+	content := []byte(nodefile.MarkerLine(body) + body)
 
 	back, err := Parse(content)
 	if err != nil {
