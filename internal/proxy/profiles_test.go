@@ -6,21 +6,10 @@ import (
 	"testing"
 	"time"
 
-	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	ts "github.com/multiproxy/multiproxy/internal/testsupport"
 )
-
-// blobsOf lists the config and layer digests of img.
-func blobsOf(t *testing.T, img v1.Image) []string {
-	t.Helper()
-	cfg, err := img.ConfigName()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return append([]string{cfg.String()}, ts.LayerDigests(t, img)...)
-}
 
 // requireThroughCache checks, at the upstream's blob server, that every blob
 // was fetched exactly once, by multiproxy, with no Authorization header: the
@@ -67,7 +56,7 @@ func TestPullThroughEveryUpstreamProfile(t *testing.T) {
 		if ts.Digest(t, got) != ts.Digest(t, img) {
 			t.Fatalf("pulled %s, pushed %s", ts.Digest(t, got), ts.Digest(t, img))
 		}
-		requireThroughCache(t, up, blobsOf(t, img))
+		requireThroughCache(t, up, ts.BlobDigests(t, img))
 
 		ix, err := remote.Index(p.Ref(t, "docker.io", "library/multi:1"), ts.PullOptions()...)
 		if err != nil {

@@ -39,8 +39,8 @@ func TestPullThroughCacheThenFallBack(t *testing.T) {
 
 		r.d.pull(up.Ref("library/alpha:1"), r.hostsDir)
 		r.d.pull(up.Ref("library/multi:1"), r.hostsDir)
-		r.requireThroughCache(img, indexChild(t, idx, "amd64"))
-		for _, d := range blobDigests(t, indexChild(t, idx, "arm64")) {
+		r.requireThroughCache(img, ts.IndexChild(t, idx, "amd64"))
+		for _, d := range ts.BlobDigests(t, ts.IndexChild(t, idx, "arm64")) {
 			if uas := r.blobGets(d); len(uas) != 0 {
 				t.Errorf("blob %s of the arm64 child, which nobody pulled, was fetched by %q", d, uas)
 			}
@@ -48,7 +48,7 @@ func TestPullThroughCacheThenFallBack(t *testing.T) {
 
 		r.p.Stop()
 		r.d.pull(up.Ref("library/alpha:2"), r.hostsDir)
-		if r.api.direct() == 0 {
+		if direct(r.api) == 0 {
 			t.Error("with the cache stopped the pull succeeded, but containerd never asked the registry: where did it come from?")
 		}
 		for _, d := range ts.LayerDigests(t, later) {
@@ -78,7 +78,7 @@ type rig struct {
 	// host, or with a front, the front's target, which every manifest and
 	// blob request through the front reaches by redirect. (containerd 1.6
 	// sends no /v2/ ping, the only thing the front answers itself.)
-	api      *apiLog
+	api      *ts.AgentLog
 	p        *ts.Proxy
 	hostsDir string
 	d        *daemon
@@ -96,8 +96,8 @@ func startRig(t *testing.T, up *ts.Upstream, v ctrdcfg.Version) *rig {
 // and the hosts.toml naming cert's CA.
 func startRigTLS(t *testing.T, up *ts.Upstream, v ctrdcfg.Version, cert *ts.ServerCert) *rig {
 	t.Helper()
-	r := &rig{t: t, up: up, api: &apiLog{}}
-	up.Faults.Add(ts.Rule{Action: r.api.observe})
+	r := &rig{t: t, up: up, api: &ts.AgentLog{}}
+	up.Faults.Add(ts.Rule{Action: r.api.Observe})
 	// The upstream is named after the host its image references carry (the
 	// front's, with one), since that names the hosts.toml directory.
 	cfg := ts.NewProxyConfig(t, up.ProxyUpstream(up.Host))
@@ -124,11 +124,11 @@ func startRigTLS(t *testing.T, up *ts.Upstream, v ctrdcfg.Version, cert *ts.Serv
 func (r *rig) requireThroughCache(images ...v1.Image) {
 	t := r.t
 	t.Helper()
-	if n := r.api.direct(); n != 0 {
+	if n := direct(r.api); n != 0 {
 		t.Errorf("containerd sent %d requests straight to the registry while the cache was up", n)
 	}
 	for _, img := range images {
-		for _, d := range blobDigests(t, img) {
+		for _, d := range ts.BlobDigests(t, img) {
 			if uas := r.blobGets(d); len(uas) != 1 || !strings.HasPrefix(uas[0], "multiproxy/") {
 				t.Errorf("blob %s was fetched from the blob host by %q; want exactly one GET, by multiproxy", d, uas)
 			}
@@ -151,7 +151,7 @@ func (r *rig) requireThroughCache(images ...v1.Image) {
 // upstream's blob host.
 func (r *rig) blobGets(digest string) []string {
 	if r.up.CDN == nil {
-		return r.api.gets("/blobs/" + digest)
+		return r.api.Gets("/blobs/" + digest)
 	}
 	var uas []string
 	for _, req := range r.up.CDN.Requests() {
@@ -160,36 +160,6 @@ func (r *rig) blobGets(digest string) []string {
 		}
 	}
 	return uas
-}
-
-// blobDigests lists img's config and layer digests.
-func blobDigests(t *testing.T, img v1.Image) []string {
-	t.Helper()
-	cfg, err := img.ConfigName()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return append([]string{cfg.String()}, ts.LayerDigests(t, img)...)
-}
-
-// indexChild is idx's linux image for arch.
-func indexChild(t *testing.T, idx v1.ImageIndex, arch string) v1.Image {
-	t.Helper()
-	im, err := idx.IndexManifest()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, desc := range im.Manifests {
-		if p := desc.Platform; p != nil && p.OS == "linux" && p.Architecture == arch {
-			img, err := idx.Image(desc.Digest)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return img
-		}
-	}
-	t.Fatalf("the index has no linux/%s image", arch)
-	return nil
 }
 
 // writeHosts writes the hosts.toml set for p's upstreams at the ports they
@@ -223,38 +193,11 @@ func requireServedByCache(t *testing.T, p *ts.Proxy, upstream string, images ...
 	t.Helper()
 	var want int64
 	for _, img := range images {
-		want += imageBytes(t, img)
+		want += ts.ImageBytes(t, img)
 	}
 	if got := servedBytes(t, p.AdminURL(), upstream); got < float64(want) {
 		t.Errorf("multiproxy served %v bytes for upstream %s; containerd needed %d for the images", got, upstream, want)
 	}
-}
-
-// imageBytes is what a pull of img must download: manifest, config and
-// every (compressed) layer.
-func imageBytes(t *testing.T, img v1.Image) int64 {
-	t.Helper()
-	m, err := img.RawManifest()
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := img.RawConfigFile()
-	if err != nil {
-		t.Fatal(err)
-	}
-	total := int64(len(m) + len(c))
-	layers, err := img.Layers()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, l := range layers {
-		n, err := l.Size()
-		if err != nil {
-			t.Fatal(err)
-		}
-		total += n
-	}
-	return total
 }
 
 // TestRejectedConfigIsFlaggedAndFixed starts containerd with config_path

@@ -33,7 +33,7 @@ func TestCRIPullThroughCache(t *testing.T) {
 		c := r.cri()
 
 		// The CRI plugin picks the node's platform, as the kubelet's pulls do.
-		child := indexChild(t, idx, runtime.GOARCH)
+		child := ts.IndexChild(t, idx, runtime.GOARCH)
 		c.pull(up.Ref("library/app:1"), img)
 		c.pull(up.Ref("library/multi:1"), child)
 		r.requireThroughCache(img, child)

@@ -11,10 +11,11 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	ts "github.com/multiproxy/multiproxy/internal/testsupport"
 )
 
 // requireContainerd skips the test when Debian's containerd package is not
@@ -203,57 +204,19 @@ func criConfig(hostsDir string) string {
 `, hostsDir)
 }
 
-// apiLog records the requests reaching a registry, with their User-Agent,
-// so a test can tell containerd's own requests from the proxy's
-// ("multiproxy/...").
-type apiLog struct {
-	mu   sync.Mutex
-	reqs []apiRequest
-}
-
-type apiRequest struct{ method, path, userAgent string }
-
 // fromContainerd reports whether a User-Agent is containerd's (ctr's and
 // the CRI plugin's alike).
 func fromContainerd(userAgent string) bool { return strings.HasPrefix(userAgent, "containerd/") }
 
-// observe is a testsupport Action that records the request and passes it on.
-func (a *apiLog) observe(w http.ResponseWriter, r *http.Request, next http.Handler) {
-	a.mu.Lock()
-	a.reqs = append(a.reqs, apiRequest{r.Method, r.URL.Path, r.UserAgent()})
-	a.mu.Unlock()
-	next.ServeHTTP(w, r)
-}
-
-// wrap is observe as a RegistryOptions.Wrap.
-func (a *apiLog) wrap(h http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { a.observe(w, r, h) })
-}
-
-// direct counts the requests containerd sent itself.
-func (a *apiLog) direct() int {
-	a.mu.Lock()
-	defer a.mu.Unlock()
+// direct counts the requests containerd sent itself to a registry.
+func direct(a *ts.AgentLog) int {
 	n := 0
-	for _, r := range a.reqs {
-		if fromContainerd(r.userAgent) {
+	for _, r := range a.Requests() {
+		if fromContainerd(r.UserAgent) {
 			n++
 		}
 	}
 	return n
-}
-
-// gets lists the User-Agents of the GETs of paths containing s.
-func (a *apiLog) gets(s string) []string {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	var uas []string
-	for _, r := range a.reqs {
-		if r.method == http.MethodGet && strings.Contains(r.path, s) {
-			uas = append(uas, r.userAgent)
-		}
-	}
-	return uas
 }
 
 // servedBytes sums multiproxy_served_bytes_total for one upstream over

@@ -14,9 +14,9 @@ import (
 // request is for.
 func TestOnePortPullsTwoUpstreams(t *testing.T) {
 	requireContainerd(t)
-	var direct apiLog
-	regA := ts.StartRegistry(t, ts.RegistryOptions{Wrap: direct.wrap})
-	regB := ts.StartRegistry(t, ts.RegistryOptions{Wrap: direct.wrap})
+	var api ts.AgentLog
+	regA := ts.StartRegistry(t, ts.RegistryOptions{Wrap: api.Wrap})
+	regB := ts.StartRegistry(t, ts.RegistryOptions{Wrap: api.Wrap})
 	imgA := ts.PushImage(t, regA, "library/alpha:1", 1, 128<<10)
 	imgB := ts.PushImage(t, regB, "team/beta:1", 1, 128<<10)
 
@@ -45,7 +45,7 @@ func TestOnePortPullsTwoUpstreams(t *testing.T) {
 	d.pull(regA.Ref("library/alpha:1"), hostsDir)
 	d.pull(regB.Ref("team/beta:1"), hostsDir)
 
-	if n := direct.direct(); n != 0 {
+	if n := direct(&api); n != 0 {
 		t.Errorf("containerd sent %d requests straight to the registries", n)
 	}
 	requireServedByCache(t, p, regA.Host(), imgA)

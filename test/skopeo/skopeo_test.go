@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -139,7 +138,7 @@ func requireCopied(t *testing.T, dir string, img v1.Image) {
 	if got := fileDigest(t, filepath.Join(dir, "manifest.json")); got != want {
 		t.Errorf("%s/manifest.json is %s, want the image's %s", dir, got, want)
 	}
-	for _, d := range blobDigests(t, img) {
+	for _, d := range ts.BlobDigests(t, img) {
 		_, hexDigest, _ := strings.Cut(d, ":")
 		if got := fileDigest(t, filepath.Join(dir, hexDigest)); got != d {
 			t.Errorf("blob %s was copied as %s", d, got)
@@ -157,77 +156,30 @@ func fileDigest(t *testing.T, path string) string {
 	return "sha256:" + hex.EncodeToString(sum[:])
 }
 
-// blobDigests lists img's config and layer digests.
-func blobDigests(t *testing.T, img v1.Image) []string {
-	t.Helper()
-	cfg, err := img.ConfigName()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return append([]string{cfg.String()}, ts.LayerDigests(t, img)...)
-}
-
-// apiLog records the requests reaching a registry, with their User-Agent.
-type apiLog struct {
-	mu   sync.Mutex
-	reqs []apiRequest
-}
-
-type apiRequest struct{ method, path, userAgent string }
-
 func fromMultiproxy(userAgent string) bool { return strings.HasPrefix(userAgent, "multiproxy/") }
 
-// observe is a testsupport Action that records the request and passes it on.
-func (a *apiLog) observe(w http.ResponseWriter, r *http.Request, next http.Handler) {
-	a.mu.Lock()
-	a.reqs = append(a.reqs, apiRequest{r.Method, r.URL.Path, r.UserAgent()})
-	a.mu.Unlock()
-	next.ServeHTTP(w, r)
-}
-
-// reset forgets what was recorded, such as the test's own pushes.
-func (a *apiLog) reset() {
-	a.mu.Lock()
-	a.reqs = nil
-	a.mu.Unlock()
-}
-
-// direct lists the requests that did not come from multiproxy.
-func (a *apiLog) direct() []apiRequest {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	var out []apiRequest
-	for _, r := range a.reqs {
-		if !fromMultiproxy(r.userAgent) {
+// direct lists the requests to a registry that did not come from
+// multiproxy.
+func direct(a *ts.AgentLog) []ts.AgentRequest {
+	var out []ts.AgentRequest
+	for _, r := range a.Requests() {
+		if !fromMultiproxy(r.UserAgent) {
 			out = append(out, r)
 		}
 	}
 	return out
 }
 
-// gets lists the User-Agents of the GETs of paths containing s.
-func (a *apiLog) gets(s string) []string {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	var uas []string
-	for _, r := range a.reqs {
-		if r.method == http.MethodGet && strings.Contains(r.path, s) {
-			uas = append(uas, r.userAgent)
-		}
-	}
-	return uas
-}
-
 // upstream is a started profile with its API log.
 type upstream struct {
 	*ts.Upstream
-	api *apiLog
+	api *ts.AgentLog
 }
 
 func startProfile(t *testing.T, p ts.Profile) *upstream {
 	t.Helper()
-	up := &upstream{Upstream: p.Start(t), api: &apiLog{}}
-	up.Faults.Add(ts.Rule{Action: up.api.observe})
+	up := &upstream{Upstream: p.Start(t), api: &ts.AgentLog{}}
+	up.Faults.Add(ts.Rule{Action: up.api.Observe})
 	return up
 }
 
@@ -243,7 +195,7 @@ func profile(t *testing.T, name string) ts.Profile {
 // pushed forgets the requests of the test's pushes at the registry and
 // the CDN, so that every request recorded from now on is a pull.
 func (up *upstream) pushed() {
-	up.api.reset()
+	up.api.Reset()
 	if up.CDN != nil {
 		up.CDN.ResetCounts()
 	}
@@ -253,7 +205,7 @@ func (up *upstream) pushed() {
 // upstream's blob host: the CDN, or the registry itself.
 func (up *upstream) blobGets(digest string) []string {
 	if up.CDN == nil {
-		return up.api.gets("/blobs/" + digest)
+		return up.api.Gets("/blobs/" + digest)
 	}
 	var uas []string
 	for _, req := range up.CDN.Requests() {
@@ -271,17 +223,17 @@ func (up *upstream) blobGets(digest string) []string {
 // least the images' bytes as served.
 func requireThroughCache(t *testing.T, p *ts.Proxy, name string, up *upstream, images ...v1.Image) {
 	t.Helper()
-	if d := up.api.direct(); len(d) != 0 {
+	if d := direct(up.api); len(d) != 0 {
 		t.Errorf("%d requests reached the registry from another client than multiproxy while the cache was up, first %+v", len(d), d[0])
 	}
 	var want int64
 	for _, img := range images {
-		for _, d := range blobDigests(t, img) {
+		for _, d := range ts.BlobDigests(t, img) {
 			if uas := up.blobGets(d); len(uas) != 1 || !fromMultiproxy(uas[0]) {
 				t.Errorf("blob %s was fetched from the blob host by %q; want exactly one GET, by multiproxy", d, uas)
 			}
 		}
-		want += imageBytes(t, img)
+		want += ts.ImageBytes(t, img)
 	}
 	if c := up.CDN; c != nil {
 		for _, req := range c.Requests() {
@@ -295,33 +247,6 @@ func requireThroughCache(t *testing.T, p *ts.Proxy, name string, up *upstream, i
 	}
 }
 
-// imageBytes is what a pull of img downloads: manifest, config and every
-// compressed layer.
-func imageBytes(t *testing.T, img v1.Image) int64 {
-	t.Helper()
-	m, err := img.RawManifest()
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := img.RawConfigFile()
-	if err != nil {
-		t.Fatal(err)
-	}
-	total := int64(len(m) + len(c))
-	layers, err := img.Layers()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, l := range layers {
-		n, err := l.Size()
-		if err != nil {
-			t.Fatal(err)
-		}
-		total += n
-	}
-	return total
-}
-
 // boundUpstreams is p's upstream table with each listen address replaced
 // by the address it is bound to, as a config with fixed ports would say.
 func boundUpstreams(p *ts.Proxy) []config.Upstream {
@@ -330,26 +255,6 @@ func boundUpstreams(p *ts.Proxy) []config.Upstream {
 		ups[i].Listen = p.Addr(ups[i].Name)
 	}
 	return ups
-}
-
-// indexChild is idx's linux image for arch.
-func indexChild(t *testing.T, idx v1.ImageIndex, arch string) v1.Image {
-	t.Helper()
-	im, err := idx.IndexManifest()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, desc := range im.Manifests {
-		if p := desc.Platform; p != nil && p.OS == "linux" && p.Architecture == arch {
-			img, err := idx.Image(desc.Digest)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return img
-		}
-	}
-	t.Fatalf("the index has no linux/%s image", arch)
-	return nil
 }
 
 // TestPerPort: one multiproxy serves an upstream of every profile, each on
@@ -396,10 +301,10 @@ func TestPerPort(t *testing.T) {
 	for _, s := range sides {
 		t.Run(s.up.Profile.Name, func(t *testing.T) {
 			requireCopied(t, c.copy(t, s.up.Ref("library/alpha:1"), ""), s.img)
-			amd64 := indexChild(t, s.idx, "amd64")
+			amd64 := ts.IndexChild(t, s.idx, "amd64")
 			requireCopied(t, c.copy(t, s.up.Ref("team/multi:1"), "linux/amd64"), amd64)
 			requireThroughCache(t, p, s.up.Host, s.up, s.img, amd64)
-			for _, d := range blobDigests(t, indexChild(t, s.idx, "arm64")) {
+			for _, d := range ts.BlobDigests(t, ts.IndexChild(t, s.idx, "arm64")) {
 				if uas := s.up.blobGets(d); len(uas) != 0 {
 					t.Errorf("blob %s of the arm64 image, which nobody pulled, was fetched by %q", d, uas)
 				}
@@ -417,12 +322,12 @@ func TestPerPort(t *testing.T) {
 		}
 		t.Run(s.up.Profile.Name+"/cache stopped", func(t *testing.T) {
 			requireCopied(t, c.copy(t, s.up.Ref("library/alpha:2"), ""), s.later)
-			direct := s.up.api.direct()
-			if len(direct) == 0 {
+			seen := direct(s.up.api)
+			if len(seen) == 0 {
 				t.Fatal("with the cache stopped the copy succeeded, but the registry saw no request from skopeo: where did it come from?")
 			}
-			if !strings.HasPrefix(direct[0].userAgent, "skopeo/") {
-				t.Errorf("the registry saw %q, not skopeo's User-Agent", direct[0].userAgent)
+			if !strings.HasPrefix(seen[0].UserAgent, "skopeo/") {
+				t.Errorf("the registry saw %q, not skopeo's User-Agent", seen[0].UserAgent)
 			}
 			for _, d := range ts.LayerDigests(t, s.later) {
 				if uas := s.up.blobGets(d); !slices.ContainsFunc(uas, func(ua string) bool { return strings.HasPrefix(ua, "skopeo/") }) {
