@@ -110,14 +110,16 @@ func TestHeadOfColdBlobDoesNotDownload(t *testing.T) {
 }
 
 // 200 nodes asking for the same tag at once cost the upstream one HEAD, or
-// two if some arrive just as the first returns. The upstream takes 200 ms
-// to answer a HEAD, as a registry across the internet does.
+// two if some arrive just as the first returns. The upstream takes a second
+// to answer a HEAD, a slow registry across the internet: long enough for
+// 200 clients started together to all arrive while it is out, even on a
+// loaded two-core CI machine under the race detector.
 func TestConcurrentTagPullsShareOneUpstreamHEAD(t *testing.T) {
 	up, f := faultyUpstream(t)
 	img := ts.PushImage(t, up, "library/app:latest", 1, 1024)
 	p := ts.StartProxy(t, ts.ProxyUpstream{Name: "docker.io", Reg: up})
 	pullImage(t, p, "docker.io", "library/app:latest")
-	f.Add(ts.Rule{Method: "HEAD", PathContains: "/manifests/latest", Action: ts.Delay(200 * time.Millisecond)})
+	f.Add(ts.Rule{Method: "HEAD", PathContains: "/manifests/latest", Action: ts.Delay(time.Second)})
 	f.ResetCounts()
 
 	const clients = 200

@@ -134,7 +134,7 @@ func TestStaleIfErrorOnEveryProfile(t *testing.T) {
 // before it expires, then fetched again: never once per request, and never
 // sent after it expired (the issuer's registry refuses it then).
 func TestTokensAreReusedUntilTheyExpire(t *testing.T) {
-	reg := ts.StartRegistry(t, ts.RegistryOptions{Token: true, CDN: true, TokenTTL: 2 * time.Second})
+	reg := ts.StartRegistry(t, ts.RegistryOptions{Token: true, CDN: true, TokenTTL: 4 * time.Second})
 	img := ts.PushImage(t, reg, "library/app:1", 2, 4<<10)
 	p := ts.StartProxy(t, ts.ProxyUpstream{Name: "docker.io", Reg: reg})
 	head := func() {
@@ -156,9 +156,9 @@ func TestTokensAreReusedUntilTheyExpire(t *testing.T) {
 	if n := reg.Tokens().Count(); n != 0 {
 		t.Errorf("5 more revalidations of one repository fetched %d tokens, want 0 (reuse)", n)
 	}
-	// The token lives 2 s and is renewed in its last half: after that the
+	// The token lives 4 s and is renewed in its last half: after that the
 	// next request fetches a new one first instead of being refused.
-	time.Sleep(1200 * time.Millisecond)
+	time.Sleep(2200 * time.Millisecond)
 	head()
 	if n := reg.Tokens().Count(); n != 1 {
 		t.Errorf("past the renewal time %d tokens were fetched, want 1", n)
