@@ -1,9 +1,12 @@
 package health
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -318,3 +321,41 @@ func TestPublicReasonHasNoInternals(t *testing.T) {
 		t.Errorf("publicReason = %q", got)
 	}
 }
+
+// An upstream that stays down for many probes is logged once when it goes
+// down and once when it is back: not a warning per probe.
+func TestOutageIsLoggedOnceEachWay(t *testing.T) {
+	const interval = 20 * time.Millisecond
+	var buf bytes.Buffer
+	var mu sync.Mutex
+	log := slog.New(slog.NewTextHandler(writerFunc(func(p []byte) (int, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		return buf.Write(p)
+	}), nil))
+	m := New(Options{Interval: interval, Logger: log})
+	u := m.Track("docker.io")
+	p := &pinger{}
+	p.fail(errors.New("connection refused"))
+	u.Probe(p)
+	m.Start()
+	defer m.Stop()
+	waitState(t, u, Down, time.Second)
+	time.Sleep(20 * interval) // many more failed probes
+	p.heal()
+	waitState(t, u, Reachable, time.Second)
+	time.Sleep(5 * interval)
+	mu.Lock()
+	out := buf.String()
+	mu.Unlock()
+	if n := strings.Count(out, `msg="upstream down"`); n != 1 {
+		t.Errorf("%d \"upstream down\" lines for one outage, want 1:\n%s", n, out)
+	}
+	if n := strings.Count(out, `msg="upstream reachable"`); n != 1 {
+		t.Errorf("%d \"upstream reachable\" lines after one recovery, want 1:\n%s", n, out)
+	}
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
