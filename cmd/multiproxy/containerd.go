@@ -13,6 +13,7 @@ import (
 
 	"github.com/multiproxy/multiproxy/internal/config"
 	"github.com/multiproxy/multiproxy/internal/containerd"
+	"github.com/multiproxy/multiproxy/internal/nodefile"
 )
 
 // containerdCmd groups the node-side commands: they derive containerd's
@@ -114,9 +115,9 @@ func warnLoopback(stderr io.Writer, ups []config.Upstream, address string) {
 func printWriteResults(stdout, stderr io.Writer, results []containerd.WriteResult) {
 	for _, r := range results {
 		switch r.Action {
-		case containerd.Kept:
+		case nodefile.Kept:
 			fmt.Fprintf(stderr, "kept %s: it was not written by multiproxy or was edited since; --force replaces it (keeping a .bak copy)\n", r.Path)
-		case containerd.Replaced:
+		case nodefile.Replaced:
 			fmt.Fprintf(stdout, "replaced %s (the hand-edited file is saved as %s)\n", r.Path, r.Backup)
 		default:
 			fmt.Fprintf(stdout, "%s %s\n", r.Action, r.Path)
@@ -130,7 +131,7 @@ func printWriteResults(stdout, stderr io.Writer, results []containerd.WriteResul
 func keptError(results []containerd.WriteResult) error {
 	n := 0
 	for _, r := range results {
-		if r.Action == containerd.Kept {
+		if r.Action == nodefile.Kept {
 			n++
 		}
 	}

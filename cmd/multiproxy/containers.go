@@ -8,6 +8,7 @@ import (
 
 	"github.com/multiproxy/multiproxy/internal/config"
 	"github.com/multiproxy/multiproxy/internal/containers"
+	"github.com/multiproxy/multiproxy/internal/nodefile"
 )
 
 // containersCmd groups the node-side commands for containers/image, the
@@ -125,10 +126,10 @@ func printCANotes(stderr io.Writer, ups []config.Upstream, opts containers.Optio
 // error (exit 1), so scripts notice.
 func printResult(stdout, stderr io.Writer, r containers.Result, howToReplace string) error {
 	switch r.Action {
-	case containers.Kept:
+	case nodefile.Kept:
 		fmt.Fprintf(stderr, "kept %s: it was not written by multiproxy or was edited since; %s\n", r.Path, howToReplace)
 		return &exitError{code: 1, err: fmt.Errorf("hand-edited %s kept; rerun with --force to replace it", r.Path)}
-	case containers.Replaced:
+	case nodefile.Replaced:
 		fmt.Fprintf(stdout, "replaced %s (the old file is saved as %s)\n", r.Path, r.Backup)
 	default:
 		if r.Backup != "" {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/multiproxy/multiproxy/internal/containerd"
 	"github.com/multiproxy/multiproxy/internal/containers"
+	"github.com/multiproxy/multiproxy/internal/nodefile"
 )
 
 // dockerReader names dockerd in the hosts.toml files written for it.
@@ -87,7 +88,7 @@ its own: dockerd's classic store names no registry in its mirror requests.`,
 			if err != nil {
 				return err
 			}
-			if res.Action == containers.Kept {
+			if res.Action == nodefile.Kept {
 				fmt.Fprintf(stderr, "kept %s: its registry-mirrors names %s, which would be replaced; --force replaces them (keeping a .bak copy)\n",
 					res.Path, strings.Join(dropped, ", "))
 				return &exitError{code: 1, err: errors.New("daemon.json kept; rerun with --force to replace its registry-mirrors")}
@@ -98,7 +99,7 @@ its own: dockerd's classic store names no registry in its mirror requests.`,
 			if len(dropped) > 0 {
 				fmt.Fprintf(stdout, "registry-mirrors no longer names %s\n", strings.Join(dropped, ", "))
 			}
-			if res.Action != containers.Unchanged {
+			if res.Action != nodefile.Unchanged {
 				fmt.Fprintln(stdout, "apply with: systemctl reload docker (dockerd re-reads registry-mirrors and insecure-registries on SIGHUP)")
 			}
 			return nil

@@ -13,16 +13,7 @@ import (
 )
 
 // WriteAction is what WriteHosts did with one file.
-type WriteAction string
-
-// The outcomes of writing one hosts.toml.
-const (
-	Created   WriteAction = "created"
-	Updated   WriteAction = "updated"   // replaced a file we had generated
-	Unchanged WriteAction = "unchanged" // already had this content
-	Kept      WriteAction = "kept"      // hand-edited; not replaced without Force
-	Replaced  WriteAction = "replaced"  // hand-edited, replaced with Force; see Backup
-)
+type WriteAction = nodefile.Action
 
 // WriteResult reports one file.
 type WriteResult struct {
@@ -78,19 +69,19 @@ func writeHostsFile(dir string, f HostsFile, force bool, now func() time.Time) (
 	old, err := os.ReadFile(path)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
-		res.Action = Created
+		res.Action = nodefile.Created
 	case err != nil:
 		return res, fmt.Errorf("read %s: %w", path, err)
 	case bytes.Equal(old, f.Content):
-		res.Action = Unchanged
+		res.Action = nodefile.Unchanged
 		return res, nil
 	case nodefile.Unedited(old):
-		res.Action = Updated
+		res.Action = nodefile.Updated
 	case !force:
-		res.Action = Kept
+		res.Action = nodefile.Kept
 		return res, nil
 	default:
-		res.Action = Replaced
+		res.Action = nodefile.Replaced
 		backup, err := nodefile.Backup(path, old, now(), false)
 		if err != nil {
 			return res, err

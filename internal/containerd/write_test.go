@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/multiproxy/multiproxy/internal/config"
+	"github.com/multiproxy/multiproxy/internal/nodefile"
 )
 
 func generate(t *testing.T, ups []config.Upstream, address string) []HostsFile {
@@ -41,7 +42,7 @@ func TestWriteHostsLifecycle(t *testing.T) {
 	writeFile(t, other, "server = \"https://registry.internal\"\n")
 
 	files := generate(t, testUpstreams, "10.0.20.10")
-	if r := write(t, dir, files, false); r["docker.io"].Action != Created || r["ghcr.io"].Action != Created {
+	if r := write(t, dir, files, false); r["docker.io"].Action != nodefile.Created || r["ghcr.io"].Action != nodefile.Created {
 		t.Fatalf("first write: %+v", r)
 	}
 	path := filepath.Join(dir, "docker.io", "hosts.toml")
@@ -54,7 +55,7 @@ func TestWriteHostsLifecycle(t *testing.T) {
 	}
 
 	// Idempotent: same content, no rewrite (the mtime stays).
-	if r := write(t, dir, files, false); r["docker.io"].Action != Unchanged {
+	if r := write(t, dir, files, false); r["docker.io"].Action != nodefile.Unchanged {
 		t.Fatalf("second write: %+v", r["docker.io"])
 	}
 	if st, _ := os.Stat(path); !st.ModTime().Equal(old) {
@@ -63,7 +64,7 @@ func TestWriteHostsLifecycle(t *testing.T) {
 
 	// The cache moved: our own unedited files are updated in place.
 	moved := generate(t, testUpstreams, "10.0.20.11")
-	if r := write(t, dir, moved, false); r["docker.io"].Action != Updated || r["docker.io"].Backup != "" {
+	if r := write(t, dir, moved, false); r["docker.io"].Action != nodefile.Updated || r["docker.io"].Backup != "" {
 		t.Fatalf("write after the address changed: %+v", r["docker.io"])
 	}
 	if !strings.Contains(string(readFile(t, path)), "10.0.20.11:5000") {
@@ -95,7 +96,7 @@ func TestWriteHostsKeepsHandEdits(t *testing.T) {
 			writeFile(t, path, handEdited)
 
 			regenerated := generate(t, testUpstreams[:1], "10.0.20.11")
-			if r := write(t, dir, regenerated, false); r["docker.io"].Action != Kept {
+			if r := write(t, dir, regenerated, false); r["docker.io"].Action != nodefile.Kept {
 				t.Fatalf("without --force: %+v", r["docker.io"])
 			}
 			if got := string(readFile(t, path)); got != handEdited {
@@ -103,7 +104,7 @@ func TestWriteHostsKeepsHandEdits(t *testing.T) {
 			}
 
 			r := write(t, dir, regenerated, true)
-			if r["docker.io"].Action != Replaced || r["docker.io"].Backup != path+".bak" {
+			if r["docker.io"].Action != nodefile.Replaced || r["docker.io"].Backup != path+".bak" {
 				t.Fatalf("with --force: %+v", r["docker.io"])
 			}
 			if got := string(readFile(t, path+".bak")); got != handEdited {

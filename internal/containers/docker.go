@@ -235,17 +235,17 @@ func WriteDaemonJSON(path string, d DaemonJSON, opts WriteOptions) (res Result, 
 	}
 	switch {
 	case !exists:
-		res.Action = Created
+		res.Action = nodefile.Created
 	case bytes.Equal(old, merged):
-		res.Action = Unchanged
+		res.Action = nodefile.Unchanged
 		return res, dropped, nil
 	case len(dropped) > 0 && !opts.Force:
-		res.Action = Kept
+		res.Action = nodefile.Kept
 		return res, dropped, nil
 	case len(dropped) > 0:
-		res.Action = Replaced
+		res.Action = nodefile.Replaced
 	default:
-		res.Action = Updated
+		res.Action = nodefile.Updated
 	}
 	if exists {
 		now := opts.Now

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/multiproxy/multiproxy/internal/config"
+	"github.com/multiproxy/multiproxy/internal/nodefile"
 )
 
 func TestDockerPerPort(t *testing.T) {
@@ -151,24 +152,24 @@ func TestWriteDaemonJSON(t *testing.T) {
 		}
 		return res
 	}
-	if r := write(false); r.Action != Created || r.Backup != "" {
+	if r := write(false); r.Action != nodefile.Created || r.Backup != "" {
 		t.Errorf("first write: %+v", r)
 	}
-	if r := write(false); r.Action != Unchanged {
+	if r := write(false); r.Action != nodefile.Unchanged {
 		t.Errorf("second write: %+v", r)
 	}
 	other := `{"registry-mirrors": ["https://mirror.gcr.io"], "debug": true}`
 	if err := errors.Join(os.WriteFile(path, []byte(other), 0o600), os.Chmod(path, 0o600)); err != nil {
 		t.Fatal(err)
 	}
-	if r := write(false); r.Action != Kept {
+	if r := write(false); r.Action != nodefile.Kept {
 		t.Errorf("another mirror without force: %+v", r)
 	}
 	if b, _ := os.ReadFile(path); string(b) != other {
 		t.Errorf("kept file changed: %s", b)
 	}
 	r := write(true)
-	if r.Action != Replaced || r.Backup != path+".bak" {
+	if r.Action != nodefile.Replaced || r.Backup != path+".bak" {
 		t.Errorf("with force: %+v", r)
 	}
 	if b, _ := os.ReadFile(path + ".bak"); string(b) != other {
@@ -186,7 +187,7 @@ func TestWriteDaemonJSON(t *testing.T) {
 	if err := os.WriteFile(path, []byte(`{"debug": true}`), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if r := write(false); r.Action != Updated || r.Backup != path+".20260102T030405Z.bak" {
+	if r := write(false); r.Action != nodefile.Updated || r.Backup != path+".20260102T030405Z.bak" {
 		t.Errorf("adding keys: %+v", r)
 	}
 }
@@ -205,27 +206,27 @@ func TestWriteFile(t *testing.T) {
 		}
 		return r
 	}
-	if r := write(content, false); r.Action != Created {
+	if r := write(content, false); r.Action != nodefile.Created {
 		t.Errorf("first: %+v", r)
 	}
-	if r := write(content, false); r.Action != Unchanged {
+	if r := write(content, false); r.Action != nodefile.Unchanged {
 		t.Errorf("again: %+v", r)
 	}
 	next, _ := Generate(table(), Options{Address: "10.0.20.11"})
-	if r := write(next, false); r.Action != Updated {
+	if r := write(next, false); r.Action != nodefile.Updated {
 		t.Errorf("a generated file regenerated: %+v", r)
 	}
 	edited := strings.Replace(string(next), "10.0.20.11:5000", "10.0.20.99:5000", 1)
 	if err := os.WriteFile(path, []byte(edited), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if r := write(content, false); r.Action != Kept {
+	if r := write(content, false); r.Action != nodefile.Kept {
 		t.Errorf("an edited file: %+v", r)
 	}
 	if b, _ := os.ReadFile(path); string(b) != edited {
 		t.Error("the edited file was changed without force")
 	}
-	if r := write(content, true); r.Action != Replaced || r.Backup != path+".bak" {
+	if r := write(content, true); r.Action != nodefile.Replaced || r.Backup != path+".bak" {
 		t.Errorf("with force: %+v", r)
 	}
 	if b, _ := os.ReadFile(path + ".bak"); string(b) != edited {

@@ -17,16 +17,7 @@ import (
 func GeneratedUnedited(content []byte) bool { return nodefile.Unedited(content) }
 
 // Action is what writing one file did.
-type Action string
-
-// The outcomes of writing one file.
-const (
-	Created   Action = "created"
-	Updated   Action = "updated"   // replaced a file we had generated
-	Unchanged Action = "unchanged" // already had this content
-	Kept      Action = "kept"      // hand-edited; not replaced without Force
-	Replaced  Action = "replaced"  // hand-edited, replaced with Force; see Backup
-)
+type Action = nodefile.Action
 
 // Result reports one written file.
 type Result struct {
@@ -66,19 +57,19 @@ func writeFile(path string, content []byte, opts WriteOptions, ours func([]byte)
 	old, err := os.ReadFile(path)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
-		res.Action = Created
+		res.Action = nodefile.Created
 	case err != nil:
 		return res, fmt.Errorf("read %s: %w", path, err)
 	case bytes.Equal(old, content):
-		res.Action = Unchanged
+		res.Action = nodefile.Unchanged
 		return res, nil
 	case ours(old):
-		res.Action = Updated
+		res.Action = nodefile.Updated
 	case !opts.Force:
-		res.Action = Kept
+		res.Action = nodefile.Kept
 		return res, nil
 	default:
-		res.Action = Replaced
+		res.Action = nodefile.Replaced
 		if res.Backup, err = nodefile.Backup(path, old, now(), false); err != nil {
 			return res, err
 		}

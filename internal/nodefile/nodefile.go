@@ -84,3 +84,15 @@ func WriteAtomic(path string, content []byte, perm os.FileMode) error {
 	done = true
 	return nil
 }
+
+// Action is what writing one generated file did.
+type Action string
+
+// The outcomes of writing one file.
+const (
+	Created   Action = "created"
+	Updated   Action = "updated"   // replaced a file multiproxy had generated
+	Unchanged Action = "unchanged" // already had this content
+	Kept      Action = "kept"      // hand-edited; not replaced without force
+	Replaced  Action = "replaced"  // hand-edited, replaced with force; a backup was kept
+)
