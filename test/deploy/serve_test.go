@@ -65,7 +65,23 @@ func (s *notifySocket) waitFor(t *testing.T, assignment string, exited <-chan st
 				return m
 			}
 		case <-exited:
-			t.Fatalf("multiproxy exited before sending %s", assignment)
+			// A process that sends its message and exits at once leaves
+			// both ready, and select picks either; its datagram may still
+			// be on its way to s.msgs. Read what it sent before failing.
+			grace := time.After(time.Second)
+			for {
+				select {
+				case m, ok := <-s.msgs:
+					if ok && hasAssignment(m, assignment) {
+						return m
+					}
+					if !ok {
+						t.Fatalf("multiproxy exited before sending %s", assignment)
+					}
+				case <-grace:
+					t.Fatalf("multiproxy exited before sending %s", assignment)
+				}
+			}
 		case <-deadline:
 			t.Fatalf("no %s on NOTIFY_SOCKET within %s (is internal/sdnotify wired into cmd/multiproxy serve?)", assignment, timeout)
 		}
