@@ -115,11 +115,11 @@ its own: dockerd's classic store names no registry in its mirror requests.`,
 
 func dockerHostsCmd(stdout, stderr io.Writer) *cobra.Command {
 	var (
-		address, out string
-		force        bool
+		address, out, caFile string
+		force                bool
 	)
 	cmd := &cobra.Command{
-		Use:   "hosts --address HOST [--out DIR|-]",
+		Use:   "hosts --address HOST [--out DIR|-] [--ca-file PATH]",
 		Short: "Write DIR/<registry>/hosts.toml (default " + containers.DockerCertsDir + ") for dockerd's containerd image store",
 		Long: `Write DIR/<registry>/hosts.toml (default ` + containers.DockerCertsDir + `) for every configured
 upstream, as multiproxy containerd hosts does for containerd 2.x: dockerd 28 and
@@ -143,6 +143,7 @@ ignored before. Writing is idempotent and keeps hand-edited files unless --force
 				Version:     containerd.V2,
 				Endpoint:    onePortEndpoint(cfg, address),
 				EndpointTLS: cfg.TLS.Enabled(),
+				CAFile:      caFile,
 				Reader:      dockerReader,
 			})
 			if err != nil {
@@ -164,5 +165,6 @@ ignored before. Writing is idempotent and keeps hand-edited files unless --force
 	f.StringVar(&address, "address", "", "the cache's host name or IP as nodes reach it (required)")
 	f.StringVar(&out, "out", containers.DockerCertsDir, `certs.d directory to write into, or "-" to print the files`)
 	f.BoolVar(&force, "force", false, "replace hand-edited files (a .bak copy of each is kept)")
+	f.StringVar(&caFile, "ca-file", "", "path on the nodes of the CA that signed the cache's TLS certificate (for a port with tls)")
 	return cmd
 }

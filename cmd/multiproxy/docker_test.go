@@ -7,6 +7,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/multiproxy/multiproxy/internal/testsupport"
 )
 
 func TestDockerDaemonJSONPrint(t *testing.T) {
@@ -96,4 +98,27 @@ func TestDockerHosts(t *testing.T) {
 
 	out, _, _ = run(t, "--config", cfg, "docker", "hosts", "--address", "10.0.20.10", "--out", "-")
 	mustContain(t, "printed", out, "# ==> ghcr.io/hosts.toml <==", `[host."http://10.0.20.10:5010"]`)
+}
+
+// With tls configured, containerd hosts and docker hosts write https
+// mirrors, and --ca-file becomes the mirror's ca.
+func TestHostsWithTLS(t *testing.T) {
+	dir := t.TempDir()
+	cert := testsupport.WriteServerCert(t, dir)
+	cfg := filepath.Join(dir, "multiproxy.yaml")
+	content := "data_dir: " + filepath.Join(dir, "data") + "\ntls: {cert_file: " + cert.CertFile + ", key_file: " + cert.KeyFile + "}\n" + `upstreams:
+  - {name: ghcr.io, listen: ":5010", remote: "https://ghcr.io"}
+`
+	if err := os.WriteFile(cfg, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, cmd := range [][]string{{"containerd", "hosts"}, {"docker", "hosts"}} {
+		args := append([]string{"--config", cfg}, cmd...)
+		args = append(args, "--address", "10.0.20.10", "--ca-file", "/etc/multiproxy/ca.crt", "--out", "-")
+		out, errOut, code := run(t, args...)
+		if code != 0 {
+			t.Fatalf("%v: exit %d: %s", cmd, code, errOut)
+		}
+		mustContain(t, strings.Join(cmd, " "), out, `[host."https://10.0.20.10:5010"]`, `ca = "/etc/multiproxy/ca.crt"`)
+	}
 }
