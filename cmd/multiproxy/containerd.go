@@ -80,21 +80,8 @@ leave it out and a cache host that stops answering costs containerd's built-in
 			if address == "" {
 				return usageError("--address is required: the cache's host name or IP as the nodes reach it")
 			}
-			files, err := containerd.GenerateHosts(cfg.Upstreams, containerd.HostsOptions{Address: address, Version: version,
-				Endpoint: onePortEndpoint(cfg, address), EndpointTLS: cfg.TLS.Enabled(), CAFile: caFile})
-			if err != nil {
-				return usageError("%w", err)
-			}
-			warnLoopback(stderr, cfg.Upstreams, address)
-			if out == "-" {
-				return containerd.WriteHostsListing(stdout, "", files)
-			}
-			results, err := containerd.WriteHosts(out, files, containerd.WriteOptions{Force: force})
-			printWriteResults(stdout, stderr, results)
-			if err != nil {
-				return err
-			}
-			return keptError(results)
+			return writeHostsSet(stdout, stderr, cfg, out, force, containerd.HostsOptions{
+				Address: address, Version: version, CAFile: caFile})
 		},
 	}
 	f := cmd.Flags()
@@ -104,6 +91,28 @@ leave it out and a cache host that stops answering costs containerd's built-in
 	f.BoolVar(&force, "force", false, "replace hand-edited files (a .bak copy of each is kept)")
 	f.StringVar(&caFile, "ca-file", "", "path on the nodes of the CA that signed the cache's TLS certificate")
 	return cmd
+}
+
+// writeHostsSet generates the hosts.toml set of cfg's upstreams with opts,
+// pointing at the one port when cfg has one, and writes it under out (or
+// prints it for "-"). Both containerd hosts and docker hosts end here.
+func writeHostsSet(stdout, stderr io.Writer, cfg config.Config, out string, force bool, opts containerd.HostsOptions) error {
+	opts.Endpoint = onePortEndpoint(cfg, opts.Address)
+	opts.EndpointTLS = cfg.TLS.Enabled()
+	files, err := containerd.GenerateHosts(cfg.Upstreams, opts)
+	if err != nil {
+		return usageError("%w", err)
+	}
+	warnLoopback(stderr, cfg.Upstreams, opts.Address)
+	if out == "-" {
+		return containerd.WriteHostsListing(stdout, "", files)
+	}
+	results, err := containerd.WriteHosts(out, files, containerd.WriteOptions{Force: force})
+	printWriteResults(stdout, stderr, results)
+	if err != nil {
+		return err
+	}
+	return keptError(results)
 }
 
 func warnLoopback(stderr io.Writer, ups []config.Upstream, address string) {

@@ -138,27 +138,8 @@ ignored before. Writing is idempotent and keeps hand-edited files unless --force
 			if address == "" {
 				return usageError("--address is required: the cache's host name or IP as the nodes reach it")
 			}
-			files, err := containerd.GenerateHosts(cfg.Upstreams, containerd.HostsOptions{
-				Address:     address,
-				Version:     containerd.V2,
-				Endpoint:    onePortEndpoint(cfg, address),
-				EndpointTLS: cfg.TLS.Enabled(),
-				CAFile:      caFile,
-				Reader:      dockerReader,
-			})
-			if err != nil {
-				return usageError("%w", err)
-			}
-			warnLoopback(stderr, cfg.Upstreams, address)
-			if out == "-" {
-				return containerd.WriteHostsListing(stdout, "", files)
-			}
-			results, err := containerd.WriteHosts(out, files, containerd.WriteOptions{Force: force})
-			printWriteResults(stdout, stderr, results)
-			if err != nil {
-				return err
-			}
-			return keptError(results)
+			return writeHostsSet(stdout, stderr, cfg, out, force, containerd.HostsOptions{
+				Address: address, Version: containerd.V2, CAFile: caFile, Reader: dockerReader})
 		},
 	}
 	f := cmd.Flags()

@@ -663,36 +663,17 @@ func (s *Stream) Size() int64 { return s.f.size }
 // after the whole blob has been verified, so a reader of a bad fill always
 // ends with an error, never with a complete-looking body.
 func (s *Stream) Read(p []byte) (int, error) {
+	avail, err := s.wait()
+	if err != nil {
+		return 0, err
+	}
 	f := s.f
 	f.mu.Lock()
-	var avail int64
-	for {
-		if f.err != nil {
-			err := f.err
-			f.mu.Unlock()
-			return 0, err
-		}
-		if err := s.ctx.Err(); err != nil {
-			f.mu.Unlock()
-			return 0, err
-		}
-		avail = f.written
-		if !f.verified {
-			avail--
-		}
-		if s.off < avail {
-			break
-		}
-		if f.verified {
-			f.mu.Unlock()
-			return 0, io.EOF
-		}
-		f.cond.Wait()
-	}
 	if int64(len(p)) > avail-s.off {
 		p = p[:avail-s.off]
 	}
 	if f.pass {
+		// Under the lock: the writer fills the ring's other slots meanwhile.
 		w := int64(len(f.ring))
 		if s.off < f.written-w {
 			// Cannot happen: the fill waits for its slowest reader.

@@ -48,10 +48,9 @@ func (c *Cache) Referrers(ctx context.Context, name string, d digest.Digest, art
 	case err == nil:
 		// Keep it for outages; a store that cannot take it changes nothing
 		// for this answer.
-		if _, perr := c.putManifest(ctx, repo, body, upstream.ManifestInfo{MediaType: v1.MediaTypeImageIndex, Digest: digest.FromBytes(body)}); perr == nil {
-			if desc, derr := c.describeManifest(ctx, repo, digest.FromBytes(body)); derr == nil {
-				_ = repo.Tags(ctx).Tag(ctx, tag, desc)
-			}
+		info := upstream.ManifestInfo{MediaType: v1.MediaTypeImageIndex, Digest: digest.FromBytes(body)}
+		if desc, perr := c.putManifest(ctx, repo, body, info); perr == nil {
+			_ = repo.Tags(ctx).Tag(ctx, tag, desc)
 		}
 	case upstream.IsNotFound(err):
 		res, rerr := c.ResolveTag(ctx, name, tag)

@@ -10,6 +10,7 @@ import (
 	"github.com/pelletier/go-toml/v2/unstable"
 
 	"github.com/multiproxy/multiproxy/internal/config"
+	"github.com/multiproxy/multiproxy/internal/nodefile"
 )
 
 // FixOptions configure Fix.
@@ -148,7 +149,7 @@ func fixMissing(opts FixOptions) (*FixResult, error) {
 		opts.Hosts.Version = v
 	}
 	cv := v.configVersion()
-	cfg := fmt.Sprintf("version = %d\n\n[%s]\n  config_path = %s\n", cv, tomlPath(registryPaths[cv]), tomlString(DefaultCertsDir))
+	cfg := fmt.Sprintf("version = %d\n\n[%s]\n  config_path = %s\n", cv, tomlPath(registryPaths[cv]), nodefile.TOMLString(DefaultCertsDir))
 	hosts, notes, err := migratedHosts(opts.Upstreams, opts.Hosts, nil, nil, nil, nil)
 	if err != nil {
 		return nil, err
@@ -228,13 +229,13 @@ func (f *fixer) setConfigPath() string {
 				return firstDir(cur)
 			}
 			if e.value.Length > 0 {
-				f.edits = append(f.edits, edit{start: int(e.value.Offset), end: int(e.value.Offset + e.value.Length), text: tomlString(DefaultCertsDir)})
+				f.edits = append(f.edits, edit{start: int(e.value.Offset), end: int(e.value.Offset + e.value.Length), text: nodefile.TOMLString(DefaultCertsDir)})
 				return DefaultCertsDir
 			}
 		}
 	}
 
-	line := "config_path = " + tomlString(DefaultCertsDir)
+	line := "config_path = " + nodefile.TOMLString(DefaultCertsDir)
 	// Into the existing registry table, right below its header.
 	for _, e := range f.doc.exprs {
 		if e.kind == unstable.Table && f.isRegistryTable(e.path) && !f.deleted[e.first] {
@@ -408,7 +409,7 @@ func migratedHosts(ups []config.Upstream, opts HostsOptions, legacy map[string][
 			notes = append(notes, fmt.Sprintf("replaced mirrors.%s (%s) with multiproxy's hosts.toml", tomlKey(name), orNone(redactURLs(endpoints))))
 			continue
 		}
-		if !registryName.MatchString(name) {
+		if !nodefile.ValidRegistryName(name) {
 			notes = append(notes, fmt.Sprintf("dropped mirrors.%s: not a registry host name containerd could look up", tomlKey(name)))
 			continue
 		}
@@ -461,7 +462,7 @@ func migratedHosts(ups []config.Upstream, opts HostsOptions, legacy map[string][
 			notes = append(notes, fmt.Sprintf("moved configs.%s.tls to the mirror entries for %s", tomlKey(host), host))
 			continue
 		}
-		if !registryName.MatchString(host) {
+		if !nodefile.ValidRegistryName(host) {
 			notes = append(notes, fmt.Sprintf("dropped configs.%s.tls: not a registry host name", tomlKey(host)))
 			continue
 		}

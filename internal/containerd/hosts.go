@@ -6,7 +6,6 @@ import (
 	"net"
 	"net/url"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -94,11 +93,6 @@ type tlsSettings struct {
 	skipVerify bool
 }
 
-// registryName matches what containerd looks up as a directory name: a
-// registry host with an optional port. It also keeps names from escaping
-// the certs.d directory.
-var registryName = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:[0-9]{1,5})?$`)
-
 // GenerateHosts renders one hosts.toml per upstream, in the upstreams'
 // order. Each keeps the upstream's real registry as server, so containerd
 // falls back to a direct pull whenever the cache cannot be reached.
@@ -121,7 +115,7 @@ func upstreamSpecs(ups []config.Upstream, opts HostsOptions) ([]hostsSpec, error
 	if opts.Endpoint == "" && opts.Address == "" && len(ups) > 0 {
 		return nil, errors.New("the cache's address is required (--address)")
 	}
-	host, err := normalizeAddress(opts.Address)
+	host, err := nodefile.NormalizeAddress(opts.Address)
 	if err != nil {
 		return nil, err
 	}
@@ -178,23 +172,6 @@ func LoopbackOnly(ups []config.Upstream, address string) []string {
 	return out
 }
 
-// normalizeAddress accepts a host name, IPv4 or IPv6 address (bracketed or
-// not) and rejects anything with a scheme, port or path, which would end up
-// mangled inside the mirror URL.
-func normalizeAddress(addr string) (string, error) {
-	if addr == "" {
-		return "", nil
-	}
-	a := strings.TrimSuffix(strings.TrimPrefix(addr, "["), "]")
-	if ip := net.ParseIP(a); ip != nil {
-		return ip.String(), nil
-	}
-	if strings.ContainsAny(addr, ":/[]@ ") || !registryName.MatchString(addr) {
-		return "", fmt.Errorf("invalid address %q: want the cache's host name or IP, without scheme or port", addr)
-	}
-	return addr, nil
-}
-
 // mirrorURL is the cache's URL for upstream u: the one-port endpoint, or
 // host plus the port u listens on; https where that listener serves TLS.
 func mirrorURL(u config.Upstream, host, endpoint string, endpointTLS bool) (string, error) {
@@ -240,7 +217,7 @@ func parsePort(p string) (int, error) {
 // render writes the file and reads it back with a TOML parser, so a value
 // that would not survive quoting fails here and not on a node.
 func (s hostsSpec) render() ([]byte, error) {
-	if !registryName.MatchString(s.registry) {
+	if !nodefile.ValidRegistryName(s.registry) {
 		return nil, fmt.Errorf("registry %q is not a host name with optional :port", s.registry)
 	}
 	if s.server != "" {
@@ -273,7 +250,7 @@ func (s hostsSpec) render() ([]byte, error) {
 		fmt.Fprintf(&b, "# No dial_timeout: containerd %s ignores it (2.1+, or 2.0.x with the backport).\n", s.version)
 	}
 	if s.server != "" {
-		b.WriteString("server = " + tomlString(s.server) + "\n")
+		b.WriteString("server = " + nodefile.TOMLString(s.server) + "\n")
 	}
 	s.serverTLS.write(&b, "")
 	if len(s.mirrors) == 0 && s.server != "" {
@@ -281,15 +258,15 @@ func (s hostsSpec) render() ([]byte, error) {
 		// ("invalid `host` tree") and ignores the whole file, server and
 		// TLS settings included; repeating server as a host avoids that.
 		b.WriteString("\n# server again as a host: containerd 1.6 ignores a file without [host] tables.\n")
-		b.WriteString("[host." + tomlString(s.server) + "]\n")
+		b.WriteString("[host." + nodefile.TOMLString(s.server) + "]\n")
 		b.WriteString("  capabilities = [\"pull\", \"resolve\"]\n")
 		s.serverTLS.write(&b, "  ")
 	}
 	for _, m := range s.mirrors {
-		b.WriteString("\n[host." + tomlString(m) + "]\n")
+		b.WriteString("\n[host." + nodefile.TOMLString(m) + "]\n")
 		b.WriteString("  capabilities = [\"pull\", \"resolve\"]\n")
 		if dial != "" {
-			b.WriteString("  dial_timeout = " + tomlString(dial) + "\n")
+			b.WriteString("  dial_timeout = " + nodefile.TOMLString(dial) + "\n")
 		}
 		s.mirrorTLS[m].write(&b, "  ")
 	}
@@ -319,13 +296,13 @@ func (t *tlsSettings) write(b *strings.Builder, indent string) {
 		return
 	}
 	if t.caFile != "" {
-		b.WriteString(indent + "ca = " + tomlString(t.caFile) + "\n")
+		b.WriteString(indent + "ca = " + nodefile.TOMLString(t.caFile) + "\n")
 	}
 	switch {
 	case t.certFile != "" && t.keyFile != "":
-		b.WriteString(indent + "client = [[" + tomlString(t.certFile) + ", " + tomlString(t.keyFile) + "]]\n")
+		b.WriteString(indent + "client = [[" + nodefile.TOMLString(t.certFile) + ", " + nodefile.TOMLString(t.keyFile) + "]]\n")
 	case t.certFile != "":
-		b.WriteString(indent + "client = " + tomlString(t.certFile) + "\n")
+		b.WriteString(indent + "client = " + nodefile.TOMLString(t.certFile) + "\n")
 	}
 	if t.skipVerify {
 		b.WriteString(indent + "skip_verify = true\n")

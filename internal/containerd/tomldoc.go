@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/multiproxy/multiproxy/internal/nodefile"
 	"github.com/pelletier/go-toml/v2"
 	"github.com/pelletier/go-toml/v2/unstable"
 )
@@ -224,7 +225,7 @@ func tomlKey(k string) string {
 	if bare {
 		return k
 	}
-	return tomlString(k)
+	return nodefile.TOMLString(k)
 }
 
 // tomlPath renders a dotted key such as plugins."io.containerd.grpc.v1.cri".registry.
@@ -234,27 +235,4 @@ func tomlPath(path []string) string {
 		parts[i] = tomlKey(k)
 	}
 	return strings.Join(parts, ".")
-}
-
-// tomlString renders s as a TOML basic string. Control characters other
-// than tab are escaped as \uXXXX, which TOML and containerd's parsers read
-// back unchanged; Go's strconv.Quote would produce \x escapes TOML lacks.
-func tomlString(s string) string {
-	var b strings.Builder
-	b.WriteByte('"')
-	for _, r := range s {
-		switch {
-		case r == '"' || r == '\\':
-			b.WriteByte('\\')
-			b.WriteRune(r)
-		case r == '\t':
-			b.WriteRune(r)
-		case r < 0x20 || r == 0x7f:
-			fmt.Fprintf(&b, `\u%04X`, r)
-		default:
-			b.WriteRune(r)
-		}
-	}
-	b.WriteByte('"')
-	return b.String()
 }

@@ -61,7 +61,7 @@ func Docker(ups []config.Upstream, opts Options) (d DaemonJSON, notes []string, 
 	default:
 		// In one-port mode an upstream may still have a port of its own,
 		// which needs no routing.
-		host, err := normalizeAddress(opts.Address)
+		host, err := nodefile.NormalizeAddress(opts.Address)
 		if err != nil || host == "" {
 			return d, nil, errors.Join(errors.New("the cache's address is required (--address)"), err)
 		}

@@ -90,10 +90,6 @@ type Registry struct {
 // dockerHubHosts are the hosts that serve Docker Hub's API.
 var dockerHubHosts = []string{"docker.io", "index.docker.io", "registry-1.docker.io"}
 
-// registryHost matches a registry host as a reference's domain spells it:
-// DNS labels with an optional port.
-var registryHost = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:[0-9]{1,5})?$`)
-
 // pathComponent is one component of a repository path in the reference
 // grammar: what the one-port mirror's /<registry> segment must be.
 var pathComponent = regexp.MustCompile(`^[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*$`)
@@ -172,7 +168,7 @@ func isDomain(name string) bool {
 // itself, or docker.io for index.docker.io, which containers/image
 // normalizes to docker.io before matching.
 func prefixFor(name string) (string, error) {
-	if !registryHost.MatchString(name) {
+	if !nodefile.ValidRegistryName(name) {
 		return "", fmt.Errorf("%q is not a registry host name with optional :port", name)
 	}
 	if strings.EqualFold(name, "index.docker.io") {
@@ -240,7 +236,7 @@ type Endpoint struct {
 // upstreams' order: the one-port endpoint for all of them, or Address with
 // each upstream's listen port.
 func Endpoints(ups []config.Upstream, opts Options) ([]Endpoint, error) {
-	host, err := normalizeAddress(opts.Address)
+	host, err := nodefile.NormalizeAddress(opts.Address)
 	if err != nil {
 		return nil, err
 	}
@@ -282,23 +278,6 @@ func listenHost(u config.Upstream, host string) (string, error) {
 		return "", fmt.Errorf("upstream %s: listen %q: %w", u.Name, u.Listen, err)
 	}
 	return net.JoinHostPort(host, strconv.Itoa(port)), nil
-}
-
-// normalizeAddress accepts a host name or an IP address (an IPv6 one
-// bracketed or not) and refuses a scheme, port or path, which would end up
-// mangled inside the mirror location.
-func normalizeAddress(addr string) (string, error) {
-	if addr == "" {
-		return "", nil
-	}
-	a := strings.TrimSuffix(strings.TrimPrefix(addr, "["), "]")
-	if ip := net.ParseIP(a); ip != nil {
-		return ip.String(), nil
-	}
-	if strings.ContainsAny(addr, ":/[]@ ") || !registryHost.MatchString(addr) {
-		return "", fmt.Errorf("invalid address %q: want the cache's host name or IP, without scheme or port", addr)
-	}
-	return addr, nil
 }
 
 func parsePort(p string) (int, error) {
@@ -363,18 +342,18 @@ func render(regs []Registry) ([]byte, error) {
 			fmt.Fprintf(&b, "# multiproxy upstream %q (remote %s)\n", r.Upstream, r.Remote)
 		}
 		b.WriteString("[[registry]]\n")
-		b.WriteString("prefix = " + tomlString(r.Prefix) + "\n")
-		b.WriteString("location = " + tomlString(r.Location) + "\n")
+		b.WriteString("prefix = " + nodefile.TOMLString(r.Prefix) + "\n")
+		b.WriteString("location = " + nodefile.TOMLString(r.Location) + "\n")
 		if r.Insecure {
 			b.WriteString("insecure = true\n")
 		}
 		b.WriteString("\n[[registry.mirror]]\n")
-		b.WriteString("location = " + tomlString(r.Mirror) + "\n")
+		b.WriteString("location = " + nodefile.TOMLString(r.Mirror) + "\n")
 		if r.MirrorInsecure {
 			b.WriteString("insecure = true\n")
 		}
 		if r.PullFromMirror != "" {
-			b.WriteString("pull-from-mirror = " + tomlString(string(r.PullFromMirror)) + "\n")
+			b.WriteString("pull-from-mirror = " + nodefile.TOMLString(string(r.PullFromMirror)) + "\n")
 		}
 	}
 	body := b.String()
@@ -439,26 +418,6 @@ func Parse(content []byte) (File, error) {
 	dec.DisallowUnknownFields()
 	err := dec.Decode(&f)
 	return f, err
-}
-
-// tomlString quotes s as a TOML basic string. The values written here are
-// host names, ports and paths, but a stray quote must not break the file.
-func tomlString(s string) string {
-	var b strings.Builder
-	b.WriteByte('"')
-	for _, r := range s {
-		switch {
-		case r == '"' || r == '\\':
-			b.WriteByte('\\')
-			b.WriteRune(r)
-		case r < 0x20 || r == 0x7f:
-			fmt.Fprintf(&b, `\u%04X`, r)
-		default:
-			b.WriteRune(r)
-		}
-	}
-	b.WriteByte('"')
-	return b.String()
 }
 
 // CAPath is where containers/image looks for the CA of the registry at

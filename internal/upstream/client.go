@@ -334,12 +334,9 @@ func (c *Client) GetManifest(ctx context.Context, repo, ref string) ([]byte, Man
 	if resp.StatusCode != http.StatusOK {
 		return nil, ManifestInfo{}, statusError("get manifest", resp)
 	}
-	body, err := io.ReadAll(io.LimitReader(resp.Body, MaxManifestSize+1))
+	body, err := readSmall(resp, "get manifest", MaxManifestSize)
 	if err != nil {
-		return nil, ManifestInfo{}, classify("read manifest", err)
-	}
-	if len(body) > MaxManifestSize {
-		return nil, ManifestInfo{}, &Error{Op: "get manifest", Cause: CauseBadContent, Err: fmt.Errorf("manifest larger than %d bytes", MaxManifestSize)}
+		return nil, ManifestInfo{}, err
 	}
 	if resp.ContentLength >= 0 && int64(len(body)) != resp.ContentLength {
 		return nil, ManifestInfo{}, &Error{Op: "get manifest", Cause: CauseBadContent, Err: fmt.Errorf("short manifest: %d of %d bytes", len(body), resp.ContentLength)}
@@ -390,6 +387,19 @@ func (c *Client) GetBlob(ctx context.Context, repo string, d digest.Digest) (*ht
 	}
 	resp.Body = newIdleBody(resp.Body, c.timeout, cancel)
 	return resp, nil
+}
+
+// readSmall reads a body that is small by nature (a manifest, a list),
+// refusing one larger than limit rather than holding it in memory.
+func readSmall(resp *http.Response, op string, limit int64) ([]byte, error) {
+	body, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
+	if err != nil {
+		return nil, classify(op, err)
+	}
+	if int64(len(body)) > limit {
+		return nil, &Error{Op: op, Cause: CauseBadContent, Err: fmt.Errorf("body larger than %d bytes", limit)}
+	}
+	return body, nil
 }
 
 func mediaType(h http.Header) string {
@@ -446,12 +456,9 @@ func (c *Client) GetTags(ctx context.Context, repo, query string) (TagList, erro
 	if resp.StatusCode != http.StatusOK {
 		return TagList{}, statusError("get tags", resp)
 	}
-	body, err := io.ReadAll(io.LimitReader(resp.Body, MaxTagListSize+1))
+	body, err := readSmall(resp, "get tags", MaxTagListSize)
 	if err != nil {
-		return TagList{}, classify("read tags", err)
-	}
-	if len(body) > MaxTagListSize {
-		return TagList{}, &Error{Op: "get tags", Cause: CauseBadContent, Err: fmt.Errorf("tag list larger than %d bytes", MaxTagListSize)}
+		return TagList{}, err
 	}
 	return TagList{Body: body, Next: nextQuery(resp.Header.Get("Link"))}, nil
 }
@@ -492,12 +499,5 @@ func (c *Client) GetReferrers(ctx context.Context, repo string, d digest.Digest)
 	if resp.StatusCode != http.StatusOK {
 		return nil, statusError("get referrers", resp)
 	}
-	body, err := io.ReadAll(io.LimitReader(resp.Body, MaxManifestSize+1))
-	if err != nil {
-		return nil, classify("read referrers", err)
-	}
-	if len(body) > MaxManifestSize {
-		return nil, &Error{Op: "get referrers", Cause: CauseBadContent, Err: fmt.Errorf("referrers index larger than %d bytes", MaxManifestSize)}
-	}
-	return body, nil
+	return readSmall(resp, "get referrers", MaxManifestSize)
 }
