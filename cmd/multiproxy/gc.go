@@ -43,7 +43,7 @@ be freed and frees nothing.`,
 				var res any
 				if offline {
 					u, _ := cfg.Upstream(name)
-					res, err = gc.Offline(cmd.Context(), u.Name, u.Storage,
+					res, err = gc.Offline(cmd.Context(), u.Name, u.Storage.Path,
 						gc.Policy{MaxSize: int64(u.MaxSize), MaxUnused: u.MaxUnused}, dryRun)
 				} else {
 					c, cerr := adminClient(cmd)

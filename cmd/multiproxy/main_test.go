@@ -152,7 +152,7 @@ func TestGCCommandOnlineAndOffline(t *testing.T) {
 
 	file := writeFile(t, t.TempDir(), "c.yaml", fmt.Sprintf(
 		"data_dir: %s\nupstreams:\n  - {name: docker.io, listen: '127.0.0.1:1', remote: '%s', storage: '%s'}\n",
-		cfg.DataDir, up.URL(), cfg.Upstreams[0].Storage))
+		cfg.DataDir, up.URL(), cfg.Upstreams[0].Storage.Path))
 
 	out, stderr, code := run(t, "gc", "--config", file, "--admin", p.AdminURL(), "--dry-run")
 	if code != 0 || !strings.Contains(out, `"dry_run": true`) {

@@ -20,6 +20,8 @@ const (
 	DefaultFillTimeout = 30 * time.Minute
 	DefaultDrain       = 30 * time.Second
 	DefaultRecycle     = time.Hour
+	DefaultLeaseTTL    = 10 * time.Second
+	DefaultPeerListen  = ":5098"
 )
 
 // Config is the whole effective configuration of one multiproxy process.
@@ -42,7 +44,105 @@ type Config struct {
 	TLS       TLS        `mapstructure:"tls" yaml:"tls,omitempty"`
 	Recycle   Recycle    `mapstructure:"recycle" yaml:"recycle"`
 	Disk      Disk       `mapstructure:"disk" yaml:"disk"`
-	Upstreams []Upstream `mapstructure:"upstreams" yaml:"upstreams"`
+	// Storage holds what every upstream stores on besides data_dir: a
+	// shared S3-compatible bucket and the local tier in front of it.
+	Storage Storage `mapstructure:"storage" yaml:"storage,omitempty"`
+	// Coordination lets replicas sharing one bucket fetch each blob once
+	// and collect one at a time.
+	Coordination Coordination `mapstructure:"coordination" yaml:"coordination,omitempty"`
+	Upstreams    []Upstream   `mapstructure:"upstreams" yaml:"upstreams"`
+}
+
+// Storage is the top-level storage section: settings every upstream
+// inherits unless it sets its own.
+type Storage struct {
+	S3         S3         `mapstructure:"s3" yaml:"s3,omitempty"`
+	LocalCache LocalCache `mapstructure:"local_cache" yaml:"local_cache,omitempty"`
+}
+
+// UpstreamStorage is where one upstream keeps its content. A config file
+// may write it as a plain path (the directory), as before S3 existed, or
+// as a section. After Load it holds the effective values: S3 and
+// LocalCache inherited from the top level, with per-upstream roots.
+type UpstreamStorage struct {
+	// Path is the upstream's own directory: the whole store on the
+	// filesystem; with S3, the spool of running fills and the lock.
+	Path       string     `mapstructure:"path" yaml:"path,omitempty"`
+	S3         S3         `mapstructure:"s3" yaml:"s3,omitempty"`
+	LocalCache LocalCache `mapstructure:"local_cache" yaml:"local_cache,omitempty"`
+}
+
+// MarshalYAML prints a storage that is only a path as the plain path, the
+// way config files write it.
+func (s UpstreamStorage) MarshalYAML() (any, error) {
+	if !s.S3.Enabled() && s.LocalCache == (LocalCache{}) {
+		return s.Path, nil
+	}
+	type plain UpstreamStorage
+	return plain(s), nil
+}
+
+// S3 is an S3-compatible bucket that distribution's s3-aws driver stores
+// the upstream's content in, shared by every replica.
+type S3 struct {
+	// Endpoint is the S3 API's base URL; empty means AWS itself.
+	Endpoint string `mapstructure:"endpoint" yaml:"endpoint,omitempty"`
+	Region   string `mapstructure:"region" yaml:"region,omitempty"`
+	Bucket   string `mapstructure:"bucket" yaml:"bucket,omitempty"`
+	// Root is the key prefix; at the top level each upstream stores under
+	// <root>/<name>.
+	Root          string `mapstructure:"root" yaml:"root,omitempty"`
+	AccessKeyFile string `mapstructure:"access_key_file" yaml:"access_key_file,omitempty"`
+	SecretKeyFile string `mapstructure:"secret_key_file" yaml:"secret_key_file,omitempty"`
+	// AccessKey and SecretKey are loaded from their files; without files
+	// the AWS SDK's default chain (environment, instance role) applies.
+	AccessKey      Secret `mapstructure:"-" yaml:"access_key,omitempty"`
+	SecretKey      Secret `mapstructure:"-" yaml:"secret_key,omitempty"`
+	ForcePathStyle bool   `mapstructure:"force_path_style" yaml:"force_path_style,omitempty"`
+	// Redirect answers GETs of stored blobs with a presigned 307 to the
+	// bucket, so the bytes bypass the replica.
+	Redirect bool `mapstructure:"redirect" yaml:"redirect,omitempty"`
+}
+
+// Enabled reports whether content is stored in a bucket.
+func (s S3) Enabled() bool { return s.Bucket != "" }
+
+// LocalCache is the bounded local copy of blobs a replica on S3 keeps, so
+// warm blobs go out by sendfile.
+type LocalCache struct {
+	// Dir holds the copies; at the top level each upstream uses
+	// <dir>/<name>. Default: the upstream's storage path.
+	Dir string `mapstructure:"dir" yaml:"dir,omitempty"`
+	// MaxSize bounds the copies, least recently served evicted first.
+	// 0: bounded only by the disk's min_free.
+	MaxSize ByteSize `mapstructure:"max_size" yaml:"max_size,omitempty"`
+}
+
+// Coordination is how replicas sharing a bucket agree on who fetches a
+// blob and who collects garbage.
+type Coordination struct {
+	Redis Redis `mapstructure:"redis" yaml:"redis,omitempty"`
+	// PeerListen serves this replica's running fills to the others.
+	PeerListen string `mapstructure:"peer_listen" yaml:"peer_listen,omitempty"`
+	// Advertise is the host:port other replicas reach PeerListen at.
+	// Default: the address this host reaches Redis from, with
+	// peer_listen's port.
+	Advertise string `mapstructure:"advertise" yaml:"advertise,omitempty"`
+	// LeaseTTL is how long a fill or collection lease outlives a replica
+	// that stopped renewing it (a crash): the wait before another takes over.
+	LeaseTTL time.Duration `mapstructure:"lease_ttl" yaml:"lease_ttl,omitempty"`
+}
+
+// Enabled reports whether replicas coordinate.
+func (c Coordination) Enabled() bool { return c.Redis.Addr != "" }
+
+// Redis is the Redis server replicas coordinate through.
+type Redis struct {
+	Addr         string `mapstructure:"addr" yaml:"addr,omitempty"`
+	PasswordFile string `mapstructure:"password_file" yaml:"password_file,omitempty"`
+	// Password is loaded from PasswordFile.
+	Password Secret `mapstructure:"-" yaml:"password,omitempty"`
+	DB       int    `mapstructure:"db" yaml:"db,omitempty"`
 }
 
 // Recycle configures how each upstream's embedded App is rebuilt and swapped
@@ -96,8 +196,9 @@ type Upstream struct {
 	Listen string `mapstructure:"listen" yaml:"listen"`
 	// Remote is the upstream registry's base URL, e.g. https://registry-1.docker.io.
 	Remote string `mapstructure:"remote" yaml:"remote"`
-	// Storage overrides DataDir/<name>. Never shared between upstreams.
-	Storage string `mapstructure:"storage" yaml:"storage"`
+	// Storage overrides DataDir/<name> (its path) and the top-level
+	// storage section. Never shared between upstreams.
+	Storage UpstreamStorage `mapstructure:"storage" yaml:"storage"`
 
 	Username     string `mapstructure:"username" yaml:"username,omitempty"`
 	PasswordFile string `mapstructure:"password_file" yaml:"password_file,omitempty"`

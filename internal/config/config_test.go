@@ -111,8 +111,8 @@ func TestLoadDefaults(t *testing.T) {
 		if u.Name != w.name || u.Listen != w.listen || u.Remote != w.remote {
 			t.Errorf("upstreams[%d] = %s %s %s, want %s %s %s", i, u.Name, u.Listen, u.Remote, w.name, w.listen, w.remote)
 		}
-		if want := filepath.Join("./data", w.name); u.Storage != want {
-			t.Errorf("upstreams[%d].storage = %q, want %q", i, u.Storage, want)
+		if want := filepath.Join("./data", w.name); u.Storage.Path != want {
+			t.Errorf("upstreams[%d].storage = %q, want %q", i, u.Storage.Path, want)
 		}
 		if u.Timeout != 3*time.Second {
 			t.Errorf("upstreams[%d].timeout = %s, want 3s", i, u.Timeout)
@@ -584,11 +584,11 @@ upstreams:
 	if cfg.DataDir != dataDir {
 		t.Errorf("data_dir = %q, want %q", cfg.DataDir, dataDir)
 	}
-	if want := filepath.Join(dataDir, "docker.io"); cfg.Upstreams[0].Storage != want {
-		t.Errorf("derived storage = %q, want %q", cfg.Upstreams[0].Storage, want)
+	if want := filepath.Join(dataDir, "docker.io"); cfg.Upstreams[0].Storage.Path != want {
+		t.Errorf("derived storage = %q, want %q", cfg.Upstreams[0].Storage.Path, want)
 	}
-	if want := filepath.Join(dir, "pinned"); cfg.Upstreams[1].Storage != want {
-		t.Errorf("explicit storage = %q, want %q", cfg.Upstreams[1].Storage, want)
+	if want := filepath.Join(dir, "pinned"); cfg.Upstreams[1].Storage.Path != want {
+		t.Errorf("explicit storage = %q, want %q", cfg.Upstreams[1].Storage.Path, want)
 	}
 	if cfg.ShutdownTimeout != 5*time.Second || cfg.Admin.Listen != "127.0.0.1:9191" || cfg.LogLevel != "warn" {
 		t.Errorf("overrides not applied: %+v", cfg)
@@ -603,8 +603,8 @@ upstreams:
 		t.Fatal(err)
 	}
 	for _, u := range cfg.Upstreams {
-		if want := filepath.Join(dataDir, u.Name); u.Storage != want {
-			t.Errorf("%s storage = %q, want %q", u.Name, u.Storage, want)
+		if want := filepath.Join(dataDir, u.Name); u.Storage.Path != want {
+			t.Errorf("%s storage = %q, want %q", u.Name, u.Storage.Path, want)
 		}
 	}
 
@@ -623,8 +623,8 @@ upstreams:
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := filepath.Join(dir, "flag", "ghcr.io"); cfg.Upstreams[1].Storage != want {
-		t.Errorf("storage with --data-dir = %q, want %q", cfg.Upstreams[1].Storage, want)
+	if want := filepath.Join(dir, "flag", "ghcr.io"); cfg.Upstreams[1].Storage.Path != want {
+		t.Errorf("storage with --data-dir = %q, want %q", cfg.Upstreams[1].Storage.Path, want)
 	}
 	if cfg.LogLevel != "error" || cfg.Admin.Listen != config.DefaultAdminListen {
 		t.Errorf("flags: log_level %q admin.listen %q", cfg.LogLevel, cfg.Admin.Listen)
@@ -706,8 +706,8 @@ func TestLoadFull(t *testing.T) {
 	if u.Username != "robot" || u.Timeout != 5*time.Second || u.FillTimeout != time.Hour || u.TagFreshness != 2*time.Minute {
 		t.Errorf("upstream = %+v", u)
 	}
-	if want := filepath.Join(cfg.DataDir, "registry.internal:5443"); u.Storage != want {
-		t.Errorf("storage = %q, want %q", u.Storage, want)
+	if want := filepath.Join(cfg.DataDir, "registry.internal:5443"); u.Storage.Path != want {
+		t.Errorf("storage = %q, want %q", u.Storage.Path, want)
 	}
 	if cfg.ShutdownTimeout != 10*time.Second || cfg.LogLevel != "debug" || cfg.Admin.Listen != "127.0.0.1:9999" {
 		t.Errorf("top level = %+v", cfg)
@@ -778,7 +778,7 @@ func TestValidateBuiltInCode(t *testing.T) {
 	good := config.Default()
 	good.Upstreams = append(good.Upstreams, config.Upstream{
 		Name: "reg.local", Listen: "[::1]:6000", Remote: "http://reg.local:8080",
-		Storage: filepath.Join(dir, "reg.local"), Timeout: time.Second, FillTimeout: time.Minute,
+		Storage: config.UpstreamStorage{Path: filepath.Join(dir, "reg.local")}, Timeout: time.Second, FillTimeout: time.Minute,
 		Username: "anon", // a username without a password is allowed
 	})
 	if err := good.Validate(); err != nil {

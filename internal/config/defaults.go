@@ -1,6 +1,7 @@
 package config
 
 import (
+	"path"
 	"path/filepath"
 	"strings"
 )
@@ -45,8 +46,43 @@ func (c *Config) applyDefaults() {
 		}
 		// An empty name would make the storage DataDir itself, shared with
 		// every other upstream; leave it empty so Validate reports the name.
-		if u.Storage == "" && u.Name != "" {
-			u.Storage = filepath.Join(c.DataDir, u.Name)
+		if u.Storage.Path == "" && u.Name != "" {
+			u.Storage.Path = filepath.Join(c.DataDir, u.Name)
+		}
+		c.inheritStorage(u)
+	}
+	if c.Coordination.Enabled() {
+		if c.Coordination.LeaseTTL == 0 {
+			c.Coordination.LeaseTTL = DefaultLeaseTTL
+		}
+		if c.Coordination.PeerListen == "" {
+			c.Coordination.PeerListen = DefaultPeerListen
+		}
+	}
+}
+
+// inheritStorage gives an upstream the top-level bucket and local tier
+// unless it has its own. Each upstream gets its own key prefix and
+// directory under the shared ones: two upstreams in one prefix would
+// collect each other's content.
+func (c *Config) inheritStorage(u *Upstream) {
+	if !u.Storage.S3.Enabled() && c.Storage.S3.Enabled() {
+		u.Storage.S3 = c.Storage.S3
+		u.Storage.S3.Root = path.Join("/", c.Storage.S3.Root, u.Name)
+	}
+	if u.Storage.LocalCache.Dir == "" && c.Storage.LocalCache.Dir != "" && u.Name != "" {
+		u.Storage.LocalCache.Dir = filepath.Join(c.Storage.LocalCache.Dir, u.Name)
+	}
+	if u.Storage.LocalCache.MaxSize == 0 {
+		u.Storage.LocalCache.MaxSize = c.Storage.LocalCache.MaxSize
+	}
+	if u.Storage.S3.Enabled() {
+		if u.Storage.S3.Region == "" {
+			// S3-compatible servers accept any region; AWS needs one.
+			u.Storage.S3.Region = "us-east-1"
+		}
+		if u.Storage.LocalCache.Dir == "" {
+			u.Storage.LocalCache.Dir = u.Storage.Path
 		}
 	}
 }

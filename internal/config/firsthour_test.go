@@ -182,7 +182,7 @@ func TestREADMEListsEveryKey(t *testing.T) {
 	// Rows of the key table: "| `upstreams[].timeout` | `3s` | ...". The
 	// first cell may name several keys ("`a` / `b`").
 	row := regexp.MustCompile("(?m)^\\| (`[^|]*`) \\|")
-	name := regexp.MustCompile("`([a-z_.\\[\\]]+)`")
+	name := regexp.MustCompile("`([a-z0-9_.\\[\\]]+)`")
 	documented := map[string]bool{}
 	for _, m := range row.FindAllStringSubmatch(string(readme), -1) {
 		for _, n := range name.FindAllStringSubmatch(m[1], -1) {

@@ -74,7 +74,7 @@ func Load(opts LoadOptions) (Config, error) {
 	// The built-in upstreams' storage was derived from the built-in
 	// data_dir; clear it so applyDefaults derives it from the final one.
 	for i := range cfg.Upstreams {
-		cfg.Upstreams[i].Storage = ""
+		cfg.Upstreams[i].Storage.Path = ""
 	}
 
 	v := viper.NewWithOptions(viper.WithDecoderRegistry(yamlDecoder{}))
@@ -225,7 +225,7 @@ func envMap(env []string) map[string]string {
 // mean three nanoseconds.
 func strictDecoding(dc *mapstructure.DecoderConfig) {
 	dc.WeaklyTypedInput = false
-	dc.DecodeHook = mapstructure.ComposeDecodeHookFunc(durationHook, byteSizeHook, minFreeHook)
+	dc.DecodeHook = mapstructure.ComposeDecodeHookFunc(durationHook, byteSizeHook, minFreeHook, storagePathHook)
 }
 
 var durationType = reflect.TypeFor[time.Duration]()
@@ -250,6 +250,20 @@ func durationHook(_, to reflect.Type, data any) (any, error) {
 		}
 	}
 	return nil, fmt.Errorf("invalid duration %v: want a Go duration such as \"3s\" or \"30m\"", data)
+}
+
+var upstreamStorageType = reflect.TypeFor[UpstreamStorage]()
+
+// storagePathHook keeps `storage: /srv/cache` meaning the upstream's
+// directory, as it did before storage became a section.
+func storagePathHook(_, to reflect.Type, data any) (any, error) {
+	if to != upstreamStorageType {
+		return data, nil
+	}
+	if p, ok := data.(string); ok {
+		return UpstreamStorage{Path: p}, nil
+	}
+	return data, nil
 }
 
 var byteSizeType = reflect.TypeFor[ByteSize]()
@@ -363,6 +377,7 @@ func unknownKeyMsg(t reflect.Type, key string) string {
 // points. Errors name the field and the file or variable, never the content.
 func (c *Config) loadSecrets(vars map[string]string) []error {
 	var errs []error
+	errs = append(errs, c.loadStorageSecrets()...)
 	if c.Admin.TokenFile != "" {
 		tok, err := readSecretFile("admin.token_file", c.Admin.TokenFile)
 		if err != nil {

@@ -149,16 +149,16 @@ func (c Config) validate(requireUpstreams bool) []error {
 		}
 
 		switch {
-		case u.Storage == "":
+		case u.Storage.Path == "":
 			// Without a name there is nothing to derive it from, and the
 			// name error already says so.
 			if u.Name != "" {
 				add(fieldErr(field("storage"), "required"))
 			}
 		default:
-			abs := absPath(u.Storage)
+			abs := absPath(u.Storage.Path)
 			if j, dup := storages[abs]; dup {
-				add(fieldErr(field("storage"), "%q already used by upstreams[%d]", u.Storage, j))
+				add(fieldErr(field("storage"), "%q already used by upstreams[%d]", u.Storage.Path, j))
 				break
 			}
 			storages[abs] = i
@@ -212,6 +212,7 @@ func (c Config) validate(requireUpstreams bool) []error {
 	}
 
 	errs = append(errs, nestedStorage(c.Upstreams)...)
+	errs = append(errs, c.validateStorage(ports)...)
 	return errs
 }
 
@@ -289,16 +290,16 @@ func checkCAFile(path string) *ValidationError {
 func nestedStorage(ups []Upstream) []error {
 	var errs []error
 	for i, inner := range ups {
-		if inner.Storage == "" {
+		if inner.Storage.Path == "" {
 			continue
 		}
 		for j, outer := range ups {
-			if i == j || outer.Storage == "" {
+			if i == j || outer.Storage.Path == "" {
 				continue
 			}
-			if within(absPath(outer.Storage), absPath(inner.Storage)) {
+			if within(absPath(outer.Storage.Path), absPath(inner.Storage.Path)) {
 				errs = append(errs, fieldErr(fmt.Sprintf("upstreams[%d].storage", i),
-					"%q is inside upstreams[%d].storage %q", inner.Storage, j, outer.Storage))
+					"%q is inside upstreams[%d].storage %q", inner.Storage.Path, j, outer.Storage.Path))
 			}
 		}
 	}

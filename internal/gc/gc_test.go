@@ -119,14 +119,14 @@ func (f *fixture) settle(t testing.TB) {
 // backdate makes an image look last pulled at when.
 func (f *fixture) backdate(t testing.TB, im image, when time.Time) {
 	t.Helper()
-	p := cache.RevisionLinkPath(f.cfg.Storage, im.repo, digest.Digest(im.digest))
+	p := cache.RevisionLinkPath(f.cfg.Storage.Path, im.repo, digest.Digest(im.digest))
 	if err := os.Chtimes(p, when, when); err != nil {
 		t.Fatal(err)
 	}
 }
 
 func (f *fixture) cached(im image) bool {
-	_, err := os.Stat(cache.RevisionLinkPath(f.cfg.Storage, im.repo, digest.Digest(im.digest)))
+	_, err := os.Stat(cache.RevisionLinkPath(f.cfg.Storage.Path, im.repo, digest.Digest(im.digest)))
 	return err == nil
 }
 
@@ -204,7 +204,7 @@ func onlineGCWhilePulling(t *testing.T, prof ts.Profile) {
 		for _, im := range images[:5] {
 			// Keep them candidates for every run (if a run evicted one,
 			// a later pull brings it back).
-			p := cache.RevisionLinkPath(f.cfg.Storage, im.repo, digest.Digest(im.digest))
+			p := cache.RevisionLinkPath(f.cfg.Storage.Path, im.repo, digest.Digest(im.digest))
 			_ = os.Chtimes(p, old, old)
 		}
 	}
@@ -280,13 +280,13 @@ func TestMaxSizeEvictsLeastRecentlyPulledFirst(t *testing.T) {
 		f.backdate(t, im, time.Now().Add(time.Duration(i-10)*time.Hour))
 	}
 	f.settle(t)
-	before := duBlobs(t, f.cfg.Storage)
+	before := duBlobs(t, f.cfg.Storage.Path)
 	limit := int64(3<<20 + 512<<10)
 	res, err := gc.Collect(context.Background(), f.store, gc.Policy{MaxSize: limit}, false, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	after := duBlobs(t, f.cfg.Storage)
+	after := duBlobs(t, f.cfg.Storage.Path)
 	if after > limit {
 		t.Fatalf("bytes on disk %d after GC, above max_size %d (before %d)", after, limit, before)
 	}
@@ -338,7 +338,7 @@ func TestDryRunChangesNothing(t *testing.T) {
 	for _, im := range images {
 		f.backdate(t, im, time.Now().Add(-100*time.Hour))
 	}
-	before := snapshot(t, f.cfg.Storage)
+	before := snapshot(t, f.cfg.Storage.Path)
 	res, err := gc.Collect(context.Background(), f.store, gc.Policy{MaxUnused: time.Hour}, true, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -346,7 +346,7 @@ func TestDryRunChangesNothing(t *testing.T) {
 	if len(res.Evicted) != 4 || res.FreedBytes == 0 {
 		t.Errorf("dry run reports %d evictions and %d bytes, want 4 and > 0", len(res.Evicted), res.FreedBytes)
 	}
-	after := snapshot(t, f.cfg.Storage)
+	after := snapshot(t, f.cfg.Storage.Path)
 	if len(before) != len(after) {
 		t.Fatalf("dry run changed the file count: %d -> %d", len(before), len(after))
 	}

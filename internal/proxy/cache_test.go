@@ -316,7 +316,7 @@ func TestCorruptManifestIsRefused(t *testing.T) {
 func blobStored(t *testing.T, p *ts.Proxy, d string) bool {
 	t.Helper()
 	hexd := strings.TrimPrefix(d, "sha256:")
-	path := filepath.Join(p.Config.Upstreams[0].Storage, "docker/registry/v2/blobs/sha256", hexd[:2], hexd, "data")
+	path := filepath.Join(p.Config.Upstreams[0].Storage.Path, "docker/registry/v2/blobs/sha256", hexd[:2], hexd, "data")
 	_, err := os.Stat(path)
 	return err == nil
 }

@@ -126,7 +126,7 @@ func New(ctx context.Context, u config.Upstream, o Options) (*Server, error) {
 		s.cache = o.Reuse.cache
 	} else {
 		s.cache, err = cache.New(ctx, cache.Options{
-			Root:         u.Storage,
+			Root:         u.Storage.Path,
 			Upstream:     up,
 			TagFreshness: u.TagFreshness,
 			FillTimeout:  u.FillTimeout,
@@ -143,7 +143,7 @@ func New(ctx context.Context, u config.Upstream, o Options) (*Server, error) {
 		s.ownsCache.Store(true)
 	}
 	s.ctx, s.stop = context.WithCancel(context.WithoutCancel(ctx))
-	s.apps.cur = &appHandle{app: buildApp(s.ctx, u.Name, u.Storage)}
+	s.apps.cur = &appHandle{app: buildApp(s.ctx, u.Name, u.Storage.Path)}
 	return s, nil
 }
 

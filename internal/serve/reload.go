@@ -41,7 +41,7 @@ func (p *Process) newRunning(ctx context.Context, u config.Upstream, replacing *
 		guard = replacing.guard
 		opts.Guard, opts.Reuse = guard, replacing.server
 	} else {
-		space, err := p.spaceFor(u.Storage)
+		space, err := p.spaceFor(u.Storage.Path)
 		if err != nil {
 			return nil, fmt.Errorf("upstream %s: %w", u.Name, err)
 		}
@@ -197,9 +197,9 @@ func (p *Process) Reload(ctx context.Context, next config.Config) error {
 			}
 			r.server.Close()
 			p.mu.Lock()
-			if unlock := p.locks[r.cfg.Storage]; unlock != nil && byName[r.name] == nil {
+			if unlock := p.locks[r.cfg.Storage.Path]; unlock != nil && byName[r.name] == nil {
 				unlock()
-				delete(p.locks, r.cfg.Storage)
+				delete(p.locks, r.cfg.Storage.Path)
 			}
 			p.mu.Unlock()
 			if byName[r.name] == nil {
@@ -220,7 +220,7 @@ func (p *Process) Reload(ctx context.Context, next config.Config) error {
 		case old != nil && old.cfg.Listen == u.Listen && old.cfg.TLS.Enabled() != u.TLS.Enabled():
 			undo()
 			return fmt.Errorf("reload %s: turning tls on or off on a listener needs a restart", u.Name)
-		case old != nil && old.cfg.Listen == u.Listen && old.cfg.Storage == u.Storage:
+		case old != nil && old.cfg.Listen == u.Listen && old.cfg.Storage.Path == u.Storage.Path:
 			r, err := p.newRunning(ctx, u, old)
 			if err != nil {
 				undo()
@@ -302,13 +302,13 @@ func (p *Process) add(ctx context.Context, u config.Upstream, replacing *running
 	if u.Listen == "" {
 		return nil, errors.New("one-port upstreams cannot be added by a reload")
 	}
-	if replacing == nil || replacing.cfg.Storage != u.Storage {
-		unlock, err := gc.LockStore(u.Storage)
+	if replacing == nil || replacing.cfg.Storage.Path != u.Storage.Path {
+		unlock, err := gc.LockStore(u.Storage.Path)
 		if err != nil {
 			return nil, err
 		}
 		p.mu.Lock()
-		p.locks[u.Storage] = unlock
+		p.locks[u.Storage.Path] = unlock
 		p.mu.Unlock()
 	}
 	l, err := net.Listen("tcp", u.Listen)
@@ -321,7 +321,7 @@ func (p *Process) add(ctx context.Context, u config.Upstream, replacing *running
 		return nil, err
 	}
 	if replacing == nil {
-		p.board.add(u.Name, u.Storage, p.metrics.For(u.Name), r.server.Upstream())
+		p.board.add(u.Name, u.Storage.Path, p.metrics.For(u.Name), r.server.Upstream())
 	} else {
 		p.board.reprobe(u.Name, r.server.Upstream())
 	}
@@ -344,12 +344,12 @@ func (p *Process) retire(r *running) {
 	p.mu.Lock()
 	storageUsed, nameUsed := false, false
 	for _, u := range p.upstreams {
-		storageUsed = storageUsed || u.cfg.Storage == r.cfg.Storage
+		storageUsed = storageUsed || u.cfg.Storage.Path == r.cfg.Storage.Path
 		nameUsed = nameUsed || u.name == r.name
 	}
-	if unlock := p.locks[r.cfg.Storage]; unlock != nil && !storageUsed {
+	if unlock := p.locks[r.cfg.Storage.Path]; unlock != nil && !storageUsed {
 		unlock()
-		delete(p.locks, r.cfg.Storage)
+		delete(p.locks, r.cfg.Storage.Path)
 	}
 	p.mu.Unlock()
 	if !nameUsed {

@@ -87,11 +87,11 @@ func Start(ctx context.Context, cfg config.Config, log *slog.Logger) (*Process, 
 
 	own := make([]net.Listener, len(cfg.Upstreams)) // nil: reached through listen_all only
 	for i, u := range cfg.Upstreams {
-		unlock, err := gc.LockStore(u.Storage)
+		unlock, err := gc.LockStore(u.Storage.Path)
 		if err != nil {
 			return fail(fmt.Errorf("upstream %s: %w", u.Name, err))
 		}
-		p.locks[u.Storage] = unlock
+		p.locks[u.Storage.Path] = unlock
 		if u.Listen == "" {
 			continue
 		}

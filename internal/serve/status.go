@@ -69,7 +69,7 @@ func newBoard(p *Process) *board {
 		OnChange: func(name string, t health.Transition) { p.metrics.For(name).State(t.To) },
 	})
 	for _, u := range p.cfg.Upstreams {
-		b.ups[u.Name] = b.newUpstream(u.Name, p.metrics.For(u.Name), u.Storage, b.health.Track(u.Name))
+		b.ups[u.Name] = b.newUpstream(u.Name, p.metrics.For(u.Name), u.Storage.Path, b.health.Track(u.Name))
 	}
 	return b
 }

@@ -56,7 +56,7 @@ func NewProxyConfig(t testing.TB, ups ...ProxyUpstream) config.Config {
 			Name:        u.Name,
 			Listen:      "127.0.0.1:0",
 			Remote:      remoteURL,
-			Storage:     filepath.Join(dir, u.Name),
+			Storage:     config.UpstreamStorage{Path: filepath.Join(dir, u.Name)},
 			CAFile:      u.Reg.CAFile(),
 			Username:    u.Reg.opts.Username,
 			Password:    config.Secret(u.Reg.opts.Password),

@@ -31,7 +31,7 @@ func TestAdminErrorsCarryNoInternals(t *testing.T) {
 	reg := ts.StartRegistry(t, ts.RegistryOptions{})
 	ts.PushImage(t, reg, "library/app:1", 1, 1024)
 	p := ts.StartProxy(t, ts.ProxyUpstream{Name: "docker.io", Reg: reg})
-	storage := p.Config.Upstreams[0].Storage
+	storage := p.Config.Upstreams[0].Storage.Path
 	admin := p.AdminURL() + "/api/v1"
 	accept := strings.Join(upstream.ManifestAccept, ", ")
 	fetch(t, p.URL("docker.io")+"/v2/library/app/manifests/1", accept) // library/app:1 is cached
@@ -96,7 +96,7 @@ func TestFailedGCCarriesNoInternals(t *testing.T) {
 	ts.PushImage(t, reg, "library/app:1", 1, 1024)
 	p := ts.StartProxy(t, ts.ProxyUpstream{Name: "docker.io", Reg: reg})
 	pull(t, p.URL("docker.io"), "library/app", "1")
-	storage := p.Config.Upstreams[0].Storage
+	storage := p.Config.Upstreams[0].Storage.Path
 	breakStore(t, storage)
 
 	code, _, body := post(t, p.AdminURL()+"/api/v1/gc?upstream=docker.io&dry_run=true", "")

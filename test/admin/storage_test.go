@@ -61,7 +61,7 @@ func TestUnwritableStoreDegradesReadiness(t *testing.T) {
 	ts.PushImage(t, hub, "library/app:2", 2, 64<<10)
 	ts.PushImage(t, ghcr, "team/tool:v1", 1, 1024)
 	p := ts.StartProxy(t, ts.ProxyUpstream{Name: "docker.io", Reg: hub}, ts.ProxyUpstream{Name: "ghcr.io", Reg: ghcr})
-	storage := p.Config.Upstreams[0].Storage
+	storage := p.Config.Upstreams[0].Storage.Path
 
 	// The first probes, sent at start, say both upstreams answer.
 	ts.WaitUntil(t, 10*time.Second, "both upstreams reachable", func() (bool, string) {

@@ -168,7 +168,7 @@ func randomTar(size int64) ([]byte, error) {
 func startProxy(t *testing.T, up *ts.Registry, storage string, tweak func(*config.Config)) *ts.Proxy {
 	t.Helper()
 	cfg := ts.NewProxyConfig(t, ts.ProxyUpstream{Name: "docker.io", Reg: up, Tweak: func(u *config.Upstream) {
-		u.Storage = storage
+		u.Storage.Path = storage
 		u.Disk.MinFree = config.MinFree{Bytes: watermark}
 		// Generous: eviction for space is waited for up to the upstream
 		// timeout, and the race detector slows both down.
