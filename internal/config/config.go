@@ -41,9 +41,9 @@ type Config struct {
 	// TLS, when set, makes every client-facing listener (each upstream's
 	// and listen_all) serve HTTPS with this certificate, unless an upstream
 	// sets its own.
-	TLS       TLS        `mapstructure:"tls" yaml:"tls,omitempty"`
-	Recycle   Recycle    `mapstructure:"recycle" yaml:"recycle"`
-	Disk      Disk       `mapstructure:"disk" yaml:"disk"`
+	TLS     TLS     `mapstructure:"tls" yaml:"tls,omitempty"`
+	Recycle Recycle `mapstructure:"recycle" yaml:"recycle"`
+	Disk    Disk    `mapstructure:"disk" yaml:"disk"`
 	// Storage holds what every upstream stores on besides data_dir: a
 	// shared S3-compatible bucket and the local tier in front of it.
 	Storage Storage `mapstructure:"storage" yaml:"storage,omitempty"`
