@@ -37,6 +37,12 @@ func (c *Cache) used(repo string, d digest.Digest) {
 	}
 	c.accessed[key] = now
 	c.accessMu.Unlock()
+	if c.record != nil {
+		c.record(repo, d, now)
+	}
+	if c.shared != nil {
+		return // no revision links on this disk
+	}
 	if err := os.Chtimes(RevisionLinkPath(c.root, repo, d), now, now); err != nil && !os.IsNotExist(err) {
 		c.log.Debug("record pull time", "repository", repo, "digest", d, "err", err)
 	}

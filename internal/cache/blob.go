@@ -59,7 +59,15 @@ func (c *Cache) Blob(ctx context.Context, name string, d digest.Digest) (*BlobRe
 	// A collection may remove a blob between the check and the open; it
 	// is then fetched again, once.
 	for range 2 {
-		if ok, _ := c.linkLocal(ctx, repo, d); ok {
+		if c.shared != nil {
+			// Warm blobs go out from the local copy without asking the
+			// bucket: the bytes are verified and named by digest.
+			c.guard.Use(d)
+			if f, ok := c.shared.tier.open(d); ok {
+				c.obs.Hit(KindBlob)
+				return &BlobReader{File: f}, nil
+			}
+		} else if ok, _ := c.linkLocal(ctx, repo, d); ok {
 			if f, err := c.openLocal(d); err == nil {
 				c.obs.Hit(KindBlob)
 				return &BlobReader{File: f}, nil
@@ -75,6 +83,12 @@ func (c *Cache) Blob(ctx context.Context, name string, d digest.Digest) (*BlobRe
 		if f, err := c.openLocal(d); err == nil {
 			c.obs.Hit(KindBlob)
 			return &BlobReader{File: f}, nil
+		}
+		if c.shared != nil {
+			if f, ok := c.shared.tier.open(d); ok {
+				c.obs.Hit(KindBlob)
+				return &BlobReader{File: f}, nil
+			}
 		}
 	}
 	return nil, &upstream.Error{Op: "get blob", Cause: upstream.CauseUnreachable, Err: errors.New("blob removed while being served; retry")}
@@ -147,7 +161,12 @@ func (c *Cache) openFill(ctx context.Context, repo distribution.Repository, name
 	if !joined {
 		// Re-check under the lock: a fill may have committed since our caller
 		// looked, and a second upstream GET would be wasted.
-		if ok, _ := c.linkLocal(ctx, repo, d); ok {
+		if c.shared != nil {
+			if _, ok := c.shared.tier.stat(d); ok {
+				c.mu.Unlock()
+				return nil, true, nil
+			}
+		} else if ok, _ := c.linkLocal(ctx, repo, d); ok {
 			c.mu.Unlock()
 			return nil, true, nil
 		}
@@ -168,7 +187,7 @@ func (c *Cache) openFill(ctx context.Context, repo distribution.Repository, name
 		s.Close()
 		return nil, false, f.headerErr
 	}
-	if joined {
+	if joined && c.shared == nil {
 		// The joined fill may be for another repository; link it here too
 		// once it lands, so this repository's manifests find it. Cheap, and
 		// only when the fill succeeded.
@@ -198,7 +217,16 @@ func (c *Cache) BlobSize(ctx context.Context, name string, d digest.Digest) (int
 	if err != nil {
 		return 0, err
 	}
-	if ok, _ := c.linkLocal(ctx, repo, d); ok {
+	if c.shared != nil {
+		if n, ok := c.shared.tier.stat(d); ok {
+			c.obs.Hit(KindBlob)
+			return n, nil
+		}
+		if desc, err := c.ns.BlobStatter().Stat(ctx, d); err == nil {
+			c.obs.Hit(KindBlob)
+			return desc.Size, nil
+		}
+	} else if ok, _ := c.linkLocal(ctx, repo, d); ok {
 		if fi, err := os.Stat(c.blobPath(d)); err == nil {
 			c.obs.Hit(KindBlob)
 			return fi.Size(), nil
@@ -276,13 +304,16 @@ func (c *Cache) runFill(f *fill, repo distribution.Repository, name string) {
 		close(f.ready)
 	}
 
-	resp, err := c.client().GetBlob(ctx, name, f.digest)
+	src, err := c.openSource(ctx, repo, name, f.digest)
 	if err != nil {
 		early(err)
 		return
 	}
-	defer resp.Body.Close()
-	size := resp.ContentLength
+	// Before endFill (defers run last first): a lease is released only
+	// after the commit, so a replica waiting on it finds the blob stored.
+	defer src.Close()
+	fromUpstream := src.kind == sourceUpstream
+	size := src.size
 
 	res, reason := c.reserve(ctx, size)
 	defer res.Release()
@@ -315,7 +346,7 @@ func (c *Cache) runFill(f *fill, repo distribution.Repository, name string) {
 	digester := f.digest.Algorithm().Digester()
 	buf := make([]byte, copyBuffer)
 	for {
-		n, rerr := resp.Body.Read(buf)
+		n, rerr := src.body.Read(buf)
 		if n > 0 {
 			chunk := buf[:n]
 			if f.pass {
@@ -335,7 +366,9 @@ func (c *Cache) runFill(f *fill, repo distribution.Repository, name string) {
 			}
 			res.Consumed(int64(n))
 			_, _ = digester.Hash().Write(chunk)
-			c.obs.UpstreamBytes(int64(n))
+			if fromUpstream {
+				c.obs.UpstreamBytes(int64(n))
+			}
 		}
 		if rerr == io.EOF {
 			break
@@ -351,7 +384,7 @@ func (c *Cache) runFill(f *fill, repo distribution.Repository, name string) {
 		return
 	}
 	if got := digester.Digest(); got != f.digest {
-		c.log.Error("upstream sent wrong bytes", "digest", f.digest, "got", got)
+		c.log.Error("wrong bytes for a blob", "source", src.kind, "digest", f.digest, "got", got)
 		f.fail(&upstream.Error{Op: "read blob", Cause: upstream.CauseBadContent, Err: fmt.Errorf("digest mismatch: want %s, got %s", f.digest, got)})
 		return
 	}
@@ -363,7 +396,16 @@ func (c *Cache) runFill(f *fill, repo distribution.Repository, name string) {
 	if f.pass {
 		return
 	}
-	if err := c.commit(ctx, f, repo); err != nil {
+	commit := func() error { return c.commit(ctx, f, repo) }
+	if c.shared != nil {
+		commit = func() error {
+			if err := f.w.Sync(); err != nil {
+				return fmt.Errorf("sync spool: %w", err)
+			}
+			return c.commitShared(ctx, f, repo, src.kind)
+		}
+	}
+	if err := commit(); err != nil {
 		c.storageFailed(OpCommit, err)
 		return
 	}

@@ -50,6 +50,10 @@ type Observer interface {
 	// StorageError reports a failed write to the store (OpSpool, OpCommit,
 	// OpManifest).
 	StorageError(op string)
+	// FillUncoordinated reports a fill from the upstream that did not
+	// hold the cluster's lease (Redis down, or its holder silent): other
+	// replicas may fetch the same blob.
+	FillUncoordinated()
 }
 
 // Why a fill was not stored, as labelled in metrics.
@@ -74,6 +78,7 @@ func (nopObserver) DedupJoin(string)    {}
 func (nopObserver) UpstreamBytes(int64) {}
 func (nopObserver) FillUncached(string) {}
 func (nopObserver) StorageError(string) {}
+func (nopObserver) FillUncoordinated()  {}
 
 // Guard is told about content the cache is about to rely on, before it
 // writes or serves it, so that a concurrent garbage collection spares it.
@@ -107,8 +112,17 @@ type Options struct {
 	// MinFree is the low watermark a fill must leave free.
 	MinFree disk.MinFree
 	// MakeRoom, if set, evicts from this upstream's store until at least
-	// n more bytes are free, least recently pulled first.
+	// n more bytes are free, least recently pulled first. On a shared
+	// bucket the local copies are evicted instead.
 	MakeRoom func(ctx context.Context, n int64) error
+	// Driver is the store; nil opens the filesystem under Root.
+	Driver storagedriver.StorageDriver
+	// Shared, set with a bucket Driver, keeps local copies under its
+	// TierDir (the spool too) and coordinates fills with other replicas.
+	Shared *Shared
+	// RecordPull, if set, is told of each recorded pull of a manifest,
+	// besides the revision link's mtime: the cluster's last-pull times.
+	RecordPull func(repo string, d digest.Digest, t time.Time)
 }
 
 // Cache is the pull-through logic of one upstream over its local store.
@@ -124,6 +138,8 @@ type Cache struct {
 	root     string
 	space    *disk.Space
 	makeRoom func(ctx context.Context, n int64) error
+	shared   *sharedState // nil on the filesystem
+	record   func(repo string, d digest.Digest, t time.Time)
 
 	// ctx is the parent of every fill: fills belong to the cache, not to
 	// the request, App or config generation that started them, and end
@@ -173,10 +189,32 @@ func New(ctx context.Context, o Options) (*Cache, error) {
 	if err := os.MkdirAll(o.Root, 0o750); err != nil {
 		return nil, fmt.Errorf("create storage root: %w", err)
 	}
-	driver := filesystem.New(filesystem.DriverParameters{
-		RootDirectory: o.Root,
-		MaxThreads:    100,
-	})
+	driver := o.Driver
+	if driver == nil {
+		driver = filesystem.New(filesystem.DriverParameters{
+			RootDirectory: o.Root,
+			MaxThreads:    100,
+		})
+	}
+	var shared *sharedState
+	spool := filepath.Join(o.Root, "_spool")
+	if o.Shared != nil {
+		t, err := openTier(o.Shared.TierDir, o.Shared.TierMax)
+		if err != nil {
+			return nil, err
+		}
+		shared = &sharedState{Shared: *o.Shared, tier: t}
+		// Beside the copies, so that committing one is a rename.
+		spool = filepath.Join(o.Shared.TierDir, "_spool")
+		if o.MakeRoom == nil {
+			o.MakeRoom = func(_ context.Context, n int64) error {
+				if t.evict(n, "") < n {
+					return errors.New("local cache emptied, still short of space")
+				}
+				return nil
+			}
+		}
+	}
 	ns, err := storage.NewRegistry(ctx, driver,
 		storage.DisableDigestResumption,
 		storage.EnableDelete,
@@ -184,7 +222,6 @@ func New(ctx context.Context, o Options) (*Cache, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open storage %s: %w", o.Root, err)
 	}
-	spool := filepath.Join(o.Root, "_spool")
 	if err := os.RemoveAll(spool); err != nil {
 		return nil, fmt.Errorf("clear spool: %w", err)
 	}
@@ -202,6 +239,8 @@ func New(ctx context.Context, o Options) (*Cache, error) {
 		root:     o.Root,
 		space:    o.Space,
 		makeRoom: o.MakeRoom,
+		shared:   shared,
+		record:   o.RecordPull,
 		ctx:      bg,
 		cancel:   cancel,
 		fills:    map[digest.Digest]*fill{},

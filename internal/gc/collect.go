@@ -5,10 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io/fs"
 	"log/slog"
-	"os"
-	"path/filepath"
+	"path"
 	"sort"
 	"time"
 
@@ -43,6 +41,22 @@ type Store struct {
 	Driver storagedriver.StorageDriver
 	NS     distribution.Namespace
 	Guard  *Guard
+	// Cluster, set for a bucket shared by replicas, makes the collection
+	// the cluster's only one and spares what any replica relies on.
+	Cluster Cluster
+}
+
+// Cluster is what collecting a bucket that other replicas serve from needs
+// (internal/coord through internal/serve).
+type Cluster interface {
+	// Lead waits until this replica is the cluster's one collector and
+	// every replica reports what it relies on (Claimed). end gives the
+	// lease back.
+	Lead(ctx context.Context) (end func(), err error)
+	// Claimed reports whether a replica relied on d since Lead.
+	Claimed(ctx context.Context, d digest.Digest) bool
+	// LastPulls is the cluster's last pull of each "repo@digest".
+	LastPulls(ctx context.Context) map[string]time.Time
 }
 
 // StoreOf is the Store of a running upstream's cache.
@@ -102,6 +116,18 @@ func Collect(ctx context.Context, st Store, p Policy, dryRun bool, log *slog.Log
 	if st.Guard == nil {
 		st.Guard = &Guard{}
 	}
+	if st.Cluster != nil && !dryRun {
+		end, err := st.Cluster.Lead(ctx)
+		if err != nil {
+			// Without the lease two replicas could sweep what the other
+			// just stored: a shared bucket is never collected alone.
+			return res, fmt.Errorf("gc %s: %w", st.Name, err)
+		}
+		defer end()
+	}
+	// Objects written after this were stored by some replica for a pull
+	// running now; the scan below may not see what references them.
+	since := time.Now().Add(-time.Second)
 	st.Guard.begin()
 	defer st.Guard.end()
 
@@ -147,6 +173,11 @@ func Collect(ctx context.Context, st Store, p Policy, dryRun bool, log *slog.Log
 			res.Evicted = append(res.Evicted, evictionOf(m))
 			continue
 		}
+		if st.claimed(ctx, m.digest) {
+			mark(m)
+			res.Spared++
+			continue
+		}
 		deleted, err := st.Guard.deleteUnlessUsed(m.digest, func() error {
 			return vacuum.RemoveManifest(m.repo, m.digest, m.tags)
 		})
@@ -176,6 +207,10 @@ func Collect(ctx context.Context, st Store, p Policy, dryRun bool, log *slog.Log
 			res.FreedBlobs++
 			continue
 		}
+		if st.claimed(ctx, d) || st.newerThan(ctx, d, since) {
+			res.Spared++
+			continue
+		}
 		deleted, err := st.Guard.deleteUnlessUsed(d, func() error { return vacuum.RemoveBlob(d.String()) })
 		if err != nil {
 			return res, fmt.Errorf("gc %s: remove blob %s: %w", st.Name, d, err)
@@ -189,7 +224,7 @@ func Collect(ctx context.Context, st Store, p Policy, dryRun bool, log *slog.Log
 		res.FreedBlobs++
 	}
 	if !dryRun && len(swept) > 0 {
-		if err := unlinkLayers(st.Root, swept); err != nil {
+		if err := unlinkLayers(ctx, st, swept); err != nil {
 			return res, fmt.Errorf("gc %s: remove layer links: %w", st.Name, err)
 		}
 	}
@@ -208,6 +243,10 @@ func scanManifests(ctx context.Context, st Store) ([]*manifest, error) {
 	repos, ok := st.NS.(distribution.RepositoryEnumerator)
 	if !ok {
 		return nil, errors.New("storage cannot enumerate repositories")
+	}
+	var pulls map[string]time.Time
+	if st.Cluster != nil {
+		pulls = st.Cluster.LastPulls(ctx)
 	}
 	var out []*manifest
 	err := repos.Enumerate(ctx, func(name string) error {
@@ -241,7 +280,11 @@ func scanManifests(ctx context.Context, st Store) ([]*manifest, error) {
 		}
 		return en.Enumerate(ctx, func(d digest.Digest) error {
 			m := &manifest{repo: name, digest: d, tags: tagsOf[d]}
-			if fi, err := os.Stat(cache.RevisionLinkPath(st.Root, name, d)); err == nil {
+			if t, ok := pulls[name+"@"+d.String()]; ok {
+				m.pulled = t
+			} else if fi, err := st.Driver.Stat(ctx, revisionLink(name, d)); err == nil {
+				// The filesystem keeps the last pull in the link's mtime;
+				// in a bucket it is when the manifest was stored.
 				m.pulled = fi.ModTime()
 			}
 			mf, err := ms.Get(ctx, d)
@@ -341,29 +384,59 @@ func choose(ms []*manifest, sizes map[digest.Digest]int64, stored int64, p Polic
 
 // unlinkLayers removes repositories' links to swept blobs, so no repository
 // claims a blob the store no longer has.
-func unlinkLayers(root string, swept []digest.Digest) error {
+func unlinkLayers(ctx context.Context, st Store, swept []digest.Digest) error {
 	gone := map[string]bool{}
 	for _, d := range swept {
 		gone[d.Encoded()] = true
 	}
-	repos := filepath.Join(root, "docker", "registry", "v2", "repositories")
-	return filepath.WalkDir(repos, func(path string, e fs.DirEntry, err error) error {
+	repos, ok := st.NS.(distribution.RepositoryEnumerator)
+	if !ok {
+		return errors.New("storage cannot enumerate repositories")
+	}
+	err := repos.Enumerate(ctx, func(name string) error {
+		dir := path.Join("/docker/registry/v2/repositories", name, "_layers", "sha256")
+		links, err := st.Driver.List(ctx, dir)
 		if err != nil {
-			if errors.Is(err, fs.ErrNotExist) {
+			if isPathNotFound(err) {
 				return nil
 			}
 			return err
 		}
-		if !e.IsDir() || filepath.Base(filepath.Dir(filepath.Dir(path))) != "_layers" {
-			return nil
-		}
-		if gone[e.Name()] {
-			if err := os.RemoveAll(path); err != nil {
-				return err
+		for _, l := range links {
+			if gone[path.Base(l)] {
+				if err := st.Driver.Delete(ctx, l); err != nil && !isPathNotFound(err) {
+					return err
+				}
 			}
 		}
-		return filepath.SkipDir
+		return nil
 	})
+	if isPathNotFound(err) {
+		return nil
+	}
+	return err
+}
+
+// revisionLink is the driver path of a repository's link to a manifest.
+func revisionLink(repo string, d digest.Digest) string {
+	return path.Join("/docker/registry/v2/repositories", repo, "_manifests", "revisions",
+		d.Algorithm().String(), d.Encoded(), "link")
+}
+
+// claimed reports whether another replica relies on d.
+func (st Store) claimed(ctx context.Context, d digest.Digest) bool {
+	return st.Cluster != nil && st.Cluster.Claimed(ctx, d)
+}
+
+// newerThan reports whether a shared bucket's blob d was written after
+// since: by a replica storing it for a pull whose manifest the scan may
+// have missed. On a filesystem the Guard already covers that.
+func (st Store) newerThan(ctx context.Context, d digest.Digest, since time.Time) bool {
+	if st.Cluster == nil {
+		return false
+	}
+	fi, err := st.Driver.Stat(ctx, path.Join("/docker/registry/v2/blobs", d.Algorithm().String(), d.Encoded()[:2], d.Encoded(), "data"))
+	return err == nil && fi.ModTime().After(since)
 }
 
 func isPathNotFound(err error) bool {

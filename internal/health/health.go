@@ -336,8 +336,17 @@ func (u *Upstream) storeLocked(now time.Time, op string, since time.Time, failin
 }
 
 func (u *Upstream) storeReasonLocked() string {
-	return fmt.Sprintf("storage: %s failing since %s", u.storeOp, u.storeSince.UTC().Format(time.RFC3339))
+	what := "storage: " + u.storeOp
+	if u.storeOp == OpCoordination {
+		what = "coordination"
+	}
+	return fmt.Sprintf("%s failing since %s", what, u.storeSince.UTC().Format(time.RFC3339))
 }
+
+// OpCoordination is the StoreCheck operation of replicas that cannot reach
+// Redis: they serve and fill alone, so the cluster fetches blobs more than
+// once, which is degraded service, not an outage.
+const OpCoordination = "coordination"
 
 func (u *Upstream) getPinger() Pinger {
 	u.mu.Lock()

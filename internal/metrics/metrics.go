@@ -78,6 +78,9 @@ type Metrics struct {
 	dedupWaiters    *prometheus.CounterVec
 	fillUncached    *prometheus.CounterVec
 	storageErrors   *prometheus.CounterVec
+	uncoordinated   *prometheus.CounterVec
+	coordUp         prometheus.Gauge
+	gcLeader        *prometheus.GaugeVec
 	state           *prometheus.GaugeVec
 	stored          *storedBytes
 	fills           *storedBytes // same shape: a gauge read from funcs
@@ -96,6 +99,8 @@ type Metrics struct {
 	// the status API; Prometheus only has room for their timestamps.
 	mu   sync.Mutex
 	last map[string]*lastEvents
+
+	coordOnce sync.Once
 }
 
 type lastEvents struct {
@@ -147,6 +152,14 @@ func New() *Metrics {
 	m.storageErrors = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "storage_errors_total",
 		Help: "Failed writes to the upstream's store, by operation (spool, commit, manifest)."},
 		[]string{"upstream", "op"})
+	m.uncoordinated = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "fills_uncoordinated_total",
+		Help: "Blob fills from the upstream made without the cluster's fill lease (Redis unavailable, or its holder silent): other replicas may have fetched the same blob."},
+		[]string{"upstream"})
+	m.coordUp = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "coordination_up",
+		Help: "1 while Redis (coordination.redis) answers, 0 while replicas fill alone; absent without coordination."})
+	m.gcLeader = prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "gc_leader",
+		Help: "1 while this replica holds the cluster's garbage collection lease and collects the upstream, else 0."},
+		[]string{"upstream"})
 	m.state = prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "upstream_state",
 		Help: "1 for the upstream's current state (unknown, reachable, stale, down, degraded), 0 for the others."},
 		[]string{"upstream", "state"})
@@ -193,7 +206,7 @@ func New() *Metrics {
 		[]string{"upstream"})
 	m.Registry.MustRegister(m.requests, m.requestDuration, m.inflight, m.hits, m.misses, m.servedBytes,
 		m.fetchedBytes, m.upRequests, m.upDuration, m.redirects, m.rateLimited, m.rateLimitRemain, m.stale, m.dedupWaiters,
-		m.fillUncached, m.storageErrors,
+		m.fillUncached, m.storageErrors, m.uncoordinated, m.gcLeader,
 		m.state, m.stored, m.fills, m.disk, m.recycles, m.recycleFailures, m.lastRecycle, m.gcRuns, m.gcDuration, m.gcFreedBytes,
 		m.gcFreedObjects, m.evictions, m.lastGC,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -235,6 +248,8 @@ func (m *Metrics) For(name string) *Upstream {
 		m.evictions.WithLabelValues(name, r)
 	}
 	m.fetchedBytes.WithLabelValues(name)
+	m.uncoordinated.WithLabelValues(name)
+	m.gcLeader.WithLabelValues(name)
 	m.rateLimited.WithLabelValues(name)
 	m.redirects.WithLabelValues(name)
 	m.inflight.WithLabelValues(name)
@@ -322,6 +337,30 @@ func (u *Upstream) StorageError(op string) {
 		op = other
 	}
 	u.m.storageErrors.WithLabelValues(u.name, op).Inc()
+}
+
+// FillUncoordinated counts a fill made without the cluster's lease.
+func (u *Upstream) FillUncoordinated() { u.m.uncoordinated.WithLabelValues(u.name).Inc() }
+
+// GCLeader says whether this replica holds the cluster's collection lease
+// for the upstream now.
+func (u *Upstream) GCLeader(held bool) {
+	v := 0.0
+	if held {
+		v = 1
+	}
+	u.m.gcLeader.WithLabelValues(u.name).Set(v)
+}
+
+// CoordinationUp reports whether Redis answers. The gauge is registered on
+// the first report, so a process without coordination has none.
+func (m *Metrics) CoordinationUp(up bool) {
+	m.coordOnce.Do(func() { m.Registry.MustRegister(m.coordUp) })
+	v := 0.0
+	if up {
+		v = 1
+	}
+	m.coordUp.Set(v)
 }
 
 // UpstreamRedirect counts one redirect followed on an upstream call.

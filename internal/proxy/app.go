@@ -13,6 +13,10 @@ import (
 	// Storage drivers register themselves in init, as in distribution's
 	// cmd/registry.
 	_ "github.com/distribution/distribution/v3/registry/storage/driver/filesystem"
+	_ "github.com/distribution/distribution/v3/registry/storage/driver/s3-aws"
+
+	"github.com/multiproxy/multiproxy/internal/config"
+	"github.com/multiproxy/multiproxy/internal/storage"
 )
 
 // buildApp builds the distribution App that serves one upstream's local
@@ -21,18 +25,16 @@ import (
 // has no proxy section: everything that reaches the upstream is ours
 // (internal/cache and internal/upstream), and the App only serves what the
 // cache has put in the store.
-func buildApp(ctx context.Context, name, root string) *handlers.App {
+func buildApp(ctx context.Context, name string, st config.UpstreamStorage) *handlers.App {
 	cfg := &configuration.Configuration{
 		Version: "0.1",
-		Storage: configuration.Storage{
-			"filesystem": configuration.Parameters{"rootdirectory": root},
-			// Writes come only from our verified fills; clients never push.
-			"delete": configuration.Parameters{"enabled": true},
-			// The store only ever receives our own fills, never uploads.
-			"maintenance": configuration.Parameters{
-				"uploadpurging": map[any]any{"enabled": false},
-			},
-		},
+		Storage: storage.AppStorage(st),
+	}
+	// Writes come only from our verified fills; clients never push.
+	cfg.Storage["delete"] = configuration.Parameters{"enabled": true}
+	// The store only ever receives our own fills, never uploads.
+	cfg.Storage["maintenance"] = configuration.Parameters{
+		"uploadpurging": map[any]any{"enabled": false},
 	}
 	cfg.HTTP.Secret = "multiproxy-does-not-accept-uploads"
 	// What configuration.Parse would default to: with 0, every _catalog

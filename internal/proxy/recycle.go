@@ -21,7 +21,7 @@ func (s *Server) Recycle(ctx context.Context) error {
 	if s.closed {
 		return fmt.Errorf("recycle %s: server closed", s.cfg.Name)
 	}
-	s.install(&appHandle{app: buildApp(s.ctx, s.cfg.Name, s.cfg.Storage.Path)})
+	s.install(&appHandle{app: buildApp(s.ctx, s.cfg.Name, s.cfg.Storage)})
 	// Forget revalidation times too: they are the cache layer's only
 	// unbounded-by-config state.
 	s.cache.ResetFreshness()

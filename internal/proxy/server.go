@@ -30,6 +30,7 @@ import (
 	"github.com/multiproxy/multiproxy/internal/cache"
 	"github.com/multiproxy/multiproxy/internal/config"
 	"github.com/multiproxy/multiproxy/internal/disk"
+	"github.com/multiproxy/multiproxy/internal/storage"
 	"github.com/multiproxy/multiproxy/internal/upstream"
 	"github.com/multiproxy/multiproxy/internal/version"
 )
@@ -54,6 +55,7 @@ func (nopObserver) Upstream(string, int, time.Duration, http.Header, error) {}
 func (nopObserver) UpstreamRedirect()                                       {}
 func (nopObserver) FillUncached(string)                                     {}
 func (nopObserver) StorageError(string)                                     {}
+func (nopObserver) FillUncoordinated()                                      {}
 
 // Options configures a Server beyond its upstream config.
 type Options struct {
@@ -65,6 +67,10 @@ type Options struct {
 	Guard cache.Guard
 	// Space accounts for the free space of the storage's filesystem.
 	Space *disk.Space
+	// Coord, with a bucket, has one replica of the cluster fetch each blob.
+	Coord cache.Coordinator
+	// RecordPull is told of manifest pulls, for the cluster's eviction.
+	RecordPull func(repo string, d digest.Digest, t time.Time)
 	// MakeRoom evicts from the upstream's store until n more bytes are free.
 	MakeRoom func(ctx context.Context, n int64) error
 	// Reuse, when set, is the server this one replaces (a reload changed
@@ -125,7 +131,24 @@ func New(ctx context.Context, u config.Upstream, o Options) (*Server, error) {
 	if o.Reuse != nil {
 		s.cache = o.Reuse.cache
 	} else {
+		driver, err := storage.Driver(ctx, u.Storage)
+		if err != nil {
+			return nil, fmt.Errorf("upstream %s: %w", u.Name, err)
+		}
+		var shared *cache.Shared
+		if u.Storage.S3.Enabled() {
+			shared = &cache.Shared{
+				Name:     u.Name,
+				TierDir:  u.Storage.LocalCache.Dir,
+				TierMax:  int64(u.Storage.LocalCache.MaxSize),
+				Redirect: u.Storage.S3.Redirect,
+				Coord:    o.Coord,
+			}
+		}
 		s.cache, err = cache.New(ctx, cache.Options{
+			Driver:       driver,
+			Shared:       shared,
+			RecordPull:   o.RecordPull,
 			Root:         u.Storage.Path,
 			Upstream:     up,
 			TagFreshness: u.TagFreshness,
@@ -143,7 +166,7 @@ func New(ctx context.Context, u config.Upstream, o Options) (*Server, error) {
 		s.ownsCache.Store(true)
 	}
 	s.ctx, s.stop = context.WithCancel(context.WithoutCancel(ctx))
-	s.apps.cur = &appHandle{app: buildApp(s.ctx, u.Name, u.Storage.Path)}
+	s.apps.cur = &appHandle{app: buildApp(s.ctx, u.Name, u.Storage)}
 	return s, nil
 }
 
@@ -423,6 +446,13 @@ func (s *Server) serveBlob(w *recorder, r *http.Request, rt route) {
 		w.Header().Set("Content-Length", strconv.FormatInt(size, 10))
 		w.Header().Set("Accept-Ranges", "bytes")
 		w.WriteHeader(http.StatusOK)
+		return
+	}
+	if u, ok := s.cache.RedirectURL(r, rt.repo, d); ok {
+		// storage.s3.redirect: the bucket sends the bytes, presigned
+		// for this one blob; containerd and skopeo follow a 307.
+		w.Header().Set("Docker-Content-Digest", d.String())
+		http.Redirect(w, r, u, http.StatusTemporaryRedirect)
 		return
 	}
 	b, err := s.cache.Blob(ctx, rt.repo, d)

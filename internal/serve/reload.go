@@ -37,11 +37,22 @@ func (p *Process) newRunning(ctx context.Context, u config.Upstream, replacing *
 	opts := proxy.Options{Logger: p.log, Observer: p.board.observer(u.Name, obs),
 		Drain: p.cfg.ShutdownTimeout, Guard: guard,
 		MakeRoom: func(ctx context.Context, n int64) error { return p.makeRoom(ctx, u.Name, n) }}
+	if u.Storage.S3.Enabled() {
+		// Short of local space, the local copies go, not the bucket's
+		// content: other replicas serve from it.
+		opts.MakeRoom = nil
+	}
 	if replacing != nil {
 		guard = replacing.guard
 		opts.Guard, opts.Reuse = guard, replacing.server
 	} else {
-		space, err := p.spaceFor(u.Storage.Path)
+		if p.cluster != nil {
+			co := p.cluster.co
+			opts.Guard = clusterGuard{local: guard, co: co, name: u.Name}
+			opts.Coord = fillCoord{co: co, name: u.Name}
+			opts.RecordPull = recordPull(co, u.Name)
+		}
+		space, err := p.spaceFor(localDir(u))
 		if err != nil {
 			return nil, fmt.Errorf("upstream %s: %w", u.Name, err)
 		}
@@ -54,6 +65,15 @@ func (p *Process) newRunning(ctx context.Context, u config.Upstream, replacing *
 	r := &running{name: u.Name, cfg: u, server: srv, guard: guard, handler: &swapHandler{}}
 	r.handler.set(inflight(obs, srv))
 	return r, nil
+}
+
+// localDir is where an upstream writes on this host: its store, or with
+// a bucket its spool and local copies.
+func localDir(u config.Upstream) string {
+	if u.Storage.S3.Enabled() {
+		return u.Storage.LocalCache.Dir
+	}
+	return u.Storage.Path
 }
 
 // spaceFor returns the free-space accountant of the filesystem holding
@@ -91,6 +111,16 @@ func (p *Process) makeRoom(ctx context.Context, name string, n int64) error {
 	return err
 }
 
+// gcStore is what the collector of an upstream works on; with
+// coordination, as the cluster's one collector.
+func (p *Process) gcStore(r *running) gc.Store {
+	st := gc.StoreOf(r.name, r.server.Cache(), r.guard)
+	if p.cluster != nil {
+		st.Cluster = gcCluster{co: p.cluster.co, name: r.name, obs: p.metrics.For(r.name), log: p.log.With("upstream", r.name)}
+	}
+	return st
+}
+
 // routes lists the upstreams for the one-port listener, as they are now.
 func (p *Process) routes() []proxy.Route {
 	p.mu.Lock()
@@ -117,7 +147,7 @@ func (p *Process) startBackground(ctx context.Context) error {
 	recycleTargets := make([]recycle.Target, len(ups))
 	for i, r := range ups {
 		gcTargets[i] = gc.Target{
-			Store:    gc.StoreOf(r.name, r.server.Cache(), r.guard),
+			Store:    p.gcStore(r),
 			Policy:   gc.Policy{MaxSize: int64(r.cfg.MaxSize), MaxUnused: r.cfg.MaxUnused},
 			Schedule: r.cfg.GC.Schedule,
 		}

@@ -46,6 +46,7 @@ type Process struct {
 	adminAddr string
 	serveErr  chan error
 	closed    bool
+	cluster   *cluster // nil without coordination.redis
 }
 
 type running struct {
@@ -83,6 +84,12 @@ func Start(ctx context.Context, cfg config.Config, log *slog.Logger) (*Process, 
 		}
 		p.closeServers()
 		return nil, err
+	}
+
+	if cfg.Coordination.Enabled() {
+		if err := p.startCluster(cfg); err != nil {
+			return fail(err)
+		}
 	}
 
 	own := make([]net.Listener, len(cfg.Upstreams)) // nil: reached through listen_all only
@@ -281,6 +288,9 @@ func (p *Process) Shutdown(ctx context.Context) error {
 	p.retiring.Wait()
 	p.board.stop()
 	p.closeServers()
+	if p.cluster != nil {
+		p.cluster.stop(ctx)
+	}
 	return errors.Join(errs...)
 }
 
@@ -295,6 +305,11 @@ func (p *Process) closeServers() {
 	for _, unlock := range locks {
 		unlock()
 	}
+	if p.closed || p.cluster == nil {
+		return
+	}
+	// A failed start: nothing else will stop the cluster's listener.
+	p.cluster.stop(context.Background())
 }
 
 // Hooks connect Run to its environment (signals, systemd).

@@ -44,6 +44,9 @@ type board struct {
 	// running is an upstream as it runs now (a reload may replace it), or
 	// nil before its server is built.
 	running func(name string) *running
+	// coordDown is when the cluster's Redis stopped answering; zero while
+	// it answers or without coordination.
+	coordDown func() time.Time
 	// ups is filled by newBoard and Start, and changed by config reloads.
 	mu  sync.RWMutex
 	ups map[string]*boardUpstream
@@ -61,7 +64,7 @@ type boardUpstream struct {
 
 func newBoard(p *Process) *board {
 	ctx, cancel := context.WithCancel(context.Background())
-	b := &board{log: p.log, metrics: p.metrics, running: p.runningOf, ups: map[string]*boardUpstream{}, ctx: ctx, cancel: cancel}
+	b := &board{log: p.log, metrics: p.metrics, running: p.runningOf, coordDown: p.coordDown, ups: map[string]*boardUpstream{}, ctx: ctx, cancel: cancel}
 	b.health = health.New(health.Options{
 		Interval: ProbeInterval,
 		StaleFor: StaleWindow,
@@ -116,6 +119,11 @@ func (b *board) storeCheck(name string) health.StoreCheck {
 			return "", time.Time{}, false
 		}
 		op, since, err := r.server.Cache().StorageProblem()
+		if err == nil {
+			if t := b.coordDown(); !t.IsZero() {
+				return health.OpCoordination, t, true
+			}
+		}
 		return op, since, err != nil
 	}
 }
@@ -255,6 +263,7 @@ func (o *observer) UpstreamBytes(n int64)  { o.m.UpstreamBytes(n) }
 func (o *observer) UpstreamRedirect()      { o.m.UpstreamRedirect() }
 func (o *observer) FillUncached(r string)  { o.m.FillUncached(r) }
 func (o *observer) StorageError(op string) { o.m.StorageError(op) }
+func (o *observer) FillUncoordinated()      { o.m.FillUncoordinated() }
 func (o *observer) Request(kind string, status int, d time.Duration, fromCache bool, bytes int64) {
 	o.m.Request(kind, status, d, fromCache, bytes)
 }

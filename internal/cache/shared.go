@@ -1,0 +1,296 @@
+package cache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path"
+	"time"
+
+	"github.com/distribution/distribution/v3"
+	"github.com/opencontainers/go-digest"
+)
+
+// Shared configures a cache whose store is a bucket shared by replicas.
+type Shared struct {
+	// Name is the upstream's name, which scopes leases.
+	Name string
+	// TierDir and TierMax are the local copies (see tier).
+	TierDir string
+	TierMax int64
+	// Redirect answers GETs of blobs in the bucket with a presigned URL.
+	Redirect bool
+	// Coord, if set, makes one replica of the cluster fetch each blob.
+	Coord Coordinator
+	// Peers fetches from other replicas' running fills; nil: a client
+	// with the upstream timeout for headers.
+	Peers *http.Client
+}
+
+// Coordinator is the cluster's fill lease service (internal/coord).
+type Coordinator interface {
+	// AcquireFill returns a lease if this replica is to fetch d, or the
+	// peer address of the replica fetching it ("" if it just finished).
+	AcquireFill(ctx context.Context, d digest.Digest) (Lease, string, error)
+	// Self is this replica's own peer address.
+	Self() string
+	// TTL is how long a dead holder's lease blocks the others.
+	TTL() time.Duration
+}
+
+// Lease is a held fill lease.
+type Lease interface{ Release() }
+
+// PeerPath is where a replica serves its running fills and local copies
+// of an upstream to the others.
+func PeerPath(upstreamName string, d digest.Digest) string {
+	return "/peer/v1/" + upstreamName + "/blobs/" + d.String()
+}
+
+// Where a fill's bytes come from, as logged.
+const (
+	sourceUpstream = "upstream"
+	sourceBucket   = "bucket"
+	sourcePeer     = "peer"
+)
+
+// source is an open body a fill reads from, and what to release after.
+type source struct {
+	kind  string
+	body  io.ReadCloser
+	size  int64
+	lease Lease
+}
+
+func (s *source) Close() {
+	_ = s.body.Close()
+	if s.lease != nil {
+		s.lease.Release()
+	}
+}
+
+// errNotHere is a peer request for a blob this replica neither holds nor
+// is fetching.
+var errNotHere = errors.New("not held by this replica")
+
+// openSource finds where a fill reads from. On the filesystem that is
+// always the upstream. On a shared bucket: the bucket if the blob is
+// there; else, with coordination, the upstream if this replica wins the
+// blob's lease, or the winner's running fill. Waiting for a winner is
+// bounded: past the lease TTL and the upstream timeout this replica
+// fetches alone, since a pull must never hang on coordination.
+func (c *Cache) openSource(ctx context.Context, repo distribution.Repository, name string, d digest.Digest) (*source, error) {
+	if c.shared == nil {
+		return c.upstreamSource(ctx, name, d, nil)
+	}
+	if s, ok := c.bucketSource(ctx, d); ok {
+		return s, nil
+	}
+	co := c.shared.Coord
+	if co == nil {
+		return c.upstreamSource(ctx, name, d, nil)
+	}
+	deadline := time.Now().Add(co.TTL() + 2*c.client().Timeout())
+	for {
+		lease, owner, err := co.AcquireFill(ctx, d)
+		if err != nil {
+			c.obs.FillUncoordinated()
+			c.log.Warn("fill without coordination", "digest", d, "err", err)
+			return c.upstreamSource(ctx, name, d, nil)
+		}
+		if lease != nil {
+			// Another replica may have committed between our look at the
+			// bucket and the lease.
+			if s, ok := c.bucketSource(ctx, d); ok {
+				lease.Release()
+				return s, nil
+			}
+			return c.upstreamSource(ctx, name, d, lease)
+		}
+		if owner != "" && owner != co.Self() {
+			if s, err := c.peerSource(ctx, owner, d); err == nil {
+				return s, nil
+			} else {
+				c.log.Debug("peer fill unavailable", "peer", owner, "digest", d, "err", err)
+			}
+		}
+		if time.Now().After(deadline) {
+			c.obs.FillUncoordinated()
+			c.log.Warn("fill lease holder did not deliver; fetching alone", "digest", d, "holder", owner)
+			return c.upstreamSource(ctx, name, d, nil)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+		if s, ok := c.bucketSource(ctx, d); ok {
+			return s, nil
+		}
+	}
+}
+
+func (c *Cache) upstreamSource(ctx context.Context, name string, d digest.Digest, lease Lease) (*source, error) {
+	resp, err := c.client().GetBlob(ctx, name, d)
+	if err != nil {
+		if lease != nil {
+			lease.Release()
+		}
+		return nil, err
+	}
+	return &source{kind: sourceUpstream, body: resp.Body, size: resp.ContentLength, lease: lease}, nil
+}
+
+// bucketSource opens d in the bucket, if it is there.
+func (c *Cache) bucketSource(ctx context.Context, d digest.Digest) (*source, bool) {
+	desc, err := c.ns.BlobStatter().Stat(ctx, d)
+	if err != nil {
+		return nil, false
+	}
+	r, err := c.driver.Reader(ctx, blobDataPath(d), 0)
+	if err != nil {
+		return nil, false // removed meanwhile (a collection): fetch it again
+	}
+	return &source{kind: sourceBucket, body: r, size: desc.Size}, true
+}
+
+// peerSource streams d from the replica fetching it.
+func (c *Cache) peerSource(ctx context.Context, peer string, d digest.Digest) (*source, error) {
+	hc := c.shared.Peers
+	if hc == nil {
+		hc = &http.Client{Transport: &http.Transport{ResponseHeaderTimeout: c.client().Timeout()}}
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+peer+PeerPath(c.shared.Name, d), nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		resp.Body.Close()
+		return nil, fmt.Errorf("peer answered %s", resp.Status)
+	}
+	return &source{kind: sourcePeer, body: resp.Body, size: resp.ContentLength}, nil
+}
+
+// blobDataPath is where distribution keeps a blob's bytes, in driver paths.
+func blobDataPath(d digest.Digest) string {
+	return path.Join("/docker/registry/v2/blobs", d.Algorithm().String(), d.Encoded()[:2], d.Encoded(), "data")
+}
+
+// commitShared stores a verified fill: into the bucket first if it came
+// from the upstream (the lease is still held, so no other replica fetches
+// meanwhile), then into the local tier. The bucket object is written by a
+// multipart upload completed only here, after the digest check, so no
+// torn or unverified object is ever visible under a blob's path.
+func (c *Cache) commitShared(ctx context.Context, f *fill, repo distribution.Repository, kind string) error {
+	if kind == sourceUpstream {
+		if err := c.upload(ctx, f); err != nil {
+			return err
+		}
+		if ok, err := c.linkLocal(ctx, repo, f.digest); err != nil || !ok {
+			return fmt.Errorf("link blob: %v", err)
+		}
+	}
+	c.mu.Lock()
+	err := c.shared.tier.add(f.digest, f.path, f.bytes())
+	if err == nil {
+		f.path, f.moved = c.shared.tier.path(f.digest), true
+	}
+	c.mu.Unlock()
+	return err
+}
+
+// upload copies the verified spool into the bucket.
+func (c *Cache) upload(ctx context.Context, f *fill) error {
+	release := c.guard.Hold()
+	defer release()
+	c.guard.Use(f.digest)
+	r, err := os.Open(f.path)
+	if err != nil {
+		return fmt.Errorf("reopen spool: %w", err)
+	}
+	defer r.Close()
+	w, err := c.driver.Writer(ctx, blobDataPath(f.digest), false)
+	if err != nil {
+		return fmt.Errorf("start upload: %w", err)
+	}
+	if _, err := io.Copy(w, r); err != nil {
+		_ = w.Cancel(ctx)
+		return fmt.Errorf("upload: %w", err)
+	}
+	if err := w.Commit(ctx); err != nil {
+		_ = w.Cancel(ctx)
+		return fmt.Errorf("complete upload: %w", err)
+	}
+	return nil
+}
+
+// PeerBlob is what another replica gets for d: this replica's running fill
+// or its local copy, never a new fetch (the asking replica does that
+// itself when this one has nothing).
+func (c *Cache) PeerBlob(ctx context.Context, d digest.Digest) (*BlobReader, error) {
+	if c.shared != nil {
+		if f, ok := c.shared.tier.open(d); ok {
+			return &BlobReader{File: f}, nil
+		}
+	}
+	c.mu.Lock()
+	f, ok := c.fills[d]
+	if !ok || !f.joinable() {
+		c.mu.Unlock()
+		return nil, errNotHere
+	}
+	s := f.attach(ctx)
+	c.mu.Unlock()
+	select {
+	case <-f.ready:
+	case <-ctx.Done():
+		s.Close()
+		return nil, ctx.Err()
+	}
+	if f.headerErr != nil {
+		s.Close()
+		return nil, errNotHere
+	}
+	return &BlobReader{Stream: s}, nil
+}
+
+// IsNotHere reports a PeerBlob miss.
+func IsNotHere(err error) bool { return errors.Is(err, errNotHere) }
+
+// RedirectURL returns a presigned URL of d in the bucket for r, when the
+// cache redirects and the bucket holds d. A blob with a local copy is
+// served from it instead: it is as fast and costs no bucket request.
+func (c *Cache) RedirectURL(r *http.Request, name string, d digest.Digest) (string, bool) {
+	if c.shared == nil || !c.shared.Redirect {
+		return "", false
+	}
+	if _, ok := c.shared.tier.stat(d); ok {
+		return "", false
+	}
+	repo, err := c.repo(r.Context(), name)
+	if err != nil {
+		return "", false
+	}
+	if ok, _ := c.linkLocal(r.Context(), repo, d); !ok {
+		return "", false
+	}
+	u, err := c.driver.RedirectURL(r, blobDataPath(d))
+	if err != nil || u == "" {
+		return "", false
+	}
+	c.obs.Hit(KindBlob)
+	return u, true
+}
+
+// sharedState is a Shared with its open tier.
+type sharedState struct {
+	Shared
+	tier *tier
+}

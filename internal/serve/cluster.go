@@ -1,0 +1,302 @@
+package serve
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/gorilla/mux"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/multiproxy/multiproxy/internal/cache"
+	"github.com/multiproxy/multiproxy/internal/config"
+	"github.com/multiproxy/multiproxy/internal/coord"
+	"github.com/multiproxy/multiproxy/internal/gc"
+	"github.com/multiproxy/multiproxy/internal/metrics"
+)
+
+// cluster is this replica's part in a set of replicas sharing a bucket:
+// its Redis handle and the peer listener serving its running fills.
+type cluster struct {
+	co     *coord.Coordinator
+	peer   *http.Server
+	peerL  net.Listener
+	downAt struct {
+		sync.Mutex
+		t time.Time
+	}
+}
+
+// startCluster connects to Redis and listens for peers. Redis being down
+// is not an error: the replica serves alone until it answers.
+func (p *Process) startCluster(cfg config.Config) error {
+	c := cfg.Coordination
+	l, err := net.Listen("tcp", c.PeerListen)
+	if err != nil {
+		return fmt.Errorf("coordination.peer_listen: listen %s: %w", c.PeerListen, err)
+	}
+	self := c.Advertise
+	if self == "" {
+		self, err = advertiseAddr(c.Redis.Addr, l.Addr())
+		if err != nil {
+			l.Close()
+			return fmt.Errorf("coordination.advertise: %w", err)
+		}
+	}
+	cl := &cluster{peerL: l}
+	cl.downAt.t = time.Now() // until the first probe says otherwise
+	cl.co = coord.New(coord.Options{
+		Addr: c.Redis.Addr, Password: c.Redis.Password.Reveal(), DB: c.Redis.DB,
+		Self: self, TTL: c.LeaseTTL, Logger: p.log.With("component", "coordination"),
+		OnChange: func(up bool, _ error) {
+			p.metrics.CoordinationUp(up)
+			cl.downAt.Lock()
+			if up {
+				cl.downAt.t = time.Time{}
+			} else {
+				cl.downAt.t = time.Now()
+			}
+			cl.downAt.Unlock()
+		},
+	})
+	if cl.co.Up() {
+		cl.downAt.t = time.Time{}
+	}
+	p.metrics.CoordinationUp(cl.co.Up())
+	r := mux.NewRouter()
+	r.Handle("/peer/v1/{upstream}/blobs/{digest}", http.HandlerFunc(p.servePeer)).Methods(http.MethodGet)
+	cl.peer = &http.Server{Handler: r, ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog: slog.NewLogLogger(p.log.Handler(), slog.LevelWarn)}
+	p.mu.Lock()
+	p.cluster = cl
+	p.mu.Unlock()
+	go func() {
+		if err := cl.peer.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			p.serveErr <- fmt.Errorf("peer listener: %w", err)
+		}
+	}()
+	p.log.Info("coordinating through redis", "advertise", self, "peer_listen", l.Addr().String(), "redis_up", cl.co.Up())
+	return nil
+}
+
+// stop closes the peer listener and the Redis connections.
+func (cl *cluster) stop(ctx context.Context) {
+	_ = cl.peer.Shutdown(ctx)
+	_ = cl.co.Close()
+}
+
+// coordDown is when the cluster's Redis stopped answering, or zero.
+func (p *Process) coordDown() time.Time {
+	p.mu.Lock()
+	cl := p.cluster
+	p.mu.Unlock()
+	if cl == nil {
+		return time.Time{}
+	}
+	return cl.downSince()
+}
+
+// downSince is when Redis stopped answering, or zero while it answers.
+func (cl *cluster) downSince() time.Time {
+	cl.downAt.Lock()
+	defer cl.downAt.Unlock()
+	return cl.downAt.t
+}
+
+// advertiseAddr is the address of this host on the route to Redis, with
+// the peer listener's port: the one the other replicas, which reach the
+// same Redis, can most likely reach too.
+func advertiseAddr(redisAddr string, peer net.Addr) (string, error) {
+	_, port, err := net.SplitHostPort(peer.String())
+	if err != nil {
+		return "", err
+	}
+	conn, err := net.Dial("udp", redisAddr) // no packet is sent
+	if err != nil {
+		return "", fmt.Errorf("find this host's address towards redis: %w (set coordination.advertise)", err)
+	}
+	defer conn.Close()
+	host, _, err := net.SplitHostPort(conn.LocalAddr().String())
+	if err != nil {
+		return "", err
+	}
+	return net.JoinHostPort(host, port), nil
+}
+
+// servePeer gives another replica this replica's running fill or local
+// copy of a blob. It never starts a fetch: the asking replica does that
+// itself on a 404.
+func (p *Process) servePeer(w http.ResponseWriter, r *http.Request) {
+	vars := mux.Vars(r)
+	d, err := digest.Parse(vars["digest"])
+	if err != nil {
+		http.Error(w, "invalid digest", http.StatusBadRequest)
+		return
+	}
+	var c *cache.Cache
+	for _, u := range p.currentUpstreams() {
+		if u.name == vars["upstream"] {
+			c = u.server.Cache()
+		}
+	}
+	if c == nil {
+		http.NotFound(w, r)
+		return
+	}
+	b, err := c.PeerBlob(r.Context(), d)
+	if err != nil {
+		http.NotFound(w, r)
+		return
+	}
+	defer b.Close()
+	w.Header().Set("Docker-Content-Digest", d.String())
+	if b.File != nil {
+		http.ServeContent(w, r, "", time.Time{}, b.File)
+		return
+	}
+	if n := b.Stream.Size(); n >= 0 {
+		w.Header().Set("Content-Length", strconv.FormatInt(n, 10))
+	}
+	w.WriteHeader(http.StatusOK)
+	if _, err := io.Copy(w, b.Stream); err != nil {
+		// Cut the connection: the peer must see a broken body, not a
+		// short one (it verifies the digest either way).
+		panic(http.ErrAbortHandler)
+	}
+}
+
+func (p *Process) currentUpstreams() []*running {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]*running(nil), p.upstreams...)
+}
+
+// fillCoord is the cluster's fill lease service for one upstream.
+type fillCoord struct {
+	co   *coord.Coordinator
+	name string
+}
+
+func (f fillCoord) AcquireFill(ctx context.Context, d digest.Digest) (cache.Lease, string, error) {
+	fl, err := f.co.AcquireFill(ctx, f.name, d)
+	if err != nil {
+		return nil, "", err
+	}
+	if fl.Lease != nil {
+		return fl.Lease, "", nil
+	}
+	return nil, fl.Owner, nil
+}
+func (f fillCoord) Self() string       { return f.co.Self() }
+func (f fillCoord) TTL() time.Duration { return f.co.TTL() }
+
+// clusterGuard tells this process's collector and, while one runs
+// anywhere in the cluster, the cluster's, what the cache relies on.
+type clusterGuard struct {
+	local *gc.Guard
+	co    *coord.Coordinator
+	name  string
+}
+
+func (g clusterGuard) Use(ds ...digest.Digest) {
+	g.local.Use(ds...)
+	if g.co.Collecting(g.name) {
+		if err := g.co.Claim(context.Background(), g.name, ds...); err != nil {
+			slog.Debug("claim for collection", "err", err)
+		}
+	}
+}
+
+func (g clusterGuard) Hold() func() { return g.local.Hold() }
+
+// gcCluster makes one upstream's collection the cluster's only one.
+type gcCluster struct {
+	co   *coord.Coordinator
+	name string
+	obs  *metrics.Upstream
+	log  *slog.Logger
+}
+
+// Lead waits for the cluster's collection lease, then announces the
+// collection and waits past every replica's next probe, so that all of
+// them claim what they use before the scan starts.
+func (g gcCluster) Lead(ctx context.Context) (func(), error) {
+	var lease *coord.Lease
+	for {
+		l, holder, err := g.co.AcquireGC(ctx, g.name)
+		if err != nil {
+			return nil, fmt.Errorf("cluster collection lease: %w", err)
+		}
+		if l != nil {
+			lease = l
+			break
+		}
+		g.log.Info("waiting for another replica's collection", "holder", holder)
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
+	if err := g.co.BeginCollection(ctx, g.name); err != nil {
+		lease.Release()
+		return nil, fmt.Errorf("announce collection: %w", err)
+	}
+	g.obs.GCLeader(true)
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(g.co.TTL())
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+				_ = g.co.KeepCollecting(context.Background())
+			}
+		}
+	}()
+	select {
+	case <-time.After(2*coord.ProbeInterval() + 500*time.Millisecond):
+	case <-ctx.Done():
+	}
+	return func() {
+		close(stop)
+		<-done
+		_ = g.co.EndCollection(context.Background(), g.name)
+		g.obs.GCLeader(false)
+		lease.Release()
+	}, nil
+}
+
+func (g gcCluster) Claimed(ctx context.Context, d digest.Digest) bool {
+	ok, err := g.co.Claimed(ctx, g.name, d)
+	// Unsure means claimed: sparing a blob costs space, sweeping one in
+	// use costs a pull.
+	return ok || err != nil
+}
+
+func (g gcCluster) LastPulls(ctx context.Context) map[string]time.Time {
+	m, err := g.co.LastPulls(ctx, g.name)
+	if err != nil {
+		g.log.Warn("cluster pull times unavailable; ranking by store times", "err", err)
+	}
+	return m
+}
+
+// recordPull stores a pull time in Redis, off the request path.
+func recordPull(co *coord.Coordinator, name string) func(repo string, d digest.Digest, t time.Time) {
+	return func(repo string, d digest.Digest, t time.Time) {
+		go func() { _ = co.RecordPull(context.Background(), name, repo, d, t) }()
+	}
+}
+
