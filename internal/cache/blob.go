@@ -312,7 +312,9 @@ func (c *Cache) runFill(f *fill, repo distribution.Repository, name string) {
 	// Before endFill (defers run last first): a lease is released only
 	// after the commit, so a replica waiting on it finds the blob stored.
 	defer src.Close()
-	fromUpstream := src.kind == sourceUpstream
+	fromUpstream := src.kind == SourceUpstream
+	c.obs.FillSource(src.kind)
+	c.log.Debug("fill", "repository", name, "digest", f.digest, "source", src.kind, "size", src.size)
 	size := src.size
 
 	res, reason := c.reserve(ctx, size)

@@ -54,6 +54,9 @@ type Observer interface {
 	// hold the cluster's lease (Redis down, or its holder silent): other
 	// replicas may fetch the same blob.
 	FillUncoordinated()
+	// FillSource reports where a blob fill reads from: SourceUpstream,
+	// SourceBucket or SourcePeer (another replica's running fill).
+	FillSource(source string)
 }
 
 // Why a fill was not stored, as labelled in metrics.
@@ -79,6 +82,7 @@ func (nopObserver) UpstreamBytes(int64) {}
 func (nopObserver) FillUncached(string) {}
 func (nopObserver) StorageError(string) {}
 func (nopObserver) FillUncoordinated()  {}
+func (nopObserver) FillSource(string)   {}
 
 // Guard is told about content the cache is about to rely on, before it
 // writes or serves it, so that a concurrent garbage collection spares it.

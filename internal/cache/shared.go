@@ -50,11 +50,11 @@ func PeerPath(upstreamName string, d digest.Digest) string {
 	return "/peer/v1/" + upstreamName + "/blobs/" + d.String()
 }
 
-// Where a fill's bytes come from, as logged.
+// Where a fill's bytes come from, as logged and labelled in metrics.
 const (
-	sourceUpstream = "upstream"
-	sourceBucket   = "bucket"
-	sourcePeer     = "peer"
+	SourceUpstream = "upstream"
+	SourceBucket   = "bucket"
+	SourcePeer     = "peer"
 )
 
 // source is an open body a fill reads from, and what to release after.
@@ -141,7 +141,7 @@ func (c *Cache) upstreamSource(ctx context.Context, name string, d digest.Digest
 		}
 		return nil, err
 	}
-	return &source{kind: sourceUpstream, body: resp.Body, size: resp.ContentLength, lease: lease}, nil
+	return &source{kind: SourceUpstream, body: resp.Body, size: resp.ContentLength, lease: lease}, nil
 }
 
 // bucketSource opens d in the bucket, if it is there.
@@ -154,7 +154,7 @@ func (c *Cache) bucketSource(ctx context.Context, d digest.Digest) (*source, boo
 	if err != nil {
 		return nil, false // removed meanwhile (a collection): fetch it again
 	}
-	return &source{kind: sourceBucket, body: r, size: desc.Size}, true
+	return &source{kind: SourceBucket, body: r, size: desc.Size}, true
 }
 
 // peerSource streams d from the replica fetching it.
@@ -175,7 +175,7 @@ func (c *Cache) peerSource(ctx context.Context, peer string, d digest.Digest) (*
 		resp.Body.Close()
 		return nil, fmt.Errorf("peer answered %s", resp.Status)
 	}
-	return &source{kind: sourcePeer, body: resp.Body, size: resp.ContentLength}, nil
+	return &source{kind: SourcePeer, body: resp.Body, size: resp.ContentLength}, nil
 }
 
 // blobDataPath is where distribution keeps a blob's bytes, in driver paths.
@@ -189,7 +189,7 @@ func blobDataPath(d digest.Digest) string {
 // multipart upload completed only here, after the digest check, so no
 // torn or unverified object is ever visible under a blob's path.
 func (c *Cache) commitShared(ctx context.Context, f *fill, repo distribution.Repository, kind string) error {
-	if kind == sourceUpstream {
+	if kind == SourceUpstream {
 		if err := c.upload(ctx, f); err != nil {
 			return err
 		}

@@ -46,6 +46,7 @@ var (
 	// As internal/cache names them.
 	uncachedReasons = []string{cache.UncachedNoSpace, cache.UncachedStorageError}
 	storageOps      = []string{cache.OpSpool, cache.OpCommit, cache.OpManifest}
+	fillSources     = []string{cache.SourceUpstream, cache.SourceBucket, cache.SourcePeer}
 	// As internal/gc names them.
 	evictReasons = []string{"max_size", "max_unused", other}
 	// Every cause a revalidation can fail with; not_found never serves
@@ -79,6 +80,7 @@ type Metrics struct {
 	fillUncached    *prometheus.CounterVec
 	storageErrors   *prometheus.CounterVec
 	uncoordinated   *prometheus.CounterVec
+	fillSources     *prometheus.CounterVec
 	coordUp         prometheus.Gauge
 	gcLeader        *prometheus.GaugeVec
 	state           *prometheus.GaugeVec
@@ -155,6 +157,9 @@ func New() *Metrics {
 	m.uncoordinated = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "fills_uncoordinated_total",
 		Help: "Blob fills from the upstream made without the cluster's fill lease (Redis unavailable, or its holder silent): other replicas may have fetched the same blob."},
 		[]string{"upstream"})
+	m.fillSources = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "fill_sources_total",
+		Help: "Blob fills by where they read from: upstream, bucket (the shared store) or peer (another replica's running fill)."},
+		[]string{"upstream", "source"})
 	m.coordUp = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "coordination_up",
 		Help: "1 while Redis (coordination.redis) answers, 0 while replicas fill alone; absent without coordination."})
 	m.gcLeader = prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "gc_leader",
@@ -206,7 +211,7 @@ func New() *Metrics {
 		[]string{"upstream"})
 	m.Registry.MustRegister(m.requests, m.requestDuration, m.inflight, m.hits, m.misses, m.servedBytes,
 		m.fetchedBytes, m.upRequests, m.upDuration, m.redirects, m.rateLimited, m.rateLimitRemain, m.stale, m.dedupWaiters,
-		m.fillUncached, m.storageErrors, m.uncoordinated, m.gcLeader,
+		m.fillUncached, m.storageErrors, m.uncoordinated, m.fillSources, m.gcLeader,
 		m.state, m.stored, m.fills, m.disk, m.recycles, m.recycleFailures, m.lastRecycle, m.gcRuns, m.gcDuration, m.gcFreedBytes,
 		m.gcFreedObjects, m.evictions, m.lastGC,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -237,6 +242,9 @@ func (m *Metrics) For(name string) *Upstream {
 	}
 	for _, op := range storageOps {
 		m.storageErrors.WithLabelValues(name, op)
+	}
+	for _, s := range fillSources {
+		m.fillSources.WithLabelValues(name, s)
 	}
 	for _, r := range recycleReasons {
 		m.recycles.WithLabelValues(name, r)
@@ -341,6 +349,14 @@ func (u *Upstream) StorageError(op string) {
 
 // FillUncoordinated counts a fill made without the cluster's lease.
 func (u *Upstream) FillUncoordinated() { u.m.uncoordinated.WithLabelValues(u.name).Inc() }
+
+// FillSource counts a blob fill by where it reads from.
+func (u *Upstream) FillSource(source string) {
+	if !slices.Contains(fillSources, source) {
+		source = other
+	}
+	u.m.fillSources.WithLabelValues(u.name, source).Inc()
+}
 
 // GCLeader says whether this replica holds the cluster's collection lease
 // for the upstream now.

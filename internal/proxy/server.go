@@ -56,6 +56,7 @@ func (nopObserver) UpstreamRedirect()                                       {}
 func (nopObserver) FillUncached(string)                                     {}
 func (nopObserver) StorageError(string)                                     {}
 func (nopObserver) FillUncoordinated()                                      {}
+func (nopObserver) FillSource(string)                                       {}
 
 // Options configures a Server beyond its upstream config.
 type Options struct {

@@ -108,8 +108,9 @@ func (p *Process) recycleNow(ctx context.Context, name string) error {
 }
 
 // Ready implements admin.Backend: ready while every upstream listener is
-// open and no upstream is degraded (its store cannot be written: the node
-// needs an operator). An unreachable upstream does not make the process
+// open and no upstream is degraded by its store (it cannot be written: the
+// node needs an operator). Degraded by coordination (Redis down) stays
+// ready, saying so in the body. An unreachable upstream does not make the process
 // unready, since the cache still serves what it holds; its state is in the
 // body for the operator.
 func (p *Process) Ready() (bool, any) {
@@ -123,7 +124,11 @@ func (p *Process) Ready() (bool, any) {
 		bu := p.board.get(r.name)
 		hs := bu.health.Status()
 		serving := !closed && bu.listener.serving()
-		ready = ready && serving && hs.State != health.Degraded
+		// Without Redis every replica is degraded at once; taking them
+		// all out of the load balancer would turn slower fills into an
+		// outage. Only a store that cannot be written makes one unready.
+		coordOnly := hs.State == health.Degraded && strings.HasPrefix(hs.Reason, health.OpCoordination)
+		ready = ready && serving && (hs.State != health.Degraded || coordOnly)
 		out = append(out, readyUpstream{
 			Name: r.name, Listen: r.addr, Serving: serving,
 			State: hs.State, Since: hs.Since.UTC(), Reason: hs.Reason, LastError: hs.LastError,

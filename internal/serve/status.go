@@ -263,7 +263,8 @@ func (o *observer) UpstreamBytes(n int64)  { o.m.UpstreamBytes(n) }
 func (o *observer) UpstreamRedirect()      { o.m.UpstreamRedirect() }
 func (o *observer) FillUncached(r string)  { o.m.FillUncached(r) }
 func (o *observer) StorageError(op string) { o.m.StorageError(op) }
-func (o *observer) FillUncoordinated()      { o.m.FillUncoordinated() }
+func (o *observer) FillUncoordinated()     { o.m.FillUncoordinated() }
+func (o *observer) FillSource(s string)    { o.m.FillSource(s) }
 func (o *observer) Request(kind string, status int, d time.Duration, fromCache bool, bytes int64) {
 	o.m.Request(kind, status, d, fromCache, bytes)
 }

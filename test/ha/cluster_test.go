@@ -1,0 +1,270 @@
+// Package ha tests replicas that share an S3-compatible bucket (versitygw,
+// through distribution's s3-aws driver) and a Redis (Debian's
+// redis-server): one upstream fetch per blob across the cluster, a crashed
+// lease holder, Redis going away, and garbage collection under load. Each
+// replica is a real process (this test binary in multiproxy's server
+// mode), so a test can kill -9 one.
+package ha
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"io/fs"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+
+	ts "github.com/multiproxy/multiproxy/internal/testsupport"
+)
+
+func TestMain(m *testing.M) {
+	ts.RunChildIfAsked()
+	os.Exit(m.Run())
+}
+
+// upstreamName is the upstream every replica proxies.
+const upstreamName = "test.io"
+
+// cluster is three replicas of multiproxy over one bucket and one Redis.
+type cluster struct {
+	t        *testing.T
+	up       *ts.Upstream
+	s3       *ts.S3
+	redis    *ts.Redis
+	replicas []*replica
+}
+
+type replica struct {
+	i      int
+	dir    string
+	cfg    string
+	listen string // the upstream's client address
+	admin  string
+	peer   string
+	child  *ts.Child
+}
+
+// options tune a cluster's config.
+type options struct {
+	// extra is appended to the upstream's section (indented two spaces).
+	extra string
+	// leaseTTL is coordination.lease_ttl.
+	leaseTTL string
+}
+
+func startCluster(t *testing.T, up *ts.Upstream, n int, o options) *cluster {
+	t.Helper()
+	if o.leaseTTL == "" {
+		o.leaseTTL = "2s"
+	}
+	c := &cluster{t: t, up: up, s3: ts.StartS3(t), redis: ts.StartRedis(t)}
+	for i := range n {
+		dir := t.TempDir()
+		r := &replica{i: i, dir: dir, listen: ts.FreeAddr(t), admin: ts.FreeAddr(t), peer: ts.FreeAddr(t)}
+		r.cfg = filepath.Join(dir, "multiproxy.yaml")
+		yaml := fmt.Sprintf(`data_dir: %s
+log_level: debug
+shutdown_timeout: 5s
+admin:
+  listen: %s
+storage:
+  s3:
+    endpoint: %s
+    region: %s
+    bucket: %s
+    root: /multiproxy
+    access_key_file: %s
+    secret_key_file: %s
+    force_path_style: true
+coordination:
+  redis:
+    addr: %s
+    password_file: %s
+  peer_listen: %s
+  advertise: %s
+  lease_ttl: %s
+upstreams:
+  - name: %s
+    listen: %s
+    remote: %s
+    timeout: 3s
+%s`, filepath.Join(dir, "data"), r.admin, c.s3.Endpoint, c.s3.Region, c.s3.Bucket,
+			c.s3.AccessKeyFile, c.s3.SecretKeyFile, c.redis.Addr, c.redis.PasswordFile,
+			r.peer, r.peer, o.leaseTTL, upstreamName, r.listen, up.URL, o.extra)
+		if err := os.WriteFile(r.cfg, []byte(yaml), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		c.replicas = append(c.replicas, r)
+	}
+	for _, r := range c.replicas {
+		r.start(t)
+	}
+	return c
+}
+
+func (r *replica) start(t *testing.T) {
+	t.Helper()
+	r.child = ts.StartChild(t, r.cfg, r.listen)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("replica %d log:\n%s", r.i, tail(r.child.Logs(), 60))
+		}
+	})
+}
+
+func tail(s string, n int) string {
+	lines := strings.Split(s, "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// ref names repoAndRef as a client of replica r writes it.
+func (r *replica) ref(t testing.TB, repoAndRef string) name.Reference {
+	t.Helper()
+	ref, err := name.ParseReference(r.listen+"/"+repoAndRef, name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ref
+}
+
+func (r *replica) adminURL() string { return "http://" + r.admin }
+
+// metric reads one of r's metrics for the test upstream.
+func (r *replica) metric(t testing.TB, metric string, labels map[string]string) float64 {
+	t.Helper()
+	l := map[string]string{"upstream": upstreamName}
+	for k, v := range labels {
+		l[k] = v
+	}
+	return ts.Metric(t, r.adminURL(), metric, l)
+}
+
+// pullAll pulls and verifies an image through r: every blob's bytes, read
+// through the replica, checked against their digests.
+func pullAll(r *replica, repoAndRef string) error {
+	ref, err := name.ParseReference(r.listen+"/"+repoAndRef, name.Insecure)
+	if err != nil {
+		return err
+	}
+	img, err := remote.Image(ref, ts.PullOptions()...)
+	if err != nil {
+		return fmt.Errorf("replica %d: %w", r.i, err)
+	}
+	return verify(img)
+}
+
+// verify reads every layer and the config and checks their digests.
+func verify(img v1.Image) error {
+	if _, err := img.RawConfigFile(); err != nil {
+		return err
+	}
+	ls, err := img.Layers()
+	if err != nil {
+		return err
+	}
+	for _, l := range ls {
+		want, err := l.Digest()
+		if err != nil {
+			return err
+		}
+		rc, err := l.Compressed()
+		if err != nil {
+			return err
+		}
+		h := sha256.New()
+		_, err = io.Copy(h, rc)
+		rc.Close()
+		if err != nil {
+			return fmt.Errorf("layer %s: %w", want, err)
+		}
+		if got := "sha256:" + hex.EncodeToString(h.Sum(nil)); got != want.String() {
+			return fmt.Errorf("layer %s: got bytes hashing to %s", want, got)
+		}
+	}
+	return nil
+}
+
+// blobFetches is how many times the upstream sent blob d's bytes: GETs at
+// its CDN, or at the registry for a profile without one.
+func (c *cluster) blobFetches(d string) int {
+	if c.up.CDN != nil {
+		return c.up.CDN.Count(http.MethodGet, d)
+	}
+	return c.up.Faults.Count(http.MethodGet, "/blobs/"+d)
+}
+
+// checkBucket fails the test if any blob in the bucket does not hash to
+// the digest its path names, or if an upload was left incomplete: nothing
+// torn or wrong is ever visible to a replica reading the bucket. It
+// returns how many blobs it checked.
+func (c *cluster) checkBucket(t *testing.T) int {
+	t.Helper()
+	root := filepath.Join(c.s3.Dir, "multiproxy", upstreamName, "docker", "registry", "v2", "blobs")
+	n := 0
+	err := filepath.WalkDir(root, func(p string, e fs.DirEntry, err error) error {
+		if err != nil {
+			if os.IsNotExist(err) {
+				return nil
+			}
+			return err
+		}
+		if e.IsDir() || e.Name() != "data" {
+			return nil
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		sum := sha256.Sum256(b)
+		if want := filepath.Base(filepath.Dir(p)); hex.EncodeToString(sum[:]) != want {
+			t.Errorf("bucket object %s holds bytes hashing to sha256:%x", p, sum)
+		}
+		n++
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("walk bucket: %v", err)
+	}
+	return n
+}
+
+// waitLease waits until some replica holds the fill lease of digest d and
+// returns the holder's peer address.
+func (c *cluster) waitLease(t *testing.T, d string) string {
+	t.Helper()
+	key := "multiproxy:fill:" + upstreamName + ":" + d
+	var holder string
+	ts.WaitUntil(t, 20*time.Second, "a replica takes the fill lease", func() (bool, string) {
+		v, err := c.redis.Client().Get(t.Context(), key).Result()
+		if err != nil {
+			return false, err.Error()
+		}
+		holder, _, _ = strings.Cut(v, "|")
+		return true, ""
+	})
+	return holder
+}
+
+// get returns the status and body of a GET.
+func get(t testing.TB, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
