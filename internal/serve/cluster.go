@@ -299,4 +299,3 @@ func recordPull(co *coord.Coordinator, name string) func(repo string, d digest.D
 		go func() { _ = co.RecordPull(context.Background(), name, repo, d, t) }()
 	}
 }
-
