@@ -1,0 +1,136 @@
+package ha
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"net/http"
+	"sync"
+	"testing"
+	"time"
+
+	ts "github.com/multiproxy/multiproxy/internal/testsupport"
+)
+
+// getBlob GETs a blob through r and checks the bytes against d. An error
+// is what a client sees: a status other than 200, a broken body, or bytes
+// that do not match (which must never happen).
+func getBlob(r *replica, repo, d string) (wrong bool, err error) {
+	client := &http.Client{Timeout: 60 * time.Second}
+	resp, err := client.Get("http://" + r.listen + "/v2/" + repo + "/blobs/" + d)
+	if err != nil {
+		return false, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(resp.Body)
+		return false, fmt.Errorf("replica %d: %s: %s", r.i, resp.Status, b)
+	}
+	h := sha256.New()
+	n, err := io.Copy(h, resp.Body)
+	if err != nil {
+		return false, fmt.Errorf("replica %d: body cut after %d bytes: %w", r.i, n, err)
+	}
+	if resp.ContentLength >= 0 && n != resp.ContentLength {
+		return false, fmt.Errorf("replica %d: %d of %d bytes", r.i, n, resp.ContentLength)
+	}
+	if got := "sha256:" + hex.EncodeToString(h.Sum(nil)); got != d {
+		return true, fmt.Errorf("replica %d: complete body hashes to %s, want %s", r.i, got, d)
+	}
+	return false, nil
+}
+
+// TestKillLeaseHolderMidFill kills -9 the replica fetching a blob while
+// the other two stream its running fill: another replica takes the lease
+// over once it expires and finishes, every client gets the right bytes or
+// a clean error, and a retry succeeds.
+func TestKillLeaseHolderMidFill(t *testing.T) {
+	up := ts.Profiles()[0].Start(t) // plain: the held body is the registry's own
+	img := up.Push(t, "team/big:v1", 1, 8<<20)
+	layer := ts.LayerDigests(t, img)[0]
+	release := make(chan struct{})
+	up.Faults.Add(ts.Rule{Method: http.MethodGet, PathContains: "/blobs/" + layer, Times: 1,
+		Action: ts.HoldBody(1<<20, release)})
+	c := startCluster(t, up, 3, options{leaseTTL: "2s"})
+
+	type result struct {
+		r     *replica
+		wrong bool
+		err   error
+	}
+	results := make(chan result, 8)
+	var wg sync.WaitGroup
+	pull := func(r *replica) {
+		wg.Go(func() {
+			wrong, err := getBlob(r, "team/big", layer)
+			results <- result{r, wrong, err}
+		})
+	}
+	pull(c.replicas[0])
+	holder := c.waitLease(t, layer)
+	var owner *replica
+	var others []*replica
+	for _, r := range c.replicas {
+		if r.peer == holder {
+			owner = r
+		} else {
+			others = append(others, r)
+		}
+	}
+	if owner == nil {
+		t.Fatalf("lease held by %q, which is no replica", holder)
+	}
+	for _, r := range others {
+		pull(r)
+		pull(r)
+	}
+	for _, r := range others {
+		ts.WaitUntil(t, 20*time.Second, "replica streams the holder's fill", func() (bool, string) {
+			v := r.metric(t, "multiproxy_fill_sources_total", map[string]string{"source": "peer"})
+			return v >= 1, fmt.Sprint(v)
+		})
+	}
+
+	owner.child.Kill(t)
+	close(release)
+	wg.Wait()
+	close(results)
+
+	var failed []*replica
+	for res := range results {
+		if res.wrong {
+			t.Errorf("wrong bytes served: %v", res.err)
+		}
+		if res.err != nil {
+			t.Logf("client of replica %d: %v (retrying)", res.r.i, res.err)
+			failed = append(failed, res.r)
+		}
+	}
+	if len(failed) == 0 {
+		t.Log("every client finished before the kill took effect")
+	}
+	for _, r := range failed {
+		if r == owner {
+			r = others[0] // its client retries elsewhere, as through a load balancer
+		}
+		if wrong, err := getBlob(r, "team/big", layer); err != nil || wrong {
+			t.Errorf("retry through replica %d: %v", r.i, err)
+		}
+	}
+	// Every survivor serves the blob, and the bucket holds it whole.
+	for _, r := range others {
+		if wrong, err := getBlob(r, "team/big", layer); err != nil || wrong {
+			t.Errorf("pull after the takeover through replica %d: %v", r.i, err)
+		}
+	}
+	ts.WaitFor(t, 20*time.Second, "the blob lands in the bucket", func() bool {
+		return len(c.s3.Objects(t, "multiproxy/"+upstreamName+"/docker/registry/v2/blobs/sha256/"+layer[7:9]+"/"+layer[7:])) > 0
+	})
+	c.checkBucket(t)
+	if n := c.s3.PendingUploads(t, ""); len(n) > 1 {
+		// The killed replica may leave its own upload unfinished, never
+		// visible as an object; survivors leave none.
+		t.Errorf("pending multipart uploads: %v", n)
+	}
+}
