@@ -21,9 +21,11 @@ import (
 
 	"github.com/multiproxy/multiproxy/internal/admin"
 	"github.com/multiproxy/multiproxy/internal/config"
+	"github.com/multiproxy/multiproxy/internal/coord"
 	"github.com/multiproxy/multiproxy/internal/gc"
 	"github.com/multiproxy/multiproxy/internal/sdnotify"
 	"github.com/multiproxy/multiproxy/internal/serve"
+	"github.com/multiproxy/multiproxy/internal/storage"
 	"github.com/multiproxy/multiproxy/internal/version"
 )
 
@@ -171,19 +173,29 @@ func serveCmd(stderr io.Writer) *cobra.Command {
 
 func configCmd(stdout io.Writer) *cobra.Command {
 	cmd := &cobra.Command{Use: "config", Short: "Check or print the effective configuration"}
+	var probe bool
 	check := &cobra.Command{
 		Use:   "check",
 		Short: "Validate the configuration; exit 2 naming the field if it is wrong",
-		Args:  cobra.NoArgs,
+		Long: `Validate the configuration; exit 2 naming the field if it is wrong.
+
+--probe also writes, reads back and deletes a small object in every
+storage.s3 bucket and a key in coordination.redis, and exits 1 naming the
+section that failed.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := loadConfig(cmd)
 			if err != nil {
 				return err
 			}
 			fmt.Fprintf(stdout, "config ok: %d upstreams\n", len(cfg.Upstreams))
+			if probe {
+				return probeStores(cmd.Context(), cfg, stdout)
+			}
 			return nil
 		},
 	}
+	check.Flags().BoolVar(&probe, "probe", false, "also write to each S3 bucket and Redis, to check credentials and reachability")
 	print := &cobra.Command{
 		Use:   "print",
 		Short: "Print the effective configuration, secrets redacted",
@@ -276,4 +288,38 @@ func purgeCmd(stdout io.Writer) *cobra.Command {
 	}
 	cmd.Flags().String("admin", "", "admin API address (default: the config's admin.listen)")
 	return cmd
+}
+
+// probeStores checks every bucket and the Redis of a config for real. An
+// upstream on the filesystem needs no probe: serve creates its directory.
+func probeStores(ctx context.Context, cfg config.Config, stdout io.Writer) error {
+	var errs []error
+	seen := map[string]bool{}
+	for i, u := range cfg.Upstreams {
+		if !u.Storage.S3.Enabled() {
+			continue
+		}
+		key := u.Storage.S3.Endpoint + "|" + u.Storage.S3.Bucket + "|" + u.Storage.S3.Root
+		if seen[key] {
+			continue
+		}
+		seen[key] = true
+		field := fmt.Sprintf("upstreams[%d].storage.s3", i)
+		if err := storage.Probe(ctx, u.Storage); err != nil {
+			errs = append(errs, fmt.Errorf("%s (bucket %s): %w", field, u.Storage.S3.Bucket, err))
+			continue
+		}
+		fmt.Fprintf(stdout, "%s: bucket %s writable\n", field, u.Storage.S3.Bucket)
+	}
+	if r := cfg.Coordination.Redis; r.Addr != "" {
+		if err := coord.Ping(ctx, r.Addr, r.Password.Reveal(), r.DB); err != nil {
+			errs = append(errs, fmt.Errorf("coordination.redis: %w", err))
+		} else {
+			fmt.Fprintf(stdout, "coordination.redis: %s answers\n", r.Addr)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return &exitError{code: 1, err: fmt.Errorf("probe failed:\n%w", err)}
+	}
+	return nil
 }

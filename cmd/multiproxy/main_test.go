@@ -54,6 +54,16 @@ func TestBadConfigExitsTwoNamingTheField(t *testing.T) {
 		{"unreadable password file", "upstreams:\n  - {name: a.io, listen: ':5000', remote: 'https://a.io', username: u, password_file: /nonexistent/pw}\n", "upstreams[0].password_file"},
 		{"unreadable ca file", "upstreams:\n  - {name: a.io, listen: ':5000', remote: 'https://a.io', ca_file: /nonexistent/ca.pem}\n", "upstreams[0].ca_file"},
 		{"zero timeout", "upstreams:\n  - {name: a.io, listen: ':5000', remote: 'https://a.io', timeout: 0s}\n", "upstreams[0].timeout"},
+		{"s3 without bucket", "storage:\n  s3: {endpoint: 'http://127.0.0.1:9000'}\nupstreams:\n  - {name: a.io, listen: ':5000', remote: 'https://a.io'}\n", "storage.s3.bucket"},
+		{"s3 bad endpoint", "storage:\n  s3: {bucket: b, endpoint: 'ftp://x'}\nupstreams:\n  - {name: a.io, listen: ':5000', remote: 'https://a.io'}\n", "storage.s3.endpoint"},
+		{"s3 one key file", "storage:\n  s3: {bucket: b, access_key_file: /etc/hostname}\nupstreams:\n  - {name: a.io, listen: ':5000', remote: 'https://a.io'}\n", "storage.s3.access_key_file"},
+		{"s3 unreadable key", "storage:\n  s3: {bucket: b, access_key_file: /nonexistent/a, secret_key_file: /nonexistent/s}\nupstreams:\n  - {name: a.io, listen: ':5000', remote: 'https://a.io'}\n", "storage.s3.secret_key_file"},
+		{"upstream s3 without bucket", "upstreams:\n  - {name: a.io, listen: ':5000', remote: 'https://a.io', storage: {s3: {region: eu-west-1}}}\n", "upstreams[0].storage.s3.bucket"},
+		{"redis without s3", "coordination:\n  redis: {addr: '127.0.0.1:6379'}\nupstreams:\n  - {name: a.io, listen: ':5000', remote: 'https://a.io'}\n", "upstreams[0].storage.s3"},
+		{"redis bad addr", "storage:\n  s3: {bucket: b}\ncoordination:\n  redis: {addr: 'redis'}\nupstreams:\n  - {name: a.io, listen: ':5000', remote: 'https://a.io'}\n", "coordination.redis.addr"},
+		{"redis unreadable password", "storage:\n  s3: {bucket: b}\ncoordination:\n  redis: {addr: '127.0.0.1:6379', password_file: /nonexistent/pw}\nupstreams:\n  - {name: a.io, listen: ':5000', remote: 'https://a.io'}\n", "coordination.redis.password_file"},
+		{"peer port taken", "storage:\n  s3: {bucket: b}\ncoordination:\n  redis: {addr: '127.0.0.1:6379'}\n  peer_listen: ':5000'\nupstreams:\n  - {name: a.io, listen: ':5000', remote: 'https://a.io'}\n", "coordination.peer_listen"},
+		{"lease too short", "storage:\n  s3: {bucket: b}\ncoordination:\n  redis: {addr: '127.0.0.1:6379'}\n  lease_ttl: 100ms\nupstreams:\n  - {name: a.io, listen: ':5000', remote: 'https://a.io'}\n", "coordination.lease_ttl"},
 	}
 	for i, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -99,6 +109,33 @@ func TestConfigPrintRedactsSecrets(t *testing.T) {
 	}
 	if !strings.Contains(out, "<redacted>") || !strings.Contains(out, "username: me") {
 		t.Errorf("config print lacks the redacted password line:\n%s", out)
+	}
+}
+
+// The bucket keys and the Redis password are secrets like an upstream's
+// password: config print shows the files, never what is in them.
+func TestConfigPrintRedactsStorageSecrets(t *testing.T) {
+	dir := t.TempDir()
+	ak := writeFile(t, dir, "ak", "AKIA-VERY-SECRET\n")
+	sk := writeFile(t, dir, "sk", "s3-secret-hunter2\n")
+	rp := writeFile(t, dir, "rp", "redis-hunter2\n")
+	file := writeFile(t, dir, "c.yaml", "storage:\n  s3: {bucket: cache, endpoint: 'http://127.0.0.1:9000', access_key_file: "+ak+", secret_key_file: "+sk+", force_path_style: true}\n"+
+		"coordination:\n  redis: {addr: '127.0.0.1:6379', password_file: "+rp+"}\n"+
+		"upstreams:\n  - {name: a.io, listen: ':5000', remote: 'https://a.io'}\n")
+	out, stderr, code := run(t, "config", "print", "--config", file)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	for _, secret := range []string{"AKIA-VERY-SECRET", "s3-secret-hunter2", "redis-hunter2"} {
+		if strings.Contains(out, secret) {
+			t.Errorf("config print shows %s:\n%s", secret, out)
+		}
+	}
+	// The upstream inherits the bucket under its own prefix.
+	for _, want := range []string{"bucket: cache", "root: /a.io", "addr: 127.0.0.1:6379", "lease_ttl: 10s"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("config print lacks %q:\n%s", want, out)
+		}
 	}
 }
 
@@ -168,5 +205,46 @@ func TestGCCommandOnlineAndOffline(t *testing.T) {
 	}
 	if _, _, code := run(t, "gc", "--config", file, "--offline", "--upstream", "nope"); code != 2 {
 		t.Errorf("unknown --upstream: exit %d, want 2", code)
+	}
+}
+
+// config check --probe writes to the real bucket and Redis the config
+// names, and names the section that fails.
+func TestConfigCheckProbesBucketAndRedis(t *testing.T) {
+	s3 := ts.StartS3(t)
+	redis := ts.StartRedis(t)
+	dir := t.TempDir()
+	conf := func(secretFile string) string {
+		return writeFile(t, dir, "c.yaml", fmt.Sprintf("storage:\n  s3: {bucket: %s, endpoint: '%s', region: %s, access_key_file: %s, secret_key_file: %s, force_path_style: true}\n"+
+			"coordination:\n  redis: {addr: '%s', password_file: %s}\n"+
+			"upstreams:\n  - {name: a.io, listen: ':5000', remote: 'https://a.io'}\n  - {name: b.io, listen: ':5001', remote: 'https://b.io'}\n",
+			s3.Bucket, s3.Endpoint, s3.Region, s3.AccessKeyFile, secretFile, redis.Addr, redis.PasswordFile))
+	}
+	out, stderr, code := run(t, "config", "check", "--probe", "--config", conf(s3.SecretKeyFile))
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	for _, want := range []string{"upstreams[0].storage.s3: bucket " + s3.Bucket + " writable", "upstreams[1].storage.s3: bucket", "coordination.redis: " + redis.Addr + " answers"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+	if left := s3.Objects(t, ""); len(left) != 0 {
+		t.Errorf("the probe left objects in the bucket: %v", left)
+	}
+
+	wrong := writeFile(t, dir, "wrong", "not-the-secret\n")
+	_, stderr, code = run(t, "config", "check", "--probe", "--config", conf(wrong))
+	if code != 1 || !strings.Contains(stderr, "upstreams[0].storage.s3") {
+		t.Errorf("wrong secret key: exit %d, %q; want 1 naming upstreams[0].storage.s3", code, stderr)
+	}
+	if strings.Contains(stderr, "not-the-secret") {
+		t.Errorf("the error shows the secret: %s", stderr)
+	}
+
+	redis.Stop(t)
+	_, stderr, code = run(t, "config", "check", "--probe", "--config", conf(s3.SecretKeyFile))
+	if code != 1 || !strings.Contains(stderr, "coordination.redis") {
+		t.Errorf("Redis down: exit %d, %q; want 1 naming coordination.redis", code, stderr)
 	}
 }
