@@ -69,8 +69,9 @@ type Coordinator struct {
 	gcMu     sync.Mutex
 	gcActive string // the upstream being collected in the cluster, as of the last probe
 
-	stop chan struct{}
-	done chan struct{}
+	stop      chan struct{}
+	done      chan struct{}
+	closeOnce sync.Once
 }
 
 // New connects to Redis. It does not fail when Redis is down: the replica
@@ -101,11 +102,16 @@ func New(o Options) *Coordinator {
 	return c
 }
 
-// Close stops the probe and closes the connections.
+// Close stops the probe and lease renewals and closes the connections.
+// Leases still held are not released: like a crash, they expire.
 func (c *Coordinator) Close() error {
-	close(c.stop)
-	<-c.done
-	return c.rdb.Close()
+	var err error
+	c.closeOnce.Do(func() {
+		close(c.stop)
+		<-c.done
+		err = c.rdb.Close()
+	})
+	return err
 }
 
 // Self is this replica's peer address.
@@ -255,6 +261,8 @@ func (l *Lease) renew() {
 	for {
 		select {
 		case <-l.stop:
+			return
+		case <-l.c.stop:
 			return
 		case <-t.C:
 		}
