@@ -59,6 +59,9 @@ type options struct {
 	extra string
 	// leaseTTL is coordination.lease_ttl.
 	leaseTTL string
+	// storage is appended to the storage section's s3 keys (indented
+	// four spaces), or starts a sibling key at two.
+	storage string
 }
 
 func startCluster(t *testing.T, up *ts.Upstream, n int, o options) *cluster {
@@ -85,7 +88,7 @@ storage:
     access_key_file: %s
     secret_key_file: %s
     force_path_style: true
-coordination:
+%scoordination:
   redis:
     addr: %s
     password_file: %s
@@ -98,7 +101,7 @@ upstreams:
     remote: %s
     timeout: 3s
 %s`, filepath.Join(dir, "data"), r.admin, c.s3.Endpoint, c.s3.Region, c.s3.Bucket,
-			c.s3.AccessKeyFile, c.s3.SecretKeyFile, c.redis.Addr, c.redis.PasswordFile,
+			c.s3.AccessKeyFile, c.s3.SecretKeyFile, o.storage, c.redis.Addr, c.redis.PasswordFile,
 			r.peer, r.peer, o.leaseTTL, upstreamName, r.listen, up.URL, o.extra)
 		if err := os.WriteFile(r.cfg, []byte(yaml), 0o600); err != nil {
 			t.Fatal(err)
@@ -267,4 +270,9 @@ func get(t testing.TB, url string) (int, string) {
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	return resp.StatusCode, string(b)
+}
+
+// blobKey is the bucket key of blob d's bytes.
+func blobKey(d string) string {
+	return "multiproxy/" + upstreamName + "/docker/registry/v2/blobs/sha256/" + d[7:9] + "/" + d[7:] + "/data"
 }

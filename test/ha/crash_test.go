@@ -125,7 +125,7 @@ func TestKillLeaseHolderMidFill(t *testing.T) {
 		}
 	}
 	ts.WaitFor(t, 20*time.Second, "the blob lands in the bucket", func() bool {
-		return len(c.s3.Objects(t, "multiproxy/"+upstreamName+"/docker/registry/v2/blobs/sha256/"+layer[7:9]+"/"+layer[7:])) > 0
+		return len(c.s3.Objects(t, blobKey(layer))) > 0
 	})
 	c.checkBucket(t)
 	if n := c.s3.PendingUploads(t, ""); len(n) > 1 {
