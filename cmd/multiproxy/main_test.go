@@ -248,3 +248,31 @@ func TestConfigCheckProbesBucketAndRedis(t *testing.T) {
 		t.Errorf("Redis down: exit %d, %q; want 1 naming coordination.redis", code, stderr)
 	}
 }
+
+// deploy/ha/multiproxy.yaml is a working config once its secret files
+// exist: the HA guide tells operators to start from it.
+func TestHAExampleConfigIsValid(t *testing.T) {
+	raw, err := os.ReadFile("../../deploy/ha/multiproxy.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	for _, f := range []string{"admin-token", "s3-access-key", "s3-secret-key", "redis-password"} {
+		writeFile(t, dir, f, "VALUE-OF-"+f+"\n")
+	}
+	text := strings.ReplaceAll(string(raw), "/etc/multiproxy/", dir+"/")
+	text = strings.ReplaceAll(text, "/var/lib/multiproxy", filepath.Join(dir, "data"))
+	file := writeFile(t, dir, "multiproxy.yaml", text)
+	out, stderr, code := run(t, "config", "print", "--config", file)
+	if code != 0 {
+		t.Fatalf("deploy/ha/multiproxy.yaml: exit %d: %s", code, stderr)
+	}
+	for _, want := range []string{"root: /docker.io", "bucket: multiproxy-cache", "peer_listen: :5098"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("effective config lacks %q", want)
+		}
+	}
+	if strings.Contains(out, "VALUE-OF-") {
+		t.Errorf("config print shows a secret:\n%s", out)
+	}
+}

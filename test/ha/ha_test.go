@@ -2,6 +2,7 @@ package ha
 
 import (
 	"fmt"
+	"net/http"
 	"strings"
 	"sync"
 	"testing"
@@ -128,6 +129,18 @@ func TestRedisDownPullsGoOn(t *testing.T) {
 	}
 	if alone == 0 {
 		t.Error("fills without Redis were not counted in multiproxy_fills_uncoordinated_total")
+	}
+	// Nobody collects the shared bucket without the cluster's lease.
+	resp, err := http.Post(c.replicas[0].adminURL()+"/api/v1/gc?upstream="+upstreamName, "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode == http.StatusOK {
+		t.Error("a collection of the shared bucket ran without Redis")
+	}
+	if err := pullAll(c.replicas[1], "team/old:v1"); err != nil {
+		t.Errorf("pull after the refused collection: %v", err)
 	}
 
 	// Redis back: coordination resumes and readiness clears.
