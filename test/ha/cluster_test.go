@@ -132,16 +132,6 @@ func tail(s string, n int) string {
 	return strings.Join(lines, "\n")
 }
 
-// ref names repoAndRef as a client of replica r writes it.
-func (r *replica) ref(t testing.TB, repoAndRef string) name.Reference {
-	t.Helper()
-	ref, err := name.ParseReference(r.listen+"/"+repoAndRef, name.Insecure)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return ref
-}
-
 func (r *replica) adminURL() string { return "http://" + r.admin }
 
 // metric reads one of r's metrics for the test upstream.
