@@ -43,6 +43,11 @@ be freed and frees nothing.`,
 				var res any
 				if offline {
 					u, _ := cfg.Upstream(name)
+					if u.Storage.S3.Enabled() {
+						// Other replicas serve from the bucket; only a
+						// collection holding the cluster's lease is safe.
+						return &exitError{code: 2, err: fmt.Errorf("--offline: upstream %s is stored in bucket %s, shared with running replicas; collect it through a running replica (without --offline)", u.Name, u.Storage.S3.Bucket)}
+					}
 					res, err = gc.Offline(cmd.Context(), u.Name, u.Storage.Path,
 						gc.Policy{MaxSize: int64(u.MaxSize), MaxUnused: u.MaxUnused}, dryRun)
 				} else {

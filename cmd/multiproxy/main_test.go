@@ -276,3 +276,15 @@ func TestHAExampleConfigIsValid(t *testing.T) {
 		t.Errorf("config print shows a secret:\n%s", out)
 	}
 }
+
+// An offline collection works on a directory; a bucket is shared with
+// running replicas, so it is refused rather than run beside them.
+func TestOfflineGCRefusesASharedBucket(t *testing.T) {
+	dir := t.TempDir()
+	file := writeFile(t, dir, "c.yaml", "data_dir: "+dir+"\nstorage:\n  s3: {bucket: cache, endpoint: 'http://127.0.0.1:9'}\n"+
+		"upstreams:\n  - {name: a.io, listen: ':5000', remote: 'https://a.io'}\n")
+	_, stderr, code := run(t, "gc", "--offline", "--config", file)
+	if code != 2 || !strings.Contains(stderr, "bucket cache") {
+		t.Errorf("gc --offline on a bucket: exit %d, %q; want 2 naming the bucket", code, stderr)
+	}
+}

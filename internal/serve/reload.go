@@ -189,8 +189,8 @@ func (p *Process) stopBackground() {
 // Listener and storage changes count as a removal plus an addition.
 //
 // Nothing changes unless every new upstream could be started: an error
-// leaves the old configuration running. Admin and listen_all changes need a
-// restart and are reported as an error too.
+// leaves the old configuration running. Admin, listen_all and coordination
+// changes need a restart and are reported as an error too.
 func (p *Process) Reload(ctx context.Context, next config.Config) error {
 	p.reloadMu.Lock()
 	defer p.reloadMu.Unlock()
@@ -198,6 +198,11 @@ func (p *Process) Reload(ctx context.Context, next config.Config) error {
 	if next.ListenAll != curCfg.ListenAll || next.Admin.Listen != curCfg.Admin.Listen ||
 		next.Admin.Token != curCfg.Admin.Token || next.TLS.Enabled() != curCfg.TLS.Enabled() {
 		return errors.New("reload: admin, listen_all and turning tls on or off need a restart")
+	}
+	if next.Coordination != curCfg.Coordination {
+		// The peer listener and the Redis client live as long as the
+		// process; half a cluster on new settings would split it.
+		return errors.New("reload: coordination changes need a restart")
 	}
 	// Certificates are re-read (a renewed one is the reason for most
 	// reloads); they take effect at the next handshake.
