@@ -155,6 +155,10 @@ func everyHookTouched(t *testing.T) ts.Metrics {
 	u.RecycleFailed()
 	u.GCRun(time.Second, 1<<20, 3, nil)
 	u.Evicted("max_size", 1)
+	u.FillUncoordinated()
+	u.FillSource("peer")
+	u.GCLeader(true)
+	m.CoordinationUp(true)
 	return ts.Gathered(t, m.Registry)
 }
 
