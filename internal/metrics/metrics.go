@@ -81,7 +81,7 @@ type Metrics struct {
 	storageErrors   *prometheus.CounterVec
 	uncoordinated   *prometheus.CounterVec
 	fillSources     *prometheus.CounterVec
-	coordUp         prometheus.Gauge
+	coordUp         *prometheus.GaugeVec
 	gcLeader        *prometheus.GaugeVec
 	state           *prometheus.GaugeVec
 	stored          *storedBytes
@@ -101,8 +101,6 @@ type Metrics struct {
 	// the status API; Prometheus only has room for their timestamps.
 	mu   sync.Mutex
 	last map[string]*lastEvents
-
-	coordOnce sync.Once
 }
 
 type lastEvents struct {
@@ -160,8 +158,9 @@ func New() *Metrics {
 	m.fillSources = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "fill_sources_total",
 		Help: "Blob fills by where they read from: upstream, bucket (the shared store) or peer (another replica's running fill)."},
 		[]string{"upstream", "source"})
-	m.coordUp = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "coordination_up",
-		Help: "1 while Redis (coordination.redis) answers, 0 while replicas fill alone; absent without coordination."})
+	m.coordUp = prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "coordination_up",
+		Help: "1 while Redis (coordination.redis) answers this replica, 0 while it fills alone; absent without coordination."},
+		[]string{"upstream"})
 	m.gcLeader = prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "gc_leader",
 		Help: "1 while this replica holds the cluster's garbage collection lease and collects the upstream, else 0."},
 		[]string{"upstream"})
@@ -211,7 +210,7 @@ func New() *Metrics {
 		[]string{"upstream"})
 	m.Registry.MustRegister(m.requests, m.requestDuration, m.inflight, m.hits, m.misses, m.servedBytes,
 		m.fetchedBytes, m.upRequests, m.upDuration, m.redirects, m.rateLimited, m.rateLimitRemain, m.stale, m.dedupWaiters,
-		m.fillUncached, m.storageErrors, m.uncoordinated, m.fillSources, m.gcLeader,
+		m.fillUncached, m.storageErrors, m.uncoordinated, m.fillSources, m.gcLeader, m.coordUp,
 		m.state, m.stored, m.fills, m.disk, m.recycles, m.recycleFailures, m.lastRecycle, m.gcRuns, m.gcDuration, m.gcFreedBytes,
 		m.gcFreedObjects, m.evictions, m.lastGC,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -368,15 +367,15 @@ func (u *Upstream) GCLeader(held bool) {
 	u.m.gcLeader.WithLabelValues(u.name).Set(v)
 }
 
-// CoordinationUp reports whether Redis answers. The gauge is registered on
-// the first report, so a process without coordination has none.
-func (m *Metrics) CoordinationUp(up bool) {
-	m.coordOnce.Do(func() { m.Registry.MustRegister(m.coordUp) })
+// CoordinationUp reports whether Redis answers this replica. Only
+// upstreams of a coordinated replica report it, so a process without
+// coordination has no such series.
+func (u *Upstream) CoordinationUp(up bool) {
 	v := 0.0
 	if up {
 		v = 1
 	}
-	m.coordUp.Set(v)
+	u.m.coordUp.WithLabelValues(u.name).Set(v)
 }
 
 // UpstreamRedirect counts one redirect followed on an upstream call.

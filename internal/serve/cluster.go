@@ -56,7 +56,9 @@ func (p *Process) startCluster(cfg config.Config) error {
 		Addr: c.Redis.Addr, Password: c.Redis.Password.Reveal(), DB: c.Redis.DB,
 		Self: self, TTL: c.LeaseTTL, Logger: p.log.With("component", "coordination"),
 		OnChange: func(up bool, _ error) {
-			p.metrics.CoordinationUp(up)
+			for _, u := range cfg.Upstreams {
+				p.metrics.For(u.Name).CoordinationUp(up)
+			}
 			cl.downAt.Lock()
 			if up {
 				cl.downAt.t = time.Time{}
@@ -69,7 +71,6 @@ func (p *Process) startCluster(cfg config.Config) error {
 	if cl.co.Up() {
 		cl.downAt.t = time.Time{}
 	}
-	p.metrics.CoordinationUp(cl.co.Up())
 	r := mux.NewRouter()
 	r.Handle("/peer/v1/{upstream}/blobs/{digest}", http.HandlerFunc(p.servePeer)).Methods(http.MethodGet)
 	cl.peer = &http.Server{Handler: r, ReadHeaderTimeout: 10 * time.Second,

@@ -48,6 +48,7 @@ func (p *Process) newRunning(ctx context.Context, u config.Upstream, replacing *
 	} else {
 		if p.cluster != nil {
 			co := p.cluster.co
+			obs.CoordinationUp(co.Up())
 			opts.Guard = clusterGuard{local: guard, co: co, name: u.Name}
 			opts.Coord = fillCoord{co: co, name: u.Name}
 			opts.RecordPull = recordPull(co, u.Name)

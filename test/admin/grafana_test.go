@@ -158,7 +158,7 @@ func everyHookTouched(t *testing.T) ts.Metrics {
 	u.FillUncoordinated()
 	u.FillSource("peer")
 	u.GCLeader(true)
-	m.CoordinationUp(true)
+	u.CoordinationUp(true)
 	return ts.Gathered(t, m.Registry)
 }
 

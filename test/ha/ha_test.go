@@ -107,7 +107,7 @@ func TestRedisDownPullsGoOn(t *testing.T) {
 	c.redis.Stop(t)
 	for _, r := range c.replicas {
 		ts.WaitUntil(t, 10*time.Second, "replica sees Redis down", func() (bool, string) {
-			v := ts.Metric(t, r.adminURL(), "multiproxy_coordination_up", nil)
+			v := r.metric(t, "multiproxy_coordination_up", nil)
 			return v == 0, fmt.Sprint(v)
 		})
 	}
