@@ -134,3 +134,102 @@ func TestKillLeaseHolderMidFill(t *testing.T) {
 		t.Errorf("pending multipart uploads: %v", n)
 	}
 }
+
+// TestRedisStopsMidFill stops Redis while one replica fetches a blob and
+// the other two stream its fill: nothing of a running fill needs Redis,
+// so every client gets the whole blob, and the next cold pulls fill alone.
+func TestRedisStopsMidFill(t *testing.T) {
+	up := ts.Profiles()[0].Start(t) // plain: the held body is the registry's own
+	img := up.Push(t, "team/big:v1", 1, 8<<20)
+	up.Push(t, "team/next:v1", 1, 1<<20)
+	layer := ts.LayerDigests(t, img)[0]
+	release := make(chan struct{})
+	up.Faults.Add(ts.Rule{Method: http.MethodGet, PathContains: "/blobs/" + layer, Times: 1,
+		Action: ts.HoldBody(1<<20, release)})
+	c := startCluster(t, up, 3, options{})
+
+	errs := make(chan error, len(c.replicas))
+	var wg sync.WaitGroup
+	get := func(r *replica) {
+		wg.Go(func() {
+			wrong, err := getBlob(r, "team/big", layer)
+			if wrong {
+				t.Errorf("wrong bytes: %v", err)
+			}
+			errs <- err
+		})
+	}
+	get(c.replicas[0])
+	holder := c.waitLease(t, layer)
+	for _, r := range c.replicas {
+		if r.peer != holder {
+			get(r)
+			ts.WaitUntil(t, 20*time.Second, "replica streams the holder's fill", func() (bool, string) {
+				v := r.metric(t, "multiproxy_fill_sources_total", map[string]string{"source": "peer"})
+				return v >= 1, fmt.Sprint(v)
+			})
+		}
+	}
+	c.redis.Stop(t)
+	for _, r := range c.replicas {
+		ts.WaitUntil(t, 10*time.Second, "replica sees Redis down", func() (bool, string) {
+			v := r.metric(t, "multiproxy_coordination_up", nil)
+			return v == 0, fmt.Sprint(v)
+		})
+	}
+	close(release)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Errorf("a client of a fill running when Redis stopped: %v", err)
+		}
+	}
+	if n := c.blobFetches(layer); n != 1 {
+		t.Errorf("the upstream sent the blob %d times, want 1", n)
+	}
+	for _, r := range c.replicas {
+		if err := pullAll(r, "team/next:v1"); err != nil {
+			t.Errorf("cold pull without Redis: %v", err)
+		}
+	}
+	c.checkBucket(t)
+}
+
+// TestLyingUpstreamNeverReachesTheBucket: an upstream that sends a
+// blob's wrong bytes fails the pull on every replica and leaves nothing in
+// the bucket, not even an unfinished upload; once it sends the right
+// bytes, the pull works.
+func TestLyingUpstreamNeverReachesTheBucket(t *testing.T) {
+	up := ts.Profiles()[0].Start(t)
+	img := up.Push(t, "team/app:v1", 1, 2<<20)
+	layer := ts.LayerDigests(t, img)[0]
+	remove := up.Faults.Add(ts.Rule{Method: http.MethodGet, PathContains: "/blobs/" + layer, Action: ts.FlipByte(1 << 20)})
+	c := startCluster(t, up, 3, options{})
+	var wg sync.WaitGroup
+	for _, r := range c.replicas {
+		wg.Go(func() {
+			wrong, err := getBlob(r, "team/app", layer)
+			if wrong {
+				t.Errorf("replica %d served the wrong bytes as complete: %v", r.i, err)
+			}
+			if err == nil {
+				t.Errorf("replica %d served a blob the upstream corrupted", r.i)
+			}
+		})
+	}
+	wg.Wait()
+	if objs := c.s3.Objects(t, blobKey(layer)); len(objs) != 0 {
+		t.Errorf("the corrupted blob is in the bucket: %v", objs)
+	}
+	if p := c.s3.PendingUploads(t, ""); len(p) != 0 {
+		t.Errorf("unfinished uploads of corrupted bytes: %v", p)
+	}
+	remove()
+	for _, r := range c.replicas {
+		if wrong, err := getBlob(r, "team/app", layer); err != nil || wrong {
+			t.Errorf("pull after the upstream recovered, replica %d: %v", r.i, err)
+		}
+	}
+	c.checkBucket(t)
+}
