@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
 	"sync"
@@ -208,6 +209,16 @@ func New(ctx context.Context, o Options) (*Cache, error) {
 			return nil, err
 		}
 		shared = &sharedState{Shared: *o.Shared, tier: t}
+		if shared.Peers == nil {
+			shared.Peers = &http.Client{Transport: &http.Transport{
+				ResponseHeaderTimeout: 2 * o.Upstream.Timeout(),
+				MaxIdleConnsPerHost:   16,
+				IdleConnTimeout:       time.Minute,
+				// Blobs are compressed already; a peer's bytes are hashed
+				// as they come, as an upstream's are.
+				DisableCompression: true,
+			}}
+		}
 		// Beside the copies, so that committing one is a rename.
 		spool = filepath.Join(o.Shared.TierDir, "_spool")
 		if o.MakeRoom == nil {

@@ -26,7 +26,8 @@ type Shared struct {
 	// Coord, if set, makes one replica of the cluster fetch each blob.
 	Coord Coordinator
 	// Peers fetches from other replicas' running fills; nil: a client
-	// with the upstream timeout for headers.
+	// of the cache's own, whose wait for headers is bounded like an
+	// upstream's (the peer answers once its upstream has).
 	Peers *http.Client
 }
 
@@ -160,9 +161,6 @@ func (c *Cache) bucketSource(ctx context.Context, d digest.Digest) (*source, boo
 // peerSource streams d from the replica fetching it.
 func (c *Cache) peerSource(ctx context.Context, peer string, d digest.Digest) (*source, error) {
 	hc := c.shared.Peers
-	if hc == nil {
-		hc = &http.Client{Transport: &http.Transport{ResponseHeaderTimeout: c.client().Timeout()}}
-	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+peer+PeerPath(c.shared.Name, d), nil)
 	if err != nil {
 		return nil, err

@@ -29,8 +29,9 @@ type tier struct {
 }
 
 type tierEntry struct {
-	d    digest.Digest
-	size int64
+	d       digest.Digest
+	size    int64
+	touched time.Time // last mtime written, at most once per accessGranularity
 }
 
 // openTier indexes what a previous process left in dir, oldest access
@@ -57,7 +58,7 @@ func openTier(dir string, max int64) (*tier, error) {
 			_ = os.RemoveAll(filepath.Join(blobs, e.Name()))
 			continue
 		}
-		all = append(all, found{tierEntry{d, fi.Size()}, fi.ModTime()})
+		all = append(all, found{tierEntry{d: d, size: fi.Size(), touched: fi.ModTime()}, fi.ModTime()})
 	}
 	sort.Slice(all, func(i, j int) bool { return all[i].mtime.After(all[j].mtime) })
 	for _, f := range all {
@@ -76,14 +77,24 @@ func (t *tier) open(d digest.Digest) (*os.File, bool) {
 	if d.Algorithm() != digest.SHA256 || d.Validate() != nil {
 		return nil, false
 	}
+	now := time.Now()
+	touch := false
 	t.mu.Lock()
 	el, ok := t.items[d]
 	if ok {
 		t.order.MoveToFront(el)
+		if e := el.Value.(tierEntry); now.Sub(e.touched) >= accessGranularity {
+			e.touched, touch = now, true
+			el.Value = e
+		}
 	}
 	t.mu.Unlock()
 	if !ok {
 		return nil, false
+	}
+	if touch {
+		// The mtime is the order a restart rebuilds (openTier).
+		_ = os.Chtimes(t.path(d), now, now)
 	}
 	f, err := os.Open(t.path(d))
 	if err != nil {
@@ -131,7 +142,7 @@ func (t *tier) add(d digest.Digest, spool string, size int64) error {
 		t.size -= el.Value.(tierEntry).size
 		t.order.Remove(el)
 	}
-	t.items[d] = t.order.PushFront(tierEntry{d, size})
+	t.items[d] = t.order.PushFront(tierEntry{d: d, size: size, touched: time.Now()})
 	t.size += size
 	var over int64
 	if t.max > 0 && t.size > t.max {
