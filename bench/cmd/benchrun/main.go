@@ -2,7 +2,10 @@
 // registry proxy (five `registry serve` processes, as the seeds run
 // registry:2) and against the machine's ceiling (nginx sendfile, or pulling
 // straight from the upstream), all on 127.0.0.1. bench/run builds and runs
-// it; see bench/README.md.
+// it; see bench/README.md. With --ha (ha.go, hainfra.go) it measures the
+// high-availability mode instead: three replicas on one S3 bucket and a
+// Redis against three reference proxies on the s3 driver and the redis
+// blob descriptor cache.
 //
 // Everything is measured in one run, repetitions alternating the systems,
 // and reported as medians and ratios, since absolute numbers on a shared
@@ -16,6 +19,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"runtime"
@@ -28,6 +32,7 @@ import (
 type options struct {
 	quick      bool
 	soak       bool
+	ha         bool
 	duration   time.Duration
 	reps       int
 	mpBin      string
@@ -38,6 +43,9 @@ type options struct {
 	outDir     string
 	keep       bool
 	profileDir string
+	// versitygwBin and redisBin are the S3 gateway and Redis of --ha.
+	versitygwBin string
+	redisBin     string
 }
 
 // params sizes one mode.
@@ -65,6 +73,9 @@ func main() {
 	var o options
 	flag.BoolVar(&o.quick, "quick", false, "smoke mode: 3 reps, 20 MiB blobs, 10 s black-hole cap (< 2 min)")
 	flag.BoolVar(&o.soak, "soak", false, "run the recycling soak (issue 4) instead of the benchmark")
+	flag.BoolVar(&o.ha, "ha", false, "measure the high-availability mode (3 replicas on S3 + Redis) against 3 reference proxies on S3 + redis cache")
+	flag.StringVar(&o.versitygwBin, "versitygw", "", "versitygw binary for --ha (default: from PATH)")
+	flag.StringVar(&o.redisBin, "redis-server", "", "redis-server binary for --ha (default: from PATH)")
 	flag.DurationVar(&o.duration, "duration", 10*time.Minute, "soak duration")
 	flag.IntVar(&o.reps, "reps", 0, "repetitions (default 5, --quick 3)")
 	flag.StringVar(&o.mpBin, "multiproxy", "", "multiproxy binary")
@@ -72,13 +83,25 @@ func main() {
 	flag.StringVar(&o.regVersion, "registry-version", "", "its version, for the report")
 	flag.StringVar(&o.nginxBin, "nginx", "", "nginx binary (empty: no ceiling)")
 	flag.StringVar(&o.nginxNote, "nginx-note", "", "why there is no nginx, for the report")
-	flag.StringVar(&o.outDir, "out", "bench/out", "where results.json (or soak.json) goes")
+	flag.StringVar(&o.outDir, "out", "bench/out", "where results.json (soak.json, ha.json) goes")
 	flag.BoolVar(&o.keep, "keep", false, "keep the work directory (logs, storage)")
 	flag.StringVar(&o.profileDir, "profile-dir", "", "multiproxy has bench/run's pprof hook: profile its measurement windows into this dir")
 	flag.Parse()
 	if o.mpBin == "" || o.regBin == "" {
 		fmt.Fprintln(os.Stderr, "benchrun: --multiproxy and --registry are required (bench/run passes them)")
 		os.Exit(2)
+	}
+	if o.ha && o.soak {
+		fmt.Fprintln(os.Stderr, "benchrun: --ha and --soak are separate runs")
+		os.Exit(2)
+	}
+	if o.ha {
+		if o.versitygwBin == "" {
+			o.versitygwBin, _ = exec.LookPath("versitygw")
+		}
+		if o.redisBin == "" {
+			o.redisBin, _ = exec.LookPath("redis-server")
+		}
 	}
 
 	// Interrupted: stop what we started, then exit.
@@ -135,9 +158,12 @@ func run(o options) int {
 		}
 	}()
 	var res *results
-	if o.soak {
+	switch {
+	case o.soak:
 		res, err = b.runSoak()
-	} else {
+	case o.ha:
+		res, err = b.runHA()
+	default:
 		res, err = b.runBench()
 	}
 	if err != nil {
@@ -149,8 +175,11 @@ func run(o options) int {
 	}
 	res.Seconds = time.Since(start).Seconds()
 	name := "results.json"
-	if o.soak {
+	switch {
+	case o.soak:
 		name = "soak.json"
+	case o.ha:
+		name = "ha.json"
 	}
 	path := filepath.Join(o.outDir, name)
 	if err := writeJSON(path, res); err != nil {
