@@ -1,6 +1,7 @@
 package ha
 
 import (
+	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -72,8 +73,13 @@ func TestLocalCacheStaysUnderMaxSize(t *testing.T) {
 		if err := pullAll(r, ref); err != nil {
 			t.Fatal(err)
 		}
-		if n := dirSize(t, filepath.Join(r.dir, "data", upstreamName, "blobs")); n > maxSize {
-			t.Fatalf("after %s the local copies take %d bytes, over max_size %d", ref, n, maxSize)
+		// Copies are made after the client's last byte: wait for them.
+		ts.WaitUntil(t, 20*time.Second, "fills end", func() (bool, string) {
+			n := r.metric(t, "multiproxy_fills_in_flight", nil)
+			return n == 0, fmt.Sprint(n)
+		})
+		if n, files := dirSize(t, filepath.Join(r.dir, "data", upstreamName, "blobs")); n > maxSize {
+			t.Fatalf("after %s the local copies take %d bytes, over max_size %d: %v", ref, n, maxSize, files)
 		}
 	}
 	if n := r.metric(t, "multiproxy_fill_sources_total", map[string]string{"source": "bucket"}); n == 0 {
@@ -81,18 +87,20 @@ func TestLocalCacheStaysUnderMaxSize(t *testing.T) {
 	}
 }
 
-func dirSize(t *testing.T, dir string) int64 {
+func dirSize(t *testing.T, dir string) (int64, map[string]int64) {
 	t.Helper()
 	ents, err := os.ReadDir(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
 	var n int64
+	files := map[string]int64{}
 	for _, e := range ents {
 		fi, err := e.Info()
 		if err == nil && fi.Mode().IsRegular() {
 			n += fi.Size()
+			files[e.Name()[:12]] = fi.Size()
 		}
 	}
-	return n
+	return n, files
 }
