@@ -214,20 +214,37 @@ func (c *Cache) upload(ctx context.Context, f *fill) error {
 		return fmt.Errorf("reopen spool: %w", err)
 	}
 	defer r.Close()
-	w, err := c.driver.Writer(ctx, blobDataPath(f.digest), false)
+	// The clients have their bytes; what is left is storing them for the
+	// cluster. A stopping process (ctx cancelled) gives the upload a grace
+	// period to finish rather than throw the download away.
+	uctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancel()
+	stop := context.AfterFunc(ctx, func() { time.AfterFunc(uploadGrace, cancel) })
+	defer stop()
+	w, err := c.driver.Writer(uctx, blobDataPath(f.digest), false)
 	if err != nil {
 		return fmt.Errorf("start upload: %w", err)
 	}
 	if _, err := io.Copy(w, r); err != nil {
-		_ = w.Cancel(ctx)
+		// Aborted on a context of its own, so the parts of an upload cut
+		// short do not linger in the bucket.
+		actx, acancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer acancel()
+		if aerr := w.Cancel(actx); aerr != nil {
+			c.log.Warn("abort upload", "digest", f.digest, "err", aerr)
+		}
 		return fmt.Errorf("upload: %w", err)
 	}
-	if err := w.Commit(ctx); err != nil {
-		_ = w.Cancel(ctx)
+	// Commit aborts the upload itself when it fails.
+	if err := w.Commit(uctx); err != nil {
 		return fmt.Errorf("complete upload: %w", err)
 	}
 	return nil
 }
+
+// uploadGrace is how long an upload to the bucket may go on once the
+// process is stopping.
+const uploadGrace = 10 * time.Second
 
 // PeerBlob is what another replica gets for d: this replica's running fill
 // or its local copy, never a new fetch (the asking replica does that
