@@ -57,6 +57,9 @@ type Cluster interface {
 	Claimed(ctx context.Context, d digest.Digest) bool
 	// LastPulls is the cluster's last pull of each "repo@digest".
 	LastPulls(ctx context.Context) map[string]time.Time
+	// ForgetPulls drops the records of manifests the store no longer
+	// holds, so the records stay as many as the manifests.
+	ForgetPulls(ctx context.Context, keys []string)
 }
 
 // StoreOf is the Store of a running upstream's cache.
@@ -131,7 +134,7 @@ func Collect(ctx context.Context, st Store, p Policy, dryRun bool, log *slog.Log
 	st.Guard.begin()
 	defer st.Guard.end()
 
-	manifests, err := scanManifests(ctx, st)
+	manifests, stalePulls, err := scanManifests(ctx, st)
 	if err != nil {
 		return res, fmt.Errorf("gc %s: scan manifests: %w", st.Name, err)
 	}
@@ -190,6 +193,7 @@ func Collect(ctx context.Context, st Store, p Policy, dryRun bool, log *slog.Log
 			continue
 		}
 		res.Evicted = append(res.Evicted, evictionOf(m))
+		stalePulls = append(stalePulls, m.repo+"@"+m.digest.String())
 		log.Info("evicted", "upstream", st.Name, "repository", m.repo, "digest", m.digest, "reason", m.evicted)
 	}
 
@@ -228,6 +232,9 @@ func Collect(ctx context.Context, st Store, p Policy, dryRun bool, log *slog.Log
 			return res, fmt.Errorf("gc %s: remove layer links: %w", st.Name, err)
 		}
 	}
+	if st.Cluster != nil && !dryRun && len(stalePulls) > 0 {
+		st.Cluster.ForgetPulls(ctx, stalePulls)
+	}
 	res.StoredAfter = res.StoredBefore - res.FreedBytes
 	res.Duration = time.Since(start)
 	return res, nil
@@ -238,11 +245,12 @@ func evictionOf(m *manifest) Eviction {
 }
 
 // scanManifests lists every manifest revision with what it references, the
-// tags pointing at it and its last pull.
-func scanManifests(ctx context.Context, st Store) ([]*manifest, error) {
+// tags pointing at it and its last pull; and, on a shared bucket, the pull
+// records of manifests it no longer holds.
+func scanManifests(ctx context.Context, st Store) ([]*manifest, []string, error) {
 	repos, ok := st.NS.(distribution.RepositoryEnumerator)
 	if !ok {
-		return nil, errors.New("storage cannot enumerate repositories")
+		return nil, nil, errors.New("storage cannot enumerate repositories")
 	}
 	var pulls map[string]time.Time
 	if st.Cluster != nil {
@@ -282,6 +290,7 @@ func scanManifests(ctx context.Context, st Store) ([]*manifest, error) {
 			m := &manifest{repo: name, digest: d, tags: tagsOf[d]}
 			if t, ok := pulls[name+"@"+d.String()]; ok {
 				m.pulled = t
+				delete(pulls, name+"@"+d.String())
 			} else if fi, err := st.Driver.Stat(ctx, revisionLink(name, d)); err == nil {
 				// The filesystem keeps the last pull in the link's mtime;
 				// in a bucket it is when the manifest was stored.
@@ -303,9 +312,15 @@ func scanManifests(ctx context.Context, st Store) ([]*manifest, error) {
 		})
 	})
 	if err != nil && !isPathNotFound(err) {
-		return nil, err
+		return nil, nil, err
 	}
-	return out, nil
+	// What is left of the records names manifests the store does not hold
+	// (evicted elsewhere, or never stored).
+	stale := make([]string, 0, len(pulls))
+	for k := range pulls {
+		stale = append(stale, k)
+	}
+	return out, stale, nil
 }
 
 // choose marks the manifests the policy evicts.

@@ -294,6 +294,12 @@ func (g gcCluster) LastPulls(ctx context.Context) map[string]time.Time {
 	return m
 }
 
+func (g gcCluster) ForgetPulls(ctx context.Context, keys []string) {
+	if err := g.co.ForgetPulls(ctx, g.name, keys...); err != nil {
+		g.log.Warn("forget pull times of evicted manifests", "err", err)
+	}
+}
+
 // recordPull stores a pull time in Redis, off the request path.
 func recordPull(co *coord.Coordinator, name string) func(repo string, d digest.Digest, t time.Time) {
 	return func(repo string, d digest.Digest, t time.Time) {

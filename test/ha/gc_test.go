@@ -137,6 +137,16 @@ func TestCollectionDuringPullsOnAllReplicas(t *testing.T) {
 		}
 	}
 	c.checkBucket(t)
+	// Pull times are kept for what the bucket holds: the evicted image's
+	// record went with it, the hot one's stays.
+	keys, err := c.redis.Client().HKeys(t.Context(), "multiproxy:pulls:"+upstreamName).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	all := strings.Join(keys, " ")
+	if strings.Contains(all, "team/old@") || !strings.Contains(all, "team/hot@") {
+		t.Errorf("pull records after the collection: %v; want team/hot's only", keys)
+	}
 	// The evicted image comes back on the next pull.
 	for _, r := range c.replicas {
 		if err := pullAll(r, "team/old:v1"); err != nil {
