@@ -11,22 +11,6 @@ if command -v promtool >/dev/null; then
   echo "promtool: $(promtool --version 2>&1 | head -n1)"
   exit 0
 fi
-export DEBIAN_FRONTEND=noninteractive
-
-# invoke-rc.d and deb-systemd-invoke ask policy-rc.d before starting a
-# service; exit 101 means "do not". Only a policy this script put there is
-# removed again.
-policy=/usr/sbin/policy-rc.d
-if [ ! -e "$policy" ]; then
-  printf '#!/bin/sh\nexit 101\n' >"$policy"
-  chmod 0755 "$policy"
-  trap 'rm -f "$policy"' EXIT
-fi
-
-apt-get update -qq
-apt-get install -y -qq --no-install-recommends prometheus >/dev/null
-
-if [ -d /run/systemd/system ]; then
-  systemctl disable --now prometheus.service >/dev/null 2>&1 || true
-fi
+. "$(dirname "$0")/lib/apt-dormant.sh"
+apt_install_dormant prometheus prometheus
 echo "promtool: $(promtool --version 2>&1 | head -n1)"

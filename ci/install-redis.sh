@@ -11,26 +11,6 @@ if command -v redis-server >/dev/null; then
   echo "redis-server: $(redis-server --version)"
   exit 0
 fi
-export DEBIAN_FRONTEND=noninteractive
-
-# invoke-rc.d and deb-systemd-invoke ask policy-rc.d before starting a
-# service; exit 101 means "do not". Only a policy this script put there is
-# removed again.
-policy=/usr/sbin/policy-rc.d
-if [ ! -e "$policy" ]; then
-  printf '#!/bin/sh\nexit 101\n' >"$policy"
-  chmod 0755 "$policy"
-  trap 'rm -f "$policy"' EXIT
-fi
-
-apt-get update -qq
-apt-get install -y -qq --no-install-recommends redis-server >/dev/null
-
-if [ -d /run/systemd/system ]; then
-  systemctl disable --now redis-server.service >/dev/null 2>&1 || true
-else
-  # Without systemd the package enables its init script for the next boot.
-  service redis-server stop >/dev/null 2>&1 || true
-  update-rc.d redis-server disable >/dev/null 2>&1 || true
-fi
+. "$(dirname "$0")/lib/apt-dormant.sh"
+apt_install_dormant redis-server redis-server
 echo "redis-server: $(redis-server --version)"
