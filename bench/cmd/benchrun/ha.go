@@ -479,16 +479,8 @@ func (h *haBench) refLogNotes() {
 
 // goals: what the HA mode promises, checked on this run.
 func (h *haBench) goals() []goal {
-	var out []goal
-	add := func(name string, ok *bool, detail string) {
-		st := "n/a"
-		if ok != nil {
-			st = map[bool]string{true: "PASS", false: "FAIL"}[*ok]
-		}
-		out = append(out, goal{Goal: name, Status: st, Detail: detail})
-	}
-	yes := func(v bool) *bool { return &v }
-	info := func(name, detail string) { out = append(out, goal{Goal: name, Status: "info", Detail: detail}) }
+	var out goals
+	add, info := out.add, out.info
 	if r := h.row("ha_cold_upstream_bytes"); r != nil && r.MP != nil {
 		worst := 0.0
 		for _, v := range r.series.valid(haMP) {

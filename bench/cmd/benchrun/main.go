@@ -879,15 +879,8 @@ func (b *bench) blackholeRun() {
 
 // goals evaluates issue 9's goals against this run.
 func (b *bench) goals() []goal {
-	var out []goal
-	add := func(name string, ok *bool, detail string) {
-		st := "n/a"
-		if ok != nil {
-			st = map[bool]string{true: "PASS", false: "FAIL"}[*ok]
-		}
-		out = append(out, goal{Goal: name, Status: st, Detail: detail})
-	}
-	yes := func(v bool) *bool { return &v }
+	var out goals
+	add := out.add
 
 	if r := b.row("idle_rss"); r != nil && r.MP != nil && r.Ref != nil {
 		add("idle RSS <= 1/3 of the reference's five processes", yes(*r.MP <= *r.Ref/3),

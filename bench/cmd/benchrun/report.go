@@ -94,6 +94,26 @@ type goal struct {
 	Detail string `json:"detail"`
 }
 
+// goals collects a run's goals as they are evaluated.
+type goals []goal
+
+// add records a goal: PASS or FAIL by ok, n/a when ok is nil (not measured).
+func (g *goals) add(name string, ok *bool, detail string) {
+	st := "n/a"
+	if ok != nil {
+		st = map[bool]string{true: "PASS", false: "FAIL"}[*ok]
+	}
+	*g = append(*g, goal{Goal: name, Status: st, Detail: detail})
+}
+
+// info records a figure that is reported, not judged.
+func (g *goals) info(name, detail string) {
+	*g = append(*g, goal{Goal: name, Status: "info", Detail: detail})
+}
+
+// yes makes an outcome for add.
+func yes(v bool) *bool { return &v }
+
 type results struct {
 	Mode       string   `json:"mode"`
 	GoalsTitle string   `json:"goals_title"`
