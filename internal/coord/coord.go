@@ -207,6 +207,7 @@ func keyPulls(upstream string) string    { return prefix + "pulls:" + upstream }
 func keyGC() string                      { return prefix + "gc" }
 func keyGCActive() string                { return prefix + "gc-active" }
 func keyGCClaims(upstream string) string { return prefix + "gc-claims:" + upstream }
+func keyGCDone(upstream string) string   { return prefix + "gc-done:" + upstream }
 
 // Lease is a held lease, renewed until Release or until it is lost.
 type Lease struct {
@@ -460,4 +461,28 @@ func (c *Coordinator) KeepCollecting(ctx context.Context) error {
 	return c.call(ctx, func(ctx context.Context) error {
 		return c.rdb.Expire(ctx, keyGCActive(), 10*c.ttl).Err()
 	})
+}
+
+// SetCollected records that a collection of upstream finished at t.
+func (c *Coordinator) SetCollected(ctx context.Context, upstream string, t time.Time) error {
+	return c.call(ctx, func(ctx context.Context) error {
+		return c.rdb.Set(ctx, keyGCDone(upstream), t.UnixNano(), 0).Err()
+	})
+}
+
+// LastCollected is when the last collection of upstream finished, or zero.
+func (c *Coordinator) LastCollected(ctx context.Context, upstream string) (time.Time, error) {
+	var n int64
+	err := c.call(ctx, func(ctx context.Context) error {
+		var err error
+		n, err = c.rdb.Get(ctx, keyGCDone(upstream)).Int64()
+		return err
+	})
+	if errors.Is(err, redis.Nil) {
+		return time.Time{}, nil
+	}
+	if err != nil {
+		return time.Time{}, err
+	}
+	return time.Unix(0, n), nil
 }

@@ -55,6 +55,10 @@ type Cluster interface {
 	Lead(ctx context.Context) (end func(), err error)
 	// Claimed reports whether a replica relied on d since Lead.
 	Claimed(ctx context.Context, d digest.Digest) bool
+	// CollectedSince reports whether some replica finished a collection
+	// of this upstream after t; Collected records that this one did.
+	CollectedSince(ctx context.Context, t time.Time) bool
+	Collected(ctx context.Context)
 	// LastPulls is the cluster's last pull of each "repo@digest".
 	LastPulls(ctx context.Context) map[string]time.Time
 	// ForgetPulls drops the records of manifests the store no longer
@@ -87,6 +91,9 @@ type Result struct {
 	Evicted      []Eviction    `json:"evicted,omitempty"`
 	// Spared counts objects a concurrent pull claimed during the run.
 	Spared int `json:"spared"`
+	// Skipped says why a scheduled collection did not run: another
+	// replica collected the shared bucket in the same slot.
+	Skipped string `json:"skipped,omitempty"`
 }
 
 // MarshalJSON writes Duration as a string with units ("1.2s"), as a
@@ -127,6 +134,13 @@ func Collect(ctx context.Context, st Store, p Policy, dryRun bool, log *slog.Log
 			return res, fmt.Errorf("gc %s: %w", st.Name, err)
 		}
 		defer end()
+		// Every replica's cron fires in the same slot; the first one
+		// through collects for the cluster, the others only wait.
+		if isScheduled(ctx) && st.Cluster.CollectedSince(ctx, start) {
+			res.Skipped = "another replica collected this upstream in the same slot"
+			res.Duration = time.Since(start)
+			return res, nil
+		}
 	}
 	// Objects written after this were stored by some replica for a pull
 	// running now; the scan below may not see what references them.
@@ -232,8 +246,11 @@ func Collect(ctx context.Context, st Store, p Policy, dryRun bool, log *slog.Log
 			return res, fmt.Errorf("gc %s: remove layer links: %w", st.Name, err)
 		}
 	}
-	if st.Cluster != nil && !dryRun && len(stalePulls) > 0 {
-		st.Cluster.ForgetPulls(ctx, stalePulls)
+	if st.Cluster != nil && !dryRun {
+		if len(stalePulls) > 0 {
+			st.Cluster.ForgetPulls(ctx, stalePulls)
+		}
+		st.Cluster.Collected(ctx)
 	}
 	res.StoredAfter = res.StoredBefore - res.FreedBytes
 	res.Duration = time.Since(start)

@@ -74,7 +74,7 @@ func NewScheduler(targets []Target, obs Observer, log *slog.Logger) (*Scheduler,
 		}
 		name := t.Store.Name
 		s.targets[name] = t
-		if _, err := s.cron.AddFunc(spec, func() { _, _ = s.Run(s.ctx, name, false) }); err != nil {
+		if _, err := s.cron.AddFunc(spec, func() { _, _ = s.Run(scheduled(s.ctx), name, false) }); err != nil {
 			cancel()
 			return nil, fmt.Errorf("gc schedule of %s %q: %w", name, spec, err)
 		}
@@ -138,6 +138,10 @@ func (s *Scheduler) Run(ctx context.Context, name string, dryRun bool) (Result, 
 		return Result{}, err
 	}
 	r, err := Collect(ctx, t.Store, t.Policy, dryRun, s.log)
+	if err == nil && r.Skipped != "" {
+		s.log.Info("gc skipped", "upstream", name, "why", r.Skipped)
+		return r, nil
+	}
 	if err != nil {
 		s.log.Error("gc failed", "upstream", name, "err", err)
 	} else {
@@ -148,4 +152,17 @@ func (s *Scheduler) Run(ctx context.Context, name string, dryRun bool) (Result, 
 		s.obs.Collected(name, r, err)
 	}
 	return r, err
+}
+
+type scheduledKey struct{}
+
+// scheduled marks a collection its cron slot started, as opposed to one
+// an operator or a fill short of space asked for.
+func scheduled(ctx context.Context) context.Context {
+	return context.WithValue(ctx, scheduledKey{}, true)
+}
+
+func isScheduled(ctx context.Context) bool {
+	v, _ := ctx.Value(scheduledKey{}).(bool)
+	return v
 }

@@ -294,6 +294,17 @@ func (g gcCluster) LastPulls(ctx context.Context) map[string]time.Time {
 	return m
 }
 
+func (g gcCluster) CollectedSince(ctx context.Context, t time.Time) bool {
+	last, err := g.co.LastCollected(ctx, g.name)
+	return err == nil && last.After(t)
+}
+
+func (g gcCluster) Collected(ctx context.Context) {
+	if err := g.co.SetCollected(ctx, g.name, time.Now()); err != nil {
+		g.log.Warn("record the collection", "err", err)
+	}
+}
+
 func (g gcCluster) ForgetPulls(ctx context.Context, keys []string) {
 	if err := g.co.ForgetPulls(ctx, g.name, keys...); err != nil {
 		g.log.Warn("forget pull times of evicted manifests", "err", err)

@@ -154,3 +154,30 @@ func TestCollectionDuringPullsOnAllReplicas(t *testing.T) {
 		}
 	}
 }
+
+// TestScheduledCollectionRunsOnceAcrossReplicas: every replica's cron
+// fires in the same slot; one collects the shared bucket, the others wait
+// for its lease and then skip, since the slot's collection is done.
+func TestScheduledCollectionRunsOnceAcrossReplicas(t *testing.T) {
+	up := tokenCDN(t)
+	up.Push(t, "team/app:v1", 1, 1<<20)
+	c := startCluster(t, up, 3, options{extra: "    gc:\n      schedule: \"* * * * *\"\n"})
+	if err := pullAll(c.replicas[0], "team/app:v1"); err != nil {
+		t.Fatal(err)
+	}
+	runs := func() (ran, skipped int) {
+		for _, r := range c.replicas {
+			ran += int(r.metric(t, "multiproxy_gc_runs_total", map[string]string{"result": "success"}))
+			skipped += strings.Count(r.child.Logs(), `msg="gc skipped"`)
+		}
+		return ran, skipped
+	}
+	// The next minute's slot, plus the two waits for the lease.
+	ts.WaitUntil(t, 80*time.Second, "every replica's slot fired and ended", func() (bool, string) {
+		ran, skipped := runs()
+		return ran+skipped >= len(c.replicas), fmt.Sprintf("%d collected, %d skipped", ran, skipped)
+	})
+	if ran, skipped := runs(); ran != 1 || skipped != len(c.replicas)-1 {
+		t.Errorf("one cron slot on %d replicas: %d collections, %d skipped; want 1 and %d", len(c.replicas), ran, skipped, len(c.replicas)-1)
+	}
+}
