@@ -304,7 +304,7 @@ func (c *Cache) runFill(f *fill, repo distribution.Repository, name string) {
 		close(f.ready)
 	}
 
-	src, err := c.openSource(ctx, repo, name, f.digest)
+	src, err := c.openSource(ctx, name, f.digest)
 	if err != nil {
 		early(err)
 		return

@@ -83,7 +83,7 @@ var errNotHere = errors.New("not held by this replica")
 // blob's lease, or the winner's running fill. Waiting for a winner is
 // bounded: past the lease TTL and the upstream timeout this replica
 // fetches alone, since a pull must never hang on coordination.
-func (c *Cache) openSource(ctx context.Context, repo distribution.Repository, name string, d digest.Digest) (*source, error) {
+func (c *Cache) openSource(ctx context.Context, name string, d digest.Digest) (*source, error) {
 	if c.shared == nil {
 		return c.upstreamSource(ctx, name, d, nil)
 	}
@@ -112,11 +112,13 @@ func (c *Cache) openSource(ctx context.Context, repo distribution.Repository, na
 			return c.upstreamSource(ctx, name, d, lease)
 		}
 		if owner != "" && owner != co.Self() {
-			if s, err := c.peerSource(ctx, owner, d); err == nil {
+			s, err := c.peerSource(ctx, owner, d)
+			if err == nil {
 				return s, nil
-			} else {
-				c.log.Debug("peer fill unavailable", "peer", owner, "digest", d, "err", err)
 			}
+			// Its fill failed or ended, or it died: the lease tells
+			// which once it is released or expires.
+			c.log.Debug("peer fill unavailable", "peer", owner, "digest", d, "err", err)
 		}
 		if time.Now().After(deadline) {
 			c.obs.FillUncoordinated()
