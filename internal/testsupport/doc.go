@@ -67,6 +67,20 @@
 // registry). A test needing credentials, TLS or another mix starts its own
 // Profile with Profile.Start.
 //
+// # The shared services of replicas
+//
+// Replicas share an S3-compatible bucket and a Redis; tests get both as
+// real servers on 127.0.0.1, installed by ci/install-versitygw.sh and
+// ci/install-redis.sh:
+//
+//   - StartS3: versitygw (its posix backend) with one bucket, the keys in
+//     files as a config names them, and the bucket's directory (S3.Dir) so
+//     a test can hash what really landed; PendingUploads lists multipart
+//     uploads never completed;
+//   - StartRedis: Debian's redis-server with a password and no
+//     persistence, which Stop and Start take down and bring back on the
+//     same address.
+//
 // # Events, not the clock
 //
 // A test asserts on what happened, never on how long it took: a duration
