@@ -566,13 +566,23 @@ func (c *Cache) EnsureManifest(ctx context.Context, name string, d digest.Digest
 
 func (c *Cache) ensureManifest(ctx context.Context, repo distribution.Repository, name string, d digest.Digest) (v1.Descriptor, *Manifest, error) {
 	ch := c.manifests.DoChan(name+"@"+d.String(), func() (any, error) {
-		// Detached from any one client: the others waiting share this result.
-		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*c.client().Timeout())
+		// Detached from any one client: the others waiting share this
+		// result. One more timeout for the wait on another replica.
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 3*c.client().Timeout())
 		defer cancel()
 		if c.hasManifest(fctx, repo, d) {
 			return c.describeManifest(fctx, repo, d)
 		}
 		c.obs.Miss(KindManifest)
+		if c.shared != nil && c.shared.Coord != nil {
+			stored, lease := c.leaseManifest(fctx, repo, d)
+			if stored {
+				return c.describeManifest(fctx, repo, d)
+			}
+			if lease != nil {
+				defer lease.Release()
+			}
+		}
 		body, info, err := c.client().GetManifest(fctx, name, d.String())
 		if err != nil {
 			return v1.Descriptor{}, err

@@ -311,3 +311,40 @@ type sharedState struct {
 	Shared
 	tier *tier
 }
+
+// leaseManifest makes one replica of the cluster fetch a manifest, as
+// openSource does for blobs: registries such as Docker Hub count manifest
+// GETs against their pull limits. It returns stored when another replica
+// stored the manifest meanwhile, or the lease to hold while this one
+// fetches it (nil: fetch alone, Redis unavailable or the holder silent for
+// one upstream timeout, which a manifest GET never needs).
+func (c *Cache) leaseManifest(ctx context.Context, repo distribution.Repository, d digest.Digest) (stored bool, lease Lease) {
+	co := c.shared.Coord
+	deadline := time.Now().Add(c.client().Timeout())
+	for {
+		lease, _, err := co.AcquireFill(ctx, d)
+		if err != nil {
+			c.obs.FillUncoordinated()
+			return false, nil
+		}
+		if lease != nil {
+			if c.hasManifest(ctx, repo, d) {
+				lease.Release()
+				return true, nil
+			}
+			return false, lease
+		}
+		if time.Now().After(deadline) {
+			c.obs.FillUncoordinated()
+			return false, nil
+		}
+		select {
+		case <-ctx.Done():
+			return false, nil
+		case <-time.After(50 * time.Millisecond):
+		}
+		if c.hasManifest(ctx, repo, d) {
+			return true, nil
+		}
+	}
+}

@@ -30,6 +30,7 @@ func TestColdPullsAcrossReplicasFetchEachBlobOnce(t *testing.T) {
 	up := tokenCDN(t)
 	img := up.Push(t, "team/app:v1", 3, 4<<20)
 	c := startCluster(t, up, 3, options{})
+	up.Faults.ResetCounts()
 
 	const clients = 16
 	errs := make(chan error, clients)
@@ -52,6 +53,15 @@ func TestColdPullsAcrossReplicasFetchEachBlobOnce(t *testing.T) {
 	}
 	if n := up.CDN.AuthorizationSeen(); n != 0 {
 		t.Errorf("%d CDN requests carried Authorization", n)
+	}
+	// Manifest GETs count against pull limits (Docker Hub): one for the
+	// cluster too. Each replica still revalidates the tag with a HEAD.
+	d, err := img.Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := up.Faults.Count(http.MethodGet, "/manifests/"+d.String()); n != 1 {
+		t.Errorf("the upstream served the manifest %d times to the cluster, want 1", n)
 	}
 	// Every replica answered its clients with bytes, and the upstream's
 	// bytes came in once in all.
