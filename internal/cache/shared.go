@@ -278,6 +278,15 @@ func (c *Cache) PeerBlob(ctx context.Context, d digest.Digest) (*BlobReader, err
 	return &BlobReader{Stream: s}, nil
 }
 
+// LocalCopyBytes is what the local copies of a cache on a shared bucket
+// take on disk; ok is false on the filesystem, which has none.
+func (c *Cache) LocalCopyBytes() (n int64, ok bool) {
+	if c.shared == nil {
+		return 0, false
+	}
+	return c.shared.tier.bytes(), true
+}
+
 // IsNotHere reports a PeerBlob miss.
 func IsNotHere(err error) bool { return errors.Is(err, errNotHere) }
 

@@ -180,3 +180,10 @@ func (t *tier) evict(n int64, keep digest.Digest) int64 {
 	}
 	return freed
 }
+
+// bytes is what the tier holds now.
+func (t *tier) bytes() int64 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.size
+}

@@ -86,6 +86,7 @@ type Metrics struct {
 	state           *prometheus.GaugeVec
 	stored          *storedBytes
 	fills           *storedBytes // same shape: a gauge read from funcs
+	localCopies     *storedBytes
 	disk            *diskBytes
 	recycles        *prometheus.CounterVec
 	recycleFailures *prometheus.CounterVec
@@ -167,6 +168,9 @@ func New() *Metrics {
 	m.state = prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "upstream_state",
 		Help: "1 for the upstream's current state (unknown, reachable, stale, down, degraded), 0 for the others."},
 		[]string{"upstream", "state"})
+	m.localCopies = &storedBytes{desc: prometheus.NewDesc(ns+"_local_cache_bytes",
+		"Bytes of local copies of blobs kept by a replica on a shared bucket (storage.local_cache); absent on the filesystem.",
+		[]string{"upstream"}, nil), funcs: map[string]func() (int64, bool){}}
 	m.fills = &storedBytes{desc: prometheus.NewDesc(ns+"_fills_in_flight",
 		"Blob downloads running now, including those whose clients are served and whose bytes are being committed.",
 		[]string{"upstream"}, nil), funcs: map[string]func() (int64, bool){}}
@@ -211,7 +215,7 @@ func New() *Metrics {
 	m.Registry.MustRegister(m.requests, m.requestDuration, m.inflight, m.hits, m.misses, m.servedBytes,
 		m.fetchedBytes, m.upRequests, m.upDuration, m.redirects, m.rateLimited, m.rateLimitRemain, m.stale, m.dedupWaiters,
 		m.fillUncached, m.storageErrors, m.uncoordinated, m.fillSources, m.gcLeader, m.coordUp,
-		m.state, m.stored, m.fills, m.disk, m.recycles, m.recycleFailures, m.lastRecycle, m.gcRuns, m.gcDuration, m.gcFreedBytes,
+		m.state, m.stored, m.fills, m.localCopies, m.disk, m.recycles, m.recycleFailures, m.lastRecycle, m.gcRuns, m.gcDuration, m.gcFreedBytes,
 		m.gcFreedObjects, m.evictions, m.lastGC,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
@@ -409,6 +413,14 @@ func (u *Upstream) FillsFunc(n func() (int64, bool)) {
 	u.m.fills.mu.Unlock()
 }
 
+// LocalCacheFunc makes multiproxy_local_cache_bytes report n() at scrape
+// time; ok=false leaves the sample out.
+func (u *Upstream) LocalCacheFunc(n func() (int64, bool)) {
+	u.m.localCopies.mu.Lock()
+	u.m.localCopies.funcs[u.name] = n
+	u.m.localCopies.mu.Unlock()
+}
+
 // Disk is one reading of the filesystem holding an upstream's storage.
 type Disk struct {
 	Size     int64 // the filesystem's size
@@ -437,6 +449,9 @@ func (m *Metrics) Forget(name string) {
 	m.fills.mu.Lock()
 	delete(m.fills.funcs, name)
 	m.fills.mu.Unlock()
+	m.localCopies.mu.Lock()
+	delete(m.localCopies.funcs, name)
+	m.localCopies.mu.Unlock()
 	m.disk.mu.Lock()
 	delete(m.disk.funcs, name)
 	m.disk.mu.Unlock()

@@ -100,6 +100,13 @@ func (b *board) newUpstream(name string, m *metrics.Upstream, storage string, h 
 		return n, ok
 	})
 	m.DiskFunc(b.diskFigures(name, storage))
+	m.LocalCacheFunc(func() (int64, bool) {
+		r := b.running(name)
+		if r == nil {
+			return 0, false
+		}
+		return r.server.Cache().LocalCopyBytes()
+	})
 	m.FillsFunc(func() (int64, bool) {
 		r := b.running(name)
 		if r == nil {

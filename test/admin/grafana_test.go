@@ -156,6 +156,7 @@ func everyHookTouched(t *testing.T) ts.Metrics {
 	u.GCRun(time.Second, 1<<20, 3, nil)
 	u.Evicted("max_size", 1)
 	u.FillUncoordinated()
+	u.LocalCacheFunc(func() (int64, bool) { return 1 << 20, true })
 	u.FillSource("peer")
 	u.GCLeader(true)
 	u.CoordinationUp(true)

@@ -78,8 +78,12 @@ func TestLocalCacheStaysUnderMaxSize(t *testing.T) {
 			n := r.metric(t, "multiproxy_fills_in_flight", nil)
 			return n == 0, fmt.Sprint(n)
 		})
-		if n, files := dirSize(t, filepath.Join(r.dir, "data", upstreamName, "blobs")); n > maxSize {
+		n, files := dirSize(t, filepath.Join(r.dir, "data", upstreamName, "blobs"))
+		if n > maxSize {
 			t.Fatalf("after %s the local copies take %d bytes, over max_size %d: %v", ref, n, maxSize, files)
+		}
+		if m := r.metric(t, "multiproxy_local_cache_bytes", nil); int64(m) != n {
+			t.Errorf("multiproxy_local_cache_bytes = %v, the copies on disk take %d", m, n)
 		}
 	}
 	if n := r.metric(t, "multiproxy_fill_sources_total", map[string]string{"source": "bucket"}); n == 0 {
