@@ -311,7 +311,8 @@ func (c *Cache) runFill(f *fill, repo distribution.Repository, name string) {
 	}
 	// Before endFill (defers run last first): a lease is released only
 	// after the commit, so a replica waiting on it finds the blob stored.
-	defer src.Close()
+	// A resumed fill replaces src, so the close reads it at the end.
+	defer func() { src.Close() }()
 	fromUpstream := src.kind == SourceUpstream
 	c.obs.FillSource(src.kind)
 	c.log.Debug("fill", "repository", name, "digest", f.digest, "source", src.kind, "size", src.size)
@@ -347,8 +348,10 @@ func (c *Cache) runFill(f *fill, repo distribution.Repository, name string) {
 
 	digester := f.digest.Algorithm().Digester()
 	buf := make([]byte, copyBuffer)
+	var read int64 // from the sources, resumed ones included
 	for {
 		n, rerr := src.body.Read(buf)
+		read += int64(n)
 		if n > 0 {
 			chunk := buf[:n]
 			if f.pass {
@@ -376,6 +379,12 @@ func (c *Cache) runFill(f *fill, repo distribution.Repository, name string) {
 			break
 		}
 		if rerr != nil {
+			if next := c.resume(ctx, src, name, f.digest, read, rerr); next != nil {
+				src.Close()
+				src = next
+				fromUpstream = src.kind == SourceUpstream
+				continue
+			}
 			f.fail(rerr)
 			return
 		}

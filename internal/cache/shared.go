@@ -84,10 +84,30 @@ var errNotHere = errors.New("not held by this replica")
 // bounded: past the lease TTL and the upstream timeout this replica
 // fetches alone, since a pull must never hang on coordination.
 func (c *Cache) openSource(ctx context.Context, name string, d digest.Digest) (*source, error) {
+	return c.openSourceAt(ctx, name, d, 0)
+}
+
+// openSourceAt is openSource for the bytes from offset on: the bucket reads
+// from there; an upstream or a peer sends the whole blob again and the
+// bytes before offset are skipped. They were hashed from the first source
+// already, and the digest check at the end covers both.
+func (c *Cache) openSourceAt(ctx context.Context, name string, d digest.Digest, offset int64) (*source, error) {
+	s, err := c.findSource(ctx, name, d, offset)
+	if err != nil || offset == 0 || s.kind == SourceBucket {
+		return s, err
+	}
+	if _, err := io.CopyN(io.Discard, s.body, offset); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("skip to byte %d of a resumed fill: %w", offset, err)
+	}
+	return s, nil
+}
+
+func (c *Cache) findSource(ctx context.Context, name string, d digest.Digest, offset int64) (*source, error) {
 	if c.shared == nil {
 		return c.upstreamSource(ctx, name, d, nil)
 	}
-	if s, ok := c.bucketSource(ctx, d); ok {
+	if s, ok := c.bucketSource(ctx, d, offset); ok {
 		return s, nil
 	}
 	co := c.shared.Coord
@@ -105,7 +125,7 @@ func (c *Cache) openSource(ctx context.Context, name string, d digest.Digest) (*
 		if lease != nil {
 			// Another replica may have committed between our look at the
 			// bucket and the lease.
-			if s, ok := c.bucketSource(ctx, d); ok {
+			if s, ok := c.bucketSource(ctx, d, offset); ok {
 				lease.Release()
 				return s, nil
 			}
@@ -130,7 +150,7 @@ func (c *Cache) openSource(ctx context.Context, name string, d digest.Digest) (*
 			return nil, ctx.Err()
 		case <-time.After(200 * time.Millisecond):
 		}
-		if s, ok := c.bucketSource(ctx, d); ok {
+		if s, ok := c.bucketSource(ctx, d, offset); ok {
 			return s, nil
 		}
 	}
@@ -147,13 +167,13 @@ func (c *Cache) upstreamSource(ctx context.Context, name string, d digest.Digest
 	return &source{kind: SourceUpstream, body: resp.Body, size: resp.ContentLength, lease: lease}, nil
 }
 
-// bucketSource opens d in the bucket, if it is there.
-func (c *Cache) bucketSource(ctx context.Context, d digest.Digest) (*source, bool) {
+// bucketSource opens d in the bucket from offset on, if it is there.
+func (c *Cache) bucketSource(ctx context.Context, d digest.Digest, offset int64) (*source, bool) {
 	desc, err := c.ns.BlobStatter().Stat(ctx, d)
 	if err != nil {
 		return nil, false
 	}
-	r, err := c.driver.Reader(ctx, blobDataPath(d), 0)
+	r, err := c.driver.Reader(ctx, blobDataPath(d), offset)
 	if err != nil {
 		return nil, false // removed meanwhile (a collection): fetch it again
 	}
@@ -176,6 +196,26 @@ func (c *Cache) peerSource(ctx context.Context, peer string, d digest.Digest) (*
 		return nil, fmt.Errorf("peer answered %s", resp.Status)
 	}
 	return &source{kind: SourcePeer, body: resp.Body, size: resp.ContentLength}, nil
+}
+
+// resume finds another source for a fill whose peer stream broke (the
+// replica fetching the blob died, or its fill failed): the bucket if the
+// blob got there, else whoever holds the lease now, this replica included
+// once the dead one's lease expires. The fill's clients keep their
+// connection meanwhile and never see the break. An upstream or the bucket
+// failing mid-body is not resumed: that error is theirs to report.
+func (c *Cache) resume(ctx context.Context, broken *source, name string, d digest.Digest, offset int64, cause error) *source {
+	if broken.kind != SourcePeer || c.shared == nil || ctx.Err() != nil {
+		return nil
+	}
+	c.log.Warn("peer stream broke; resuming the fill", "digest", d, "offset", offset, "err", cause)
+	s, err := c.openSourceAt(ctx, name, d, offset)
+	if err != nil {
+		c.log.Warn("resume fill", "digest", d, "err", err)
+		return nil
+	}
+	c.obs.FillSource(s.kind)
+	return s
 }
 
 // blobDataPath is where distribution keeps a blob's bytes, in driver paths.
