@@ -58,20 +58,10 @@ func (c *Cache) Blob(ctx context.Context, name string, d digest.Digest) (*BlobRe
 	}
 	// A collection may remove a blob between the check and the open; it
 	// is then fetched again, once.
-	for range 2 {
-		if c.shared != nil {
-			// Warm blobs go out from the local copy without asking the
-			// bucket: the bytes are verified and named by digest.
-			c.guard.Use(d)
-			if f, ok := c.shared.tier.open(d); ok {
-				c.obs.Hit(KindBlob)
-				return &BlobReader{File: f}, nil
-			}
-		} else if ok, _ := c.linkLocal(ctx, repo, d); ok {
-			if f, err := c.openLocal(d); err == nil {
-				c.obs.Hit(KindBlob)
-				return &BlobReader{File: f}, nil
-			}
+	for range 3 {
+		if f, ok := c.localFile(ctx, repo, d); ok {
+			c.obs.Hit(KindBlob)
+			return &BlobReader{File: f}, nil
 		}
 		st, local, err := c.openFill(ctx, repo, name, d)
 		if err != nil {
@@ -80,18 +70,34 @@ func (c *Cache) Blob(ctx context.Context, name string, d digest.Digest) (*BlobRe
 		if !local {
 			return &BlobReader{Stream: st}, nil
 		}
-		if f, err := c.openLocal(d); err == nil {
-			c.obs.Hit(KindBlob)
-			return &BlobReader{File: f}, nil
-		}
-		if c.shared != nil {
-			if f, ok := c.shared.tier.open(d); ok {
-				c.obs.Hit(KindBlob)
-				return &BlobReader{File: f}, nil
-			}
-		}
 	}
 	return nil, &upstream.Error{Op: "get blob", Cause: upstream.CauseUnreachable, Err: errors.New("blob removed while being served; retry")}
+}
+
+// localFile opens d's bytes on this host if they are here: the stored
+// file, or on a shared bucket the local copy, which is served without
+// asking the bucket. Either way the bytes are verified and named by
+// digest, and the kernel can send them.
+func (c *Cache) localFile(ctx context.Context, repo distribution.Repository, d digest.Digest) (*os.File, bool) {
+	if c.shared != nil {
+		c.guard.Use(d)
+		return c.shared.tier.open(d)
+	}
+	if ok, _ := c.linkLocal(ctx, repo, d); !ok {
+		return nil, false
+	}
+	f, err := c.openLocal(d)
+	return f, err == nil
+}
+
+// hasLocal is localFile without the open.
+func (c *Cache) hasLocal(ctx context.Context, repo distribution.Repository, d digest.Digest) bool {
+	if c.shared != nil {
+		_, ok := c.shared.tier.stat(d)
+		return ok
+	}
+	ok, _ := c.linkLocal(ctx, repo, d)
+	return ok
 }
 
 func (c *Cache) linkLocal(ctx context.Context, repo distribution.Repository, d digest.Digest) (bool, error) {
@@ -161,12 +167,7 @@ func (c *Cache) openFill(ctx context.Context, repo distribution.Repository, name
 	if !joined {
 		// Re-check under the lock: a fill may have committed since our caller
 		// looked, and a second upstream GET would be wasted.
-		if c.shared != nil {
-			if _, ok := c.shared.tier.stat(d); ok {
-				c.mu.Unlock()
-				return nil, true, nil
-			}
-		} else if ok, _ := c.linkLocal(ctx, repo, d); ok {
+		if c.hasLocal(ctx, repo, d) {
 			c.mu.Unlock()
 			return nil, true, nil
 		}
@@ -407,16 +408,7 @@ func (c *Cache) runFill(f *fill, repo distribution.Repository, name string) {
 	if f.pass {
 		return
 	}
-	commit := func() error { return c.commit(ctx, f, repo) }
-	if c.shared != nil {
-		commit = func() error {
-			if err := f.w.Sync(); err != nil {
-				return fmt.Errorf("sync spool: %w", err)
-			}
-			return c.commitShared(ctx, f, repo, src.kind)
-		}
-	}
-	if err := commit(); err != nil {
+	if err := c.commit(ctx, f, repo, src.kind); err != nil {
 		c.storageFailed(OpCommit, err)
 		return
 	}
@@ -504,10 +496,14 @@ func (c *Cache) createSpool() (*os.File, error) {
 	return w, nil
 }
 
-// commit syncs a verified fill, moves it into the store and links it to repo.
-func (c *Cache) commit(ctx context.Context, f *fill, repo distribution.Repository) error {
+// commit syncs a verified fill, moves it into the store and links it to
+// repo; on a shared bucket, see commitShared. kind is where it came from.
+func (c *Cache) commit(ctx context.Context, f *fill, repo distribution.Repository, kind string) error {
 	if err := f.w.Sync(); err != nil {
 		return fmt.Errorf("sync spool: %w", err)
+	}
+	if c.shared != nil {
+		return c.commitShared(ctx, f, repo, kind)
 	}
 	release := c.guard.Hold()
 	defer release()

@@ -327,9 +327,6 @@ func (c *Cache) LocalCopyBytes() (n int64, ok bool) {
 	return c.shared.tier.bytes(), true
 }
 
-// IsNotHere reports a PeerBlob miss.
-func IsNotHere(err error) bool { return errors.Is(err, errNotHere) }
-
 // RedirectURL returns a presigned URL of d in the bucket for r, when the
 // cache redirects and the bucket holds d. A blob with a local copy is
 // served from it instead: it is as fast and costs no bucket request.

@@ -62,12 +62,13 @@ type Coordinator struct {
 	ttl  time.Duration
 	log  *slog.Logger
 
-	up      atomic.Bool
-	lastErr atomic.Pointer[error]
-	change  func(bool, error)
+	up     atomic.Bool // read by every call; the rest of the probe's findings under mu
+	change func(bool, error)
 
-	gcMu     sync.Mutex
-	gcActive string // the upstream being collected in the cluster, as of the last probe
+	mu        sync.Mutex
+	lastErr   error     // why the last probe failed
+	downSince time.Time // zero while Redis answers
+	gcActive  string    // the upstream being collected in the cluster, as of the last probe
 
 	stop      chan struct{}
 	done      chan struct{}
@@ -96,7 +97,8 @@ func New(o Options) *Coordinator {
 	var b [8]byte
 	_, _ = rand.Read(b[:])
 	c := &Coordinator{rdb: rdb, self: o.Self, id: hex.EncodeToString(b[:]), ttl: o.TTL, log: o.Logger,
-		change: o.OnChange, stop: make(chan struct{}), done: make(chan struct{})}
+		change: o.OnChange, stop: make(chan struct{}), done: make(chan struct{}),
+		lastErr: ErrUnavailable, downSince: time.Now()} // down until the first probe says otherwise
 	c.probe()
 	go c.run()
 	return c
@@ -125,13 +127,20 @@ func (c *Coordinator) Up() bool { return c.up.Load() }
 
 // Err is why Redis is unavailable, or nil.
 func (c *Coordinator) Err() error {
-	if c.Up() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.downSince.IsZero() {
 		return nil
 	}
-	if p := c.lastErr.Load(); p != nil {
-		return *p
-	}
-	return ErrUnavailable
+	return c.lastErr
+}
+
+// DownSince is when Redis stopped answering (the start, if it never did),
+// or zero while it answers.
+func (c *Coordinator) DownSince() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.downSince
 }
 
 func (c *Coordinator) run() {
@@ -162,15 +171,17 @@ func (c *Coordinator) probe() {
 			active, err = "", nil
 		}
 	}
-	if err == nil {
-		c.gcMu.Lock()
-		c.gcActive = active
-		c.gcMu.Unlock()
+	c.mu.Lock()
+	switch {
+	case err == nil:
+		c.gcActive, c.downSince = active, time.Time{}
+	case c.downSince.IsZero():
+		c.lastErr, c.downSince = err, time.Now()
+	default:
+		c.lastErr = err
 	}
+	c.mu.Unlock()
 	was := c.up.Swap(err == nil)
-	if err != nil {
-		c.lastErr.Store(&err)
-	}
 	if was != (err == nil) {
 		if err != nil {
 			c.log.Warn("coordination unavailable: filling alone until Redis answers", "err", err)
@@ -190,12 +201,11 @@ func (c *Coordinator) call(ctx context.Context, f func(ctx context.Context) erro
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), opTimeout)
 	defer cancel()
-	if err := f(ctx); err != nil && !errors.Is(err, redis.Nil) {
+	err := f(ctx)
+	if err != nil && !errors.Is(err, redis.Nil) {
 		return fmt.Errorf("%w: %v", ErrUnavailable, err)
-	} else if err != nil {
-		return err
 	}
-	return nil
+	return err
 }
 
 const prefix = "multiproxy:"
@@ -209,16 +219,15 @@ func keyGCActive() string                { return prefix + "gc-active" }
 func keyGCClaims(upstream string) string { return prefix + "gc-claims:" + upstream }
 func keyGCDone(upstream string) string   { return prefix + "gc-done:" + upstream }
 
-// Lease is a held lease, renewed until Release or until it is lost.
+// Lease is a held lease, renewed until Release or until a renewal finds
+// it expired (its holder stalled past the TTL; another may hold it now).
 type Lease struct {
-	c       *Coordinator
-	key     string
-	val     string
-	stop    chan struct{}
-	done    chan struct{}
-	once    sync.Once
-	lost    chan struct{} // closed if a renewal found the lease gone
-	lostSet sync.Once
+	c    *Coordinator
+	key  string
+	val  string
+	stop chan struct{}
+	done chan struct{}
+	once sync.Once
 }
 
 var (
@@ -250,7 +259,7 @@ func (c *Coordinator) acquire(ctx context.Context, key string) (*Lease, string, 
 	if !ok {
 		return nil, holder, nil
 	}
-	l := &Lease{c: c, key: key, val: val, stop: make(chan struct{}), done: make(chan struct{}), lost: make(chan struct{})}
+	l := &Lease{c: c, key: key, val: val, stop: make(chan struct{}), done: make(chan struct{})}
 	go l.renew()
 	return l, "", nil
 }
@@ -277,15 +286,10 @@ func (l *Lease) renew() {
 		// lease is still ours until it expires, and the next renewal
 		// may get through.
 		if err == nil && n == 0 {
-			l.lostSet.Do(func() { close(l.lost) })
 			return
 		}
 	}
 }
-
-// Lost is closed if the lease expired under its holder (it stopped
-// renewing in time) and someone else may hold it now.
-func (l *Lease) Lost() <-chan struct{} { return l.lost }
 
 // Release gives the lease up at once, so a waiter need not wait out its TTL.
 func (l *Lease) Release() {
@@ -318,17 +322,6 @@ func (c *Coordinator) AcquireFill(ctx context.Context, upstream string, d digest
 	}
 	owner, _, _ := strings.Cut(holder, "|")
 	return FillLease{Owner: owner}, nil
-}
-
-// FillHeld reports whether some replica holds d's fill lease now.
-func (c *Coordinator) FillHeld(ctx context.Context, upstream string, d digest.Digest) (bool, error) {
-	var n int64
-	err := c.call(ctx, func(ctx context.Context) error {
-		var err error
-		n, err = c.rdb.Exists(ctx, keyFill(upstream, d)).Result()
-		return err
-	})
-	return n > 0, err
 }
 
 // RecordPull stores the last pull time of repo@d for the cluster's
@@ -407,8 +400,8 @@ func (c *Coordinator) EndCollection(ctx context.Context, upstream string) error 
 // Collecting reports whether, as of the last probe, a collection of
 // upstream runs somewhere in the cluster.
 func (c *Coordinator) Collecting(upstream string) bool {
-	c.gcMu.Lock()
-	defer c.gcMu.Unlock()
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	return c.gcActive == upstream
 }
 

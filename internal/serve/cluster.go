@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/http"
 	"strconv"
-	"sync"
 	"time"
 
 	"github.com/gorilla/mux"
@@ -25,13 +24,9 @@ import (
 // cluster is this replica's part in a set of replicas sharing a bucket:
 // its Redis handle and the peer listener serving its running fills.
 type cluster struct {
-	co     *coord.Coordinator
-	peer   *http.Server
-	peerL  net.Listener
-	downAt struct {
-		sync.Mutex
-		t time.Time
-	}
+	co    *coord.Coordinator
+	peer  *http.Server
+	peerL net.Listener
 }
 
 // startCluster connects to Redis and listens for peers. Redis being down
@@ -51,7 +46,6 @@ func (p *Process) startCluster(cfg config.Config) error {
 		}
 	}
 	cl := &cluster{peerL: l}
-	cl.downAt.t = time.Now() // until the first probe says otherwise
 	cl.co = coord.New(coord.Options{
 		Addr: c.Redis.Addr, Password: c.Redis.Password.Reveal(), DB: c.Redis.DB,
 		Self: self, TTL: c.LeaseTTL, Logger: p.log.With("component", "coordination"),
@@ -59,18 +53,8 @@ func (p *Process) startCluster(cfg config.Config) error {
 			for _, u := range cfg.Upstreams {
 				p.metrics.For(u.Name).CoordinationUp(up)
 			}
-			cl.downAt.Lock()
-			if up {
-				cl.downAt.t = time.Time{}
-			} else {
-				cl.downAt.t = time.Now()
-			}
-			cl.downAt.Unlock()
 		},
 	})
-	if cl.co.Up() {
-		cl.downAt.t = time.Time{}
-	}
 	r := mux.NewRouter()
 	r.Handle("/peer/v1/{upstream}/blobs/{digest}", http.HandlerFunc(p.servePeer)).Methods(http.MethodGet)
 	cl.peer = &http.Server{Handler: r, ReadHeaderTimeout: 10 * time.Second,
@@ -101,14 +85,7 @@ func (p *Process) coordDown() time.Time {
 	if cl == nil {
 		return time.Time{}
 	}
-	return cl.downSince()
-}
-
-// downSince is when Redis stopped answering, or zero while it answers.
-func (cl *cluster) downSince() time.Time {
-	cl.downAt.Lock()
-	defer cl.downAt.Unlock()
-	return cl.downAt.t
+	return cl.co.DownSince()
 }
 
 // advertiseAddr is the address of this host on the route to Redis, with
