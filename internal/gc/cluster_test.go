@@ -1,0 +1,66 @@
+package gc_test
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/distribution/distribution/v3/registry/storage"
+	"github.com/distribution/distribution/v3/registry/storage/driver/filesystem"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/multiproxy/multiproxy/internal/gc"
+)
+
+// soleCluster is a cluster of one replica that no other replica claims
+// anything in: it isolates the collector's own rule for shared stores.
+type soleCluster struct{}
+
+func (soleCluster) Lead(context.Context) (func(), error)           { return func() {}, nil }
+func (soleCluster) Claimed(context.Context, digest.Digest) bool    { return false }
+func (soleCluster) CollectedSince(context.Context, time.Time) bool { return false }
+func (soleCluster) Collected(context.Context)                      {}
+func (soleCluster) LastPulls(context.Context) map[string]time.Time { return nil }
+func (soleCluster) ForgetPulls(context.Context, []string)          {}
+
+// On a store other replicas write to, a blob no manifest references may
+// be one a replica just stored for a pull whose manifest the scan missed:
+// only blobs older than the collection are swept.
+func TestSharedStoreSweepsOnlyBlobsOlderThanTheRun(t *testing.T) {
+	root := t.TempDir()
+	driver := filesystem.New(filesystem.DriverParameters{RootDirectory: root, MaxThreads: 10})
+	ns, err := storage.NewRegistry(context.Background(), driver, storage.EnableDelete)
+	if err != nil {
+		t.Fatal(err)
+	}
+	put := func(content string) (digest.Digest, string) {
+		d := digest.FromString(content)
+		p := "/docker/registry/v2/blobs/sha256/" + d.Encoded()[:2] + "/" + d.Encoded() + "/data"
+		if err := driver.PutContent(context.Background(), p, []byte(content)); err != nil {
+			t.Fatal(err)
+		}
+		return d, filepath.Join(root, p)
+	}
+	old, oldPath := put("stored an hour ago, referenced by nothing")
+	fresh, freshPath := put("stored just now by another replica")
+	hourAgo := time.Now().Add(-time.Hour)
+	if err := os.Chtimes(oldPath, hourAgo, hourAgo); err != nil {
+		t.Fatal(err)
+	}
+
+	res, err := gc.Collect(context.Background(), gc.Store{Name: "docker.io", Root: root, Driver: driver, NS: ns, Cluster: soleCluster{}}, gc.Policy{}, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(oldPath); !os.IsNotExist(err) {
+		t.Errorf("the old unreferenced blob %s was kept", old)
+	}
+	if _, err := os.Stat(freshPath); err != nil {
+		t.Errorf("the blob stored during the run, %s, was swept: %v", fresh, err)
+	}
+	if res.FreedBlobs != 1 || res.Spared != 1 {
+		t.Errorf("freed %d, spared %d; want 1 and 1", res.FreedBlobs, res.Spared)
+	}
+}
