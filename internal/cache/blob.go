@@ -58,7 +58,7 @@ func (c *Cache) Blob(ctx context.Context, name string, d digest.Digest) (*BlobRe
 	}
 	// A collection may remove a blob between the check and the open; it
 	// is then fetched again, once.
-	for range 3 {
+	for range 2 {
 		if f, ok := c.localFile(ctx, repo, d); ok {
 			c.obs.Hit(KindBlob)
 			return &BlobReader{File: f}, nil
@@ -69,6 +69,11 @@ func (c *Cache) Blob(ctx context.Context, name string, d digest.Digest) (*BlobRe
 		}
 		if !local {
 			return &BlobReader{Stream: st}, nil
+		}
+		// openFill found it here under its lock, linked: just open it.
+		if f, ok := c.openHere(d); ok {
+			c.obs.Hit(KindBlob)
+			return &BlobReader{File: f}, nil
 		}
 	}
 	return nil, &upstream.Error{Op: "get blob", Cause: upstream.CauseUnreachable, Err: errors.New("blob removed while being served; retry")}
@@ -81,10 +86,17 @@ func (c *Cache) Blob(ctx context.Context, name string, d digest.Digest) (*BlobRe
 func (c *Cache) localFile(ctx context.Context, repo distribution.Repository, d digest.Digest) (*os.File, bool) {
 	if c.shared != nil {
 		c.guard.Use(d)
-		return c.shared.tier.open(d)
-	}
-	if ok, _ := c.linkLocal(ctx, repo, d); !ok {
+	} else if ok, _ := c.linkLocal(ctx, repo, d); !ok {
 		return nil, false
+	}
+	return c.openHere(d)
+}
+
+// openHere opens d's bytes on this host without looking further: the
+// stored file, or the local copy on a shared bucket.
+func (c *Cache) openHere(d digest.Digest) (*os.File, bool) {
+	if c.shared != nil {
+		return c.shared.tier.open(d)
 	}
 	f, err := c.openLocal(d)
 	return f, err == nil
