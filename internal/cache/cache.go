@@ -680,6 +680,27 @@ func (c *Cache) removeTemps(dirs ...string) {
 	}
 }
 
+// FetchManifest fetches and verifies manifest d from the upstream, stores it
+// if the store takes it, and returns its bytes either way: for a client
+// whose stored copy was lost between the cache's check and the read.
+func (c *Cache) FetchManifest(ctx context.Context, name string, d digest.Digest) (*Manifest, error) {
+	repo, err := c.repo(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	body, info, err := c.client().GetManifest(ctx, name, d.String())
+	if err != nil {
+		return nil, err
+	}
+	c.obs.UpstreamBytes(int64(len(body)))
+	var ns *notStored
+	if _, err := c.putManifest(ctx, repo, body, info); err != nil && !errors.As(err, &ns) {
+		return nil, err
+	}
+	c.used(name, d)
+	return &Manifest{Body: body, MediaType: info.MediaType}, nil
+}
+
 // notStored carries a verified manifest the store could not take.
 type notStored struct{ body []byte }
 

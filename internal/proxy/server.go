@@ -361,9 +361,11 @@ func (s *Server) serveManifest(w *recorder, r *http.Request, rt route) {
 	r2.URL.Path = "/v2/" + rt.repo + "/manifests/" + d.String()
 	r2.URL.RawPath = ""
 	// The manifest can vanish between the cache's check and the App's
-	// read (a store removed underneath us, an eviction): a 404 from the
-	// App for a manifest the cache just vouched for is fetched again once.
-	catch := &notFoundCatcher{ResponseWriter: w}
+	// read (a store removed underneath us, an eviction), or the App can
+	// fail to read it (a store half deleted). A manifest the cache just
+	// vouched for is then fetched again and served from the verified
+	// bytes: asking the App a second time could lose the same race.
+	catch := &lostCatcher{ResponseWriter: w}
 	s.apps.serve(catch, r2)
 	if !catch.caught {
 		return
@@ -371,41 +373,37 @@ func (s *Server) serveManifest(w *recorder, r *http.Request, rt route) {
 	for _, k := range []string{"Content-Type", "Content-Length", "Docker-Distribution-Api-Version"} {
 		w.Header().Del(k)
 	}
-	mem, err = s.cache.EnsureManifest(ctx, rt.repo, d)
-	switch {
-	case err != nil:
+	if mem, err = s.cache.FetchManifest(ctx, rt.repo, d); err != nil {
 		s.writeUpstreamError(w, r, err, kindManifest)
-	case mem != nil:
-		serveManifestBytes(w, r, d, mem)
-	default:
-		s.apps.serve(w, r2)
+		return
 	}
+	serveManifestBytes(w, r, d, mem)
 }
 
-// notFoundCatcher holds back a 404 and its body, so that the caller can try
-// again before anything reaches the client.
-type notFoundCatcher struct {
+// lostCatcher holds back a 404 or a 5xx and its body, so that the caller
+// can answer otherwise before anything reaches the client.
+type lostCatcher struct {
 	http.ResponseWriter
 	caught bool
 }
 
-func (c *notFoundCatcher) WriteHeader(code int) {
-	if code == http.StatusNotFound {
+func (c *lostCatcher) WriteHeader(code int) {
+	if code == http.StatusNotFound || code >= 500 {
 		c.caught = true
 		return
 	}
 	c.ResponseWriter.WriteHeader(code)
 }
 
-func (c *notFoundCatcher) Write(b []byte) (int, error) {
+func (c *lostCatcher) Write(b []byte) (int, error) {
 	if c.caught {
 		return len(b), nil
 	}
 	return c.ResponseWriter.Write(b)
 }
 
-// serveManifestBytes answers with a verified manifest the store could not
-// take, as the App would have served it.
+// serveManifestBytes answers with verified manifest bytes the store could
+// not take or lost, as the App would have served them.
 func serveManifestBytes(w http.ResponseWriter, r *http.Request, d digest.Digest, m *cache.Manifest) {
 	h := w.Header()
 	h.Set("Content-Type", m.MediaType)

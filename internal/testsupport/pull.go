@@ -43,19 +43,27 @@ func PullVerified(c *http.Client, base, repo, ref string) error {
 		digests = append(digests, l.Digest)
 	}
 	for _, d := range digests {
-		resp, err := c.Get(base + "/v2/" + repo + "/blobs/" + d)
-		if err != nil {
-			return fmt.Errorf("blob %s of %s: %w", d, repo, err)
+		if err := PullVerifiedBlob(c, base, repo, d); err != nil {
+			return err
 		}
-		h := sha256.New()
-		_, err = io.Copy(h, resp.Body)
-		resp.Body.Close()
-		if err != nil || resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("blob %s of %s: %d %v", d, repo, resp.StatusCode, err)
-		}
-		if got := "sha256:" + hex.EncodeToString(h.Sum(nil)); got != d {
-			return fmt.Errorf("blob %s of %s: got %s", d, repo, got)
-		}
+	}
+	return nil
+}
+
+// PullVerifiedBlob GETs one blob and checks its bytes against digest d.
+func PullVerifiedBlob(c *http.Client, base, repo, d string) error {
+	resp, err := c.Get(base + "/v2/" + repo + "/blobs/" + d)
+	if err != nil {
+		return fmt.Errorf("blob %s of %s: %w", d, repo, err)
+	}
+	h := sha256.New()
+	_, err = io.Copy(h, resp.Body)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("blob %s of %s: %d %v", d, repo, resp.StatusCode, err)
+	}
+	if got := "sha256:" + hex.EncodeToString(h.Sum(nil)); got != d {
+		return fmt.Errorf("blob %s of %s: got %s", d, repo, got)
 	}
 	return nil
 }

@@ -38,11 +38,23 @@ func TestStoreRemovedWhilePulling(t *testing.T) {
 	for i := range 2 * workers {
 		images = append(images, pushImage(t, up, fmt.Sprintf("team/app%d:1", i), 1<<20, 256<<10))
 	}
-	// Slow cold blobs, so fills are being spooled when the store goes.
+	// One fill is held mid-spool until the store has gone, so that at
+	// least one fill certainly loses its spool; the rest are slow, so
+	// that others are being spooled too.
+	hold := make(chan struct{})
+	f.Add(ts.Rule{Method: "GET", PathContains: "/blobs/" + images[0].layers[0], Times: 1, Action: ts.HoldBody(256<<10, hold)})
 	f.Add(ts.Rule{Method: "GET", PathContains: "/blobs/", Action: ts.Throttle(8 << 20)})
 	p := startProxy(t, up, storage, nil)
 	base := p.URL("docker.io")
 	c := &http.Client{Timeout: 2 * time.Minute}
+
+	// The held fill starts first, alone, so the spool the test waits for
+	// is certainly its own.
+	held := make(chan error, 1)
+	go func() {
+		held <- ts.PullVerifiedBlob(c, base, images[0].repo, images[0].layers[0])
+	}()
+	ts.WaitFor(t, 60*time.Second, "the held fill being spooled", func() bool { return len(spoolFiles(storage)) > 0 })
 
 	var pulls, failures atomic.Int64
 	var firstErr atomic.Value
@@ -76,8 +88,11 @@ func TestStoreRemovedWhilePulling(t *testing.T) {
 	}
 	// Remove it twice: once while a fill is being spooled, then again once
 	// images are cached.
-	ts.WaitFor(t, 60*time.Second, "a fill being spooled", func() bool { return len(spoolFiles(storage)) > 0 })
 	removeAll(t, storage)
+	close(hold)
+	if err := <-held; err != nil {
+		t.Errorf("the client of the fill whose spool was removed: %v", err)
+	}
 	before := pulls.Load()
 	ts.WaitFor(t, 60*time.Second, "pulls after the removal", func() bool { return pulls.Load() >= before+2*workers })
 	removeAll(t, storage)
