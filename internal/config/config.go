@@ -222,6 +222,13 @@ type Upstream struct {
 	// appear in containerd's ?ns= parameter. The name, the remote's host and,
 	// for Docker Hub, its well-known names always count.
 	Aliases []string `mapstructure:"aliases" yaml:"aliases,omitempty"`
+	// AllowHops, when set, lists the only networks (CIDR, or a bare
+	// address) that this upstream's redirect targets and token realms may
+	// be dialed at. Without it a hop may reach public unicast addresses and
+	// the address class of the remote itself (a private registry's private
+	// storage). Link-local, unspecified and multicast addresses are
+	// refused either way. The remote is the operator's and always dialed.
+	AllowHops []string `mapstructure:"allow_hops" yaml:"allow_hops,omitempty"`
 
 	// TLS overrides the top-level tls for this upstream's own listener.
 	TLS TLS `mapstructure:"tls" yaml:"tls,omitempty"`

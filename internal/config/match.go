@@ -1,6 +1,7 @@
 package config
 
 import (
+	"net/netip"
 	"net/url"
 	"slices"
 	"strings"
@@ -37,4 +38,28 @@ func remoteHost(remote string) string {
 		return ""
 	}
 	return u.Host
+}
+
+// HopPrefixes is AllowHops parsed, a bare address as a one-address prefix;
+// nil when it is not set. Entries Validate refused are left out.
+func (u Upstream) HopPrefixes() []netip.Prefix {
+	var out []netip.Prefix
+	for _, h := range u.AllowHops {
+		if p, err := parseHopPrefix(h); err == nil {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func parseHopPrefix(s string) (netip.Prefix, error) {
+	s = strings.TrimSpace(s)
+	if a, err := netip.ParseAddr(s); err == nil {
+		return netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()), nil
+	}
+	p, err := netip.ParsePrefix(s)
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	return p.Masked(), nil
 }

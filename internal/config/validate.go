@@ -147,6 +147,11 @@ func (c Config) validate(requireUpstreams bool) []error {
 		if msg := checkRemote(u.Remote); msg != "" {
 			add(fieldErr(field("remote"), "%s", msg))
 		}
+		for j, h := range u.AllowHops {
+			if _, err := parseHopPrefix(h); err != nil {
+				add(fieldErr(field(fmt.Sprintf("allow_hops[%d]", j)), "want a CIDR such as 10.0.0.0/8 or an address, got %q", h))
+			}
+		}
 
 		switch {
 		case u.Storage.Path == "":

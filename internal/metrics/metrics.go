@@ -73,6 +73,7 @@ type Metrics struct {
 	upRequests      *prometheus.CounterVec
 	upDuration      *prometheus.HistogramVec
 	redirects       *prometheus.CounterVec
+	refused         *prometheus.CounterVec
 	rateLimited     *prometheus.CounterVec
 	rateLimitRemain *prometheus.GaugeVec
 	stale           *prometheus.CounterVec
@@ -137,6 +138,9 @@ func New() *Metrics {
 		[]string{"upstream", "method"})
 	m.redirects = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "upstream_redirects_total",
 		Help: "Redirects followed on upstream calls (blobs sent to a CDN or object store, a redirected API)."}, []string{"upstream"})
+	m.refused = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "upstream_refused_total",
+		Help: "Upstream hops (redirect targets, token realms) not dialed, by reason: an address the hop policy refuses (link_local, loopback, private, ...) or a downgrade from https to http."},
+		[]string{"upstream", "reason"})
 	m.rateLimited = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "upstream_rate_limited_total",
 		Help: "Upstream answers with status 429."}, []string{"upstream"})
 	m.rateLimitRemain = prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "upstream_ratelimit_remaining",
@@ -213,7 +217,7 @@ func New() *Metrics {
 		Help: "Unix time the last garbage collection run ended, whatever its result; absent until one ends."},
 		[]string{"upstream"})
 	m.Registry.MustRegister(m.requests, m.requestDuration, m.inflight, m.hits, m.misses, m.servedBytes,
-		m.fetchedBytes, m.upRequests, m.upDuration, m.redirects, m.rateLimited, m.rateLimitRemain, m.stale, m.dedupWaiters,
+		m.fetchedBytes, m.upRequests, m.upDuration, m.redirects, m.refused, m.rateLimited, m.rateLimitRemain, m.stale, m.dedupWaiters,
 		m.fillUncached, m.storageErrors, m.uncoordinated, m.fillSources, m.gcLeader, m.coordUp,
 		m.state, m.stored, m.fills, m.localCopies, m.disk, m.recycles, m.recycleFailures, m.lastRecycle, m.gcRuns, m.gcDuration, m.gcFreedBytes,
 		m.gcFreedObjects, m.evictions, m.lastGC,
@@ -263,6 +267,9 @@ func (m *Metrics) For(name string) *Upstream {
 	m.gcLeader.WithLabelValues(name)
 	m.rateLimited.WithLabelValues(name)
 	m.redirects.WithLabelValues(name)
+	for _, r := range upstream.RefusedReasons {
+		m.refused.WithLabelValues(name, r)
+	}
 	m.inflight.WithLabelValues(name)
 	m.recycleFailures.WithLabelValues(name)
 	m.gcFreedBytes.WithLabelValues(name)
@@ -384,6 +391,11 @@ func (u *Upstream) CoordinationUp(up bool) {
 
 // UpstreamRedirect counts one redirect followed on an upstream call.
 func (u *Upstream) UpstreamRedirect() { u.m.redirects.WithLabelValues(u.name).Inc() }
+
+// UpstreamRefused counts one hop the hop policy refused, by reason.
+func (u *Upstream) UpstreamRefused(reason string) {
+	u.m.refused.WithLabelValues(u.name, reason).Inc()
+}
 
 // State sets the upstream's health state: 1 on its series, 0 on the others,
 // so a state-timeline panel needs no absent() tricks.

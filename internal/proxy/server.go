@@ -41,6 +41,7 @@ type Observer interface {
 	Request(kind string, status int, d time.Duration, fromCache bool, bytes int64)
 	Upstream(method string, status int, d time.Duration, h http.Header, err error)
 	UpstreamRedirect()
+	UpstreamRefused(reason string)
 }
 
 type nopObserver struct{}
@@ -53,6 +54,7 @@ func (nopObserver) UpstreamBytes(int64)                                     {}
 func (nopObserver) Request(string, int, time.Duration, bool, int64)         {}
 func (nopObserver) Upstream(string, int, time.Duration, http.Header, error) {}
 func (nopObserver) UpstreamRedirect()                                       {}
+func (nopObserver) UpstreamRefused(string)                                  {}
 func (nopObserver) FillUncached(string)                                     {}
 func (nopObserver) StorageError(string)                                     {}
 func (nopObserver) FillUncoordinated()                                      {}
@@ -124,6 +126,12 @@ func New(ctx context.Context, u config.Upstream, o Options) (*Server, error) {
 		UserAgent:  version.UserAgent(),
 		Observe:    o.Observer.Upstream,
 		Redirected: o.Observer.UpstreamRedirect,
+		AllowHops:  u.HopPrefixes(),
+		Refused: func(host, reason string) {
+			// The host only: a hop's URL may carry a signature.
+			log.Warn("upstream hop refused", "host", host, "reason", reason)
+			o.Observer.UpstreamRefused(reason)
+		},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("upstream %s: %w", u.Name, err)

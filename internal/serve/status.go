@@ -263,15 +263,16 @@ func (o *observer) h() *health.Upstream {
 	return nil
 }
 
-func (o *observer) Hit(kind string)        { o.m.Hit(kind) }
-func (o *observer) Miss(kind string)       { o.m.Miss(kind) }
-func (o *observer) DedupJoin(kind string)  { o.m.DedupJoin(kind) }
-func (o *observer) UpstreamBytes(n int64)  { o.m.UpstreamBytes(n) }
-func (o *observer) UpstreamRedirect()      { o.m.UpstreamRedirect() }
-func (o *observer) FillUncached(r string)  { o.m.FillUncached(r) }
-func (o *observer) StorageError(op string) { o.m.StorageError(op) }
-func (o *observer) FillUncoordinated()     { o.m.FillUncoordinated() }
-func (o *observer) FillSource(s string)    { o.m.FillSource(s) }
+func (o *observer) Hit(kind string)          { o.m.Hit(kind) }
+func (o *observer) Miss(kind string)         { o.m.Miss(kind) }
+func (o *observer) DedupJoin(kind string)    { o.m.DedupJoin(kind) }
+func (o *observer) UpstreamBytes(n int64)    { o.m.UpstreamBytes(n) }
+func (o *observer) UpstreamRedirect()        { o.m.UpstreamRedirect() }
+func (o *observer) UpstreamRefused(r string) { o.m.UpstreamRefused(r) }
+func (o *observer) FillUncached(r string)    { o.m.FillUncached(r) }
+func (o *observer) StorageError(op string)   { o.m.StorageError(op) }
+func (o *observer) FillUncoordinated()       { o.m.FillUncoordinated() }
+func (o *observer) FillSource(s string)      { o.m.FillSource(s) }
 func (o *observer) Request(kind string, status int, d time.Duration, fromCache bool, bytes int64) {
 	o.m.Request(kind, status, d, fromCache, bytes)
 }

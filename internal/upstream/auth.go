@@ -32,67 +32,95 @@ type challenge struct {
 	params map[string]string
 }
 
+// Bounds on what a WWW-Authenticate answer may hold. Real registries send
+// one challenge of a few hundred bytes; anything near these is a stranger
+// testing us, and is refused rather than parsed.
+const (
+	maxChallengeBytes  = 8 << 10 // all WWW-Authenticate values together
+	maxChallenges      = 8
+	maxChallengeParams = 16
+)
+
+// errChallengeTooLarge refuses a WWW-Authenticate answer past the bounds.
+var errChallengeTooLarge = fmt.Errorf("WWW-Authenticate larger than %d bytes, %d challenges or %d parameters",
+	maxChallengeBytes, maxChallenges, maxChallengeParams)
+
 // parseChallenges reads WWW-Authenticate values such as
 // `Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/alpine:pull"`.
 // Quoted values may contain commas (a scope list), so this is a small
-// tokenizer rather than a split.
-func parseChallenges(values []string) []challenge {
-	var out []challenge
+// tokenizer rather than a split. It reads each byte once, so its cost is
+// linear in the header's size, and it refuses a header past the bounds
+// above before reading it.
+func parseChallenges(values []string) ([]challenge, error) {
+	total := 0
 	for _, v := range values {
-		s := strings.TrimSpace(v)
-		for s != "" {
-			sp := strings.IndexAny(s, " \t")
-			var scheme string
-			if sp < 0 {
-				scheme, s = s, ""
-			} else {
-				scheme, s = s[:sp], strings.TrimSpace(s[sp:])
+		total += len(v)
+	}
+	if total > maxChallengeBytes {
+		return nil, errChallengeTooLarge
+	}
+	var out []challenge
+	for _, s := range values {
+		i, n := 0, len(s)
+		for i < n {
+			for i < n && (s[i] == ' ' || s[i] == '\t' || s[i] == ',') {
+				i++
 			}
-			ch := challenge{scheme: strings.ToLower(scheme), params: map[string]string{}}
-			for s != "" {
-				eq := strings.IndexByte(s, '=')
-				if eq <= 0 || strings.ContainsAny(s[:eq], " \t,") {
-					break // the next challenge's scheme
+			start := i
+			for i < n && s[i] != ' ' && s[i] != '\t' && s[i] != ',' && s[i] != '=' && s[i] != '"' {
+				i++
+			}
+			tok := s[start:i]
+			if tok == "" {
+				if i < n {
+					i++ // a stray '=' or '"': skip it
 				}
-				key := strings.ToLower(strings.TrimSpace(s[:eq]))
-				s = s[eq+1:]
-				var val string
-				if strings.HasPrefix(s, `"`) {
-					var b strings.Builder
-					i := 1
-					for ; i < len(s); i++ {
-						if s[i] == '\\' && i+1 < len(s) {
-							i++
-							b.WriteByte(s[i])
-							continue
-						}
-						if s[i] == '"' {
-							break
-						}
-						b.WriteByte(s[i])
-					}
-					val = b.String()
-					if i < len(s) {
+				continue
+			}
+			for i < n && (s[i] == ' ' || s[i] == '\t') {
+				i++
+			}
+			if i >= n || s[i] != '=' {
+				// Not followed by '=': the next challenge's scheme.
+				if len(out) == maxChallenges {
+					return nil, errChallengeTooLarge
+				}
+				out = append(out, challenge{scheme: strings.ToLower(tok), params: map[string]string{}})
+				continue
+			}
+			i++ // '='
+			for i < n && (s[i] == ' ' || s[i] == '\t') {
+				i++
+			}
+			var val string
+			if i < n && s[i] == '"' {
+				var b strings.Builder
+				for i++; i < n && s[i] != '"'; i++ {
+					if s[i] == '\\' && i+1 < n {
 						i++
 					}
-					s = s[i:]
-				} else {
-					end := strings.IndexByte(s, ',')
-					if end < 0 {
-						end = len(s)
-					}
-					val, s = strings.TrimSpace(s[:end]), s[end:]
+					b.WriteByte(s[i])
 				}
-				ch.params[key] = val
-				s = strings.TrimLeft(s, " \t")
-				if strings.HasPrefix(s, ",") {
-					s = strings.TrimLeft(s[1:], " \t")
+				i++ // the closing quote, or past the end
+				val = b.String()
+			} else {
+				start := i
+				for i < n && s[i] != ',' && s[i] != ' ' && s[i] != '\t' {
+					i++
 				}
+				val = s[start:i]
 			}
-			out = append(out, ch)
+			if len(out) == 0 {
+				continue // a parameter before any scheme belongs to nothing
+			}
+			ch := out[len(out)-1]
+			if len(ch.params) == maxChallengeParams {
+				return nil, errChallengeTooLarge
+			}
+			ch.params[strings.ToLower(tok)] = val
 		}
 	}
-	return out
+	return out, nil
 }
 
 // credential is what is sent to one host for one repository.
@@ -105,7 +133,14 @@ func (c credential) valid(now time.Time) bool {
 	return c.header != "" && (c.expires.IsZero() || now.Before(c.expires))
 }
 
-type authKey struct{ host, repo string }
+// authKey names a credential: the origin (scheme://host[:port]) it is
+// sent to, and the repository it is scoped to. The scheme is part of the
+// key, so a credential earned over https is never sent over plain http to
+// the same host.
+type authKey struct{ origin, repo string }
+
+// originOf is the scheme://host[:port] a credential is kept for.
+func originOf(u *url.URL) string { return u.Scheme + "://" + u.Host }
 
 // authorizer keeps the credentials of one upstream: bearer tokens per host
 // and repository scope, reused until shortly before they expire, and basic
@@ -116,13 +151,15 @@ type authKey struct{ host, repo string }
 // challenges on its own (registry.k8s.io's backends do) gets anonymous
 // tokens from its realm, never our credentials: it is another party.
 type authorizer struct {
-	origin   string // host[:port] of the configured remote
-	hostname string // origin without port
+	origin   string // scheme://host[:port] of the configured remote
+	hostname string // the remote's host name, without port
+	secure   bool   // the remote is https: nothing secret goes over plain http
 	username string
 	password string
 	http     http.RoundTripper
 	ua       string
 	timeout  time.Duration
+	refused  func(host, reason string)
 	now      func() time.Time
 
 	mu      sync.Mutex
@@ -140,22 +177,29 @@ type authEntry struct {
 func newAuthorizer(origin *url.URL, username, password string, rt http.RoundTripper, ua string, timeout time.Duration) *authorizer {
 	return &authorizer{
 		timeout:  timeout,
-		origin:   origin.Host,
+		origin:   originOf(origin),
 		hostname: origin.Hostname(),
+		secure:   origin.Scheme == "https",
 		username: username,
 		password: password,
 		http:     rt,
 		ua:       ua,
+		refused:  func(string, string) {},
 		now:      time.Now,
 		creds:    map[authKey]*authEntry{},
 		realms:   map[string]challenge{},
 	}
 }
 
-// header returns the Authorization value to send to host for repo, or "".
+// header returns the Authorization value to send to host (an origin,
+// scheme://host[:port]) for repo, or "". Nothing is sent over plain http
+// for an https remote.
 // For the upstream's own host a token is fetched before the first request of
 // a repository once the host's realm is known, saving the 401 round trip.
 func (a *authorizer) header(ctx context.Context, host, repo string) (string, error) {
+	if a.secure && strings.HasPrefix(host, "http://") {
+		return "", nil
+	}
 	key := authKey{host, repo}
 	now := a.now()
 	a.mu.Lock()
@@ -180,8 +224,16 @@ func (a *authorizer) header(ctx context.Context, host, repo string) (string, err
 // answer reacts to a 401 from host: it obtains the credential the challenge
 // asks for. ok is false when there is nothing more to try.
 func (a *authorizer) answer(ctx context.Context, host, repo string, resp *http.Response) (bool, error) {
-	chs := parseChallenges(resp.Header.Values("WWW-Authenticate"))
 	a.invalidate(host, repo)
+	if a.secure && strings.HasPrefix(host, "http://") {
+		// Never reached through send, which refuses the downgrade; kept
+		// so that no path can earn a credential over plain http.
+		return false, nil
+	}
+	chs, err := parseChallenges(resp.Header.Values("WWW-Authenticate"))
+	if err != nil {
+		return false, &Error{Op: "authenticate", Cause: CauseBadContent, Status: resp.StatusCode, Err: err}
+	}
 	for _, ch := range chs {
 		switch ch.scheme {
 		case "bearer":
@@ -277,12 +329,20 @@ type tokenResponse struct {
 }
 
 // requestToken runs the token protocol's GET. Credentials go only to a realm
-// of the upstream's own host, and only over https or to the same host name:
-// a plain-HTTP realm elsewhere would see the password in clear.
+// named by the upstream's own host, and only over https, or, for a plain-HTTP
+// remote, to the same host name: a plain-HTTP realm elsewhere would see the
+// password in clear. An https remote's realm on plain http is refused.
 func (a *authorizer) requestToken(ctx context.Context, host, realm, service, scope string) (credential, error) {
 	ru, err := url.Parse(realm)
 	if err != nil || (ru.Scheme != "https" && ru.Scheme != "http") || ru.Host == "" {
-		return credential{}, &Error{Op: "authenticate", Cause: CauseAuth, Err: fmt.Errorf("unusable token realm %q", realm)}
+		return credential{}, &Error{Op: "authenticate", Cause: CauseAuth, Err: errors.New("unusable token realm")}
+	}
+	if a.secure && ru.Scheme == "http" {
+		// A token asked for in clear can be read and replayed by anyone
+		// on the path, and an https remote promised better.
+		a.refused(ru.Host, RefusedDowngrade)
+		return credential{}, &Error{Op: "authenticate", Cause: CauseUnreachable,
+			Err: &HopRefused{Host: ru.Host, Reason: RefusedDowngrade}}
 	}
 	q := ru.Query()
 	if service != "" {

@@ -16,8 +16,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"os"
 	"strings"
@@ -57,6 +57,13 @@ type Options struct {
 	Observe func(method string, status int, d time.Duration, h http.Header, err error)
 	// Redirected, if set, is told about every redirect followed.
 	Redirected func()
+	// AllowHops, when not empty, replaces the default hop policy: a
+	// redirect target or token realm may then dial only addresses inside
+	// these prefixes (see HopPolicy).
+	AllowHops []netip.Prefix
+	// Refused, if set, is told about every hop the policy refused, by host
+	// (never a URL: its query may hold a signature) and reason.
+	Refused func(host, reason string)
 }
 
 // Client is the upstream side of one proxied registry.
@@ -69,6 +76,8 @@ type Client struct {
 	timeout    time.Duration
 	ua         string
 	redirected func()
+	hops       *HopPolicy
+	refused    func(host, reason string)
 }
 
 // New builds a Client. It does not contact the upstream.
@@ -80,7 +89,8 @@ func New(o Options) (*Client, error) {
 	if u.Scheme != "http" && u.Scheme != "https" || u.Host == "" {
 		return nil, fmt.Errorf("remote %q: want http(s)://host[:port]", o.Remote)
 	}
-	base, err := newTransport(o.CAFile, o.Timeout)
+	hops := NewHopPolicy(u, o.AllowHops)
+	base, err := newTransport(o.CAFile, o.Timeout, hops)
 	if err != nil {
 		return nil, err
 	}
@@ -94,29 +104,42 @@ func New(o Options) (*Client, error) {
 		timeout:    o.Timeout,
 		ua:         o.UserAgent,
 		redirected: o.Redirected,
+		hops:       hops,
+		refused:    o.Refused,
 	}
-	c.rt = base
+	if c.refused == nil {
+		c.refused = func(string, string) {}
+	}
+	c.rt = refusals{next: base, refused: c.refused}
 	if o.Observe != nil {
-		c.rt = observer{next: base, observe: o.Observe}
+		c.rt = observer{next: c.rt, observe: o.Observe}
 	}
 	if c.redirected == nil {
 		c.redirected = func() {}
 	}
 	c.auth = newAuthorizer(u, o.Username, o.Password, c.rt, o.UserAgent, o.Timeout)
+	c.auth.refused = c.refused
 	return c, nil
 }
 
+// maxResponseHeaderBytes bounds the headers of one upstream answer. A real
+// registry's are a few KiB, a presigned Location included; net/http's
+// default of 10 MiB would let 40 strangers' answers take 400 MiB.
+const maxResponseHeaderBytes = 256 << 10
+
 // newTransport is the one place upstream connections are configured: every
-// wait is bounded by timeout, and a private CA is added to the system roots.
-// Each upstream has a transport of its own; nothing process-wide is touched.
-func newTransport(caFile string, timeout time.Duration) (*http.Transport, error) {
+// wait is bounded by timeout, every dial goes through the hop policy, and a
+// private CA is added to the system roots. Each upstream has a transport of
+// its own; nothing process-wide is touched.
+func newTransport(caFile string, timeout time.Duration, hops *HopPolicy) (*http.Transport, error) {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
-	tr.DialContext = (&net.Dialer{Timeout: timeout, KeepAlive: 30 * time.Second}).DialContext
+	tr.DialContext = hops.dialContext(timeout)
 	tr.TLSHandshakeTimeout = timeout
 	tr.ResponseHeaderTimeout = timeout
 	tr.ExpectContinueTimeout = time.Second
 	tr.MaxIdleConnsPerHost = 32
-	tr.Proxy = http.ProxyFromEnvironment
+	tr.MaxResponseHeaderBytes = maxResponseHeaderBytes
+	tr.Proxy = hops.proxyFunc
 	if caFile != "" {
 		pem, err := os.ReadFile(caFile)
 		if err != nil {
@@ -196,7 +219,11 @@ func (c *Client) send(ctx context.Context, op, method, repo, path string, accept
 		if len(accept) > 0 {
 			req.Header.Set("Accept", strings.Join(accept, ", "))
 		}
-		authz, err := c.auth.header(ctx, target.Host, repo)
+		if err := c.hops.checkProxied(ctx, target); err != nil {
+			return nil, c.refuse(op, err)
+		}
+		origin := originOf(target)
+		authz, err := c.auth.header(ctx, origin, repo)
 		if err != nil {
 			return nil, classify(op, err)
 		}
@@ -208,9 +235,9 @@ func (c *Client) send(ctx context.Context, op, method, repo, path string, accept
 			return nil, classify(op, err)
 		}
 		switch {
-		case resp.StatusCode == http.StatusUnauthorized && !answered[target.Host]:
-			answered[target.Host] = true
-			ok, err := c.auth.answer(ctx, target.Host, repo, resp)
+		case resp.StatusCode == http.StatusUnauthorized && !answered[origin]:
+			answered[origin] = true
+			ok, err := c.auth.answer(ctx, origin, repo, resp)
 			if err != nil || !ok {
 				if err == nil {
 					return resp, nil // no challenge we can answer: the caller sees the 401
@@ -225,10 +252,19 @@ func (c *Client) send(ctx context.Context, op, method, repo, path string, accept
 			discard(resp)
 			next, err := target.Parse(loc)
 			if loc == "" || err != nil {
-				return nil, &Error{Op: op, Cause: CauseOther, Status: resp.StatusCode, Err: fmt.Errorf("redirect without a usable Location %q", loc)}
+				// Not the Location itself: a presigned one carries its
+				// signature in the query, and errors reach the log.
+				return nil, &Error{Op: op, Cause: CauseOther, Status: resp.StatusCode, Err: errors.New("redirect without a usable Location")}
 			}
-			if next.Scheme != "http" && next.Scheme != "https" {
+			if next.Scheme != "http" && next.Scheme != "https" || next.Host == "" {
 				return nil, &Error{Op: op, Cause: CauseOther, Status: resp.StatusCode, Err: fmt.Errorf("redirect to unsupported scheme %q", next.Scheme)}
+			}
+			if c.remote.Scheme == "https" && next.Scheme == "http" {
+				// Behind a TLS-terminating balancer with a wrong
+				// X-Forwarded-Proto this is a misconfiguration, elsewhere
+				// an attack; either way, following it would send the
+				// request, and what it carries, in clear.
+				return nil, c.refuse(op, &HopRefused{Host: next.Host, Reason: RefusedDowngrade})
 			}
 			hops++
 			if hops > maxRedirects {
@@ -242,10 +278,36 @@ func (c *Client) send(ctx context.Context, op, method, repo, path string, accept
 			continue
 		}
 		if resp.StatusCode == http.StatusUnauthorized {
-			c.auth.invalidate(target.Host, repo)
+			c.auth.invalidate(origin, repo)
 		}
 		return resp, nil
 	}
+}
+
+// refuse makes the error of a hop the policy refused, and reports it. The
+// client is answered as for an unreachable upstream.
+func (c *Client) refuse(op string, err error) error {
+	var hr *HopRefused
+	if errors.As(err, &hr) {
+		c.refused(hr.Host, hr.Reason)
+	}
+	return &Error{Op: op, Cause: CauseUnreachable, Err: err}
+}
+
+// refusals reports the hops the dialer refused, whichever call dialed
+// them: an API request, a redirect hop or a token request.
+type refusals struct {
+	next    http.RoundTripper
+	refused func(host, reason string)
+}
+
+func (r refusals) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp, err := r.next.RoundTrip(req)
+	var hr *HopRefused
+	if err != nil && errors.As(err, &hr) {
+		r.refused(hr.Host, hr.Reason)
+	}
+	return resp, err
 }
 
 func isRedirect(code int) bool {

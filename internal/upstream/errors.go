@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"strings"
 
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
@@ -98,6 +99,7 @@ func classify(op string, err error) error {
 	if errors.As(err, &ue) {
 		return err
 	}
+	err = withoutQuery(err)
 	var te *transport.Error
 	if errors.As(err, &te) && te.StatusCode != 0 {
 		c := causeForStatus(te.StatusCode)
@@ -111,6 +113,20 @@ func classify(op string, err error) error {
 		return &Error{Op: op, Cause: CauseTimeout, Err: err}
 	}
 	return &Error{Op: op, Cause: CauseUnreachable, Err: err}
+}
+
+// withoutQuery drops the query from the URL a *url.Error names: a
+// presigned URL carries its signature there, and errors reach the log.
+func withoutQuery(err error) error {
+	var ue *url.Error
+	if !errors.As(err, &ue) {
+		return err
+	}
+	u, perr := url.Parse(ue.URL)
+	if perr != nil {
+		return fmt.Errorf("%s (URL withheld): %w", ue.Op, ue.Err)
+	}
+	return fmt.Errorf("%s %s://%s%s: %w", ue.Op, u.Scheme, u.Host, u.Path, ue.Err)
 }
 
 func isTimeout(err error) bool {
