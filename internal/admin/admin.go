@@ -13,8 +13,9 @@
 //	POST /api/v1/recycle?upstream=  rebuild an upstream's App   (guarded)
 //	POST /api/v1/gc?upstream=[&dry_run=true]  collect garbage   (guarded)
 //
-// Mutating endpoints need the bearer token from admin.token_file. With no
-// token configured they are served only when the admin listener is bound to
+// Mutating endpoints need the bearer token from admin.token_file (the
+// scheme matched case-insensitively, as RFC 9110 has it). With no token
+// configured they are served only when the admin listener is bound to
 // loopback, so an admin API is never open to the network by default, and
 // only to requests that come from this host's operator rather than from a
 // web page open in a browser on the host: a loopback listener is
@@ -243,12 +244,15 @@ func guard(o Options, log *slog.Logger, next http.Handler) http.Handler {
 			next.ServeHTTP(w, r)
 			return
 		}
-		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		if !ok {
+		// Auth schemes are case-insensitive (RFC 9110 11.1), and a
+		// scheme is followed by one or more spaces.
+		scheme, got, ok := strings.Cut(r.Header.Get("Authorization"), " ")
+		if !ok || !strings.EqualFold(scheme, "Bearer") {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="multiproxy-admin"`)
 			refuse(http.StatusUnauthorized, "no bearer token", "bearer token required")
 			return
 		}
+		got = strings.TrimLeft(got, " ")
 		if subtle.ConstantTimeCompare([]byte(got), []byte(o.Token)) != 1 {
 			refuse(http.StatusForbidden, "wrong token", "wrong token")
 			return

@@ -171,6 +171,37 @@ func TestTokenlessActionsServeThisHost(t *testing.T) {
 	}
 }
 
+func TestBearerSchemeIsCaseInsensitive(t *testing.T) {
+	const token = "s3cret"
+	cases := []struct {
+		auth string
+		want int
+	}{
+		{"Bearer " + token, http.StatusOK},
+		{"bearer " + token, http.StatusOK},
+		{"BEARER " + token, http.StatusOK},
+		{"Bearer  " + token, http.StatusOK}, // RFC 9110: one or more spaces
+		{"bearer s3cre", http.StatusForbidden},
+		{"bearer " + token + "X", http.StatusForbidden},
+		{"bearer", http.StatusUnauthorized},
+		{"bearers " + token, http.StatusUnauthorized},
+		{"basic " + token, http.StatusUnauthorized},
+	}
+	for _, c := range cases {
+		srv, b, logs := adminServer(t, Options{Token: token, Loopback: true})
+		code, body := send(t, srv, mutating[0], "", hdr("Authorization", c.auth))
+		if code != c.want {
+			t.Errorf("Authorization %q: %d %v, want %d", c.auth, code, body, c.want)
+		}
+		if ran := len(b.ran()) == 1; ran != (c.want == http.StatusOK) {
+			t.Errorf("Authorization %q: backend ran %v", c.auth, b.ran())
+		}
+		if strings.Contains(logs.String(), "s3cre") {
+			t.Errorf("Authorization %q: the log has the token:\n%s", c.auth, logs.String())
+		}
+	}
+}
+
 // A page cannot send an Authorization header cross-site without CORS
 // consent, so with a token the token alone decides, wherever the listener
 // is and whatever names the request carries.
