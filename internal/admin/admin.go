@@ -13,12 +13,25 @@
 //	POST /api/v1/recycle?upstream=  rebuild an upstream's App   (guarded)
 //	POST /api/v1/gc?upstream=[&dry_run=true]  collect garbage   (guarded)
 //
-// Mutating endpoints need the bearer token from admin.token_file. With no
-// token configured they are served only when the admin listener is bound to
-// loopback, so an admin API is never open to the network by default. A
-// refusal is 401 (no bearer token sent) or 403 (wrong token, or no token
-// configured on a non-loopback listener), always with a JSON error body, and
-// is decided before the Backend is called.
+// Mutating endpoints need the bearer token from admin.token_file (the
+// scheme matched case-insensitively, as RFC 9110 has it). With no token
+// configured they are served only when the admin listener is bound to
+// loopback, so an admin API is never open to the network by default, and
+// only to requests that come from this host's operator rather than from a
+// web page open in a browser on the host: a loopback listener is
+// reachable from every such page, which can POST to it cross-site without
+// a CORS preflight, or, by rebinding its own name to 127.0.0.1, even
+// same-origin. So a tokenless action needs a loopback Host (localhost,
+// 127.0.0.0/8 or [::1], any port), no Origin other than a loopback one
+// ("null" is not), and a Sec-Fetch-Site, if any, of same-origin or none.
+// curl and `multiproxy purge` pointed at the listener pass. A token needs
+// none of this: a page cannot send an Authorization header cross-site
+// without the CORS consent this API never gives.
+//
+// A refusal is 401 (no bearer token sent) or 403 (wrong token, no token
+// configured on a non-loopback listener, or a request that may come from a
+// web page), always with a JSON error body, is logged at warn with its
+// reason, and is decided before the Backend is called.
 //
 // Error bodies are {"error": message}, plus the OCI distribution form
 // {"errors": [{"code": ..., "message": ...}]} when the Backend gives a code.
@@ -36,6 +49,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 
@@ -156,7 +170,7 @@ func Handler(o Options) http.Handler {
 		}
 		writePage(w, req, log, st)
 	}).Methods(http.MethodGet)
-	r.Handle(api+"/purge", guard(o, http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+	r.Handle(api+"/purge", guard(o, log, http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		image := req.URL.Query().Get("image")
 		if err := o.Backend.Purge(req.Context(), image); err != nil {
 			writeErr(w, req, err)
@@ -164,7 +178,7 @@ func Handler(o Options) http.Handler {
 		}
 		writeJSON(w, http.StatusOK, map[string]string{"purged": image})
 	}))).Methods(http.MethodPost)
-	r.Handle(api+"/recycle", guard(o, http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+	r.Handle(api+"/recycle", guard(o, log, http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		name, ok := upstreamParam(w, req)
 		if !ok {
 			return
@@ -175,7 +189,7 @@ func Handler(o Options) http.Handler {
 		}
 		writeJSON(w, http.StatusOK, map[string]string{"recycled": name})
 	}))).Methods(http.MethodPost)
-	r.Handle(api+"/gc", guard(o, http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+	r.Handle(api+"/gc", guard(o, log, http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		name, ok := upstreamParam(w, req)
 		if !ok {
 			return
@@ -205,30 +219,112 @@ func Handler(o Options) http.Handler {
 	return r
 }
 
-// guard admits a mutating request only with the right token, or from a
-// loopback-bound listener when no token is configured.
-func guard(o Options, next http.Handler) http.Handler {
+// guard admits a mutating request only with the right token, or, with no
+// token configured, from a loopback-bound listener and only when it comes
+// from this host's operator rather than from a web page (sameHostRefusal).
+// Every refusal is logged, so that an attack shows up in the log.
+func guard(o Options, log *slog.Logger, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		refuse := func(status int, reason, msg string) {
+			log.Warn("admin request refused", "method", r.Method, "path", r.URL.Path,
+				"remote", r.RemoteAddr, "reason", reason)
+			writeJSON(w, status, errBody(msg))
+		}
 		if o.Token == "" {
 			if !o.Loopback {
-				writeJSON(w, http.StatusForbidden, errBody("admin actions need admin.token_file when the admin listener is not on loopback"))
+				refuse(http.StatusForbidden, "no admin.token_file and the listener is not on loopback",
+					"admin actions need admin.token_file when the admin listener is not on loopback")
+				return
+			}
+			if reason := sameHostRefusal(r); reason != "" {
+				refuse(http.StatusForbidden, reason,
+					"refused: "+reason+"; without admin.token_file admin actions are served only to requests made on this host, not to web pages")
 				return
 			}
 			next.ServeHTTP(w, r)
 			return
 		}
-		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		if !ok {
+		// Auth schemes are case-insensitive (RFC 9110 11.1), and a
+		// scheme is followed by one or more spaces.
+		scheme, got, ok := strings.Cut(r.Header.Get("Authorization"), " ")
+		if !ok || !strings.EqualFold(scheme, "Bearer") {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="multiproxy-admin"`)
-			writeJSON(w, http.StatusUnauthorized, errBody("bearer token required"))
+			refuse(http.StatusUnauthorized, "no bearer token", "bearer token required")
 			return
 		}
+		got = strings.TrimLeft(got, " ")
 		if subtle.ConstantTimeCompare([]byte(got), []byte(o.Token)) != 1 {
-			writeJSON(w, http.StatusForbidden, errBody("wrong token"))
+			refuse(http.StatusForbidden, "wrong token", "wrong token")
 			return
 		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+// sameHostRefusal says why a tokenless request may have been sent by a
+// web page rather than by an operator on this host, or "" if nothing says
+// so. A loopback listener is reachable from every browser on the host: any
+// page can POST to it cross-site without a CORS preflight, and a page
+// whose name an attacker rebinds to 127.0.0.1 even sends its own name as
+// Host. Browsers always send Host and cannot forge it, Origin or
+// Sec-Fetch-Site, while curl and the multiproxy CLI send a loopback Host
+// and neither of the others.
+func sameHostRefusal(r *http.Request) string {
+	if !loopbackHost(r.Host) {
+		return fmt.Sprintf("Host %q is not a loopback name", clip(r.Host))
+	}
+	for _, origin := range r.Header.Values("Origin") {
+		if !loopbackOrigin(origin) {
+			return fmt.Sprintf("Origin %q is not on loopback", clip(origin))
+		}
+	}
+	for _, site := range r.Header.Values("Sec-Fetch-Site") {
+		// same-site is refused too: another port of localhost is the
+		// same site, and it may serve anything.
+		switch strings.ToLower(strings.TrimSpace(site)) {
+		case "same-origin", "none":
+		default:
+			return fmt.Sprintf("Sec-Fetch-Site is %q", clip(site))
+		}
+	}
+	return ""
+}
+
+// clip shortens a header value quoted in a refusal: the sender chooses
+// it, and it goes to the log and back in the answer.
+func clip(v string) string {
+	const limit = 100
+	if len(v) <= limit {
+		return v
+	}
+	return v[:limit] + "…"
+}
+
+// loopbackHost reports whether a Host header value (host, host:port,
+// [v6]:port or [v6]) names localhost or a loopback IP.
+func loopbackHost(hostport string) bool {
+	host := hostport
+	if h, _, err := net.SplitHostPort(hostport); err == nil {
+		host = h
+	} else if strings.HasPrefix(host, "[") && strings.HasSuffix(host, "]") {
+		host = host[1 : len(host)-1]
+	}
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// loopbackOrigin reports whether an Origin header value is an http(s)
+// origin on a loopback host. "null", sent by sandboxed frames, file: pages
+// and some redirects, is not: nothing says where such a request came from.
+func loopbackOrigin(origin string) bool {
+	u, err := url.Parse(origin)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return false
+	}
+	return loopbackHost(u.Host)
 }
 
 // IsLoopback reports whether a listen address binds only to loopback.

@@ -57,9 +57,17 @@ func (b *backend) GC(_ context.Context, upstream string, dryRun bool) (any, erro
 	return map[string]any{"upstream": upstream, "dry_run": dryRun}, nil
 }
 
+// newRequest is a request as curl sends it to the default admin listener;
+// httptest's own default Host, example.com, is refused without a token.
+func newRequest(method, target string) *http.Request {
+	req := httptest.NewRequest(method, target, nil)
+	req.Host = "127.0.0.1:9090"
+	return req
+}
+
 func do(t *testing.T, h http.Handler, method, target, auth string) (int, map[string]any) {
 	t.Helper()
-	req := httptest.NewRequest(method, target, nil)
+	req := newRequest(method, target)
 	if auth != "" {
 		req.Header.Set("Authorization", auth)
 	}

@@ -59,9 +59,8 @@ func TestErrorsKeepInternalsFromClients(t *testing.T) {
 			h := Handler(Options{Backend: &failing{err: tc.err}, Loopback: true,
 				Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 			for _, e := range endpoints {
-				req := httptest.NewRequest(e.method, e.target, nil)
 				rec := httptest.NewRecorder()
-				h.ServeHTTP(rec, req)
+				h.ServeHTTP(rec, newRequest(e.method, e.target))
 				body := rec.Body.String()
 				if rec.Code != tc.want {
 					t.Errorf("%s %s: %d, want %d", e.method, e.target, rec.Code, tc.want)
