@@ -44,6 +44,7 @@ func (c *Cache) Referrers(ctx context.Context, name string, d digest.Digest, art
 	tag := FallbackTag(d)
 	var out Referrers
 	body, err := c.client().GetReferrers(ctx, name, d)
+	c.upstreamFailed(KindReferrers, err)
 	// Only the API's answer comes parsed; a list read through the tag
 	// schema, or kept here, is a manifest that must still be a referrers
 	// index before a client gets it.
@@ -86,6 +87,7 @@ func (c *Cache) Referrers(ctx context.Context, name string, d digest.Digest, art
 	}
 	if !parsed {
 		if body, err = upstream.ParseReferrers(body); err != nil {
+			c.upstreamFailed(KindReferrers, err)
 			return Referrers{}, err
 		}
 	}

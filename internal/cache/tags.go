@@ -43,6 +43,7 @@ func (c *Cache) ListTags(ctx context.Context, name, query string) (TagList, erro
 		}
 		return TagList{Body: body, Next: up.Next}, nil
 	}
+	c.upstreamFailed(KindTag, err)
 	if upstream.IsNotFound(err) {
 		return TagList{}, err
 	}
