@@ -257,7 +257,9 @@ func (c *Cache) BlobSize(ctx context.Context, name string, d digest.Digest) (int
 		default:
 		}
 	}
-	return c.client().HeadBlob(ctx, name, d)
+	n, err := c.client().HeadBlob(ctx, name, d)
+	c.upstreamFailed(KindBlob, err)
+	return n, err
 }
 
 // fill is one upstream download of a blob, shared by every client asking for
@@ -409,6 +411,9 @@ func (c *Cache) runFill(f *fill, repo distribution.Repository, name string) {
 	}
 	if got := digester.Digest(); got != f.digest {
 		c.log.Error("wrong bytes for a blob", "source", src.kind, "digest", f.digest, "got", got)
+		if src.kind == SourceUpstream {
+			c.obs.BadContent(KindBlob)
+		}
 		f.fail(&upstream.Error{Op: "read blob", Cause: upstream.CauseBadContent, Err: fmt.Errorf("digest mismatch: want %s, got %s", f.digest, got)})
 		return
 	}

@@ -35,6 +35,8 @@ const (
 	KindManifest = "manifest"
 	KindBlob     = "blob"
 	KindTag      = "tag"
+	// KindReferrers is a referrers index, as labelled on bad content.
+	KindReferrers = "referrers"
 )
 
 // Observer is told about the cache's decisions. Implementations must be cheap
@@ -58,6 +60,11 @@ type Observer interface {
 	// FillSource reports where a blob fill reads from: SourceUpstream,
 	// SourceBucket or SourcePeer (another replica's running fill).
 	FillSource(source string)
+	// BadContent reports an upstream answer that was not valid for its
+	// endpoint (a digest mismatch, a manifest distribution refuses, a tag
+	// list that is none), by kind (KindManifest, KindBlob, KindTag,
+	// KindReferrers): the upstream's failing, never the store's.
+	BadContent(kind string)
 }
 
 // Why a fill was not stored, as labelled in metrics.
@@ -84,6 +91,7 @@ func (nopObserver) FillUncached(string) {}
 func (nopObserver) StorageError(string) {}
 func (nopObserver) FillUncoordinated()  {}
 func (nopObserver) FillSource(string)   {}
+func (nopObserver) BadContent(string)   {}
 
 // Guard is told about content the cache is about to rely on, before it
 // writes or serves it, so that a concurrent garbage collection spares it.
@@ -323,6 +331,17 @@ func (c *Cache) storageFailed(op string, err error) {
 	c.problem.Store(&storageProblem{op: op, err: err, since: since})
 }
 
+// upstreamFailed reports an upstream answer that was not valid for its
+// endpoint; other failures are the upstream client's to report, as it sees
+// their statuses.
+func (c *Cache) upstreamFailed(kind string, err error) {
+	if upstream.CauseOf(err) != upstream.CauseBadContent {
+		return
+	}
+	c.obs.BadContent(kind)
+	c.log.Warn("upstream sent bad content", "kind", kind, "err", err)
+}
+
 // storageWorked clears a recorded storage problem.
 func (c *Cache) storageWorked() {
 	if c.problem.Swap(nil) != nil {
@@ -464,7 +483,9 @@ func (c *Cache) revalidate(ctx context.Context, name, tag string) (upstream.Mani
 	ch := c.heads.DoChan(name+":"+tag, func() (any, error) {
 		// Detached: the pulls waiting on it share the answer, and the
 		// first one leaving must not fail the rest.
-		return c.client().HeadManifest(context.WithoutCancel(ctx), name, tag)
+		info, err := c.client().HeadManifest(context.WithoutCancel(ctx), name, tag)
+		c.upstreamFailed(KindManifest, err)
+		return info, err
 	})
 	select {
 	case <-ctx.Done():
@@ -482,10 +503,12 @@ func (c *Cache) revalidate(ctx context.Context, name, tag string) (upstream.Mani
 func (c *Cache) fetchManifestByTag(ctx context.Context, repo distribution.Repository, name, tag string) (upstream.ManifestInfo, error) {
 	body, info, err := c.client().GetManifest(ctx, name, tag)
 	if err != nil {
+		c.upstreamFailed(KindManifest, err)
 		return info, err
 	}
 	var ns *notStored
 	if _, err := c.putManifest(ctx, repo, body, info); err != nil && !errors.As(err, &ns) {
+		c.upstreamFailed(KindManifest, err)
 		return info, err
 	}
 	return info, nil
@@ -585,10 +608,13 @@ func (c *Cache) ensureManifest(ctx context.Context, repo distribution.Repository
 		}
 		body, info, err := c.client().GetManifest(fctx, name, d.String())
 		if err != nil {
+			c.upstreamFailed(KindManifest, err)
 			return v1.Descriptor{}, err
 		}
 		c.obs.UpstreamBytes(int64(len(body)))
-		return c.putManifest(fctx, repo, body, info)
+		desc, err := c.putManifest(fctx, repo, body, info)
+		c.upstreamFailed(KindManifest, err)
+		return desc, err
 	})
 	select {
 	case <-ctx.Done():
@@ -625,7 +651,10 @@ func (c *Cache) describeManifest(ctx context.Context, repo distribution.Reposito
 	return v1.Descriptor{MediaType: mt, Digest: d, Size: int64(len(payload))}, nil
 }
 
-// putManifest stores verified manifest bytes exactly as the upstream sent them.
+// putManifest stores verified manifest bytes exactly as the upstream sent
+// them. Bytes distribution would refuse are the upstream's bad content,
+// found before the write so that they never count as a store that cannot
+// write.
 func (c *Cache) putManifest(ctx context.Context, repo distribution.Repository, body []byte, info upstream.ManifestInfo) (v1.Descriptor, error) {
 	m, desc, err := distribution.UnmarshalManifest(info.MediaType, body)
 	if err != nil {
@@ -634,6 +663,9 @@ func (c *Cache) putManifest(ctx context.Context, repo distribution.Repository, b
 	if desc.Digest != info.Digest {
 		return v1.Descriptor{}, &upstream.Error{Op: "parse manifest", Cause: upstream.CauseBadContent,
 			Err: fmt.Errorf("digest mismatch: want %s, got %s", info.Digest, desc.Digest)}
+	}
+	if err := checkManifest(body); err != nil {
+		return v1.Descriptor{}, &upstream.Error{Op: "parse manifest", Cause: upstream.CauseBadContent, Err: err}
 	}
 	// Before the first write: a collection running now must spare the
 	// manifest and everything it references.
@@ -649,6 +681,9 @@ func (c *Cache) putManifest(ctx context.Context, repo distribution.Repository, b
 		return v1.Descriptor{}, err
 	}
 	got, err := ms.Put(ctx, m)
+	if err != nil && manifestRefused(err) {
+		return v1.Descriptor{}, &upstream.Error{Op: "store manifest", Cause: upstream.CauseBadContent, Err: err}
+	}
 	if err != nil {
 		// The bytes are verified: a store that cannot take them (full,
 		// read-only, gone) must not fail the pull. The caller serves them
@@ -690,11 +725,13 @@ func (c *Cache) FetchManifest(ctx context.Context, name string, d digest.Digest)
 	}
 	body, info, err := c.client().GetManifest(ctx, name, d.String())
 	if err != nil {
+		c.upstreamFailed(KindManifest, err)
 		return nil, err
 	}
 	c.obs.UpstreamBytes(int64(len(body)))
 	var ns *notStored
 	if _, err := c.putManifest(ctx, repo, body, info); err != nil && !errors.As(err, &ns) {
+		c.upstreamFailed(KindManifest, err)
 		return nil, err
 	}
 	c.used(name, d)

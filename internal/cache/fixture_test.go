@@ -249,3 +249,4 @@ func (o *observer) DedupJoin(kind string)   { o.add("join "+kind, 1) }
 func (o *observer) UpstreamBytes(n int64)   { o.add("upstream bytes", n) }
 func (o *observer) FillUncached(why string) { o.add("uncached "+why, 1) }
 func (o *observer) StorageError(op string)  { o.add("storage error "+op, 1) }
+func (o *observer) BadContent(kind string)  { o.add("bad content "+kind, 1) }

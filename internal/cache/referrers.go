@@ -44,6 +44,11 @@ func (c *Cache) Referrers(ctx context.Context, name string, d digest.Digest, art
 	tag := FallbackTag(d)
 	var out Referrers
 	body, err := c.client().GetReferrers(ctx, name, d)
+	c.upstreamFailed(KindReferrers, err)
+	// Only the API's answer comes parsed; a list read through the tag
+	// schema, or kept here, is a manifest that must still be a referrers
+	// index before a client gets it.
+	parsed := err == nil
 	switch {
 	case err == nil:
 		// Keep it for outages; a store that cannot take it changes nothing
@@ -56,7 +61,7 @@ func (c *Cache) Referrers(ctx context.Context, name string, d digest.Digest, art
 		res, rerr := c.ResolveTag(ctx, name, tag)
 		switch {
 		case upstream.IsNotFound(rerr):
-			body = emptyIndex
+			body, parsed = emptyIndex, true
 		case rerr != nil:
 			return Referrers{}, rerr
 		default:
@@ -77,6 +82,12 @@ func (c *Cache) Referrers(ctx context.Context, name string, d digest.Digest, art
 		c.log.Warn("serving stale referrers", "repository", name, "subject", d, "cause", cause, "err", err)
 		out.Stale, out.Cause = true, cause
 		if body, err = c.manifestBytes(ctx, name, local.Digest); err != nil {
+			return Referrers{}, err
+		}
+	}
+	if !parsed {
+		if body, err = upstream.ParseReferrers(body); err != nil {
+			c.upstreamFailed(KindReferrers, err)
 			return Referrers{}, err
 		}
 	}

@@ -159,6 +159,7 @@ func (c *Cache) findSource(ctx context.Context, name string, d digest.Digest, of
 func (c *Cache) upstreamSource(ctx context.Context, name string, d digest.Digest, lease Lease) (*source, error) {
 	resp, err := c.client().GetBlob(ctx, name, d)
 	if err != nil {
+		c.upstreamFailed(KindBlob, err)
 		if lease != nil {
 			lease.Release()
 		}

@@ -3,6 +3,7 @@ package cache
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/url"
 	"slices"
 	"strconv"
@@ -21,11 +22,14 @@ type TagList struct {
 	Cause upstream.Cause
 }
 
-// ListTags passes a tag list through from the upstream: tags are mutable, so
-// the upstream's answer is the truth. When the upstream fails (down, slow,
-// 5xx, 429, refusing credentials) the list is made from the tags cached
-// here, paginated the same way, and marked stale, as a stale tag is served.
-// A 404 from a working upstream is passed on.
+// ListTags answers with the upstream's tag list: tags are mutable, so the
+// upstream's answer is the truth. It is encoded here under the name the
+// client asked for, whatever the upstream called the repository (another
+// name behind a redirected API is its own business). When the upstream
+// fails (down, slow, 5xx, 429, refusing credentials, answering something
+// that is not a tag list) the list is made from the tags cached here,
+// paginated the same way, and marked stale, as a stale tag is served. A 404
+// from a working upstream is passed on.
 func (c *Cache) ListTags(ctx context.Context, name, query string) (TagList, error) {
 	repo, err := c.repo(ctx, name)
 	if err != nil {
@@ -33,8 +37,13 @@ func (c *Cache) ListTags(ctx context.Context, name, query string) (TagList, erro
 	}
 	up, err := c.client().GetTags(ctx, name, query)
 	if err == nil {
-		return TagList{Body: up.Body, Next: up.Next}, nil
+		body, err := encodeTags(name, up.Tags)
+		if err != nil {
+			return TagList{}, err
+		}
+		return TagList{Body: body, Next: up.Next}, nil
 	}
+	c.upstreamFailed(KindTag, err)
 	if upstream.IsNotFound(err) {
 		return TagList{}, err
 	}
@@ -46,14 +55,26 @@ func (c *Cache) ListTags(ctx context.Context, name, query string) (TagList, erro
 	c.obs.Stale(string(cause))
 	c.log.Warn("serving stale tag list", "repository", name, "cause", cause, "err", err)
 	page, next := paginate(local, query)
-	body, merr := json.Marshal(struct {
-		Name string   `json:"name"`
-		Tags []string `json:"tags"`
-	}{name, page})
+	body, merr := encodeTags(name, page)
 	if merr != nil {
 		return TagList{}, merr
 	}
 	return TagList{Body: body, Next: next, Stale: true, Cause: cause}, nil
+}
+
+// encodeTags is the distribution spec's tag list body.
+func encodeTags(name string, tags []string) ([]byte, error) {
+	if tags == nil {
+		tags = []string{}
+	}
+	body, err := json.Marshal(struct {
+		Name string   `json:"name"`
+		Tags []string `json:"tags"`
+	}{name, tags})
+	if err != nil {
+		return nil, fmt.Errorf("encode tag list: %w", err)
+	}
+	return body, nil
 }
 
 // paginate applies the distribution spec's n and last to sorted tags.

@@ -381,6 +381,20 @@ func (u *Upstream) Observe(status int, err error) {
 	}
 }
 
+// BadContent takes an upstream answer that was not valid for its endpoint,
+// of the given kind (manifest, blob, tag, referrers). It is the upstream's
+// latest failure, shown as such; but the registry answered, and one bad
+// answer is not an outage, so the state stays what the rest of the
+// evidence says. It never touches the store's condition: /readyz must not
+// take a replica out of its load balancer for what an upstream sent.
+func (u *Upstream) BadContent(kind string) {
+	now := u.m.o.now()
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.settleLocked(now)
+	u.lastErr = "bad content: " + kind
+}
+
 // Stale takes a tag served from the cache because the upstream could not
 // revalidate it, for the given cause.
 func (u *Upstream) Stale(cause string) {

@@ -47,6 +47,7 @@ var (
 	uncachedReasons = []string{cache.UncachedNoSpace, cache.UncachedStorageError}
 	storageOps      = []string{cache.OpSpool, cache.OpCommit, cache.OpManifest}
 	fillSources     = []string{cache.SourceUpstream, cache.SourceBucket, cache.SourcePeer}
+	badContentKinds = []string{cache.KindManifest, cache.KindBlob, cache.KindTag, cache.KindReferrers}
 	// As internal/gc names them.
 	evictReasons = []string{"max_size", "max_unused", other}
 	// Every cause a revalidation can fail with; not_found never serves
@@ -75,6 +76,7 @@ type Metrics struct {
 	redirects       *prometheus.CounterVec
 	refused         *prometheus.CounterVec
 	rateLimited     *prometheus.CounterVec
+	badContent      *prometheus.CounterVec
 	rateLimitRemain *prometheus.GaugeVec
 	stale           *prometheus.CounterVec
 	dedupWaiters    *prometheus.CounterVec
@@ -143,6 +145,9 @@ func New() *Metrics {
 		[]string{"upstream", "reason"})
 	m.rateLimited = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "upstream_rate_limited_total",
 		Help: "Upstream answers with status 429."}, []string{"upstream"})
+	m.badContent = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "upstream_bad_content_total",
+		Help: "Upstream answers not valid for their endpoint (a digest mismatch, a manifest distribution refuses, a tag list or referrers index that is none), by kind (manifest, blob, tag, referrers); the client got a 502 or a stale answer."},
+		[]string{"upstream", "kind"})
 	m.rateLimitRemain = prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "upstream_ratelimit_remaining",
 		Help: "Last ratelimit-remaining value the upstream sent (Docker Hub)."}, []string{"upstream"})
 	m.stale = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "stale_serves_total",
@@ -217,7 +222,7 @@ func New() *Metrics {
 		Help: "Unix time the last garbage collection run ended, whatever its result; absent until one ends."},
 		[]string{"upstream"})
 	m.Registry.MustRegister(m.requests, m.requestDuration, m.inflight, m.hits, m.misses, m.servedBytes,
-		m.fetchedBytes, m.upRequests, m.upDuration, m.redirects, m.refused, m.rateLimited, m.rateLimitRemain, m.stale, m.dedupWaiters,
+		m.fetchedBytes, m.upRequests, m.upDuration, m.redirects, m.refused, m.rateLimited, m.badContent, m.rateLimitRemain, m.stale, m.dedupWaiters,
 		m.fillUncached, m.storageErrors, m.uncoordinated, m.fillSources, m.gcLeader, m.coordUp,
 		m.state, m.stored, m.fills, m.localCopies, m.disk, m.recycles, m.recycleFailures, m.lastRecycle, m.gcRuns, m.gcDuration, m.gcFreedBytes,
 		m.gcFreedObjects, m.evictions, m.lastGC,
@@ -252,6 +257,9 @@ func (m *Metrics) For(name string) *Upstream {
 	}
 	for _, s := range fillSources {
 		m.fillSources.WithLabelValues(name, s)
+	}
+	for _, k := range badContentKinds {
+		m.badContent.WithLabelValues(name, k)
 	}
 	for _, r := range recycleReasons {
 		m.recycles.WithLabelValues(name, r)
@@ -339,6 +347,14 @@ func (u *Upstream) Upstream(method string, status int, d time.Duration, h http.H
 			}
 		}
 	}
+}
+
+// BadContent counts an upstream answer not valid for its endpoint.
+func (u *Upstream) BadContent(kind string) {
+	if !slices.Contains(badContentKinds, kind) {
+		kind = other
+	}
+	u.m.badContent.WithLabelValues(u.name, kind).Inc()
 }
 
 // FillUncached counts a fill streamed to its clients without being stored.

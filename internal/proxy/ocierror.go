@@ -89,7 +89,9 @@ func FailureOf(err error, notFound errcode.ErrorCode) Failure {
 	case cache.CauseStorage:
 		f.Status, f.Code, f.Message = http.StatusServiceUnavailable, codeUnavailable, "the cache could not store the blob; retry"
 	case upstream.CauseBadContent:
-		f.Status, f.Code, f.Message = http.StatusBadGateway, codeUnknown, "upstream sent content that does not match its digest"
+		// A digest mismatch, or an answer that is not what its endpoint
+		// serves (a tag list that is none): never relayed.
+		f.Status, f.Code, f.Message = http.StatusBadGateway, codeUnknown, "upstream sent content that is not valid for this request"
 	case upstream.CauseTimeout:
 		f.Status, f.Code, f.Message = http.StatusServiceUnavailable, codeUnavailable, "upstream did not answer in time"
 	case upstream.CauseUnreachable:

@@ -1,7 +1,11 @@
 package proxy_test
 
 import (
+	"encoding/json"
+	"io"
 	"net/http"
+	"reflect"
+	"slices"
 	"strings"
 	"testing"
 
@@ -114,4 +118,56 @@ func TestReferrersAndSignaturesThroughTheCache(t *testing.T) {
 			}
 		})
 	}
+}
+
+// An upstream with a referrers API has its answer re-encoded: the same
+// index, with nothing the spec does not define and no byte of the
+// upstream's own formatting.
+func TestReferrersAPIAnswerIsReencoded(t *testing.T) {
+	up := ts.Profiles()[0].Start(t)
+	img := up.Push(t, "team/app:1", 1, 1024)
+	subject := ts.Digest(t, img)
+	const sig = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+	index := `{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"` + sig + `","size":321,"artifactType":"` + sigType + `","annotations":{"org.example":"x"}}]}`
+	sent := "\n  " + strings.Replace(index, `"manifests"`, `"x-vendor":{"a":1}, "manifests"`, 1) + "\n"
+	up.Faults.Add(ts.Rule{PathContains: "/referrers/", Action: ts.Body(http.StatusOK, string(types.OCIImageIndex), sent)})
+	p := ts.StartProxy(t, up.ProxyUpstream("docker.io"))
+
+	resp := get(t, p.URL("docker.io")+"/v2/team/app/referrers/"+subject, http.MethodGet)
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Type") != string(types.OCIImageIndex) {
+		t.Fatalf("referrers: %d %q %s %v", resp.StatusCode, resp.Header.Get("Content-Type"), body, err)
+	}
+	var got, want any
+	if err := json.Unmarshal(body, &got); err != nil {
+		t.Fatal(err)
+	}
+	_ = json.Unmarshal([]byte(index), &want)
+	if !reflect.DeepEqual(got, want) || strings.Contains(string(body), "x-vendor") || strings.HasPrefix(string(body), "\n") {
+		t.Errorf("referrers answered\n%s\nwant the same index as\n%s", body, index)
+	}
+}
+
+// A tag list names the repository the client asked for, whatever the
+// upstream calls it: behind a redirected API (registry.k8s.io) that is
+// another name, the upstream's business only.
+func TestTagListNamesTheRepositoryAsAsked(t *testing.T) {
+	ts.ForEachProfile(t, func(t *testing.T, up *ts.Upstream) {
+		up.Push(t, "team/app:1", 1, 1024)
+		up.Push(t, "team/app:2", 1, 1024)
+		p := ts.StartProxy(t, up.ProxyUpstream("docker.io"))
+		resp := get(t, p.URL("docker.io")+"/v2/team/app/tags/list", http.MethodGet)
+		defer resp.Body.Close()
+		var list struct {
+			Name string   `json:"name"`
+			Tags []string `json:"tags"`
+		}
+		if err := json.NewDecoder(resp.Body).Decode(&list); err != nil || resp.StatusCode != http.StatusOK {
+			t.Fatalf("tag list: %d %v", resp.StatusCode, err)
+		}
+		if list.Name != "team/app" || !slices.Equal(list.Tags, []string{"1", "2"}) {
+			t.Errorf("tag list %+v, want team/app's tags 1 and 2", list)
+		}
+	})
 }

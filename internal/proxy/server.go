@@ -59,6 +59,7 @@ func (nopObserver) FillUncached(string)                                     {}
 func (nopObserver) StorageError(string)                                     {}
 func (nopObserver) FillUncoordinated()                                      {}
 func (nopObserver) FillSource(string)                                       {}
+func (nopObserver) BadContent(string)                                       {}
 
 // Options configures a Server beyond its upstream config.
 type Options struct {

@@ -284,6 +284,15 @@ func (o *observer) Stale(cause string) {
 	}
 }
 
+// BadContent counts against the upstream, where its other failures are
+// seen: on its metrics and its health, never on the store's.
+func (o *observer) BadContent(kind string) {
+	o.m.BadContent(kind)
+	if hu := o.h(); hu != nil {
+		hu.BadContent(kind)
+	}
+}
+
 func (o *observer) Upstream(method string, status int, d time.Duration, h http.Header, err error) {
 	o.m.Upstream(method, status, d, h, err)
 	if hu := o.h(); hu != nil {

@@ -240,6 +240,22 @@ func Status(code int, headers map[string]string) Action {
 	}
 }
 
+// Body answers with code, contentType and body, without contacting the
+// upstream: an upstream that answers an endpoint with what it is not, such
+// as a 200 whose body is no tag list.
+func Body(code int, contentType, body string) Action {
+	return func(w http.ResponseWriter, r *http.Request, next http.Handler) {
+		h := w.Header()
+		h.Set("Content-Type", contentType)
+		h.Set("Content-Length", strconv.Itoa(len(body)))
+		h.Set("Docker-Distribution-API-Version", "registry/2.0")
+		w.WriteHeader(code)
+		if r.Method != http.MethodHead {
+			_, _ = io.WriteString(w, body)
+		}
+	}
+}
+
 func ociErrorCode(code int) string {
 	switch code {
 	case http.StatusUnauthorized:

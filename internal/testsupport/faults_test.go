@@ -175,6 +175,20 @@ func TestFaultStatus(t *testing.T) {
 	}
 }
 
+func TestFaultBody(t *testing.T) {
+	t.Parallel()
+	fx := newFaultFixture(t, RegistryOptions{})
+	fx.f.Add(Rule{PathContains: "/blobs/", Times: 1, Action: Body(http.StatusOK, "text/html", "<html>portal</html>")})
+	resp, body, err := fx.get(t, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Type") != "text/html" || string(body) != "<html>portal</html>" {
+		t.Fatalf("status %d, Content-Type %q, body %q", resp.StatusCode, resp.Header.Get("Content-Type"), body)
+	}
+	fx.requireIntact(t)
+}
+
 func TestFaultBlackHole(t *testing.T) {
 	t.Parallel()
 	fx := newFaultFixture(t, RegistryOptions{})

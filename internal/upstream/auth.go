@@ -385,14 +385,14 @@ func (a *authorizer) requestToken(ctx context.Context, host, realm, service, sco
 	}
 	var tr tokenResponse
 	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&tr); err != nil {
-		return credential{}, &Error{Op: "authenticate", Cause: CauseAuth, Err: fmt.Errorf("decode token response: %w", err)}
+		return credential{}, badContent("authenticate", "decode token response: %w", err)
 	}
 	tok := tr.Token
 	if tok == "" {
 		tok = tr.AccessToken
 	}
-	if tok == "" {
-		return credential{}, &Error{Op: "authenticate", Cause: CauseAuth, Err: errors.New("token response without a token")}
+	if err := checkToken(tok); err != nil {
+		return credential{}, err
 	}
 	life := defaultTokenLifetime
 	if tr.ExpiresIn > 0 {

@@ -494,7 +494,8 @@ const MaxTagListSize = 4 << 20
 
 // TagList is one page of a repository's tags as the upstream sent it.
 type TagList struct {
-	Body []byte
+	// Tags are the page's tags, in the upstream's order.
+	Tags []string
 	// Next is the query (n, last) of the following page, from the
 	// upstream's Link header, or "" on the last page.
 	Next string
@@ -522,13 +523,22 @@ func (c *Client) GetTags(ctx context.Context, repo, query string) (TagList, erro
 	if err != nil {
 		return TagList{}, err
 	}
-	return TagList{Body: body, Next: nextQuery(resp.Header.Get("Link"))}, nil
+	tags, err := parseTagList(body)
+	if err != nil {
+		return TagList{}, err
+	}
+	next, err := nextQuery(resp.Header.Get("Link"))
+	if err != nil {
+		return TagList{}, err
+	}
+	return TagList{Tags: tags, Next: next}, nil
 }
 
 // nextQuery takes the query of a Link header's rel="next" URL. Only the
 // query is kept: the path is the upstream's (under a redirected API, another
-// prefix), and the client must come back to us.
-func nextQuery(link string) string {
+// prefix), and the client must come back to us. The query is re-encoded
+// from its parsed values, so what goes into our own Link header is ours.
+func nextQuery(link string) (string, error) {
 	for part := range strings.SplitSeq(link, ",") {
 		if !strings.Contains(part, `rel="next"`) {
 			continue
@@ -538,16 +548,22 @@ func nextQuery(link string) string {
 			continue
 		}
 		u, err := url.Parse(part[start+1 : end])
-		if err == nil {
-			return u.RawQuery
+		if err != nil {
+			return "", badContent("get tags", "next page link: %w", err)
 		}
+		q, err := url.ParseQuery(u.RawQuery)
+		if err != nil {
+			return "", badContent("get tags", "next page link: %w", err)
+		}
+		return q.Encode(), nil
 	}
-	return ""
+	return "", nil
 }
 
 // GetReferrers fetches the OCI referrers index of digest d in repo, from the
-// upstream's referrers API. A 404 means the upstream has no such API (or
-// nothing is known of d); the caller then tries the tag schema.
+// upstream's referrers API, re-encoded from what ParseReferrers read. A 404
+// means the upstream has no such API (or nothing is known of d); the caller
+// then tries the tag schema.
 func (c *Client) GetReferrers(ctx context.Context, repo string, d digest.Digest) ([]byte, error) {
 	ctx, cancelAll := context.WithTimeout(ctx, 2*c.timeout)
 	defer cancelAll()
@@ -561,5 +577,9 @@ func (c *Client) GetReferrers(ctx context.Context, repo string, d digest.Digest)
 	if resp.StatusCode != http.StatusOK {
 		return nil, statusError("get referrers", resp)
 	}
-	return readSmall(resp, "get referrers", MaxManifestSize)
+	body, err := readSmall(resp, "get referrers", MaxManifestSize)
+	if err != nil {
+		return nil, err
+	}
+	return ParseReferrers(body)
 }
