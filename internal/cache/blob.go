@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path"
 	"path/filepath"
 	"sync"
 	"time"
@@ -47,10 +48,10 @@ func (b *BlobReader) Close() error {
 }
 
 // Blob answers a client's GET of a blob: from the store if it is there (or
-// stored for another repository, then linked here), else from the upstream
-// through a fill shared with every other client asking meanwhile. It
-// returns once the upstream has answered with headers, bounded by the
-// upstream timeout.
+// stored for another repository, then linked here if this one holds a
+// manifest), else from the upstream through a fill shared with every other
+// client asking meanwhile. It returns once the upstream has answered with
+// headers, bounded by the upstream timeout.
 func (c *Cache) Blob(ctx context.Context, name string, d digest.Digest) (*BlobReader, error) {
 	repo, err := c.repo(ctx, name)
 	if err != nil {
@@ -112,6 +113,11 @@ func (c *Cache) hasLocal(ctx context.Context, repo distribution.Repository, d di
 	return ok
 }
 
+// linkLocal reports whether d's bytes are in the store, linking them into
+// repo if repo holds a manifest. A repository exists only once a manifest
+// is stored in it: a blob asked for under any other name is served by
+// digest and writes nothing, or any client could create repositories
+// without limit (directories here, objects in a bucket) by naming them.
 func (c *Cache) linkLocal(ctx context.Context, repo distribution.Repository, d digest.Digest) (bool, error) {
 	// Claim the blob before looking: a collection sweeping now must not
 	// delete it between our Stat and the client's read.
@@ -123,6 +129,11 @@ func (c *Cache) linkLocal(ctx context.Context, repo distribution.Repository, d d
 	desc, err := c.ns.BlobStatter().Stat(ctx, d)
 	if err != nil {
 		return false, nil
+	}
+	// Asked only when a link would be written: a repository's own links,
+	// the common case of a pull, cost nothing more.
+	if !c.holdsManifest(ctx, repo) {
+		return true, nil
 	}
 	// The bytes are already stored for another repository: link them here
 	// instead of downloading them again.
@@ -142,6 +153,21 @@ func (c *Cache) linkLocal(ctx context.Context, repo distribution.Repository, d d
 		return true, nil
 	}
 	return false, errors.New("link blob: store did not mount")
+}
+
+// holdsManifest reports whether a manifest was stored in repo: one Stat of
+// its _manifests directory through the driver (on a bucket, a HEAD or a
+// one-key list), never a walk. distribution creates that directory with a
+// repository's first manifest, and its catalog lists exactly the
+// repositories that have that directory.
+func (c *Cache) holdsManifest(ctx context.Context, repo distribution.Repository) bool {
+	_, err := c.driver.Stat(ctx, manifestsDir(repo.Named().Name()))
+	return err == nil
+}
+
+// manifestsDir is a repository's _manifests directory, in driver paths.
+func manifestsDir(name string) string {
+	return path.Join("/docker/registry/v2/repositories", name, "_manifests")
 }
 
 type mountWithStat struct {
@@ -514,7 +540,8 @@ func (c *Cache) createSpool() (*os.File, error) {
 }
 
 // commit syncs a verified fill, moves it into the store and links it to
-// repo; on a shared bucket, see commitShared. kind is where it came from.
+// repo if repo holds a manifest; on a shared bucket, see commitShared. kind
+// is where it came from.
 func (c *Cache) commit(ctx context.Context, f *fill, repo distribution.Repository, kind string) error {
 	if err := f.w.Sync(); err != nil {
 		return fmt.Errorf("sync spool: %w", err)
