@@ -26,11 +26,25 @@ func ParseByteSize(s string) (ByteSize, error) {
 			break
 		}
 	}
+	bad := fmt.Errorf("invalid size %q: want bytes or a number with a unit such as \"512MiB\"", s)
+	// A size has no sign; without this "-0" and "-1e-400" would read as 0.
+	if strings.HasPrefix(num, "-") {
+		return 0, bad
+	}
+	// Whole numbers are read exactly: through a float64 a count above 2^53,
+	// which a YAML integer can hold and `config print` then writes as a
+	// string, would load back rounded.
+	if n, err := strconv.ParseUint(num, 10, 64); err == nil {
+		if n > math.MaxInt64/uint64(factor) {
+			return 0, bad
+		}
+		return ByteSize(n * uint64(factor)), nil
+	}
 	n, err := strconv.ParseFloat(num, 64)
 	// !(n >= 0) also refuses NaN; the upper bound refuses Inf and sizes
 	// that would overflow int64.
 	if err != nil || !(n >= 0) || n*float64(factor) >= math.MaxInt64 {
-		return 0, fmt.Errorf("invalid size %q: want bytes or a number with a unit such as \"512MiB\"", s)
+		return 0, bad
 	}
 	return ByteSize(n * float64(factor)), nil
 }

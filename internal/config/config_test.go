@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"math"
 	"math/big"
 	"os"
 	"path/filepath"
@@ -808,13 +809,16 @@ func TestValidationErrorFormat(t *testing.T) {
 }
 
 func TestByteSizes(t *testing.T) {
-	for in, want := range map[string]config.ByteSize{"1048576": 1 << 20, "512MiB": 512 << 20, "20GB": 20e9, "1.5GiB": 3 << 29, "0": 0} {
+	for in, want := range map[string]config.ByteSize{"1048576": 1 << 20, "512MiB": 512 << 20, "20GB": 20e9, "1.5GiB": 3 << 29, "0": 0,
+		// Whole numbers are exact up to the largest size there is.
+		"9007199254740993": 1<<53 + 1, "9223372036854775807": math.MaxInt64, "8388607TiB": 8388607 << 40,
+	} {
 		got, err := config.ParseByteSize(in)
 		if err != nil || got != want {
 			t.Errorf("ParseByteSize(%q) = %d, %v; want %d", in, got, err, want)
 		}
 	}
-	for _, bad := range []string{"", "-1", "12XB", "MiB", "NaN", "Inf", "1e30GiB"} {
+	for _, bad := range []string{"", "-1", "-0", "-1e-400", "12XB", "MiB", "NaN", "Inf", "1e30GiB", "9223372036854775808", "8388608TiB"} {
 		if _, err := config.ParseByteSize(bad); err == nil {
 			t.Errorf("ParseByteSize(%q) accepted", bad)
 		}

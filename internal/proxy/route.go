@@ -26,7 +26,9 @@ type route struct {
 var tagPattern = regexp.MustCompile(`^[\w][\w.-]{0,127}$`)
 
 // parseRoute splits an OCI distribution API path. Repository names may hold
-// slashes, so the kind is found from the right, as distribution's router does.
+// slashes, even segments called manifests, blobs or referrers
+// (org/referrers/app), but tags and digests never do: the last segment is
+// the reference and the one before it the kind, as in distribution's router.
 func parseRoute(path string) route {
 	if path == "/v2/" || path == "/v2" {
 		return route{kind: kindBase}
@@ -35,21 +37,28 @@ func parseRoute(path string) route {
 	if !ok {
 		return route{kind: kindOther}
 	}
-	if repo, ok := strings.CutSuffix(rest, "/tags/list"); ok {
+	if repo, ok := strings.CutSuffix(rest, "/tags/list"); ok && repo != "" {
 		return route{kind: kindTags, repo: repo}
 	}
-	if i := strings.LastIndex(rest, "/referrers/"); i > 0 {
-		return route{kind: kindRefs, repo: rest[:i], ref: rest[i+len("/referrers/"):]}
+	i := strings.LastIndex(rest, "/")
+	if i < 0 {
+		return route{kind: kindOther}
 	}
-	if i := strings.LastIndex(rest, "/manifests/"); i > 0 {
-		return route{kind: kindManifest, repo: rest[:i], ref: rest[i+len("/manifests/"):]}
+	dir, ref := rest[:i], rest[i+1:]
+	// An upload's session is /blobs/uploads/<uuid>, or /blobs/uploads[/]
+	// to start one.
+	if repo, ok := strings.CutSuffix(dir, "/blobs/uploads"); ok && repo != "" {
+		return route{kind: kindUpload, repo: repo}
 	}
-	if i := strings.LastIndex(rest, "/blobs/"); i > 0 {
-		ref := rest[i+len("/blobs/"):]
-		if strings.HasPrefix(ref, "uploads") {
-			return route{kind: kindUpload, repo: rest[:i]}
+	if repo, ok := strings.CutSuffix(dir, "/blobs"); ok && repo != "" && ref == "uploads" {
+		return route{kind: kindUpload, repo: repo}
+	}
+	for _, k := range []struct{ seg, kind string }{
+		{"/manifests", kindManifest}, {"/blobs", kindBlob}, {"/referrers", kindRefs},
+	} {
+		if repo, ok := strings.CutSuffix(dir, k.seg); ok && repo != "" {
+			return route{kind: k.kind, repo: repo, ref: ref}
 		}
-		return route{kind: kindBlob, repo: rest[:i], ref: ref}
 	}
 	return route{kind: kindOther}
 }

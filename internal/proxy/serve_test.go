@@ -276,3 +276,19 @@ func TestCachedBlobServesRangesAndHead(t *testing.T) {
 		t.Errorf("HEAD of a cached blob: %d %s %d", head.StatusCode, head.Header.Get("Docker-Content-Digest"), head.ContentLength)
 	}
 }
+
+// A repository may be named with segments the API uses for its own paths:
+// its pulls are still pulls, not referrers or manifest requests with a
+// slash in the reference.
+func TestRepositoriesNamedLikeAPISegmentsPull(t *testing.T) {
+	up := ts.StartRegistry(t, ts.RegistryOptions{})
+	p := ts.StartProxy(t, ts.ProxyUpstream{Name: "docker.io", Reg: up})
+	for _, repo := range []string{"org/referrers/app", "org/manifests/app", "org/blobs/app"} {
+		want := ts.Digest(t, ts.PushImage(t, up, repo+":1", 2, 1024))
+		for _, ref := range []string{repo + ":1", repo + "@" + want} {
+			if got := ts.Digest(t, pullImage(t, p, "docker.io", ref)); got != want {
+				t.Errorf("%s: digest %s, want %s", ref, got, want)
+			}
+		}
+	}
+}
