@@ -84,4 +84,3 @@ func TestDrippedTokenHasADeadline(t *testing.T) {
 		t.Errorf("answered after %v, want within 2× the %v upstream timeout", took.Round(time.Millisecond), timeout)
 	}
 }
-
