@@ -35,7 +35,7 @@ func drip(w http.ResponseWriter, r *http.Request, next http.Handler) {
 	}
 }
 
-// An upstream that drips a manifest, a tag list or a token answer holds the
+// An upstream that drips a manifest, a tag list, referrers or a token answer holds the
 // client no longer than twice the upstream timeout: small bodies have a
 // deadline, not only an idle timer.
 func TestDrippedAnswersHaveADeadline(t *testing.T) {
@@ -54,6 +54,7 @@ func TestDrippedAnswersHaveADeadline(t *testing.T) {
 		"manifest by digest": p.URL("hub") + "/v2/team/app/manifests/" + manifest,
 		"manifest by tag":    p.URL("hub") + "/v2/team/app/manifests/v1",
 		"tag list":           p.URL("hub") + "/v2/team/app/tags/list",
+		"referrers":          p.URL("hub") + "/v2/team/app/referrers/" + manifest,
 	} {
 		start := time.Now()
 		code, body := get(t, url)
