@@ -54,12 +54,16 @@ func TestDrippedAnswersHaveADeadline(t *testing.T) {
 		"manifest by digest": p.URL("hub") + "/v2/team/app/manifests/" + manifest,
 		"manifest by tag":    p.URL("hub") + "/v2/team/app/manifests/v1",
 		"tag list":           p.URL("hub") + "/v2/team/app/tags/list",
-		"referrers":          p.URL("hub") + "/v2/team/app/referrers/" + manifest,
+		// distribution has no referrers API: its 404, dripped, is cut
+		// off, and the tag schema's answer (no referrers) is served.
+		"referrers": p.URL("hub") + "/v2/team/app/referrers/" + manifest,
 	} {
 		start := time.Now()
 		code, body := get(t, url)
 		took := time.Since(start)
-		wantOCIError(t, what, code, body)
+		if what != "referrers" {
+			wantOCIError(t, what, code, body)
+		}
 		if took > bound+timeout {
 			t.Errorf("%s: answered after %v, want within 2× the %v upstream timeout", what, took.Round(time.Millisecond), timeout)
 		}
