@@ -1,9 +1,11 @@
 // Package disk keeps the cache from filling the filesystem it stores on.
 //
 // A fill that announces its size (Content-Length) reserves that many bytes
-// before it writes one. A reservation is granted only while the
-// filesystem's free space, less every reservation still outstanding, stays
-// above the low watermark (min_free). When it would not, the caller frees
+// before it writes one; one that does not reserves in steps (Extend) ahead
+// of the bytes it writes, and passes the rest through unstored when a step
+// is refused. A reservation is granted only while the filesystem's free
+// space, less every reservation still outstanding, stays above the low
+// watermark (min_free). When it would not, the caller frees
 // space first (evicting least recently pulled images) and asks again; if the
 // blob still does not fit, it is streamed to the clients without being
 // stored. So the disk never fills because of the cache, and a full disk
