@@ -26,6 +26,13 @@ const copyBuffer = 256 << 10
 // client: the bytes it keeps in memory instead of on disk.
 const passWindow = 4 << 20
 
+// fillStep is how much space a fill of unknown size (no Content-Length)
+// claims at a time, ahead of the bytes it writes: large enough that a
+// statfs per step costs nothing next to the bytes, small enough that
+// concurrent chunked fills do not refuse each other space they will never
+// use.
+const fillStep = 8 << 20
+
 // errAbandoned ends a pass-through fill whose clients all left: with
 // nowhere to store the bytes, nobody would ever read them.
 var errAbandoned = errors.New("every client of an uncached fill left")
@@ -294,6 +301,19 @@ func (c *Cache) BlobSize(ctx context.Context, name string, d digest.Digest) (int
 // blob cannot be stored (no space even after eviction, or the store cannot
 // be written) the fill passes through: the bytes stay in a window in memory
 // that the upstream read is paced to, and nothing is written.
+//
+// A fill of unknown size starts spooling and claims space step by step
+// (fillStep). When a step cannot be had, it switches to pass-through for
+// the rest, at passAt, the number of bytes spooled so far: those stay in
+// the spool file, which readers keep reading up to passAt, and every later
+// byte goes through the window. Nothing more is written, so the free space
+// stays above the watermark; the spool is never committed (its digest
+// covers bytes that were never written to it) and is removed when the fill
+// ends, its space coming back once the last reader closes it. The window's
+// pacing counts a reader still in the spool as being at passAt: it needs
+// every windowed byte from there on. A client joining after the switch can
+// still get every byte as long as the window holds passAt, so it reads the
+// spool, then the window, like the others.
 type fill struct {
 	digest digest.Digest
 
@@ -315,7 +335,8 @@ type fill struct {
 	ok       bool // verified and committed to the store
 	err      error
 	streams  map[*Stream]struct{}
-	ring     []byte // pass-through window: byte at offset o is ring[o%len(ring)]
+	ring     []byte // pass-through window, nil while spooling: byte at offset o >= passAt is ring[o%len(ring)]
+	passAt   int64  // where the window starts: 0, or the bytes spooled before a switch
 }
 
 // startFill must be called with c.mu held.
@@ -390,12 +411,26 @@ func (c *Cache) runFill(f *fill, repo distribution.Repository, name string) {
 	digester := f.digest.Algorithm().Digester()
 	buf := make([]byte, copyBuffer)
 	var read int64 // from the sources, resumed ones included
+	passing := f.pass
 	for {
 		n, rerr := src.body.Read(buf)
 		read += int64(n)
 		if n > 0 {
 			chunk := buf[:n]
-			if f.pass {
+			if !passing && size < 0 && res != nil && res.Left() < int64(n) {
+				if !c.reserveMore(ctx, res, f.bytes(), max(fillStep, int64(n))) {
+					// No more room: the rest passes through. The bytes
+					// spooled so far no longer count as reserved: they are
+					// on disk, and nothing more will be.
+					res.Release()
+					f.switchToPass()
+					passing = true
+					c.obs.FillUncached(UncachedNoSpace)
+					c.log.Warn("blob of unknown size passes through uncached from here", "repository", name, "digest", f.digest,
+						"spooled", f.bytes(), "reason", UncachedNoSpace)
+				}
+			}
+			if passing {
 				if err := f.put(ctx, chunk); err != nil {
 					f.fail(err)
 					return
@@ -448,7 +483,7 @@ func (c *Cache) runFill(f *fill, repo distribution.Repository, name string) {
 	// entry, never correctness: only verified bytes are ever renamed into
 	// the store, and only the rename makes them servable from it.
 	f.verify()
-	if f.pass {
+	if passing {
 		return
 	}
 	if err := c.commit(ctx, f, repo, src.kind); err != nil {
@@ -466,17 +501,21 @@ const CauseStorage upstream.Cause = "storage"
 // errStorage is what a client of such a fill is told: no paths, no errno.
 var errStorage = errors.New("the cache could not store the blob; retry")
 
-// reserve claims space for a fill of size bytes. It returns a reason
-// (UncachedNoSpace) when the blob must pass through: it does not fit above
-// the watermark even after evicting, or its size is unknown while space
-// is short. Eviction is bounded by the upstream timeout; if it takes longer
-// it goes on in the background and this one fill passes through.
+// reserve claims space for a fill of size bytes, or for its first step
+// (fillStep) if its size is unknown; see reserveMore for the next ones. It
+// returns a reason (UncachedNoSpace) when the blob must pass through: it
+// does not fit above the watermark even after evicting. Eviction is bounded
+// by the upstream timeout; if it takes longer it goes on in the background
+// and this one fill passes through.
 func (c *Cache) reserve(ctx context.Context, size int64) (*disk.Reservation, string) {
 	if c.space == nil {
 		return nil, ""
 	}
 	o := c.opts()
-	need := max(size, 0)
+	need := size
+	if size < 0 {
+		need = fillStep
+	}
 	res, ok, err := c.space.Reserve(need, o.minFree)
 	if err != nil {
 		// statfs fails when the store's directory is gone; creating the
@@ -493,32 +532,67 @@ func (c *Cache) reserve(ctx context.Context, size int64) (*disk.Reservation, str
 		return nil, UncachedNoSpace
 	}
 	if c.makeRoom != nil {
-		short, err := c.space.Shortfall(need, o.minFree)
-		if err == nil && short > 0 {
-			done := make(chan error, 1)
-			// Eviction may outlast this fill's wait; it belongs to the
-			// cache like the fill (Close cancels and waits for it).
-			c.fillWG.Add(1)
-			go func() {
-				defer c.fillWG.Done()
-				done <- c.makeRoom(c.ctx, short)
-			}()
-			t := time.NewTimer(c.client().Timeout())
-			select {
-			case err = <-done:
-				if err != nil {
-					c.log.Warn("evict for space", "need", short, "err", err)
-				}
-			case <-t.C:
-			case <-ctx.Done():
-			}
-			t.Stop()
-		}
+		c.evictFor(ctx, need)
 		if res, ok, err := c.space.Reserve(need, o.minFree); err == nil && ok {
 			return res, ""
 		}
 	}
 	return nil, UncachedNoSpace
+}
+
+// reserveMore claims the next step of a fill of unknown size that has
+// written bytes so far, evicting for it as reserve does. It reports false
+// when the step cannot be had, and the fill must pass through from here.
+func (c *Cache) reserveMore(ctx context.Context, res *disk.Reservation, written, step int64) bool {
+	o := c.opts()
+	ok, err := res.Extend(step, o.minFree)
+	if err != nil {
+		// As in reserve: with the usage unknown, writing the spool will
+		// tell whether storing works at all.
+		c.log.Warn("disk space unknown", "err", err)
+		return true
+	}
+	if ok {
+		return true
+	}
+	// The bytes written are the blob's too: if it cannot fit with them,
+	// evicting everything else would not make it fit.
+	if fits, err := c.space.Fits(written+step, o.minFree); err == nil && !fits {
+		return false
+	}
+	if c.makeRoom == nil {
+		return false
+	}
+	c.evictFor(ctx, step)
+	ok, err = res.Extend(step, o.minFree)
+	return err == nil && ok
+}
+
+// evictFor frees space until need bytes fit above the watermark, waiting
+// at most the upstream timeout: longer, it goes on in the background.
+func (c *Cache) evictFor(ctx context.Context, need int64) {
+	short, err := c.space.Shortfall(need, c.opts().minFree)
+	if err != nil || short <= 0 {
+		return
+	}
+	done := make(chan error, 1)
+	// Eviction may outlast this fill's wait; it belongs to the
+	// cache like the fill (Close cancels and waits for it).
+	c.fillWG.Add(1)
+	go func() {
+		defer c.fillWG.Done()
+		done <- c.makeRoom(c.ctx, short)
+	}()
+	t := time.NewTimer(c.client().Timeout())
+	defer t.Stop()
+	select {
+	case err = <-done:
+		if err != nil {
+			c.log.Warn("evict for space", "need", short, "err", err)
+		}
+	case <-t.C:
+	case <-ctx.Done():
+	}
 }
 
 // createSpool makes the spool file of a fill, recreating the directories if
@@ -589,14 +663,24 @@ func (c *Cache) endFill(f *fill) {
 	}
 }
 
-// joinable reports whether a new client can still get every byte of f.
+// joinable reports whether a new client can still get every byte of f:
+// the window, if any, must still hold its first byte.
 func (f *fill) joinable() bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.err != nil {
 		return false
 	}
-	return !f.pass || f.written <= int64(len(f.ring))
+	return f.ring == nil || f.written-f.passAt <= int64(len(f.ring))
+}
+
+// switchToPass makes every byte from now on go through the window; see
+// fill for how readers of the spool get there.
+func (f *fill) switchToPass() {
+	f.mu.Lock()
+	f.passAt = f.written
+	f.ring = make([]byte, passWindow)
+	f.mu.Unlock()
 }
 
 func (f *fill) stored() bool {
@@ -635,6 +719,8 @@ func (f *fill) put(ctx context.Context, chunk []byte) error {
 		for s := range f.streams {
 			slowest = min(slowest, s.off)
 		}
+		// A reader still in the spool needs the window from its start.
+		slowest = max(slowest, f.passAt)
 		if f.written+int64(len(chunk))-slowest <= w {
 			break
 		}
@@ -765,7 +851,7 @@ func (s *Stream) Read(p []byte) (int, error) {
 	if int64(len(p)) > avail-s.off {
 		p = p[:avail-s.off]
 	}
-	if f.pass {
+	if f.ring != nil && s.off >= f.passAt {
 		// Under the lock: the writer fills the ring's other slots meanwhile.
 		w := int64(len(f.ring))
 		if s.off < f.written-w {
@@ -782,6 +868,10 @@ func (s *Stream) Read(p []byte) (int, error) {
 		f.mu.Unlock()
 		f.cond.Broadcast() // room for the writer
 		return n, nil
+	}
+	if f.ring != nil {
+		// The fill switched to pass-through: the spool ends at passAt.
+		p = p[:min(int64(len(p)), f.passAt-s.off)]
 	}
 	off := s.off
 	f.mu.Unlock()
@@ -821,11 +911,17 @@ func (s *Stream) WriteTo(w io.Writer) (int64, error) {
 		if err != nil {
 			return total, err
 		}
-		off := s.offset()
+		off, end := s.spooled(avail)
+		if off >= end {
+			// The fill switched to pass-through and this reader has all
+			// the spool holds: the rest comes through the window.
+			n, err := io.CopyBuffer(writerOnly{w}, readerOnly{s}, make([]byte, copyBuffer))
+			return total + n, err
+		}
 		if _, err := s.r.Seek(off, io.SeekStart); err != nil {
 			return total, err
 		}
-		n, err := rf.ReadFrom(&io.LimitedReader{R: s.r, N: avail - off})
+		n, err := rf.ReadFrom(&io.LimitedReader{R: s.r, N: end - off})
 		total += n
 		s.f.mu.Lock()
 		s.off += n
@@ -867,10 +963,15 @@ func (s *Stream) wait() (int64, error) {
 	}
 }
 
-func (s *Stream) offset() int64 {
+// spooled returns the stream's offset and how far the spool file may be
+// read from it: up to avail, or to where a switched fill's window starts.
+func (s *Stream) spooled(avail int64) (off, end int64) {
 	s.f.mu.Lock()
 	defer s.f.mu.Unlock()
-	return s.off
+	if s.f.ring != nil {
+		avail = min(avail, s.f.passAt)
+	}
+	return s.off, avail
 }
 
 // writerOnly and readerOnly hide ReadFrom and WriteTo, so io.CopyBuffer

@@ -1,9 +1,11 @@
 // Package disk keeps the cache from filling the filesystem it stores on.
 //
 // A fill that announces its size (Content-Length) reserves that many bytes
-// before it writes one. A reservation is granted only while the
-// filesystem's free space, less every reservation still outstanding, stays
-// above the low watermark (min_free). When it would not, the caller frees
+// before it writes one; one that does not reserves in steps (Extend) ahead
+// of the bytes it writes, and passes the rest through unstored when a step
+// is refused. A reservation is granted only while the filesystem's free
+// space, less every reservation still outstanding, stays above the low
+// watermark (min_free). When it would not, the caller frees
 // space first (evicting least recently pulled images) and asks again; if the
 // blob still does not fit, it is streamed to the clients without being
 // stored. So the disk never fills because of the cache, and a full disk
@@ -141,9 +143,43 @@ func (s *Space) Reserve(n int64, m MinFree) (*Reservation, bool, error) {
 
 // Reservation is space claimed for one fill.
 type Reservation struct {
-	s    *Space
-	once sync.Once
-	n    int64
+	s        *Space
+	once     sync.Once
+	n        int64 // under s.mu
+	released bool  // under s.mu
+}
+
+// Extend claims n more bytes for the same fill if they still fit above the
+// watermark m. A fill whose size is unknown (no Content-Length) reserves
+// in steps as its bytes arrive, so it is held to the watermark like one
+// that announced its size. A released reservation never grows again.
+func (r *Reservation) Extend(n int64, m MinFree) (bool, error) {
+	s := r.s
+	s.mu.Lock() // before statfs, as in Shortfall
+	defer s.mu.Unlock()
+	if r.released {
+		return false, nil
+	}
+	u, err := s.usage(s.path)
+	if err != nil {
+		return false, err
+	}
+	if u.Free-s.reserved-n < m.For(u.Total) {
+		return false, nil
+	}
+	s.reserved += n
+	r.n += n
+	return true, nil
+}
+
+// Left is how many claimed bytes have not been written yet.
+func (r *Reservation) Left() int64 {
+	if r == nil {
+		return 0
+	}
+	r.s.mu.Lock()
+	defer r.s.mu.Unlock()
+	return r.n
 }
 
 // Consumed gives back n bytes that have been written: they now show in the
@@ -168,6 +204,7 @@ func (r *Reservation) Release() {
 		r.s.mu.Lock()
 		r.s.reserved -= r.n
 		r.n = 0
+		r.released = true
 		r.s.mu.Unlock()
 	})
 }

@@ -92,3 +92,42 @@ func TestShortfallAndFits(t *testing.T) {
 		t.Errorf("default watermark on 1 GiB: %d, want 5%%", got)
 	}
 }
+
+// A fill of unknown size grows its reservation step by step; each step
+// counts against the watermark with every other reservation, and a
+// released reservation claims nothing more.
+func TestExtendKeepsTheWatermark(t *testing.T) {
+	fs := &fakeFS{park: make(chan chan struct{}), parked: make(chan struct{})}
+	fs.total.Store(1000)
+	fs.free.Store(100)
+	s := disk.NewWith("/", fs.usage)
+	m := disk.MinFree{Bytes: 10}
+
+	r, ok, err := s.Reserve(30, m)
+	if err != nil || !ok {
+		t.Fatalf("first step of 30 with 100 free: %v %v", ok, err)
+	}
+	other, ok, _ := s.Reserve(20, m)
+	if !ok {
+		t.Fatal("another fill's 20 refused with 70 left above the watermark")
+	}
+	if ok, err := r.Extend(30, m); err != nil || !ok {
+		t.Fatalf("second step of 30 with 50 reserved of 100 free: %v %v", ok, err)
+	}
+	if r.Left() != 60 || s.Reserved() != 80 {
+		t.Errorf("after two steps: %d left, %d reserved; want 60 and 80", r.Left(), s.Reserved())
+	}
+	if ok, _ := r.Extend(15, m); ok {
+		t.Error("a step granted that leaves 5 free, under the watermark of 10")
+	}
+	fs.free.Store(40) // the fill wrote its 60 bytes
+	r.Consumed(60)
+	if ok, _ := r.Extend(10, m); !ok {
+		t.Error("a step of 10 refused with 40 free, 20 reserved by the other fill and a watermark of 10")
+	}
+	r.Release()
+	if ok, _ := r.Extend(1, m); ok || s.Reserved() != 20 {
+		t.Errorf("a released reservation grew (%v) or kept bytes: %d reserved, want the other fill's 20", ok, s.Reserved())
+	}
+	other.Release()
+}

@@ -469,6 +469,7 @@ func (s *Server) serveBlob(w *recorder, r *http.Request, rt route) {
 		return
 	}
 	defer b.Close()
+	g := newStallGuard(w)
 	if b.File != nil {
 		// Straight from the file, with the headers distribution's
 		// ServeBlob sets, so the kernel can copy it (sendfile) and ranges
@@ -478,7 +479,9 @@ func (s *Server) serveBlob(w *recorder, r *http.Request, rt route) {
 		// 2.4 GB/s), far above any NIC.
 		setBlobHeaders(w.Header(), d)
 		w.Header().Set("Cache-Control", "max-age=31536000")
-		http.ServeContent(w, r, "", time.Time{}, b.File)
+		http.ServeContent(g, r, "", time.Time{}, b.File)
+		s.dropIfStalled(g, rt, d)
+		g.finish()
 		return
 	}
 	st := b.Stream
@@ -501,11 +504,13 @@ func (s *Server) serveBlob(w *recorder, r *http.Request, rt route) {
 	}
 	w.WriteHeader(http.StatusOK)
 	if n > 0 {
-		if _, err := w.Write(buf[:n]); err != nil {
+		if _, err := g.Write(buf[:n]); err != nil {
+			s.dropIfStalled(g, rt, d)
 			panic(http.ErrAbortHandler)
 		}
 	}
-	if _, err := st.WriteTo(w); err != nil {
+	if _, err := st.WriteTo(g); err != nil {
+		s.dropIfStalled(g, rt, d)
 		if ctx.Err() == nil {
 			s.log.Warn("blob stream aborted", "repository", rt.repo, "digest", d, "err", err)
 		}
@@ -513,6 +518,20 @@ func (s *Server) serveBlob(w *recorder, r *http.Request, rt route) {
 		// short or unverified body for the blob.
 		panic(http.ErrAbortHandler)
 	}
+	g.finish()
+}
+
+// dropIfStalled closes the connection of a client that stopped reading a
+// blob: its stream is closed on the way out, so a fill paced to it goes on
+// for the others.
+func (s *Server) dropIfStalled(g *stallGuard, rt route, d digest.Digest) {
+	if g.stalled == nil {
+		return
+	}
+	g.cause = fmt.Errorf("client stalled: no progress for %v: %w", g.timeout, g.stalled)
+	s.log.Warn("client stopped reading a blob; dropped", "repository", rt.repo, "digest", d,
+		"sent", g.bytes, "stall_timeout", g.timeout)
+	panic(http.ErrAbortHandler)
 }
 
 func setBlobHeaders(h http.Header, d digest.Digest) {
