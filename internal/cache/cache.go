@@ -656,7 +656,7 @@ func (c *Cache) describeManifest(ctx context.Context, repo distribution.Reposito
 // found before the write so that they never count as a store that cannot
 // write.
 func (c *Cache) putManifest(ctx context.Context, repo distribution.Repository, body []byte, info upstream.ManifestInfo) (v1.Descriptor, error) {
-	m, desc, err := distribution.UnmarshalManifest(info.MediaType, body)
+	m, desc, err := distribution.UnmarshalManifest(manifestMediaType(info.MediaType, body), body)
 	if err != nil {
 		return v1.Descriptor{}, &upstream.Error{Op: "parse manifest", Cause: upstream.CauseBadContent, Err: err}
 	}
@@ -736,7 +736,8 @@ func (c *Cache) FetchManifest(ctx context.Context, name string, d digest.Digest)
 		return nil, err
 	}
 	c.used(name, d)
-	// The media type the store serves it as, which negotiation goes by.
+	// The media type the store serves it as, not the upstream's header:
+	// one that is no manifest type was replaced by the manifest's own.
 	return &Manifest{Body: body, MediaType: desc.MediaType}, nil
 }
 

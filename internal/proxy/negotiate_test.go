@@ -270,3 +270,50 @@ func removeStoredManifest(t *testing.T, p *ts.Proxy, repo, d string) {
 		t.Fatal(err)
 	}
 }
+
+// A valid manifest the upstream serves as text/plain, application/json or
+// with no Content-Type is what its own mediaType says, as containerd and
+// distribution's proxy read it: the cache serves it, stores it, and
+// answers as the upstream answers when it sends the right type.
+func TestManifestServedWithoutItsContentTypeIsReadByItsMediaType(t *testing.T) {
+	up, f := faultyUpstream(t)
+	p := ts.StartProxy(t, ts.ProxyUpstream{Name: "docker.io", Reg: up})
+	base := p.URL("docker.io")
+	all := strings.Join(upstream.ManifestAccept, ", ")
+	for i, ct := range []string{"text/plain; charset=utf-8", "", "application/json", "application/octet-stream"} {
+		kinds := []struct {
+			kind string
+			push func(repoTag string) string
+		}{
+			{"oci", func(rt string) string { return ts.Digest(t, ts.PushImage(t, up, rt, 1, 1024)) }},
+			{"index", func(rt string) string { return ts.Digest(t, ts.PushIndex(t, up, rt)) }},
+			{"docker", func(rt string) string { return ts.Digest(t, pushDockerImage(t, up, rt)) }},
+			{"list", func(rt string) string { return ts.Digest(t, pushDockerList(t, up, rt, "amd64")) }},
+		}
+		for _, k := range kinds {
+			repo := fmt.Sprintf("library/%s%d", k.kind, i)
+			d := k.push(repo + ":1")
+			path := "/v2/" + repo + "/manifests/"
+			want := ask(t, http.MethodGet, up.URL()+path+d, all, "")
+			what := fmt.Sprintf("%s served as Content-Type %q", k.kind, ct)
+
+			remove := f.Add(ts.Rule{Method: "GET", PathContains: "/manifests/", Action: ts.ContentType(ct)})
+			for _, ref := range []string{"1", d} {
+				if got := ask(t, http.MethodGet, base+path+ref, all, ""); got != want {
+					t.Errorf("%s, by %s:\n got  %+v\n want %+v (upstream, right type)", what, ref, got, want)
+				}
+			}
+			remove()
+			f.ResetCounts()
+			if got := ask(t, http.MethodGet, base+path+d, all, ""); got != want {
+				t.Errorf("%s, from the store:\n got  %+v\n want %+v", what, got, want)
+			}
+			if n := f.Count("", "/manifests/"); n != 0 {
+				t.Errorf("%s: not stored, %d upstream manifest requests after", what, n)
+			}
+		}
+	}
+	if n := p.Metric(t, "multiproxy_upstream_bad_content_total", map[string]string{"upstream": "docker.io", "kind": "manifest"}); n != 0 {
+		t.Errorf("multiproxy_upstream_bad_content_total = %v: a valid manifest counted as bad content", n)
+	}
+}
