@@ -23,11 +23,13 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/distribution/distribution/v3/registry/api/errcode"
 	"github.com/distribution/reference"
 	"github.com/opencontainers/go-digest"
 
@@ -323,14 +325,36 @@ func writeListing(w *recorder, r *http.Request, mediaType string, body []byte, s
 // serveTags passes a tag list through from the upstream, or from the cached
 // tags, marked stale, when the upstream fails.
 func (s *Server) serveTags(w *recorder, r *http.Request, rt route) {
-	list, err := s.cache.ListTags(r.Context(), rt.repo, r.URL.Query().Encode())
+	q := r.URL.Query()
+	if n := q.Get("n"); n != "" {
+		// Checked here as distribution checks it: passed on, a bad n gets
+		// the upstream's 400, which the cache would take for a failing
+		// upstream and answer with its cached tags instead.
+		parsed, err := strconv.Atoi(n)
+		if err != nil || parsed < 0 {
+			writeRegistryError(w, errcode.ErrorCodePaginationNumberInvalid.WithDetail(map[string]int{"n": parsed}))
+			return
+		}
+	}
+	// ns names this cache's upstream to this cache; the upstream has no
+	// use for it. The next page's link keeps it: in one-port mode it is
+	// how the following request finds this upstream again.
+	ns := q.Get("ns")
+	q.Del("ns")
+	list, err := s.cache.ListTags(r.Context(), rt.repo, q.Encode())
 	if err != nil {
 		s.writeUpstreamError(w, r, err, kindTags)
 		return
 	}
 	w.fromUpstream = !list.Stale
 	if list.Next != "" {
-		w.Header().Set("Link", fmt.Sprintf(`<%s?%s>; rel="next"`, r.URL.Path, list.Next))
+		next := list.Next
+		if ns != "" {
+			v, _ := url.ParseQuery(next) // encoded by the cache from parsed values
+			v.Set("ns", ns)
+			next = v.Encode()
+		}
+		w.Header().Set("Link", fmt.Sprintf(`<%s?%s>; rel="next"`, r.URL.Path, next))
 	}
 	writeListing(w, r, "application/json", list.Body, list.Stale, list.Cause)
 }
