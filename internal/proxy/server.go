@@ -265,7 +265,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if rt.repo != "" {
-		if _, err := reference.WithName(rt.repo); err != nil {
+		if _, err := reference.WithName(rt.repo); err != nil || !repoPattern.MatchString(rt.repo) {
 			writeError(rw, http.StatusBadRequest, codeNameInvalid, "invalid repository name")
 			return
 		}
