@@ -79,8 +79,8 @@ func TestTagListPageSizeAnswersAsTheUpstream(t *testing.T) {
 	}
 }
 
-// In one-port mode a client routed by ?ns= follows a paged tag list's Link
-// back to the same upstream, to the last page.
+// In one-port mode a client routed by ?ns= follows a paged tag list's or
+// catalog's Link back to the same upstream, to the last page.
 func TestOnePortTagPagesKeepNs(t *testing.T) {
 	hub := ts.StartRegistry(t, ts.RegistryOptions{})
 	ghcr := ts.StartRegistry(t, ts.RegistryOptions{})
@@ -102,5 +102,17 @@ func TestOnePortTagPagesKeepNs(t *testing.T) {
 		if got := follow(t, base, "/v2/org/app/tags/list?n="+n+"&ns=ghcr.io", "tags"); !slices.Equal(got, want) {
 			t.Errorf("tags/list?n=%s&ns=ghcr.io followed page by page: %v, want %v", n, got, want)
 		}
+	}
+	repos := []string{"org/app", "org/b", "org/c"}
+	for _, repo := range repos[1:] {
+		ts.PushImage(t, ghcr, repo+":1", 1, 512)
+	}
+	for _, repo := range repos {
+		if resp := get(t, base+"/v2/"+repo+"/manifests/1?ns=ghcr.io", http.MethodGet); resp.StatusCode != http.StatusOK {
+			t.Fatalf("caching %s: %d", repo, resp.StatusCode)
+		}
+	}
+	if got := follow(t, base, "/v2/_catalog?n=1&ns=ghcr.io", "repositories"); !slices.Equal(got, repos) {
+		t.Errorf("_catalog?n=1&ns=ghcr.io followed page by page: %v, want %v", got, repos)
 	}
 }
