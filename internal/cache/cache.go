@@ -656,7 +656,7 @@ func (c *Cache) describeManifest(ctx context.Context, repo distribution.Reposito
 // found before the write so that they never count as a store that cannot
 // write.
 func (c *Cache) putManifest(ctx context.Context, repo distribution.Repository, body []byte, info upstream.ManifestInfo) (v1.Descriptor, error) {
-	m, desc, err := distribution.UnmarshalManifest(info.MediaType, body)
+	m, desc, err := distribution.UnmarshalManifest(manifestMediaType(info.MediaType, body), body)
 	if err != nil {
 		return v1.Descriptor{}, &upstream.Error{Op: "parse manifest", Cause: upstream.CauseBadContent, Err: err}
 	}
@@ -730,12 +730,39 @@ func (c *Cache) FetchManifest(ctx context.Context, name string, d digest.Digest)
 	}
 	c.obs.UpstreamBytes(int64(len(body)))
 	var ns *notStored
-	if _, err := c.putManifest(ctx, repo, body, info); err != nil && !errors.As(err, &ns) {
+	desc, err := c.putManifest(ctx, repo, body, info)
+	if err != nil && !errors.As(err, &ns) {
 		c.upstreamFailed(KindManifest, err)
 		return nil, err
 	}
 	c.used(name, d)
-	return &Manifest{Body: body, MediaType: info.MediaType}, nil
+	// The media type the store serves it as, not the upstream's header:
+	// one that is no manifest type was replaced by the manifest's own.
+	return &Manifest{Body: body, MediaType: desc.MediaType}, nil
+}
+
+// StoredManifest reads manifest d of repository name from the store, with
+// the media type the store serves it as. An error means the store does not
+// have it (its revision link or blob is gone) or cannot read it; the
+// caller decides whether to fetch it again.
+func (c *Cache) StoredManifest(ctx context.Context, name string, d digest.Digest) (*Manifest, error) {
+	repo, err := c.repo(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	ms, err := repo.Manifests(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("read manifest %s@%s: %w", name, d, err)
+	}
+	m, err := ms.Get(ctx, d)
+	if err != nil {
+		return nil, fmt.Errorf("read manifest %s@%s: %w", name, d, err)
+	}
+	mt, body, err := m.Payload()
+	if err != nil {
+		return nil, fmt.Errorf("read manifest %s@%s: %w", name, d, err)
+	}
+	return &Manifest{Body: body, MediaType: mt}, nil
 }
 
 // notStored carries a verified manifest the store could not take.
@@ -743,8 +770,9 @@ type notStored struct{ body []byte }
 
 func (e *notStored) Error() string { return "manifest not stored" }
 
-// Manifest is a verified manifest the store could not take (a full or
-// read-only disk), to be served from memory.
+// Manifest is a verified manifest's bytes and media type: one the store
+// could not take (a full or read-only disk), to be served from memory, or
+// one read back from the store.
 type Manifest struct {
 	Body      []byte
 	MediaType string

@@ -74,7 +74,9 @@ func encodeTags(name string, tags []string) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("encode tag list: %w", err)
 	}
-	return body, nil
+	// distribution's json.Encoder ends its body with a newline; the same
+	// list must be the same bytes.
+	return append(body, '\n'), nil
 }
 
 // paginate applies the distribution spec's n and last to sorted tags.
@@ -89,7 +91,11 @@ func paginate(tags []string, query string) (page []string, next string) {
 		tags = tags[i:]
 	}
 	n, err := strconv.Atoi(q.Get("n"))
-	if err != nil || n <= 0 || n >= len(tags) {
+	if err == nil && n == 0 {
+		// distribution answers n=0 with no tags and no next page.
+		return []string{}, ""
+	}
+	if err != nil || n < 0 || n >= len(tags) {
 		return tags, ""
 	}
 	page = tags[:n]

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"strings"
 )
 
@@ -23,7 +24,7 @@ func OnePort(routes func() []Route) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if ns := r.URL.Query().Get("ns"); ns != "" {
 			if h := handlerFor(routes(), ns); h != nil {
-				h.ServeHTTP(w, r)
+				h.ServeHTTP(&prefixLinks{ResponseWriter: w, ns: ns}, r)
 				return
 			}
 			writeError(w, http.StatusNotFound, codeNameUnknown, fmt.Sprintf("no upstream configured for %q", ns))
@@ -70,12 +71,14 @@ func handlerFor(routes []Route, registry string) http.Handler {
 	return nil
 }
 
-// prefixLinks puts the registry's path prefix back into the Link headers of
-// paginated answers (tags/list, _catalog): the upstream's server wrote them
-// for its own paths, and a client following one must come back here.
+// prefixLinks puts the registry's path prefix, or its ns, back into the
+// Link headers of paginated answers (tags/list, _catalog): the upstream's
+// server wrote them for its own paths, and a client following one must come
+// back here, to the same upstream.
 type prefixLinks struct {
 	http.ResponseWriter
 	prefix string
+	ns     string
 	done   bool
 }
 
@@ -88,6 +91,10 @@ func (p *prefixLinks) fix() {
 	if links := h.Values("Link"); len(links) > 0 {
 		h.Del("Link")
 		for _, l := range links {
+			if p.ns != "" {
+				h.Add("Link", withNs(l, p.ns))
+				continue
+			}
 			h.Add("Link", strings.ReplaceAll(l, "</v2/", "<"+p.prefix))
 		}
 	}
@@ -110,3 +117,31 @@ func (p *prefixLinks) ReadFrom(src io.Reader) (int64, error) {
 }
 
 func (p *prefixLinks) Unwrap() http.ResponseWriter { return p.ResponseWriter }
+
+// withNs adds ns to the query of every /v2/ URL in a Link value that lacks
+// one (distribution's _catalog writes its next page's query afresh).
+func withNs(link, ns string) string {
+	var b strings.Builder
+	for {
+		i := strings.Index(link, "</v2/")
+		if i < 0 {
+			b.WriteString(link)
+			return b.String()
+		}
+		j := strings.IndexByte(link[i:], '>')
+		if j < 0 {
+			b.WriteString(link)
+			return b.String()
+		}
+		b.WriteString(link[:i+1])
+		ref := link[i+1 : i+j]
+		if u, err := url.Parse(ref); err == nil && u.Query().Get("ns") == "" {
+			q := u.Query()
+			q.Set("ns", ns)
+			u.RawQuery = q.Encode()
+			ref = u.String()
+		}
+		b.WriteString(ref)
+		link = link[i+j:]
+	}
+}

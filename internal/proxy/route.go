@@ -25,6 +25,15 @@ type route struct {
 
 var tagPattern = regexp.MustCompile(`^[\w][\w.-]{0,127}$`)
 
+// repoPattern is the repository name grammar of the OCI distribution spec.
+// distribution's reference.WithName also takes a first component that
+// looks like a registry host, port included (127.0.0.1:7005/library/app),
+// which no upstream API path can carry: distribution itself answers such a
+// name with a 500 from its storage, and other registries with whatever they
+// do. It is a client's mistake, answered 400 NAME_INVALID like any other
+// name outside the grammar, and never sent upstream.
+var repoPattern = regexp.MustCompile(`^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*$`)
+
 // parseRoute splits an OCI distribution API path. Repository names may hold
 // slashes, even segments called manifests, blobs or referrers
 // (org/referrers/app), but tags and digests never do: the last segment is

@@ -6,11 +6,15 @@
 //
 //	client -> Server.ServeHTTP: read-only guard, path and reference checks
 //	       -> cache: revalidate a tag, or fill a missing manifest or blob
-//	       -> the embedded distribution App, which serves the local store
+//	       -> the local store, read here (manifests, blobs) or by the
+//	          embedded distribution App (the catalog, the API base)
 //
-// A manifest requested by tag is handed to the App by digest, once the cache
-// has resolved the tag: the App never asks the upstream about tags itself. A
-// blob that is not yet local is streamed from the cache's shared fill.
+// A manifest is read from the store here, once the cache has resolved a tag
+// to its digest, and answered by distribution's content negotiation rules
+// (negotiate.go): the App never asks the upstream about tags itself, and a
+// manifest type the client does not accept is never taken for a lost
+// manifest. A blob that is not yet local is streamed from the cache's
+// shared fill.
 package proxy
 
 import (
@@ -19,11 +23,13 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/distribution/distribution/v3/registry/api/errcode"
 	"github.com/distribution/reference"
 	"github.com/opencontainers/go-digest"
 
@@ -259,7 +265,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if rt.repo != "" {
-		if _, err := reference.WithName(rt.repo); err != nil {
+		if _, err := reference.WithName(rt.repo); err != nil || !repoPattern.MatchString(rt.repo) {
 			writeError(rw, http.StatusBadRequest, codeNameInvalid, "invalid repository name")
 			return
 		}
@@ -319,27 +325,50 @@ func writeListing(w *recorder, r *http.Request, mediaType string, body []byte, s
 // serveTags passes a tag list through from the upstream, or from the cached
 // tags, marked stale, when the upstream fails.
 func (s *Server) serveTags(w *recorder, r *http.Request, rt route) {
-	list, err := s.cache.ListTags(r.Context(), rt.repo, r.URL.Query().Encode())
+	q := r.URL.Query()
+	if n := q.Get("n"); n != "" {
+		// Checked here as distribution checks it: passed on, a bad n gets
+		// the upstream's 400, which the cache would take for a failing
+		// upstream and answer with its cached tags instead.
+		parsed, err := strconv.Atoi(n)
+		if err != nil || parsed < 0 {
+			writeRegistryError(w, errcode.ErrorCodePaginationNumberInvalid.WithDetail(map[string]int{"n": parsed}))
+			return
+		}
+	}
+	// ns names this cache's upstream to this cache; the upstream has no
+	// use for it. The next page's link keeps it: in one-port mode it is
+	// how the following request finds this upstream again.
+	ns := q.Get("ns")
+	q.Del("ns")
+	list, err := s.cache.ListTags(r.Context(), rt.repo, q.Encode())
 	if err != nil {
 		s.writeUpstreamError(w, r, err, kindTags)
 		return
 	}
 	w.fromUpstream = !list.Stale
 	if list.Next != "" {
-		w.Header().Set("Link", fmt.Sprintf(`<%s?%s>; rel="next"`, r.URL.Path, list.Next))
+		next := list.Next
+		if ns != "" {
+			v, _ := url.ParseQuery(next) // encoded by the cache from parsed values
+			v.Set("ns", ns)
+			next = v.Encode()
+		}
+		w.Header().Set("Link", fmt.Sprintf(`<%s?%s>; rel="next"`, r.URL.Path, next))
 	}
 	writeListing(w, r, "application/json", list.Body, list.Stale, list.Cause)
 }
 
 func (s *Server) serveManifest(w *recorder, r *http.Request, rt route) {
 	ctx := r.Context()
-	// From the lookup to the App's read, a collection must not remove the
+	// From the lookup to the store's read, a collection must not remove the
 	// manifest it resolved to.
 	release := s.cache.Hold()
 	defer release()
 	var mem *cache.Manifest
 	d, err := digest.Parse(rt.ref)
-	if err != nil {
+	byTag := err != nil
+	if byTag {
 		if !tagPattern.MatchString(rt.ref) {
 			if looksLikeDigest(rt.ref) {
 				writeError(w, http.StatusBadRequest, codeDigestInvalid, "invalid digest")
@@ -362,57 +391,21 @@ func (s *Server) serveManifest(w *recorder, r *http.Request, rt route) {
 		s.writeUpstreamError(w, r, err, kindManifest)
 		return
 	}
-	if mem != nil {
-		serveManifestBytes(w, r, d, mem)
-		return
+	if mem == nil {
+		// Read here, not through the App: what the request may be given
+		// depends on the stored manifest's type (answerManifest), and an
+		// App's 404 could not tell a manifest the client does not accept
+		// from one the store lost.
+		if mem, err = s.readManifest(r, rt.repo, d); err != nil {
+			s.writeUpstreamError(w, r, err, kindManifest)
+			return
+		}
 	}
-	r2 := r.Clone(ctx)
-	r2.URL.Path = "/v2/" + rt.repo + "/manifests/" + d.String()
-	r2.URL.RawPath = ""
-	// The manifest can vanish between the cache's check and the App's
-	// read (a store removed underneath us, an eviction), or the App can
-	// fail to read it (a store half deleted). A manifest the cache just
-	// vouched for is then fetched again and served from the verified
-	// bytes: asking the App a second time could lose the same race.
-	catch := &lostCatcher{ResponseWriter: w}
-	s.apps.serve(catch, r2)
-	if !catch.caught {
-		return
-	}
-	for _, k := range []string{"Content-Type", "Content-Length", "Docker-Distribution-Api-Version"} {
-		w.Header().Del(k)
-	}
-	if mem, err = s.cache.FetchManifest(ctx, rt.repo, d); err != nil {
-		s.writeUpstreamError(w, r, err, kindManifest)
-		return
-	}
-	serveManifestBytes(w, r, d, mem)
+	s.answerManifest(w, r, rt.repo, d, mem, byTag)
 }
 
-// lostCatcher holds back a 404 or a 5xx and its body, so that the caller
-// can answer otherwise before anything reaches the client.
-type lostCatcher struct {
-	http.ResponseWriter
-	caught bool
-}
-
-func (c *lostCatcher) WriteHeader(code int) {
-	if code == http.StatusNotFound || code >= 500 {
-		c.caught = true
-		return
-	}
-	c.ResponseWriter.WriteHeader(code)
-}
-
-func (c *lostCatcher) Write(b []byte) (int, error) {
-	if c.caught {
-		return len(b), nil
-	}
-	return c.ResponseWriter.Write(b)
-}
-
-// serveManifestBytes answers with verified manifest bytes the store could
-// not take or lost, as the App would have served them.
+// serveManifestBytes answers with verified manifest bytes, from the store
+// or from memory, with the headers distribution's manifest handler sets.
 func serveManifestBytes(w http.ResponseWriter, r *http.Request, d digest.Digest, m *cache.Manifest) {
 	h := w.Header()
 	h.Set("Content-Type", m.MediaType)

@@ -459,3 +459,42 @@ func (d *dropHeaderWriter) Write(p []byte) (int, error) {
 }
 
 func (d *dropHeaderWriter) Unwrap() http.ResponseWriter { return d.ResponseWriter }
+
+// ContentType passes the response through with its Content-Type replaced
+// by ct, as a registry (or a CDN or object store in front of it) that
+// serves manifests as text/plain would answer. With ct "" the response
+// has no Content-Type at all: net/http does not sniff one in.
+func ContentType(ct string) Action {
+	return func(w http.ResponseWriter, r *http.Request, next http.Handler) {
+		next.ServeHTTP(&contentTypeWriter{ResponseWriter: w, ct: ct}, r)
+	}
+}
+
+type contentTypeWriter struct {
+	http.ResponseWriter
+	ct    string
+	wrote bool
+}
+
+func (c *contentTypeWriter) WriteHeader(code int) {
+	if !c.wrote {
+		c.wrote = true
+		if c.ct == "" {
+			// A nil value, not a deleted key: net/http would otherwise
+			// detect a type from the body and send it.
+			c.Header()["Content-Type"] = nil
+		} else {
+			c.Header().Set("Content-Type", c.ct)
+		}
+	}
+	c.ResponseWriter.WriteHeader(code)
+}
+
+func (c *contentTypeWriter) Write(p []byte) (int, error) {
+	if !c.wrote {
+		c.WriteHeader(http.StatusOK)
+	}
+	return c.ResponseWriter.Write(p)
+}
+
+func (c *contentTypeWriter) Unwrap() http.ResponseWriter { return c.ResponseWriter }

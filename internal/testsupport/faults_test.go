@@ -189,6 +189,23 @@ func TestFaultBody(t *testing.T) {
 	fx.requireIntact(t)
 }
 
+func TestFaultContentType(t *testing.T) {
+	t.Parallel()
+	fx := newFaultFixture(t, RegistryOptions{})
+	for _, ct := range []string{"text/plain", ""} {
+		fx.f.Add(Rule{PathContains: "/blobs/", Times: 1, Action: ContentType(ct)})
+		resp, body, err := fx.get(t, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, sent := resp.Header["Content-Type"], resp.Header.Get("Content-Type"); resp.StatusCode != http.StatusOK ||
+			sent != ct || (ct == "" && got != nil) || !bytes.Equal(body, fx.blob) {
+			t.Fatalf("ContentType(%q): status %d, Content-Type %q, intact=%v", ct, resp.StatusCode, got, bytes.Equal(body, fx.blob))
+		}
+	}
+	fx.requireIntact(t)
+}
+
 func TestFaultBlackHole(t *testing.T) {
 	t.Parallel()
 	fx := newFaultFixture(t, RegistryOptions{})
