@@ -376,6 +376,10 @@ func (r *Registry) config() *configuration.Configuration {
 			},
 		},
 	}
+	// Docker Hub takes manifests whose non-distributable layers are named
+	// by URL (Windows base images); distribution refuses every URL unless
+	// told which to allow.
+	cfg.Validation.Manifests.URLs.Allow = []string{"^https?://"}
 	cfg.HTTP.Addr = r.addr
 	// Fixed for the registry's lifetime so upload session state signed by
 	// one generation stays valid after a restart.
