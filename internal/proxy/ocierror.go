@@ -34,7 +34,9 @@ var (
 func writeError(w http.ResponseWriter, status int, code errcode.ErrorCode, msg string) {
 	body := []byte(fmt.Sprintf(`{"errors":[{"code":%q,"message":%q}]}`, code.String(), msg))
 	h := w.Header()
-	h.Set("Content-Type", "application/json; charset=utf-8")
+	// Exactly what distribution's errcode.ServeJSON says, so an error
+	// from the cache reads like one from the registry behind it.
+	h.Set("Content-Type", "application/json")
 	h.Set("Content-Length", strconv.Itoa(len(body)))
 	h.Set("Docker-Distribution-Api-Version", "registry/2.0")
 	w.WriteHeader(status)

@@ -99,6 +99,11 @@ func (f expectedNoiseFilter) Format(e *logrus.Entry) ([]byte, error) {
 		}
 	case strings.HasPrefix(e.Message, "error authorizing context"):
 		return nil, nil
+	// A client's invalid digest, answered 400; and a sha512 blob found
+	// under its canonical sha256 name, as designed.
+	case strings.HasPrefix(e.Message, "error parsing digest="),
+		strings.HasPrefix(e.Message, "looking up blob with canonical target"):
+		return nil, nil
 	}
 	return f.next.Format(e)
 }
@@ -376,6 +381,10 @@ func (r *Registry) config() *configuration.Configuration {
 			},
 		},
 	}
+	// Docker Hub takes manifests whose non-distributable layers are named
+	// by URL (Windows base images); distribution refuses every URL unless
+	// told which to allow.
+	cfg.Validation.Manifests.URLs.Allow = []string{"^https?://"}
 	cfg.HTTP.Addr = r.addr
 	// Fixed for the registry's lifetime so upload session state signed by
 	// one generation stays valid after a restart.
