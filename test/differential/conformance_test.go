@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -78,7 +79,7 @@ func runConformance(t *testing.T, bin, registry string, c *ts.Corpus) summary {
 		"OCI_API_TAGS_DELETE=false",
 		"OCI_API_TAGS_LIST=true",
 		"OCI_API_REFERRER=true",
-		"OCI_RO_DATA_TAGS="+strings.Join(c.Tags(), " "),
+		"OCI_RO_DATA_TAGS="+strings.Join(ociTags(c), " "),
 		"OCI_RO_DATA_MANIFESTS="+strings.Join(c.ManifestDigests(), " "),
 		"OCI_RO_DATA_BLOBS="+strings.Join(c.BlobDigests(), " "),
 		"OCI_RO_DATA_REFERRERS="+strings.Join(c.Subjects, " "),
@@ -180,4 +181,21 @@ func TestConformance(t *testing.T) {
 		}
 	}
 	t.Logf("OCI distribution-spec conformance suite, read only, on testsupport.PushCorpus:\n%s", b.String())
+}
+
+// ociTags are the corpus's tags of OCI content. The suite asks for a tag
+// with OCI types only in Accept, and a Docker manifest list asked for so is
+// answered 400 MANIFEST_INVALID by distribution (it would downgrade the list
+// to a schema2 manifest the client does not accept), and so by the cache,
+// which answers as its upstream does: the Docker tags are the differential
+// suite's to compare, not the OCI suite's.
+func ociTags(c *ts.Corpus) []string {
+	var out []string
+	for _, m := range c.Manifests {
+		if m.Tag != "" && strings.HasPrefix(m.MediaType, "application/vnd.oci.") {
+			out = append(out, m.Tag)
+		}
+	}
+	slices.Sort(out)
+	return out
 }
