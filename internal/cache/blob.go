@@ -838,6 +838,20 @@ func (s *Stream) open() {
 // Size is the blob's length as the upstream announced it, or -1.
 func (s *Stream) Size() int64 { return s.f.size }
 
+// Whole is, once the stream has been read to its verified end, the spool
+// file with every byte of the blob, for a range to be answered from as the
+// stored file would answer it; nil when the fill passed any byte through
+// (those are gone) or is not verified.
+func (s *Stream) Whole() *os.File {
+	f := s.f
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !f.verified || f.err != nil || f.ring != nil || s.r == nil {
+		return nil
+	}
+	return s.r
+}
+
 // Read blocks until bytes are available. The final byte is released only
 // after the whole blob has been verified, so a reader of a bad fill always
 // ends with an error, never with a complete-looking body.

@@ -478,6 +478,10 @@ func (s *Server) serveBlob(w *recorder, r *http.Request, rt route) {
 		return
 	}
 	st := b.Stream
+	if r.Header.Get("Range") != "" && ifRangeHolds(r, d) {
+		s.serveColdRange(w, g, r, rt, d, st)
+		return
+	}
 	// The status goes out only with the first byte: a fill that fails
 	// before it (the upstream stalls after its headers, a CDN refuses)
 	// still gets a clean error status instead of a 200 cut short.

@@ -55,16 +55,8 @@ type allowance struct {
 }
 
 // allowed lists every way the cache's answers may differ from the
-// upstream's; any other difference fails the test. Entries saying "being
-// fixed" are known bugs being fixed elsewhere: delete them when the fix
-// lands.
+// upstream's; any other difference fails the test.
 var allowed = []allowance{
-	{
-		reason: "being fixed: a Range request for a blob not yet cached is answered 200 with the whole blob",
-		covers: func(x exchange) bool {
-			return x.pass == "cold" && x.q.rng != "" && x.pA.status == http.StatusOK && x.uA.status != http.StatusOK
-		},
-	},
 	{
 		reason: "distribution has no route for a repository name with ':' (a plain-text 404; a front: NAME_UNKNOWN); the cache says 400 NAME_INVALID, which is what the name is",
 		covers: func(x exchange) bool {
