@@ -125,12 +125,12 @@ func TestColdRangesAnswerAsTheUpstream(t *testing.T) {
 func TestColdSmallRangeSendsOnlyTheRange(t *testing.T) {
 	f := ts.NewFaults()
 	up := ts.StartRegistry(t, ts.RegistryOptions{Wrap: f.Wrap})
-	layer := pushRawLayer(t, up, "library/big", 32<<20)
+	layer := pushRawLayer(t, up, "library/big", 100<<20)
 	p := ts.StartProxy(t, ts.ProxyUpstream{Name: "docker.io", Reg: up})
 	url := p.URL("docker.io") + "/v2/library/big/blobs/" + layer
 	for pass := range 2 {
 		got := getRange(t, url, map[string]string{"Range": "bytes=1000-1099"})
-		if got.status != http.StatusPartialContent || got.n != 100 || got.contentRange != fmt.Sprintf("bytes 1000-1099/%d", 32<<20) {
+		if got.status != http.StatusPartialContent || got.n != 100 || got.contentRange != fmt.Sprintf("bytes 1000-1099/%d", 100<<20) {
 			t.Errorf("pass %d: got %+v, want 206 with 100 bytes", pass, got)
 		}
 	}
