@@ -62,10 +62,20 @@ func (s *sink) authorizations() []string {
 	return append([]string(nil), s.authz...)
 }
 
+const manifestAccept = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, " +
+	"application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json"
+
 // get sends a GET and returns the status and body.
 func get(t *testing.T, url string) (int, string) {
 	t.Helper()
-	resp, err := client.Get(url)
+	req, err := http.NewRequest(http.MethodGet, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// As a pulling client asks: a manifest without its type in Accept is
+	// refused, by the cache as by distribution.
+	req.Header.Set("Accept", manifestAccept)
+	resp, err := client.Do(req)
 	if err != nil {
 		t.Fatalf("GET %s: %v", url, err)
 	}
