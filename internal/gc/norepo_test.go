@@ -3,7 +3,6 @@ package gc_test
 import (
 	"context"
 	"io"
-	"io/fs"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -38,7 +37,7 @@ func TestCollectRemovesRepositoriesWithoutManifests(t *testing.T) {
 			t.Fatalf("the pull did not link %s: %v", d, err)
 		}
 	}
-	before := dirsUnder(t, reposDir)
+	before := ts.DirsUnder(t, reposDir)
 
 	// What an older version left: links under names with no manifest,
 	// nested ones, one inside a repository that holds a manifest, and an
@@ -62,7 +61,7 @@ func TestCollectRemovesRepositoriesWithoutManifests(t *testing.T) {
 	if res.FreedBlobs != 0 || len(res.Evicted) != 0 {
 		t.Errorf("collection freed %d blobs and evicted %v, want nothing: every blob is referenced", res.FreedBlobs, res.Evicted)
 	}
-	if after := dirsUnder(t, reposDir); !slices.Equal(after, before) {
+	if after := ts.DirsUnder(t, reposDir); !slices.Equal(after, before) {
 		t.Errorf("directories under repositories/ after the collection:\n%v\nwant as before the leftovers:\n%v", after, before)
 	}
 	for _, d := range layers {
@@ -86,26 +85,6 @@ func writeFile(t *testing.T, p, content string) {
 	if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
 		t.Fatal(err)
 	}
-}
-
-// dirsUnder lists the directories under root, relative to it.
-func dirsUnder(t *testing.T, root string) []string {
-	t.Helper()
-	var dirs []string
-	err := filepath.WalkDir(root, func(p string, e fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if e.IsDir() {
-			rel, _ := filepath.Rel(root, p)
-			dirs = append(dirs, rel)
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return dirs
 }
 
 func readCatalog(t *testing.T, base string) string {

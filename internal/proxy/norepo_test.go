@@ -7,7 +7,6 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
-	"io/fs"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -25,24 +24,7 @@ import (
 func repoDirs(t *testing.T, p *ts.Proxy) []string {
 	t.Helper()
 	root := filepath.Join(p.Config.Upstreams[0].Storage.Path, "docker/registry/v2/repositories")
-	var dirs []string
-	err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
-		if err != nil {
-			if os.IsNotExist(err) && path == root {
-				return nil
-			}
-			return err
-		}
-		if d.IsDir() {
-			rel, _ := filepath.Rel(root, path)
-			dirs = append(dirs, rel)
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return dirs
+	return ts.DirsUnder(t, root)
 }
 
 // layerLinked reports whether repo's _layers link to blob d exists.

@@ -432,69 +432,52 @@ func (h *holdWriter) Unwrap() http.ResponseWriter { return h.ResponseWriter }
 // upstream that does not send it would answer: say, a registry whose HEAD
 // of a manifest has no Docker-Content-Digest.
 func DropHeader(name string) Action {
-	return func(w http.ResponseWriter, r *http.Request, next http.Handler) {
-		next.ServeHTTP(&dropHeaderWriter{ResponseWriter: w, name: name}, r)
-	}
+	return editHeaders(func(h http.Header) { h.Del(name) })
 }
-
-type dropHeaderWriter struct {
-	http.ResponseWriter
-	name  string
-	wrote bool
-}
-
-func (d *dropHeaderWriter) WriteHeader(code int) {
-	if !d.wrote {
-		d.wrote = true
-		d.Header().Del(d.name)
-	}
-	d.ResponseWriter.WriteHeader(code)
-}
-
-func (d *dropHeaderWriter) Write(p []byte) (int, error) {
-	if !d.wrote {
-		d.WriteHeader(http.StatusOK)
-	}
-	return d.ResponseWriter.Write(p)
-}
-
-func (d *dropHeaderWriter) Unwrap() http.ResponseWriter { return d.ResponseWriter }
 
 // ContentType passes the response through with its Content-Type replaced
 // by ct, as a registry (or a CDN or object store in front of it) that
 // serves manifests as text/plain would answer. With ct "" the response
 // has no Content-Type at all: net/http does not sniff one in.
 func ContentType(ct string) Action {
+	return editHeaders(func(h http.Header) {
+		if ct == "" {
+			// A nil value, not a deleted key: net/http would otherwise
+			// detect a type from the body and send it.
+			h["Content-Type"] = nil
+			return
+		}
+		h.Set("Content-Type", ct)
+	})
+}
+
+// editHeaders passes the response through with edit applied to its
+// headers just before they are sent.
+func editHeaders(edit func(http.Header)) Action {
 	return func(w http.ResponseWriter, r *http.Request, next http.Handler) {
-		next.ServeHTTP(&contentTypeWriter{ResponseWriter: w, ct: ct}, r)
+		next.ServeHTTP(&headerEditor{ResponseWriter: w, edit: edit}, r)
 	}
 }
 
-type contentTypeWriter struct {
+type headerEditor struct {
 	http.ResponseWriter
-	ct    string
+	edit  func(http.Header)
 	wrote bool
 }
 
-func (c *contentTypeWriter) WriteHeader(code int) {
-	if !c.wrote {
-		c.wrote = true
-		if c.ct == "" {
-			// A nil value, not a deleted key: net/http would otherwise
-			// detect a type from the body and send it.
-			c.Header()["Content-Type"] = nil
-		} else {
-			c.Header().Set("Content-Type", c.ct)
-		}
+func (e *headerEditor) WriteHeader(code int) {
+	if !e.wrote {
+		e.wrote = true
+		e.edit(e.Header())
 	}
-	c.ResponseWriter.WriteHeader(code)
+	e.ResponseWriter.WriteHeader(code)
 }
 
-func (c *contentTypeWriter) Write(p []byte) (int, error) {
-	if !c.wrote {
-		c.WriteHeader(http.StatusOK)
+func (e *headerEditor) Write(p []byte) (int, error) {
+	if !e.wrote {
+		e.WriteHeader(http.StatusOK)
 	}
-	return c.ResponseWriter.Write(p)
+	return e.ResponseWriter.Write(p)
 }
 
-func (c *contentTypeWriter) Unwrap() http.ResponseWriter { return c.ResponseWriter }
+func (e *headerEditor) Unwrap() http.ResponseWriter { return e.ResponseWriter }

@@ -1,7 +1,10 @@
 package testsupport
 
 import (
+	"io/fs"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -115,4 +118,29 @@ func (a *AgentLog) Gets(s string) []string {
 		}
 	}
 	return uas
+}
+
+// DirsUnder lists the directories under root, root itself as ".", relative
+// to it; none when root does not exist. Tests of what a request must never
+// create compare it before and after.
+func DirsUnder(t testing.TB, root string) []string {
+	t.Helper()
+	var dirs []string
+	err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if os.IsNotExist(err) && path == root {
+				return nil
+			}
+			return err
+		}
+		if d.IsDir() {
+			rel, _ := filepath.Rel(root, path)
+			dirs = append(dirs, rel)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("testsupport: list directories under %s: %v", root, err)
+	}
+	return dirs
 }
