@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	ts "github.com/multiproxy/multiproxy/internal/testsupport"
 )
@@ -205,6 +206,70 @@ func TestGCCommandOnlineAndOffline(t *testing.T) {
 	}
 	if _, _, code := run(t, "gc", "--config", file, "--offline", "--upstream", "nope"); code != 2 {
 		t.Errorf("unknown --upstream: exit %d, want 2", code)
+	}
+}
+
+// An operator deletes data_dir under a running process and the next pulls
+// recreate the store. The store is still served, so an offline collection
+// must still be refused, whichever write recreated it: a manifest (a pull
+// by tag) or a blob's spool.
+func TestOfflineGCRefusedAfterDataDirRecreated(t *testing.T) {
+	up := ts.StartRegistry(t, ts.RegistryOptions{})
+	img := ts.PushImage(t, up, "library/app:1", 1, 64<<10)
+	cfg := ts.NewProxyConfig(t, ts.ProxyUpstream{Name: "docker.io", Reg: up})
+	p := ts.StartProxyConfig(t, cfg)
+	base := p.URL("docker.io")
+	c := &http.Client{Timeout: time.Minute}
+	if err := ts.PullVerified(c, base, "library/app", "1"); err != nil {
+		t.Fatal(err)
+	}
+	file := writeFile(t, t.TempDir(), "c.yaml", fmt.Sprintf(
+		"data_dir: %s\nupstreams:\n  - {name: docker.io, listen: '127.0.0.1:1', remote: '%s', storage: '%s'}\n",
+		cfg.DataDir, up.URL(), cfg.Upstreams[0].Storage.Path))
+	refused := func(when string) {
+		t.Helper()
+		out, stderr, code := run(t, "gc", "--config", file, "--offline")
+		if code == 0 || !strings.Contains(stderr, "in use by a running multiproxy") {
+			t.Fatalf("offline gc %s: exit %d, out %s, err %s; want it refused", when, code, out, stderr)
+		}
+	}
+	refused("on the intact store")
+	removeDataDir := func() {
+		// The process may be writing there meanwhile (a pull's links).
+		ts.WaitFor(t, 30*time.Second, "rm -rf data_dir", func() bool { return os.RemoveAll(cfg.DataDir) == nil })
+	}
+
+	// A pull by tag: the manifest is the first write to the new store.
+	removeDataDir()
+	req, err := http.NewRequest("GET", base+"/v2/library/app/manifests/1", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Accept", "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json")
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("manifest pull after data_dir was deleted: %d", resp.StatusCode)
+	}
+	if _, err := os.Stat(cfg.Upstreams[0].Storage.Path); err != nil {
+		t.Fatalf("the pull did not recreate the store: %v", err)
+	}
+	refused("after a manifest pull recreated the deleted store")
+
+	// A blob alone: its spool recreates the store.
+	removeDataDir()
+	if err := ts.PullVerifiedBlob(c, base, "library/app", ts.LayerDigests(t, img)[0]); err != nil {
+		t.Fatalf("blob pull after data_dir was deleted: %v", err)
+	}
+	refused("after a blob pull recreated the deleted store")
+
+	// Once the process has stopped, the recreated store is collected.
+	p.Stop()
+	if out, stderr, code := run(t, "gc", "--config", file, "--offline"); code != 0 {
+		t.Fatalf("offline gc once stopped: exit %d, out %s, err %s", code, out, stderr)
 	}
 }
 
