@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"net/http"
@@ -63,6 +64,12 @@ func TestBadConfigExitsTwoNamingTheField(t *testing.T) {
 		{"redis without s3", "coordination:\n  redis: {addr: '127.0.0.1:6379'}\nupstreams:\n  - {name: a.io, listen: ':5000', remote: 'https://a.io'}\n", "upstreams[0].storage.s3"},
 		{"redis bad addr", "storage:\n  s3: {bucket: b}\ncoordination:\n  redis: {addr: 'redis'}\nupstreams:\n  - {name: a.io, listen: ':5000', remote: 'https://a.io'}\n", "coordination.redis.addr"},
 		{"redis unreadable password", "storage:\n  s3: {bucket: b}\ncoordination:\n  redis: {addr: '127.0.0.1:6379', password_file: /nonexistent/pw}\nupstreams:\n  - {name: a.io, listen: ':5000', remote: 'https://a.io'}\n", "coordination.redis.password_file"},
+		{"sentinel without master", "storage:\n  s3: {bucket: b}\ncoordination:\n  redis: {sentinel: {addrs: ['127.0.0.1:26379']}}\nupstreams:\n  - {name: a.io, listen: ':5000', remote: 'https://a.io'}\n", "coordination.redis.sentinel.master"},
+		{"sentinel without addrs", "storage:\n  s3: {bucket: b}\ncoordination:\n  redis: {sentinel: {master: mp}}\nupstreams:\n  - {name: a.io, listen: ':5000', remote: 'https://a.io'}\n", "coordination.redis.sentinel.addrs"},
+		{"sentinel bad addr", "storage:\n  s3: {bucket: b}\ncoordination:\n  redis: {sentinel: {master: mp, addrs: ['127.0.0.1:26379', 'sentinel']}}\nupstreams:\n  - {name: a.io, listen: ':5000', remote: 'https://a.io'}\n", "coordination.redis.sentinel.addrs[1]"},
+		{"sentinel and addr", "storage:\n  s3: {bucket: b}\ncoordination:\n  redis: {addr: '127.0.0.1:6379', sentinel: {master: mp, addrs: ['127.0.0.1:26379']}}\nupstreams:\n  - {name: a.io, listen: ':5000', remote: 'https://a.io'}\n", "coordination.redis.sentinel"},
+		{"sentinel unreadable password", "storage:\n  s3: {bucket: b}\ncoordination:\n  redis: {sentinel: {master: mp, addrs: ['127.0.0.1:26379'], password_file: /nonexistent/spw}}\nupstreams:\n  - {name: a.io, listen: ':5000', remote: 'https://a.io'}\n", "coordination.redis.sentinel.password_file"},
+		{"sentinel without s3", "coordination:\n  redis: {sentinel: {master: mp, addrs: ['127.0.0.1:26379']}}\nupstreams:\n  - {name: a.io, listen: ':5000', remote: 'https://a.io'}\n", "upstreams[0].storage.s3"},
 		{"peer port taken", "storage:\n  s3: {bucket: b}\ncoordination:\n  redis: {addr: '127.0.0.1:6379'}\n  peer_listen: ':5000'\nupstreams:\n  - {name: a.io, listen: ':5000', remote: 'https://a.io'}\n", "coordination.peer_listen"},
 		{"lease too short", "storage:\n  s3: {bucket: b}\ncoordination:\n  redis: {addr: '127.0.0.1:6379'}\n  lease_ttl: 100ms\nupstreams:\n  - {name: a.io, listen: ':5000', remote: 'https://a.io'}\n", "coordination.lease_ttl"},
 	}
@@ -311,6 +318,62 @@ func TestConfigCheckProbesBucketAndRedis(t *testing.T) {
 	_, stderr, code = run(t, "config", "check", "--probe", "--config", conf(s3.SecretKeyFile))
 	if code != 1 || !strings.Contains(stderr, "coordination.redis") {
 		t.Errorf("Redis down: exit %d, %q; want 1 naming coordination.redis", code, stderr)
+	}
+}
+
+// With Sentinel, config check --probe asks the Sentinels for the master
+// and writes there; a wrong master name or Sentinel password fails it
+// naming coordination.redis.sentinel. config print shows
+// the Sentinels, never their password nor the master's.
+func TestConfigCheckProbesRedisThroughSentinel(t *testing.T) {
+	s3 := ts.StartS3(t)
+	sentinel := ts.StartRedisSentinel(t)
+	dir := t.TempDir()
+	conf := func(master, sentinelPasswordFile string) string {
+		return writeFile(t, dir, master+filepath.Base(sentinelPasswordFile)+".yaml", fmt.Sprintf("storage:\n  s3: {bucket: %s, endpoint: '%s', region: %s, access_key_file: %s, secret_key_file: %s, force_path_style: true}\n"+
+			"coordination:\n  redis:\n    password_file: %s\n    sentinel: {master: %s, addrs: ['%s'], password_file: %s}\n"+
+			"upstreams:\n  - {name: a.io, listen: ':5000', remote: 'https://a.io'}\n",
+			s3.Bucket, s3.Endpoint, s3.Region, s3.AccessKeyFile, s3.SecretKeyFile,
+			sentinel.Servers[0].PasswordFile, master, sentinel.Addr, sentinelPasswordFile))
+	}
+	good := conf(sentinel.MasterName, sentinel.PasswordFile)
+	out, stderr, code := run(t, "config", "print", "--config", good)
+	if code != 0 {
+		t.Fatalf("config print: exit %d: %s", code, stderr)
+	}
+	for _, secret := range []string{sentinel.Password, sentinel.Servers[0].Password} {
+		if strings.Contains(out, secret) {
+			t.Errorf("config print shows a Redis password:\n%s", out)
+		}
+	}
+	if !strings.Contains(out, "master: "+sentinel.MasterName) || !strings.Contains(out, sentinel.Addr) {
+		t.Errorf("config print lacks the sentinel section:\n%s", out)
+	}
+
+	out, stderr, code = run(t, "config", "check", "--probe", "--config", good)
+	if code != 0 {
+		t.Fatalf("probe: exit %d: %s", code, stderr)
+	}
+	want := fmt.Sprintf("coordination.redis.sentinel: master %q at %s answers", sentinel.MasterName, sentinel.Master(t))
+	if !strings.Contains(out, want) {
+		t.Errorf("output lacks %q:\n%s", want, out)
+	}
+	if n, err := sentinel.Server(t, sentinel.Master(t)).Client().DBSize(context.Background()).Result(); err != nil || n != 0 {
+		t.Errorf("the probe left %d keys on the master (%v)", n, err)
+	}
+
+	wrongPassword := writeFile(t, dir, "wrong", "not-the-password\n")
+	for name, file := range map[string]string{
+		"unknown master":          conf("nobody", sentinel.PasswordFile),
+		"wrong sentinel password": conf(sentinel.MasterName, wrongPassword),
+	} {
+		_, stderr, code = run(t, "config", "check", "--probe", "--config", file)
+		if code != 1 || !strings.Contains(stderr, "coordination.redis.sentinel") {
+			t.Errorf("%s: exit %d, %q; want 1 naming coordination.redis.sentinel", name, code, stderr)
+		}
+		if strings.Contains(stderr, "not-the-password") || strings.Contains(stderr, sentinel.Password) {
+			t.Errorf("%s: the error shows a password: %s", name, stderr)
+		}
 	}
 }
 

@@ -223,7 +223,7 @@ func (p *Process) Reload(ctx context.Context, next config.Config) error {
 		next.Admin.Token != curCfg.Admin.Token || next.TLS.Enabled() != curCfg.TLS.Enabled() {
 		return errors.New("reload: admin, listen_all and turning tls on or off need a restart")
 	}
-	if next.Coordination != curCfg.Coordination {
+	if !reflect.DeepEqual(next.Coordination, curCfg.Coordination) {
 		// The peer listener and the Redis client live as long as the
 		// process; half a cluster on new settings would split it.
 		return errors.New("reload: coordination changes need a restart")
