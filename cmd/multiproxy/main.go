@@ -311,7 +311,15 @@ func probeStores(ctx context.Context, cfg config.Config, stdout io.Writer) error
 		}
 		fmt.Fprintf(stdout, "%s: bucket %s writable\n", field, u.Storage.S3.Bucket)
 	}
-	if r := cfg.Coordination.Redis; r.Addr != "" {
+	if r := cfg.Coordination.Redis; r.Sentinel.Enabled() {
+		master, err := coord.Probe(ctx, coord.Options{Password: r.Password.Reveal(), DB: r.DB,
+			SentinelMaster: r.Sentinel.Master, SentinelAddrs: r.Sentinel.Addrs, SentinelPassword: r.Sentinel.Password.Reveal()})
+		if err != nil {
+			errs = append(errs, fmt.Errorf("coordination.redis.sentinel: %w", err))
+		} else {
+			fmt.Fprintf(stdout, "coordination.redis.sentinel: master %q at %s answers\n", r.Sentinel.Master, master)
+		}
+	} else if r.Addr != "" {
 		if err := coord.Ping(ctx, r.Addr, r.Password.Reveal(), r.DB); err != nil {
 			errs = append(errs, fmt.Errorf("coordination.redis: %w", err))
 		} else {

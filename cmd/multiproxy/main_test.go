@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"net/http"
@@ -10,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	ts "github.com/multiproxy/multiproxy/internal/testsupport"
 )
@@ -62,6 +64,12 @@ func TestBadConfigExitsTwoNamingTheField(t *testing.T) {
 		{"redis without s3", "coordination:\n  redis: {addr: '127.0.0.1:6379'}\nupstreams:\n  - {name: a.io, listen: ':5000', remote: 'https://a.io'}\n", "upstreams[0].storage.s3"},
 		{"redis bad addr", "storage:\n  s3: {bucket: b}\ncoordination:\n  redis: {addr: 'redis'}\nupstreams:\n  - {name: a.io, listen: ':5000', remote: 'https://a.io'}\n", "coordination.redis.addr"},
 		{"redis unreadable password", "storage:\n  s3: {bucket: b}\ncoordination:\n  redis: {addr: '127.0.0.1:6379', password_file: /nonexistent/pw}\nupstreams:\n  - {name: a.io, listen: ':5000', remote: 'https://a.io'}\n", "coordination.redis.password_file"},
+		{"sentinel without master", "storage:\n  s3: {bucket: b}\ncoordination:\n  redis: {sentinel: {addrs: ['127.0.0.1:26379']}}\nupstreams:\n  - {name: a.io, listen: ':5000', remote: 'https://a.io'}\n", "coordination.redis.sentinel.master"},
+		{"sentinel without addrs", "storage:\n  s3: {bucket: b}\ncoordination:\n  redis: {sentinel: {master: mp}}\nupstreams:\n  - {name: a.io, listen: ':5000', remote: 'https://a.io'}\n", "coordination.redis.sentinel.addrs"},
+		{"sentinel bad addr", "storage:\n  s3: {bucket: b}\ncoordination:\n  redis: {sentinel: {master: mp, addrs: ['127.0.0.1:26379', 'sentinel']}}\nupstreams:\n  - {name: a.io, listen: ':5000', remote: 'https://a.io'}\n", "coordination.redis.sentinel.addrs[1]"},
+		{"sentinel and addr", "storage:\n  s3: {bucket: b}\ncoordination:\n  redis: {addr: '127.0.0.1:6379', sentinel: {master: mp, addrs: ['127.0.0.1:26379']}}\nupstreams:\n  - {name: a.io, listen: ':5000', remote: 'https://a.io'}\n", "coordination.redis.sentinel"},
+		{"sentinel unreadable password", "storage:\n  s3: {bucket: b}\ncoordination:\n  redis: {sentinel: {master: mp, addrs: ['127.0.0.1:26379'], password_file: /nonexistent/spw}}\nupstreams:\n  - {name: a.io, listen: ':5000', remote: 'https://a.io'}\n", "coordination.redis.sentinel.password_file"},
+		{"sentinel without s3", "coordination:\n  redis: {sentinel: {master: mp, addrs: ['127.0.0.1:26379']}}\nupstreams:\n  - {name: a.io, listen: ':5000', remote: 'https://a.io'}\n", "upstreams[0].storage.s3"},
 		{"peer port taken", "storage:\n  s3: {bucket: b}\ncoordination:\n  redis: {addr: '127.0.0.1:6379'}\n  peer_listen: ':5000'\nupstreams:\n  - {name: a.io, listen: ':5000', remote: 'https://a.io'}\n", "coordination.peer_listen"},
 		{"lease too short", "storage:\n  s3: {bucket: b}\ncoordination:\n  redis: {addr: '127.0.0.1:6379'}\n  lease_ttl: 100ms\nupstreams:\n  - {name: a.io, listen: ':5000', remote: 'https://a.io'}\n", "coordination.lease_ttl"},
 	}
@@ -208,6 +216,70 @@ func TestGCCommandOnlineAndOffline(t *testing.T) {
 	}
 }
 
+// An operator deletes data_dir under a running process and the next pulls
+// recreate the store. The store is still served, so an offline collection
+// must still be refused, whichever write recreated it: a manifest (a pull
+// by tag) or a blob's spool.
+func TestOfflineGCRefusedAfterDataDirRecreated(t *testing.T) {
+	up := ts.StartRegistry(t, ts.RegistryOptions{})
+	img := ts.PushImage(t, up, "library/app:1", 1, 64<<10)
+	cfg := ts.NewProxyConfig(t, ts.ProxyUpstream{Name: "docker.io", Reg: up})
+	p := ts.StartProxyConfig(t, cfg)
+	base := p.URL("docker.io")
+	c := &http.Client{Timeout: time.Minute}
+	if err := ts.PullVerified(c, base, "library/app", "1"); err != nil {
+		t.Fatal(err)
+	}
+	file := writeFile(t, t.TempDir(), "c.yaml", fmt.Sprintf(
+		"data_dir: %s\nupstreams:\n  - {name: docker.io, listen: '127.0.0.1:1', remote: '%s', storage: '%s'}\n",
+		cfg.DataDir, up.URL(), cfg.Upstreams[0].Storage.Path))
+	refused := func(when string) {
+		t.Helper()
+		out, stderr, code := run(t, "gc", "--config", file, "--offline")
+		if code == 0 || !strings.Contains(stderr, "in use by a running multiproxy") {
+			t.Fatalf("offline gc %s: exit %d, out %s, err %s; want it refused", when, code, out, stderr)
+		}
+	}
+	refused("on the intact store")
+	removeDataDir := func() {
+		// The process may be writing there meanwhile (a pull's links).
+		ts.WaitFor(t, 30*time.Second, "rm -rf data_dir", func() bool { return os.RemoveAll(cfg.DataDir) == nil })
+	}
+
+	// A pull by tag: the manifest is the first write to the new store.
+	removeDataDir()
+	req, err := http.NewRequest("GET", base+"/v2/library/app/manifests/1", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Accept", "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json")
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("manifest pull after data_dir was deleted: %d", resp.StatusCode)
+	}
+	if _, err := os.Stat(cfg.Upstreams[0].Storage.Path); err != nil {
+		t.Fatalf("the pull did not recreate the store: %v", err)
+	}
+	refused("after a manifest pull recreated the deleted store")
+
+	// A blob alone: its spool recreates the store.
+	removeDataDir()
+	if err := ts.PullVerifiedBlob(c, base, "library/app", ts.LayerDigests(t, img)[0]); err != nil {
+		t.Fatalf("blob pull after data_dir was deleted: %v", err)
+	}
+	refused("after a blob pull recreated the deleted store")
+
+	// Once the process has stopped, the recreated store is collected.
+	p.Stop()
+	if out, stderr, code := run(t, "gc", "--config", file, "--offline"); code != 0 {
+		t.Fatalf("offline gc once stopped: exit %d, out %s, err %s", code, out, stderr)
+	}
+}
+
 // config check --probe writes to the real bucket and Redis the config
 // names, and names the section that fails.
 func TestConfigCheckProbesBucketAndRedis(t *testing.T) {
@@ -246,6 +318,62 @@ func TestConfigCheckProbesBucketAndRedis(t *testing.T) {
 	_, stderr, code = run(t, "config", "check", "--probe", "--config", conf(s3.SecretKeyFile))
 	if code != 1 || !strings.Contains(stderr, "coordination.redis") {
 		t.Errorf("Redis down: exit %d, %q; want 1 naming coordination.redis", code, stderr)
+	}
+}
+
+// With Sentinel, config check --probe asks the Sentinels for the master
+// and writes there; a wrong master name or Sentinel password fails it
+// naming coordination.redis.sentinel. config print shows
+// the Sentinels, never their password nor the master's.
+func TestConfigCheckProbesRedisThroughSentinel(t *testing.T) {
+	s3 := ts.StartS3(t)
+	sentinel := ts.StartRedisSentinel(t)
+	dir := t.TempDir()
+	conf := func(master, sentinelPasswordFile string) string {
+		return writeFile(t, dir, master+filepath.Base(sentinelPasswordFile)+".yaml", fmt.Sprintf("storage:\n  s3: {bucket: %s, endpoint: '%s', region: %s, access_key_file: %s, secret_key_file: %s, force_path_style: true}\n"+
+			"coordination:\n  redis:\n    password_file: %s\n    sentinel: {master: %s, addrs: ['%s'], password_file: %s}\n"+
+			"upstreams:\n  - {name: a.io, listen: ':5000', remote: 'https://a.io'}\n",
+			s3.Bucket, s3.Endpoint, s3.Region, s3.AccessKeyFile, s3.SecretKeyFile,
+			sentinel.Servers[0].PasswordFile, master, sentinel.Addr, sentinelPasswordFile))
+	}
+	good := conf(sentinel.MasterName, sentinel.PasswordFile)
+	out, stderr, code := run(t, "config", "print", "--config", good)
+	if code != 0 {
+		t.Fatalf("config print: exit %d: %s", code, stderr)
+	}
+	for _, secret := range []string{sentinel.Password, sentinel.Servers[0].Password} {
+		if strings.Contains(out, secret) {
+			t.Errorf("config print shows a Redis password:\n%s", out)
+		}
+	}
+	if !strings.Contains(out, "master: "+sentinel.MasterName) || !strings.Contains(out, sentinel.Addr) {
+		t.Errorf("config print lacks the sentinel section:\n%s", out)
+	}
+
+	out, stderr, code = run(t, "config", "check", "--probe", "--config", good)
+	if code != 0 {
+		t.Fatalf("probe: exit %d: %s", code, stderr)
+	}
+	want := fmt.Sprintf("coordination.redis.sentinel: master %q at %s answers", sentinel.MasterName, sentinel.Master(t))
+	if !strings.Contains(out, want) {
+		t.Errorf("output lacks %q:\n%s", want, out)
+	}
+	if n, err := sentinel.Server(t, sentinel.Master(t)).Client().DBSize(context.Background()).Result(); err != nil || n != 0 {
+		t.Errorf("the probe left %d keys on the master (%v)", n, err)
+	}
+
+	wrongPassword := writeFile(t, dir, "wrong", "not-the-password\n")
+	for name, file := range map[string]string{
+		"unknown master":          conf("nobody", sentinel.PasswordFile),
+		"wrong sentinel password": conf(sentinel.MasterName, wrongPassword),
+	} {
+		_, stderr, code = run(t, "config", "check", "--probe", "--config", file)
+		if code != 1 || !strings.Contains(stderr, "coordination.redis.sentinel") {
+			t.Errorf("%s: exit %d, %q; want 1 naming coordination.redis.sentinel", name, code, stderr)
+		}
+		if strings.Contains(stderr, "not-the-password") || strings.Contains(stderr, sentinel.Password) {
+			t.Errorf("%s: the error shows a password: %s", name, stderr)
+		}
 	}
 }
 

@@ -610,6 +610,7 @@ func (c *Cache) createSpool() (*os.File, error) {
 		return nil, fmt.Errorf("create spool file: %w", err)
 	}
 	c.log.Warn("recreated the storage directory", "dir", c.spoolDir)
+	c.storeRecreated()
 	return w, nil
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net/http"
 	"os"
@@ -136,6 +137,10 @@ type Options struct {
 	// RecordPull, if set, is told of each recorded pull of a manifest,
 	// besides the revision link's mtime: the cluster's last-pull times.
 	RecordPull func(repo string, d digest.Digest, t time.Time)
+	// Recreated, if set, is called when the cache recreates the store's
+	// directories, deleted under it, before it writes there: whatever
+	// belonged to the store (its lock) must be recreated too.
+	Recreated func()
 }
 
 // Cache is the pull-through logic of one upstream over its local store.
@@ -153,6 +158,7 @@ type Cache struct {
 	makeRoom func(ctx context.Context, n int64) error
 	shared   *sharedState // nil on the filesystem
 	record   func(repo string, d digest.Digest, t time.Time)
+	remade   func() // Options.Recreated
 
 	// ctx is the parent of every fill: fills belong to the cache, not to
 	// the request, App or config generation that started them, and end
@@ -264,6 +270,7 @@ func New(ctx context.Context, o Options) (*Cache, error) {
 		makeRoom: o.MakeRoom,
 		shared:   shared,
 		record:   o.RecordPull,
+		remade:   o.Recreated,
 		ctx:      bg,
 		cancel:   cancel,
 		fills:    map[digest.Digest]*fill{},
@@ -680,6 +687,7 @@ func (c *Cache) putManifest(ctx context.Context, repo distribution.Repository, b
 	if err != nil {
 		return v1.Descriptor{}, err
 	}
+	c.ensureRoot()
 	got, err := ms.Put(ctx, m)
 	if err != nil && manifestRefused(err) {
 		return v1.Descriptor{}, &upstream.Error{Op: "store manifest", Cause: upstream.CauseBadContent, Err: err}
@@ -701,6 +709,30 @@ func (c *Cache) putManifest(ctx context.Context, repo distribution.Repository, b
 	}
 	c.storageWorked()
 	return desc, nil
+}
+
+// ensureRoot recreates the store's root if it was deleted under the process,
+// so that the driver, which would recreate it silently, never writes into a
+// store whose lock is gone. A manifest may be the first write to a
+// recreated store: a pull by tag writes it before any blob is spooled.
+func (c *Cache) ensureRoot() {
+	if c.shared != nil {
+		return
+	}
+	if _, err := os.Stat(c.root); !errors.Is(err, fs.ErrNotExist) {
+		return
+	}
+	if err := os.MkdirAll(c.root, 0o750); err != nil {
+		return // the write that follows fails and says why
+	}
+	c.log.Warn("recreated the storage directory", "dir", c.root)
+	c.storeRecreated()
+}
+
+func (c *Cache) storeRecreated() {
+	if c.remade != nil {
+		c.remade()
+	}
 }
 
 // removeTemps deletes the driver's leftover temporary files (*.tmp) in dirs.

@@ -9,6 +9,7 @@ package config
 
 import (
 	"log/slog"
+	"reflect"
 	"time"
 )
 
@@ -134,16 +135,39 @@ type Coordination struct {
 }
 
 // Enabled reports whether replicas coordinate.
-func (c Coordination) Enabled() bool { return c.Redis.Addr != "" }
+func (c Coordination) Enabled() bool { return c.Redis.Addr != "" || c.Redis.Sentinel.Enabled() }
 
-// Redis is the Redis server replicas coordinate through.
+// IsZero reports whether the section is absent.
+func (c Coordination) IsZero() bool { return reflect.ValueOf(c).IsZero() }
+
+// Redis is the Redis server replicas coordinate through: one address, or
+// the master a group of Sentinels names.
 type Redis struct {
 	Addr         string `mapstructure:"addr" yaml:"addr,omitempty"`
 	PasswordFile string `mapstructure:"password_file" yaml:"password_file,omitempty"`
 	// Password is loaded from PasswordFile.
 	Password Secret `mapstructure:"-" yaml:"password,omitempty"`
 	DB       int    `mapstructure:"db" yaml:"db,omitempty"`
+	// Sentinel, instead of Addr, finds the master through Redis Sentinel,
+	// so that coordination follows a failover without a restart.
+	Sentinel Sentinel `mapstructure:"sentinel" yaml:"sentinel,omitempty"`
 }
+
+// Sentinel is a group of Redis Sentinels watching the coordination master.
+type Sentinel struct {
+	// Master is the name the Sentinels monitor the master under.
+	Master string `mapstructure:"master" yaml:"master,omitempty"`
+	// Addrs are the Sentinels' host:port; any one that answers will do.
+	Addrs []string `mapstructure:"addrs" yaml:"addrs,omitempty"`
+	// PasswordFile holds the Sentinels' own password (requirepass in
+	// sentinel.conf), which may differ from the master's.
+	PasswordFile string `mapstructure:"password_file" yaml:"password_file,omitempty"`
+	// Password is loaded from PasswordFile.
+	Password Secret `mapstructure:"-" yaml:"password,omitempty"`
+}
+
+// Enabled reports whether the master is found through Sentinels.
+func (s Sentinel) Enabled() bool { return s.Master != "" || len(s.Addrs) > 0 }
 
 // Recycle configures how each upstream's embedded App is rebuilt and swapped
 // to keep memory flat without a restart.

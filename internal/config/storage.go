@@ -35,6 +35,8 @@ func (c *Config) loadStorageSecrets() []error {
 		read(field+"secret_key_file", s3.SecretKeyFile, &s3.SecretKey)
 	}
 	read("coordination.redis.password_file", c.Coordination.Redis.PasswordFile, &c.Coordination.Redis.Password)
+	sentinel := &c.Coordination.Redis.Sentinel
+	read("coordination.redis.sentinel.password_file", sentinel.PasswordFile, &sentinel.Password)
 	return errs
 }
 
@@ -60,16 +62,21 @@ func (c Config) validateStorage(ports map[int]string) []error {
 			add(fieldErr(field+".s3", "required with coordination.redis: replicas can only share content through a bucket (set storage.s3)"))
 		}
 	}
-	if c.Coordination == (Coordination{}) {
+	if c.Coordination.IsZero() {
 		return errs
 	}
 	r := c.Coordination.Redis
-	if r.Addr == "" {
-		add(fieldErr("coordination.redis.addr", "required when coordination is set"))
-	} else if _, err := listenPort(r.Addr); err != nil {
-		add(fieldErr("coordination.redis.addr", "%v", err))
-	} else if host, _, _ := net.SplitHostPort(r.Addr); host == "" {
-		add(fieldErr("coordination.redis.addr", "%q has no host", r.Addr))
+	switch {
+	case r.Sentinel.Enabled() && r.Addr != "":
+		add(fieldErr("coordination.redis.sentinel", "set either coordination.redis.addr or coordination.redis.sentinel, not both: with Sentinel the master's address comes from the Sentinels"))
+	case r.Sentinel.Enabled():
+		errs = append(errs, checkSentinel("coordination.redis.sentinel", r.Sentinel)...)
+	case r.Addr == "":
+		add(fieldErr("coordination.redis.addr", "required when coordination is set (or coordination.redis.sentinel)"))
+	default:
+		if err := checkHostPort(r.Addr); err != nil {
+			add(fieldErr("coordination.redis.addr", "%v", err))
+		}
 	}
 	if r.DB < 0 || r.DB > 15 {
 		add(fieldErr("coordination.redis.db", "must be from 0 to 15, got %d", r.DB))
@@ -89,6 +96,34 @@ func (c Config) validateStorage(ports map[int]string) []error {
 			add(fieldErr("coordination.advertise", "invalid address %q: want host:port other replicas can reach", a))
 		} else if _, err := listenPort(a); err != nil {
 			add(fieldErr("coordination.advertise", "%v", err))
+		}
+	}
+	return errs
+}
+
+// checkHostPort checks an address to dial: a host and a port.
+func checkHostPort(addr string) error {
+	if _, err := listenPort(addr); err != nil {
+		return err
+	}
+	if host, _, _ := net.SplitHostPort(addr); host == "" {
+		return fmt.Errorf("%q has no host", addr)
+	}
+	return nil
+}
+
+// checkSentinel reports what is wrong with a Sentinel section.
+func checkSentinel(field string, s Sentinel) []error {
+	var errs []error
+	if s.Master == "" {
+		errs = append(errs, fieldErr(field+".master", "required with %s: the name the Sentinels monitor the master under", field))
+	}
+	if len(s.Addrs) == 0 {
+		errs = append(errs, fieldErr(field+".addrs", "required with %s: at least one Sentinel's host:port", field))
+	}
+	for i, a := range s.Addrs {
+		if err := checkHostPort(a); err != nil {
+			errs = append(errs, fieldErr(fmt.Sprintf("%s.addrs[%d]", field, i), "%v", err))
 		}
 	}
 	return errs

@@ -68,7 +68,7 @@ func TestStorageDefaultsStayOnTheFilesystem(t *testing.T) {
 			t.Errorf("%s: storage %+v, want the filesystem only", u.Name, u.Storage)
 		}
 	}
-	if cfg.Coordination != (config.Coordination{}) {
+	if !cfg.Coordination.IsZero() {
 		t.Errorf("coordination %+v, want none", cfg.Coordination)
 	}
 }

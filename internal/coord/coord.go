@@ -19,6 +19,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"strconv"
 	"strings"
 	"sync"
@@ -44,6 +45,13 @@ type Options struct {
 	Addr     string
 	Password string
 	DB       int
+	// SentinelMaster, set instead of Addr, is the name Redis Sentinels
+	// at SentinelAddrs monitor the master under: the client asks them
+	// where the master is and follows a failover. SentinelPassword is the
+	// Sentinels' own; Password stays the master's.
+	SentinelMaster   string
+	SentinelAddrs    []string
+	SentinelPassword string
 	// Self is the host:port other replicas reach this one's peer
 	// endpoint at; it is what a fill lease names as its owner.
 	Self string
@@ -81,10 +89,8 @@ func New(o Options) *Coordinator {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
-	rdb := redis.NewClient(&redis.Options{
-		Addr:         o.Addr,
-		Password:     o.Password,
-		DB:           o.DB,
+	redisLog.Do(func() { redis.SetLogger(redisLogger{o.Logger}) })
+	rdb := newClient(o, redis.Options{
 		DialTimeout:  opTimeout,
 		ReadTimeout:  opTimeout,
 		WriteTimeout: opTimeout,
@@ -435,18 +441,108 @@ func (c *Coordinator) Claimed(ctx context.Context, upstream string, d digest.Dig
 	return ok, err
 }
 
+// redisLog routes go-redis's own log lines (a Sentinel naming a new master,
+// a Sentinel that failed to answer) into the process's structured log
+// instead of bare lines on stderr. go-redis has one logger per process: the
+// first coordinator's sets it.
+var redisLog sync.Once
+
+type redisLogger struct{ log *slog.Logger }
+
+func (l redisLogger) Printf(ctx context.Context, format string, v ...any) {
+	msg := fmt.Sprintf(format, v...)
+	level := slog.LevelInfo
+	if strings.Contains(msg, "failed") {
+		level = slog.LevelWarn
+	}
+	l.log.Log(ctx, level, "redis client", "detail", msg)
+}
+
+// newClient builds the client of o's Redis with base's timeouts and
+// retries: a plain one for Addr, or one that finds the master through
+// Sentinel and, on a failover, drops its connections to the old master.
+func newClient(o Options, base redis.Options) *redis.Client {
+	if o.SentinelMaster == "" {
+		base.Addr, base.Password, base.DB = o.Addr, o.Password, o.DB
+		return redis.NewClient(&base)
+	}
+	return redis.NewFailoverClient(&redis.FailoverOptions{
+		MasterName:       o.SentinelMaster,
+		SentinelAddrs:    o.SentinelAddrs,
+		SentinelPassword: o.SentinelPassword,
+		Password:         o.Password,
+		DB:               o.DB,
+		DialTimeout:      base.DialTimeout,
+		ReadTimeout:      base.ReadTimeout,
+		WriteTimeout:     base.WriteTimeout,
+		PoolTimeout:      base.PoolTimeout,
+		MaxRetries:       base.MaxRetries,
+		DisableIdentity:  base.DisableIdentity,
+	})
+}
+
 // Ping checks Redis now, for `config check --probe`.
 func Ping(ctx context.Context, addr, password string, db int) error {
-	rdb := redis.NewClient(&redis.Options{Addr: addr, Password: password, DB: db,
-		DialTimeout: 2 * time.Second, ReadTimeout: 2 * time.Second, MaxRetries: -1, DisableIdentity: true})
+	_, err := Probe(ctx, Options{Addr: addr, Password: password, DB: db})
+	return err
+}
+
+// Probe checks o's Redis now, for `config check --probe`: it writes, reads
+// back and deletes a key on the master (through Sentinel: the master the
+// Sentinels name), and returns the master's address.
+func Probe(ctx context.Context, o Options) (string, error) {
+	where := "redis " + o.Addr
+	master := o.Addr
+	if o.SentinelMaster != "" {
+		where = fmt.Sprintf("redis master %q via sentinels %s", o.SentinelMaster, strings.Join(o.SentinelAddrs, ","))
+		// Asked first and alone, so that an unreachable Sentinel group or
+		// an unknown master name is told apart from a master that fails.
+		addr, err := sentinelMaster(ctx, o)
+		if err != nil {
+			return "", fmt.Errorf("%s: %w", where, err)
+		}
+		master = addr
+	}
+	rdb := newClient(o, redis.Options{DialTimeout: 2 * time.Second, ReadTimeout: 2 * time.Second,
+		WriteTimeout: 2 * time.Second, MaxRetries: -1, DisableIdentity: true})
 	defer rdb.Close()
-	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	key := prefix + "probe:" + strconv.FormatInt(time.Now().UnixNano(), 36)
 	if err := rdb.Set(ctx, key, "1", 10*time.Second).Err(); err != nil {
-		return fmt.Errorf("redis %s: %w", addr, err)
+		return "", fmt.Errorf("%s: write: %w", where, err)
 	}
-	return rdb.Del(ctx, key).Err()
+	if v, err := rdb.Get(ctx, key).Result(); err != nil || v != "1" {
+		return "", fmt.Errorf("%s: read back %q: %w", where, v, err)
+	}
+	if err := rdb.Del(ctx, key).Err(); err != nil {
+		return "", fmt.Errorf("%s: delete: %w", where, err)
+	}
+	return master, nil
+}
+
+// sentinelMaster asks each Sentinel in turn where the master is.
+func sentinelMaster(ctx context.Context, o Options) (string, error) {
+	errs := []error{errors.New("no sentinel address")}
+	if len(o.SentinelAddrs) > 0 {
+		errs = nil
+	}
+	for _, a := range o.SentinelAddrs {
+		s := redis.NewSentinelClient(&redis.Options{Addr: a, Password: o.SentinelPassword,
+			DialTimeout: 2 * time.Second, ReadTimeout: 2 * time.Second, MaxRetries: -1, DisableIdentity: true})
+		actx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		hp, err := s.GetMasterAddrByName(actx, o.SentinelMaster).Result()
+		cancel()
+		s.Close()
+		if err == nil && len(hp) == 2 {
+			return net.JoinHostPort(hp[0], hp[1]), nil
+		}
+		if errors.Is(err, redis.Nil) {
+			err = errors.New("monitors no master by that name")
+		}
+		errs = append(errs, fmt.Errorf("sentinel %s: %w", a, err))
+	}
+	return "", errors.Join(errs...)
 }
 
 // KeepCollecting extends the collection flag while a long collection runs.

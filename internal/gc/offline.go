@@ -4,9 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
-	"syscall"
 
 	"github.com/distribution/distribution/v3/registry/storage"
 	"github.com/distribution/distribution/v3/registry/storage/driver/filesystem"
@@ -19,24 +16,13 @@ const lockName = ".multiproxy.lock"
 // ErrLocked means another process (a running server) owns the store.
 var ErrLocked = errors.New("storage is in use by a running multiproxy: use `multiproxy gc` without --offline")
 
-// LockStore takes the store's lock for the life of a process. The kernel
-// drops it when the process dies, kill -9 included.
+// LockStore takes the store's lock until unlock is called; see HoldStore.
 func LockStore(root string) (unlock func(), err error) {
-	if err := os.MkdirAll(root, 0o750); err != nil {
-		return nil, fmt.Errorf("lock %s: %w", root, err)
-	}
-	f, err := os.OpenFile(filepath.Join(root, lockName), os.O_CREATE|os.O_RDWR, 0o600)
+	l, err := HoldStore(root)
 	if err != nil {
-		return nil, fmt.Errorf("lock %s: %w", root, err)
+		return nil, err
 	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		f.Close()
-		if errors.Is(err, syscall.EWOULDBLOCK) {
-			return nil, fmt.Errorf("%s: %w", root, ErrLocked)
-		}
-		return nil, fmt.Errorf("lock %s: %w", root, err)
-	}
-	return func() { f.Close() }, nil
+	return l.Unlock, nil
 }
 
 // Offline collects a store no server is using.

@@ -83,6 +83,9 @@ type Options struct {
 	RecordPull func(repo string, d digest.Digest, t time.Time)
 	// MakeRoom evicts from the upstream's store until n more bytes are free.
 	MakeRoom func(ctx context.Context, n int64) error
+	// StoreRecreated is called when the cache recreates its store's
+	// directories, deleted under the running process.
+	StoreRecreated func()
 	// Reuse, when set, is the server this one replaces (a reload changed
 	// the upstream's settings): the new server shares its cache, so fills
 	// running there finish and commit. TakeOver completes the handover.
@@ -175,6 +178,7 @@ func New(ctx context.Context, u config.Upstream, o Options) (*Server, error) {
 			Guard:        o.Guard,
 			Space:        o.Space,
 			MakeRoom:     o.MakeRoom,
+			Recreated:    o.StoreRecreated,
 		})
 		if err != nil {
 			return nil, fmt.Errorf("upstream %s: %w", u.Name, err)

@@ -39,7 +39,13 @@ func (p *Process) startCluster(cfg config.Config) error {
 	}
 	self := c.Advertise
 	if self == "" {
-		self, err = advertiseAddr(c.Redis.Addr, l.Addr())
+		towards := c.Redis.Addr
+		if c.Redis.Sentinel.Enabled() {
+			// The master moves on a failover; the Sentinels are on the
+			// same network and stay put.
+			towards = c.Redis.Sentinel.Addrs[0]
+		}
+		self, err = advertiseAddr(towards, l.Addr())
 		if err != nil {
 			l.Close()
 			return fmt.Errorf("coordination.advertise: %w", err)
@@ -54,6 +60,9 @@ func (p *Process) startCluster(cfg config.Config) error {
 				p.metrics.For(u.Name).CoordinationUp(up)
 			}
 		},
+		SentinelMaster:   c.Redis.Sentinel.Master,
+		SentinelAddrs:    c.Redis.Sentinel.Addrs,
+		SentinelPassword: c.Redis.Sentinel.Password.Reveal(),
 	})
 	r := mux.NewRouter()
 	r.Handle("/peer/v1/{upstream}/blobs/{digest}", http.HandlerFunc(p.servePeer)).Methods(http.MethodGet)

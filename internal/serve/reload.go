@@ -36,7 +36,8 @@ func (p *Process) newRunning(ctx context.Context, u config.Upstream, replacing *
 	guard := &gc.Guard{}
 	opts := proxy.Options{Logger: p.log, Observer: p.board.observer(u.Name, obs),
 		Drain: p.cfg.ShutdownTimeout, Guard: guard,
-		MakeRoom: func(ctx context.Context, n int64) error { return p.makeRoom(ctx, u.Name, n) }}
+		MakeRoom:       func(ctx context.Context, n int64) error { return p.makeRoom(ctx, u.Name, n) },
+		StoreRecreated: func() { p.relock(u.Name, u.Storage.Path) }}
 	if u.Storage.S3.Enabled() {
 		// Short of local space, the local copies go, not the bucket's
 		// content: other replicas serve from it.
@@ -66,6 +67,28 @@ func (p *Process) newRunning(ctx context.Context, u config.Upstream, replacing *
 	r := &running{name: u.Name, cfg: u, server: srv, guard: guard, handler: &swapHandler{}}
 	r.handler.set(inflight(obs, srv))
 	return r, nil
+}
+
+// relock takes the storage lock again in a store that was deleted and
+// recreated under the process: the lock held was on the deleted file, and an
+// offline collection must be refused for as long as the store is served.
+func (p *Process) relock(name, root string) {
+	p.mu.Lock()
+	lock := p.locks[root]
+	p.mu.Unlock()
+	if lock == nil {
+		return
+	}
+	again, err := lock.Relock()
+	if err != nil {
+		// The process serves the store regardless; the operator must know
+		// that an offline collection is not kept out of it.
+		p.log.Error("storage lock not held after the store was recreated", "upstream", name, "dir", root, "err", err)
+		return
+	}
+	if again {
+		p.log.Warn("storage lock taken again in the recreated store", "upstream", name, "dir", root)
+	}
 }
 
 // localDir is where an upstream writes on this host: its store, or with
@@ -200,7 +223,7 @@ func (p *Process) Reload(ctx context.Context, next config.Config) error {
 		next.Admin.Token != curCfg.Admin.Token || next.TLS.Enabled() != curCfg.TLS.Enabled() {
 		return errors.New("reload: admin, listen_all and turning tls on or off need a restart")
 	}
-	if next.Coordination != curCfg.Coordination {
+	if !reflect.DeepEqual(next.Coordination, curCfg.Coordination) {
 		// The peer listener and the Redis client live as long as the
 		// process; half a cluster on new settings would split it.
 		return errors.New("reload: coordination changes need a restart")
@@ -233,8 +256,8 @@ func (p *Process) Reload(ctx context.Context, next config.Config) error {
 			}
 			r.server.Close()
 			p.mu.Lock()
-			if unlock := p.locks[r.cfg.Storage.Path]; unlock != nil && byName[r.name] == nil {
-				unlock()
+			if lock := p.locks[r.cfg.Storage.Path]; lock != nil && byName[r.name] == nil {
+				lock.Unlock()
 				delete(p.locks, r.cfg.Storage.Path)
 			}
 			p.mu.Unlock()
@@ -339,12 +362,12 @@ func (p *Process) add(ctx context.Context, u config.Upstream, replacing *running
 		return nil, errors.New("one-port upstreams cannot be added by a reload")
 	}
 	if replacing == nil || replacing.cfg.Storage.Path != u.Storage.Path {
-		unlock, err := gc.LockStore(u.Storage.Path)
+		lock, err := gc.HoldStore(u.Storage.Path)
 		if err != nil {
 			return nil, err
 		}
 		p.mu.Lock()
-		p.locks[u.Storage.Path] = unlock
+		p.locks[u.Storage.Path] = lock
 		p.mu.Unlock()
 	}
 	l, err := net.Listen("tcp", u.Listen)
@@ -383,8 +406,8 @@ func (p *Process) retire(r *running) {
 		storageUsed = storageUsed || u.cfg.Storage.Path == r.cfg.Storage.Path
 		nameUsed = nameUsed || u.name == r.name
 	}
-	if unlock := p.locks[r.cfg.Storage.Path]; unlock != nil && !storageUsed {
-		unlock()
+	if lock := p.locks[r.cfg.Storage.Path]; lock != nil && !storageUsed {
+		lock.Unlock()
 		delete(p.locks, r.cfg.Storage.Path)
 	}
 	p.mu.Unlock()

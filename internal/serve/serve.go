@@ -35,8 +35,8 @@ type Process struct {
 	upstreams []*running
 	recycler  *recycle.Scheduler
 	gc        *gc.Scheduler
-	locks     map[string]func()      // storage root -> release of its lock
-	spaces    map[uint64]*disk.Space // filesystem -> its accountant
+	locks     map[string]*gc.StoreLock // storage root -> its lock
+	spaces    map[uint64]*disk.Space   // filesystem -> its accountant
 	certs     *certStore
 	reloadMu  sync.Mutex
 	retiring  sync.WaitGroup // servers a reload replaced or removed, closing
@@ -70,7 +70,7 @@ func Start(ctx context.Context, cfg config.Config, log *slog.Logger) (*Process, 
 
 	// Undo whatever was set up when a later step fails.
 	var listeners []net.Listener
-	p.locks = map[string]func(){}
+	p.locks = map[string]*gc.StoreLock{}
 	p.spaces = map[uint64]*disk.Space{}
 	p.certs = newCertStore()
 	certs, err := loadCerts(cfg)
@@ -94,11 +94,11 @@ func Start(ctx context.Context, cfg config.Config, log *slog.Logger) (*Process, 
 
 	own := make([]net.Listener, len(cfg.Upstreams)) // nil: reached through listen_all only
 	for i, u := range cfg.Upstreams {
-		unlock, err := gc.LockStore(u.Storage.Path)
+		lock, err := gc.HoldStore(u.Storage.Path)
 		if err != nil {
 			return fail(fmt.Errorf("upstream %s: %w", u.Name, err))
 		}
-		p.locks[u.Storage.Path] = unlock
+		p.locks[u.Storage.Path] = lock
 		if u.Listen == "" {
 			continue
 		}
@@ -302,8 +302,8 @@ func (p *Process) closeServers() {
 	for _, r := range ups {
 		r.server.Close()
 	}
-	for _, unlock := range locks {
-		unlock()
+	for _, lock := range locks {
+		lock.Unlock()
 	}
 	if p.closed || p.cluster == nil {
 		return

@@ -79,7 +79,10 @@
 //     uploads never completed;
 //   - StartRedis: Debian's redis-server with a password and no
 //     persistence, which Stop and Start take down and bring back on the
-//     same address.
+//     same address;
+//   - StartRedisSentinel: a master, its replica and Debian's
+//     redis-sentinel watching them with timeouts of about a second, whose
+//     Failover (SENTINEL FAILOVER) and KillMaster promote the replica.
 //
 // # Events, not the clock
 //

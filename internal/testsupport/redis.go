@@ -49,6 +49,14 @@ const redisStartTimeout = 30 * time.Second
 // the test when redis-server is not installed.
 func StartRedis(t testing.TB) *Redis {
 	t.Helper()
+	return startRedis(t, "")
+}
+
+// startRedis starts a redis-server; with password set (a group sharing
+// one password, as replicas authenticating to their master do) it uses it
+// instead of a fresh one, and extra lines go into its config.
+func startRedis(t testing.TB, password string, extra ...string) *Redis {
+	t.Helper()
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
 		t.Skip("redis-server is not installed: this test needs a local Redis (run ci/install-redis.sh, or apt-get install -y redis-server)")
@@ -56,11 +64,14 @@ func StartRedis(t testing.TB) *Redis {
 	dir := t.TempDir()
 	r := &Redis{
 		Addr:         FreeAddr(t),
-		Password:     randomHex(16),
+		Password:     password,
 		PasswordFile: filepath.Join(dir, "password"),
 		bin:          bin,
 		conf:         filepath.Join(dir, "redis.conf"),
 		logs:         &SyncBuffer{},
+	}
+	if r.Password == "" {
+		r.Password = randomHex(16)
 	}
 	if err := os.WriteFile(r.PasswordFile, []byte(r.Password+"\n"), 0o600); err != nil {
 		t.Fatalf("testsupport: write redis password file: %v", err)
@@ -83,7 +94,7 @@ func StartRedis(t testing.TB) *Redis {
 		"daemonize no",
 		`logfile ""`,
 		"dir " + dir,
-		"",
+		strings.Join(extra, "\n"),
 	}, "\n")
 	if err := os.WriteFile(r.conf, []byte(conf), 0o600); err != nil {
 		t.Fatalf("testsupport: write redis config: %v", err)

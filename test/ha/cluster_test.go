@@ -1,7 +1,8 @@
 // Package ha tests replicas that share an S3-compatible bucket (versitygw,
 // through distribution's s3-aws driver) and a Redis (Debian's
-// redis-server): one upstream fetch per blob across the cluster, a crashed
-// lease holder, Redis going away, and garbage collection under load. Each
+// redis-server, alone or behind redis-sentinel): one upstream fetch per
+// blob across the cluster, a crashed lease holder, Redis going away or
+// failing over, and garbage collection under load. Each
 // replica is a real process (this test binary in multiproxy's server
 // mode), so a test can kill -9 one.
 package ha
@@ -39,7 +40,8 @@ type cluster struct {
 	t        *testing.T
 	up       *ts.Upstream
 	s3       *ts.S3
-	redis    *ts.Redis
+	redis    *ts.Redis         // nil with options.sentinel
+	sentinel *ts.RedisSentinel // set with options.sentinel
 	replicas []*replica
 }
 
@@ -62,6 +64,9 @@ type options struct {
 	// storage is appended to the storage section's s3 keys (indented
 	// four spaces), or starts a sibling key at two.
 	storage string
+	// sentinel has the replicas find Redis through a Sentinel watching a
+	// master and its replica, rather than at one address.
+	sentinel bool
 }
 
 func startCluster(t *testing.T, up *ts.Upstream, n int, o options) *cluster {
@@ -69,7 +74,16 @@ func startCluster(t *testing.T, up *ts.Upstream, n int, o options) *cluster {
 	if o.leaseTTL == "" {
 		o.leaseTTL = "2s"
 	}
-	c := &cluster{t: t, up: up, s3: ts.StartS3(t), redis: ts.StartRedis(t)}
+	c := &cluster{t: t, up: up, s3: ts.StartS3(t)}
+	var redisYAML string
+	if o.sentinel {
+		c.sentinel = ts.StartRedisSentinel(t)
+		redisYAML = fmt.Sprintf("    password_file: %s\n    sentinel:\n      master: %s\n      addrs: [%s]\n      password_file: %s\n",
+			c.sentinel.Servers[0].PasswordFile, c.sentinel.MasterName, c.sentinel.Addr, c.sentinel.PasswordFile)
+	} else {
+		c.redis = ts.StartRedis(t)
+		redisYAML = fmt.Sprintf("    addr: %s\n    password_file: %s\n", c.redis.Addr, c.redis.PasswordFile)
+	}
 	for i := range n {
 		dir := t.TempDir()
 		r := &replica{i: i, dir: dir, listen: ts.FreeAddr(t), admin: ts.FreeAddr(t), peer: ts.FreeAddr(t)}
@@ -90,9 +104,7 @@ storage:
     force_path_style: true
 %scoordination:
   redis:
-    addr: %s
-    password_file: %s
-  peer_listen: %s
+%s  peer_listen: %s
   advertise: %s
   lease_ttl: %s
 upstreams:
@@ -101,7 +113,7 @@ upstreams:
     remote: %s
     timeout: 3s
 %s`, filepath.Join(dir, "data"), r.admin, c.s3.Endpoint, c.s3.Region, c.s3.Bucket,
-			c.s3.AccessKeyFile, c.s3.SecretKeyFile, o.storage, c.redis.Addr, c.redis.PasswordFile,
+			c.s3.AccessKeyFile, c.s3.SecretKeyFile, o.storage, redisYAML,
 			r.peer, r.peer, o.leaseTTL, upstreamName, r.listen, up.URL, o.extra)
 		if err := os.WriteFile(r.cfg, []byte(yaml), 0o600); err != nil {
 			t.Fatal(err)
