@@ -18,12 +18,19 @@ import (
 // anything in: it isolates the collector's own rule for shared stores.
 type soleCluster struct{}
 
-func (soleCluster) Lead(context.Context) (func(), error)           { return func() {}, nil }
-func (soleCluster) Claimed(context.Context, digest.Digest) bool    { return false }
-func (soleCluster) CollectedSince(context.Context, time.Time) bool { return false }
-func (soleCluster) Collected(context.Context)                      {}
-func (soleCluster) LastPulls(context.Context) map[string]time.Time { return nil }
-func (soleCluster) ForgetPulls(context.Context, []string)          {}
+func (soleCluster) Lead(ctx context.Context) (gc.Leadership, error) { return soleLead{ctx}, nil }
+func (soleCluster) CollectedSince(context.Context, time.Time) bool  { return false }
+func (soleCluster) Collected(context.Context)                       {}
+func (soleCluster) LastPulls(context.Context) map[string]time.Time  { return nil }
+func (soleCluster) ForgetPulls(context.Context, []string)           {}
+
+type soleLead struct{ ctx context.Context }
+
+func (l soleLead) Context() context.Context                  { return l.ctx }
+func (soleLead) Valid() error                                { return nil }
+func (soleLead) Check(context.Context) error                 { return nil }
+func (soleLead) Claimed(context.Context, digest.Digest) bool { return false }
+func (soleLead) End()                                        {}
 
 // On a store other replicas write to, a blob no manifest references may
 // be one a replica just stored for a pull whose manifest the scan missed:
