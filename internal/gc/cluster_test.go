@@ -71,3 +71,42 @@ func TestSharedStoreSweepsOnlyBlobsOlderThanTheRun(t *testing.T) {
 		t.Errorf("freed %d, spared %d; want 1 and 1", res.FreedBlobs, res.Spared)
 	}
 }
+
+// A multipart object's LastModified is when its upload began: a large blob
+// whose upload straddles the collection's start looks older than the start.
+// Anything that began within fill_timeout of the start may still have been
+// completing, so it is spared; older is swept.
+func TestSharedStoreSparesUploadsThatMayStraddleTheStart(t *testing.T) {
+	root := t.TempDir()
+	driver := filesystem.New(filesystem.DriverParameters{RootDirectory: root, MaxThreads: 10})
+	ns, err := storage.NewRegistry(context.Background(), driver, storage.EnableDelete)
+	if err != nil {
+		t.Fatal(err)
+	}
+	put := func(content string, age time.Duration) string {
+		d := digest.FromString(content)
+		p := "/docker/registry/v2/blobs/sha256/" + d.Encoded()[:2] + "/" + d.Encoded() + "/data"
+		if err := driver.PutContent(context.Background(), p, []byte(content)); err != nil {
+			t.Fatal(err)
+		}
+		at := time.Now().Add(-age)
+		if err := os.Chtimes(filepath.Join(root, p), at, at); err != nil {
+			t.Fatal(err)
+		}
+		return filepath.Join(root, p)
+	}
+	const fillTimeout = 30 * time.Minute
+	straddling := put("upload began 10 minutes before the collection", 10*time.Minute)
+	old := put("upload began 2 fill timeouts before the collection", 2*fillTimeout)
+
+	st := gc.Store{Name: "docker.io", Root: root, Driver: driver, NS: ns, Cluster: soleCluster{}, MaxUpload: fillTimeout}
+	if _, err := gc.Collect(context.Background(), st, gc.Policy{}, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(straddling); err != nil {
+		t.Errorf("the blob whose upload may have straddled the start was swept: %v", err)
+	}
+	if _, err := os.Stat(old); !os.IsNotExist(err) {
+		t.Errorf("the blob older than fill_timeout was kept")
+	}
+}

@@ -20,6 +20,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/multiproxy/multiproxy/internal/cache"
+	"github.com/multiproxy/multiproxy/internal/config"
 )
 
 // Eviction reasons, as reported and labelled in metrics.
@@ -47,6 +48,11 @@ type Store struct {
 	// Cluster, set for a bucket shared by replicas, makes the collection
 	// the cluster's only one and spares what any replica relies on.
 	Cluster Cluster
+	// MaxUpload is the longest a replica may take to store one blob
+	// (fill_timeout); config.DefaultFillTimeout when zero. On a shared
+	// bucket, a blob whose LastModified is less than this before the
+	// collection started may belong to a pull the scan did not see.
+	MaxUpload time.Duration
 }
 
 // Cluster is what collecting a bucket that other replicas serve from needs
@@ -195,7 +201,13 @@ func Collect(ctx context.Context, st Store, p Policy, dryRun bool, log *slog.Log
 	}
 	// Objects written after this were stored by some replica for a pull
 	// running now; the scan below may not see what references them.
-	since := time.Now().Add(-time.Second)
+	var since time.Time
+	if st.Cluster != nil && !dryRun {
+		var err error
+		if since, err = st.cutoff(ctx); err != nil {
+			return res, fmt.Errorf("gc %s: %w", st.Name, err)
+		}
+	}
 	st.Guard.begin()
 	defer st.Guard.end()
 
@@ -590,6 +602,31 @@ func revisionLink(repo string, d digest.Digest) string {
 // claimed reports whether another replica relies on d.
 func (f *fence) claimed(ctx context.Context, d digest.Digest) bool {
 	return f.lead != nil && f.lead.Claimed(ctx, d)
+}
+
+// markerPath is the object whose LastModified is a collection's start, by
+// the bucket's clock. It is outside /docker, which distribution walks.
+const markerPath = "/multiproxy/gc-start"
+
+// cutoff is the LastModified after which a blob may have been written
+// during this collection. It is read off the bucket's clock, not this
+// replica's, which may run ahead of it: a marker object is written now and
+// its LastModified taken as the start. A multipart object's LastModified is
+// when its upload began, so one finishing after the start began at most
+// MaxUpload earlier; and LastModified has one-second resolution.
+func (st Store) cutoff(ctx context.Context) (time.Time, error) {
+	if err := st.Driver.PutContent(ctx, markerPath, []byte(time.Now().UTC().Format(time.RFC3339Nano))); err != nil {
+		return time.Time{}, fmt.Errorf("write the collection start marker: %w", err)
+	}
+	fi, err := st.Driver.Stat(ctx, markerPath)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("read the collection start marker: %w", err)
+	}
+	maxUpload := st.MaxUpload
+	if maxUpload <= 0 {
+		maxUpload = config.DefaultFillTimeout
+	}
+	return fi.ModTime().Add(-maxUpload - time.Second), nil
 }
 
 // newerThan reports whether a shared bucket's blob d was written after
