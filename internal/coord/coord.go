@@ -248,7 +248,7 @@ type Lease struct {
 	// renewed is when the last renewal that got through was sent, on
 	// this process's monotonic clock: Redis keeps the key at least a TTL
 	// after that, and not necessarily a moment longer.
-	renewed atomic.Int64 // nanoseconds since c.epoch
+	renewed atomic.Int64 // nanoseconds since c.started
 }
 
 var (
@@ -290,8 +290,9 @@ func (c *Coordinator) leaseValue() string {
 	return c.self + "|" + c.id + "|" + strconv.FormatInt(time.Now().UnixNano(), 36)
 }
 
-// sinceStart reads the monotonic clock, which a process stopped by the
-// kernel (SIGSTOP, a frozen VM's guest excepted) sees advance on waking.
+// sinceStart reads the monotonic clock. It keeps running while the process
+// is stopped (SIGSTOP, a cgroup freezer), so a holder that was paused sees
+// on waking the time it lost, before it runs anything else.
 func (c *Coordinator) sinceStart() time.Duration { return time.Since(c.started) }
 
 // newLease starts renewing a lease set in Redis by a request sent at sent.
