@@ -244,6 +244,53 @@ func TestPausedCollectorIsFenced(t *testing.T) {
 	}
 }
 
+// A replica whose view of the collection is a token behind (a new
+// collection began since its last probe) claims into the collection
+// announced now, never into the old one's set.
+func TestClaimGoesToTheCollectionAnnouncedNow(t *testing.T) {
+	r := ts.StartRedis(t)
+	const ttl = 2 * time.Second
+	a := replica(t, r, "a:1", ttl)
+	b := replica(t, r, "b:1", ttl)
+	ctx := context.Background()
+	la := settledGC(t, a, "docker.io", 5*ttl)
+	if err := la.Begin(ctx); err != nil {
+		t.Fatal(err)
+	}
+	ts.WaitUntil(t, 5*time.Second, "b claims into the first collection", func() (bool, string) {
+		_ = b.Claim(ctx, "docker.io", blob)
+		ok, err := la.Claimed(ctx, blob)
+		return ok && err == nil && b.Pending("docker.io") == 0, fmt.Sprint(ok, err)
+	})
+	// The first collector's lease is gone (as if it expired while its
+	// holder was paused) and a second collection begins, before b's next
+	// probe.
+	if err := r.Client().Del(ctx, "multiproxy:gc").Err(); err != nil {
+		t.Fatal(err)
+	}
+	lc, _, err := a.AcquireGC(ctx, "docker.io")
+	if err != nil || lc == nil {
+		t.Fatalf("AcquireGC after the first lease went: %v, %v", lc, err)
+	}
+	defer lc.Release()
+	if err := lc.Begin(ctx); err != nil {
+		t.Fatal(err)
+	}
+	served := digest.Digest("sha256:" + strings.Repeat("3", 64))
+	if err := b.Claim(ctx, "docker.io", served); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := lc.Claimed(ctx, served); err != nil || !ok {
+		t.Errorf("the new collection sees b's claim: %v, %v; want true", ok, err)
+	}
+	if ok, _ := la.Claimed(ctx, served); ok {
+		t.Error("b's claim went to the old collection's set")
+	}
+	if err := la.Check(ctx); !errors.Is(err, coord.ErrLeaseLost) {
+		t.Errorf("Check of the old collection: %v, want ErrLeaseLost", err)
+	}
+}
+
 // cutProxy forwards TCP to Redis until cut: then it drops every connection
 // and refuses new ones, as a partition or a paused peer looks to Redis.
 type cutProxy struct {
