@@ -68,7 +68,9 @@ type Coordinator struct {
 	self string
 	id   string // distinguishes this process's leases from a restarted one's
 	ttl  time.Duration
-	log  *slog.Logger
+	// started is the origin of lease times on the monotonic clock.
+	started time.Time
+	log     *slog.Logger
 
 	up     atomic.Bool // read by every call; the rest of the probe's findings under mu
 	change func(bool, error)
@@ -76,7 +78,9 @@ type Coordinator struct {
 	mu        sync.Mutex
 	lastErr   error     // why the last probe failed
 	downSince time.Time // zero while Redis answers
-	gcActive  string    // the upstream being collected in the cluster, as of the last probe
+	// gc is, per upstream a Claim asked about, what the last probe found
+	// of its collection.
+	gc map[string]*gcView
 
 	stop      chan struct{}
 	done      chan struct{}
@@ -103,6 +107,7 @@ func New(o Options) *Coordinator {
 	var b [8]byte
 	_, _ = rand.Read(b[:])
 	c := &Coordinator{rdb: rdb, self: o.Self, id: hex.EncodeToString(b[:]), ttl: o.TTL, log: o.Logger,
+		started: time.Now(), gc: map[string]*gcView{},
 		change: o.OnChange, stop: make(chan struct{}), done: make(chan struct{}),
 		lastErr: ErrUnavailable, downSince: time.Now()} // down until the first probe says otherwise
 	c.probe()
@@ -163,24 +168,29 @@ func (c *Coordinator) run() {
 	}
 }
 
-// probe pings Redis and, while it answers, reads which upstreams are
-// being collected somewhere in the cluster.
+// probe pings Redis and, while it answers, reads how the collection of
+// each upstream this replica serves stands, and hands the collection the
+// claims that could not be made meanwhile.
 func (c *Coordinator) probe() {
 	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
 	defer cancel()
 	err := c.rdb.Ping(ctx).Err()
-	var active string
 	if err == nil {
-		// One key, since one collection runs at a time in the cluster.
-		active, err = c.rdb.Get(ctx, keyGCActive()).Result()
-		if errors.Is(err, redis.Nil) {
-			active, err = "", nil
-		}
+		// Every replica starts the epoch, so the cluster's first
+		// collection waits a TTL from when the first replica came, not
+		// from when the first collector asked.
+		err = epochScript.Run(ctx, c.rdb, epochKeys(), c.ttl.Milliseconds()).Err()
+	}
+	if err == nil {
+		err = c.readCollections(ctx)
+	}
+	if err != nil {
+		c.unknownCollections()
 	}
 	c.mu.Lock()
 	switch {
 	case err == nil:
-		c.gcActive, c.downSince = active, time.Time{}
+		c.downSince = time.Time{}
 	case c.downSince.IsZero():
 		c.lastErr, c.downSince = err, time.Now()
 	default:
@@ -197,6 +207,9 @@ func (c *Coordinator) probe() {
 		if c.change != nil {
 			c.change(err == nil, err)
 		}
+	}
+	if err == nil {
+		c.flushClaims(ctx)
 	}
 }
 
@@ -219,14 +232,15 @@ const prefix = "multiproxy:"
 func keyFill(upstream string, d digest.Digest) string {
 	return prefix + "fill:" + upstream + ":" + d.String()
 }
-func keyPulls(upstream string) string    { return prefix + "pulls:" + upstream }
-func keyGC() string                      { return prefix + "gc" }
-func keyGCActive() string                { return prefix + "gc-active" }
-func keyGCClaims(upstream string) string { return prefix + "gc-claims:" + upstream }
-func keyGCDone(upstream string) string   { return prefix + "gc-done:" + upstream }
+func keyPulls(upstream string) string  { return prefix + "pulls:" + upstream }
+func keyGCDone(upstream string) string { return prefix + "gc-done:" + upstream }
 
-// Lease is a held lease, renewed until Release or until a renewal finds
-// it expired (its holder stalled past the TTL; another may hold it now).
+// ErrLeaseLost is why a lease is no longer held: a renewal found another
+// value (or none: Redis lost it), or none got through for a whole TTL, so
+// another replica may hold it now.
+var ErrLeaseLost = errors.New("lease lost")
+
+// Lease is a held lease, renewed until Release or until it is lost.
 type Lease struct {
 	c    *Coordinator
 	key  string
@@ -234,6 +248,13 @@ type Lease struct {
 	stop chan struct{}
 	done chan struct{}
 	once sync.Once
+
+	lost     chan struct{} // closed when the lease is lost
+	loseOnce sync.Once
+	// renewed is when the last renewal that got through was sent, on
+	// this process's monotonic clock: Redis keeps the key at least a TTL
+	// after that, and not necessarily a moment longer.
+	renewed atomic.Int64 // nanoseconds since c.started
 }
 
 var (
@@ -244,7 +265,8 @@ var (
 // acquire takes key for this replica if nobody holds it, else returns the
 // holder's value.
 func (c *Coordinator) acquire(ctx context.Context, key string) (*Lease, string, error) {
-	val := c.self + "|" + c.id + "|" + strconv.FormatInt(time.Now().UnixNano(), 36)
+	val := c.leaseValue()
+	sent := c.sinceStart()
 	var ok bool
 	var holder string
 	err := c.call(ctx, func(ctx context.Context) error {
@@ -265,9 +287,53 @@ func (c *Coordinator) acquire(ctx context.Context, key string) (*Lease, string, 
 	if !ok {
 		return nil, holder, nil
 	}
-	l := &Lease{c: c, key: key, val: val, stop: make(chan struct{}), done: make(chan struct{})}
+	return c.newLease(key, val, sent), "", nil
+}
+
+// leaseValue is what a lease of this process holds: its peer address
+// first, for the replicas that stream from the holder.
+func (c *Coordinator) leaseValue() string {
+	return c.self + "|" + c.id + "|" + strconv.FormatInt(time.Now().UnixNano(), 36)
+}
+
+// sinceStart reads the monotonic clock. It keeps running while the process
+// is stopped (SIGSTOP, a cgroup freezer), so a holder that was paused sees
+// on waking the time it lost, before it runs anything else.
+func (c *Coordinator) sinceStart() time.Duration { return time.Since(c.started) }
+
+// newLease starts renewing a lease set in Redis by a request sent at sent.
+func (c *Coordinator) newLease(key, val string, sent time.Duration) *Lease {
+	l := &Lease{c: c, key: key, val: val, stop: make(chan struct{}), done: make(chan struct{}), lost: make(chan struct{})}
+	l.renewed.Store(int64(sent))
 	go l.renew()
-	return l, "", nil
+	return l
+}
+
+// Lost is closed once the lease is lost.
+func (l *Lease) Lost() <-chan struct{} { return l.lost }
+
+// Valid is nil while the lease is surely still held, by this process's
+// clock alone: it is ErrLeaseLost once a TTL passed since the last
+// renewal that got through, even if the renewing goroutine has not run
+// since (the process was paused).
+func (l *Lease) Valid() error {
+	select {
+	case <-l.lost:
+		return ErrLeaseLost
+	default:
+	}
+	if l.c.sinceStart()-time.Duration(l.renewed.Load()) >= l.c.ttl {
+		l.lose("no renewal got through for a whole TTL")
+		return ErrLeaseLost
+	}
+	return nil
+}
+
+func (l *Lease) lose(why string) {
+	l.loseOnce.Do(func() {
+		l.c.log.Warn("lease lost", "key", l.key, "why", why)
+		close(l.lost)
+	})
 }
 
 func (l *Lease) renew() {
@@ -282,17 +348,30 @@ func (l *Lease) renew() {
 			return
 		case <-t.C:
 		}
+		if l.Valid() != nil {
+			return
+		}
 		var n int64
+		sent := l.c.sinceStart()
 		err := l.c.call(context.Background(), func(ctx context.Context) error {
 			var err error
 			n, err = renewScript.Run(ctx, l.c.rdb, []string{l.key}, l.val, l.c.ttl.Milliseconds()).Int64()
 			return err
 		})
-		// A renewal that could not reach Redis is not a loss: the
-		// lease is still ours until it expires, and the next renewal
-		// may get through.
-		if err == nil && n == 0 {
+		switch {
+		case err == nil && n == 0:
+			// Expired and maybe taken, or Redis restarted empty.
+			l.lose("the key no longer holds this lease")
 			return
+		case err == nil:
+			l.renewed.Store(int64(sent))
+		default:
+			// A renewal that could not reach Redis is not a loss yet:
+			// the key lives a TTL past the last renewal, and the next
+			// may get through. Past that TTL it is (Valid).
+			if l.Valid() != nil {
+				return
+			}
 		}
 	}
 }
@@ -370,75 +449,10 @@ func (c *Coordinator) ForgetPulls(ctx context.Context, upstream string, keys ...
 	})
 }
 
-// AcquireGC asks to be the one replica collecting now, across every
-// upstream of the cluster. It returns nil and the holder's address when
-// another replica collects.
-func (c *Coordinator) AcquireGC(ctx context.Context, upstream string) (*Lease, string, error) {
-	l, holder, err := c.acquire(ctx, keyGC())
-	if err != nil || l == nil {
-		owner, _, _ := strings.Cut(holder, "|")
-		return nil, owner, err
-	}
-	return l, "", nil
-}
-
-// BeginCollection tells every replica that upstream is being collected,
-// so that they report what they rely on (Claim) until EndCollection. The
-// flag expires with the lease TTL if the collector dies; renew calls it
-// again.
-func (c *Coordinator) BeginCollection(ctx context.Context, upstream string) error {
-	return c.call(ctx, func(ctx context.Context) error {
-		pipe := c.rdb.TxPipeline()
-		pipe.Del(ctx, keyGCClaims(upstream))
-		pipe.Set(ctx, keyGCActive(), upstream, 10*c.ttl)
-		_, err := pipe.Exec(ctx)
-		return err
-	})
-}
-
-// EndCollection clears the flag and the claims.
-func (c *Coordinator) EndCollection(ctx context.Context, upstream string) error {
-	return c.call(ctx, func(ctx context.Context) error {
-		return c.rdb.Del(ctx, keyGCActive(), keyGCClaims(upstream)).Err()
-	})
-}
-
-// Collecting reports whether, as of the last probe, a collection of
-// upstream runs somewhere in the cluster.
-func (c *Coordinator) Collecting(upstream string) bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.gcActive == upstream
-}
-
-// ProbeInterval is how stale Collecting may be: a collector waits longer
-// than this after BeginCollection before it scans.
-func ProbeInterval() time.Duration { return probeEvery }
-
-// Claim records digests this replica relies on while upstream is being
-// collected.
-func (c *Coordinator) Claim(ctx context.Context, upstream string, ds ...digest.Digest) error {
-	if len(ds) == 0 {
-		return nil
-	}
-	members := make([]any, len(ds))
-	for i, d := range ds {
-		members[i] = d.String()
-	}
-	return c.call(ctx, func(ctx context.Context) error {
-		return c.rdb.SAdd(ctx, keyGCClaims(upstream), members...).Err()
-	})
-}
-
-// Claimed reports whether any replica claimed d during the collection.
-func (c *Coordinator) Claimed(ctx context.Context, upstream string, d digest.Digest) (bool, error) {
-	var ok bool
-	err := c.call(ctx, func(ctx context.Context) error {
-		var err error
-		ok, err = c.rdb.SIsMember(ctx, keyGCClaims(upstream), d.String()).Result()
-		return err
-	})
-	return ok, err
+// Ping checks Redis now, for `config check --probe`.
+func Ping(ctx context.Context, addr, password string, db int) error {
+	_, err := Probe(ctx, Options{Addr: addr, Password: password, DB: db})
+	return err
 }
 
 // redisLog routes go-redis's own log lines (a Sentinel naming a new master,
@@ -479,12 +493,6 @@ func newClient(o Options, base redis.Options) *redis.Client {
 		MaxRetries:       base.MaxRetries,
 		DisableIdentity:  base.DisableIdentity,
 	})
-}
-
-// Ping checks Redis now, for `config check --probe`.
-func Ping(ctx context.Context, addr, password string, db int) error {
-	_, err := Probe(ctx, Options{Addr: addr, Password: password, DB: db})
-	return err
 }
 
 // Probe checks o's Redis now, for `config check --probe`: it writes, reads
@@ -543,13 +551,6 @@ func sentinelMaster(ctx context.Context, o Options) (string, error) {
 		errs = append(errs, fmt.Errorf("sentinel %s: %w", a, err))
 	}
 	return "", errors.Join(errs...)
-}
-
-// KeepCollecting extends the collection flag while a long collection runs.
-func (c *Coordinator) KeepCollecting(ctx context.Context) error {
-	return c.call(ctx, func(ctx context.Context) error {
-		return c.rdb.Expire(ctx, keyGCActive(), 10*c.ttl).Err()
-	})
 }
 
 // SetCollected records that a collection of upstream finished at t.

@@ -3,6 +3,12 @@ package coord_test
 import (
 	"context"
 	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -91,43 +97,257 @@ func TestFillLeaseRenewsWhileHeldAndExpiresWhenItsHolderDies(t *testing.T) {
 	})
 }
 
-// One collector in the cluster at a time.
+// settledGC waits out the TTL a new Redis's data must age before the first
+// collection, then takes the collection lease.
+func settledGC(t *testing.T, c *coord.Coordinator, upstream string, within time.Duration) *coord.GCLease {
+	t.Helper()
+	var l *coord.GCLease
+	ts.WaitUntil(t, within, "the collection lease, once Redis's data is a TTL old", func() (bool, string) {
+		var err error
+		var holder string
+		l, holder, err = c.AcquireGC(context.Background(), upstream)
+		if err != nil {
+			return false, err.Error()
+		}
+		return l != nil, "held by " + holder
+	})
+	return l
+}
+
+// One collector in the cluster at a time, and replicas claim into its
+// collection.
 func TestGCLeaseOneCollectorAtATime(t *testing.T) {
 	r := ts.StartRedis(t)
-	a := replica(t, r, "a:1", 10*time.Second)
-	b := replica(t, r, "b:1", 10*time.Second)
+	const ttl = 2 * time.Second
+	a := replica(t, r, "a:1", ttl)
+	b := replica(t, r, "b:1", ttl)
 	ctx := context.Background()
-	la, _, err := a.AcquireGC(ctx, "docker.io")
-	if err != nil || la == nil {
-		t.Fatalf("AcquireGC = %v, %v", la, err)
+	// Redis is new: no collection starts before its data is a TTL old.
+	if _, _, err := a.AcquireGC(ctx, "docker.io"); !errors.Is(err, coord.ErrSettling) {
+		t.Fatalf("AcquireGC on a new Redis: %v, want ErrSettling", err)
 	}
+	la := settledGC(t, a, "docker.io", 5*ttl)
 	// Another upstream's collection waits too: the cluster collects one
 	// upstream at a time, as one process does.
 	if lb, holder, err := b.AcquireGC(ctx, "ghcr.io"); err != nil || lb != nil || holder != "a:1" {
 		t.Fatalf("second AcquireGC = %v, %q, %v; want none, held by a:1", lb, holder, err)
 	}
-	if err := a.BeginCollection(ctx, "docker.io"); err != nil {
+	if err := la.Begin(ctx); err != nil {
 		t.Fatal(err)
 	}
-	ts.WaitFor(t, 5*time.Second, "b learns of the collection", func() bool { return b.Collecting("docker.io") })
-	if b.Collecting("ghcr.io") {
-		t.Error("b thinks ghcr.io is being collected")
+	if err := la.Check(ctx); err != nil {
+		t.Fatalf("Check of a held lease: %v", err)
 	}
 	if err := b.Claim(ctx, "docker.io", blob); err != nil {
 		t.Fatal(err)
 	}
-	if ok, err := a.Claimed(ctx, "docker.io", blob); err != nil || !ok {
-		t.Errorf("Claimed = %v, %v; want b's claim seen", ok, err)
-	}
-	if err := a.EndCollection(ctx, "docker.io"); err != nil {
+	ts.WaitUntil(t, 5*time.Second, "b's claim reaches the collection", func() (bool, string) {
+		ok, err := la.Claimed(ctx, blob)
+		return ok && err == nil, fmt.Sprint(ok, err)
+	})
+	if err := la.End(ctx); err != nil {
 		t.Fatal(err)
 	}
 	la.Release()
-	if lb, _, err := b.AcquireGC(ctx, "ghcr.io"); err != nil || lb == nil {
+	lb, _, err := b.AcquireGC(ctx, "ghcr.io")
+	if err != nil || lb == nil {
 		t.Fatalf("AcquireGC after release = %v, %v", lb, err)
-	} else {
-		lb.Release()
 	}
+	ta, _ := strconv.ParseInt(la.Token(), 10, 64)
+	tb, _ := strconv.ParseInt(lb.Token(), 10, 64)
+	if tb <= ta {
+		t.Errorf("tokens %s then %s: want increasing", la.Token(), lb.Token())
+	}
+	lb.Release()
+	// Once a collection ended, the replicas know none runs, and claim
+	// nothing.
+	ts.WaitFor(t, 5*time.Second, "b learns the collection ended", func() bool {
+		_ = b.Claim(ctx, "docker.io", digest.Digest("sha256:"+strings.Repeat("1", 64)))
+		return b.Pending("docker.io") == 0
+	})
+}
+
+// A collector whose Redis restarts empty loses its lease at once and finds
+// out before its next batch; no collection starts for a TTL; what replicas
+// served meanwhile goes to the next collection.
+func TestRedisRestartFencesTheCollectorAndKeepsClaims(t *testing.T) {
+	r := ts.StartRedis(t)
+	const ttl = 2 * time.Second
+	a := replica(t, r, "a:1", ttl)
+	b := replica(t, r, "b:1", ttl)
+	ctx := context.Background()
+	la := settledGC(t, a, "docker.io", 5*ttl)
+	if err := la.Begin(ctx); err != nil {
+		t.Fatal(err)
+	}
+	r.Stop(t)
+	served := digest.Digest("sha256:" + strings.Repeat("2", 64))
+	// Redis down: the claim cannot be made; it is kept.
+	_ = b.Claim(ctx, "docker.io", served)
+	r.Start(t)
+	select {
+	case <-la.Lost():
+	case <-time.After(5 * ttl):
+		t.Fatal("the collector did not find its lease lost after Redis restarted empty")
+	}
+	if err := la.Check(ctx); !errors.Is(err, coord.ErrLeaseLost) {
+		t.Fatalf("Check after the restart: %v, want ErrLeaseLost", err)
+	}
+	ts.WaitFor(t, 5*time.Second, "Redis answers again", b.Up)
+	if _, _, err := b.AcquireGC(ctx, "docker.io"); !errors.Is(err, coord.ErrSettling) {
+		t.Fatalf("AcquireGC just after the restart: %v, want ErrSettling", err)
+	}
+	lb := settledGC(t, b, "docker.io", 5*ttl)
+	defer lb.Release()
+	if err := lb.Begin(ctx); err != nil {
+		t.Fatal(err)
+	}
+	ts.WaitUntil(t, 5*time.Second, "the claim kept while Redis was down reaches the new collection", func() (bool, string) {
+		ok, err := lb.Claimed(ctx, served)
+		return ok && err == nil, fmt.Sprint(ok, err)
+	})
+}
+
+// A collector paused past the TTL (SIGSTOP, a long GC pause) wakes to find
+// its lease lost by its own clock, before any call to Redis; another
+// collection ran meanwhile under a new token, which the old one's Check
+// refuses.
+func TestPausedCollectorIsFenced(t *testing.T) {
+	r := ts.StartRedis(t)
+	const ttl = 2 * time.Second
+	px := newCutProxy(t, r.Addr)
+	a := coord.New(coord.Options{Addr: px.addr, Password: r.Password, Self: "a:1", TTL: ttl})
+	t.Cleanup(func() { _ = a.Close() })
+	b := replica(t, r, "b:1", ttl)
+	ctx := context.Background()
+	la := settledGC(t, a, "docker.io", 5*ttl)
+	if err := la.Begin(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// The pause, as Redis sees it: nothing from a.
+	px.cut()
+	lb := settledGC(t, b, "docker.io", 5*ttl)
+	defer lb.Release()
+	if err := lb.Begin(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := la.Valid(); !errors.Is(err, coord.ErrLeaseLost) {
+		t.Errorf("Valid of the paused collector: %v, want ErrLeaseLost", err)
+	}
+	px.restore()
+	ts.WaitFor(t, 5*time.Second, "a reaches Redis again", a.Up)
+	if err := la.Check(ctx); !errors.Is(err, coord.ErrLeaseLost) {
+		t.Errorf("Check of the paused collector: %v, want ErrLeaseLost", err)
+	}
+	if err := lb.Check(ctx); err != nil {
+		t.Errorf("Check of the new collector: %v", err)
+	}
+}
+
+// A replica whose view of the collection is a token behind (a new
+// collection began since its last probe) claims into the collection
+// announced now, never into the old one's set.
+func TestClaimGoesToTheCollectionAnnouncedNow(t *testing.T) {
+	r := ts.StartRedis(t)
+	const ttl = 2 * time.Second
+	a := replica(t, r, "a:1", ttl)
+	b := replica(t, r, "b:1", ttl)
+	ctx := context.Background()
+	la := settledGC(t, a, "docker.io", 5*ttl)
+	if err := la.Begin(ctx); err != nil {
+		t.Fatal(err)
+	}
+	ts.WaitUntil(t, 5*time.Second, "b claims into the first collection", func() (bool, string) {
+		_ = b.Claim(ctx, "docker.io", blob)
+		ok, err := la.Claimed(ctx, blob)
+		return ok && err == nil && b.Pending("docker.io") == 0, fmt.Sprint(ok, err)
+	})
+	// The first collector's lease is gone (as if it expired while its
+	// holder was paused) and a second collection begins, before b's next
+	// probe.
+	if err := r.Client().Del(ctx, "multiproxy:gc").Err(); err != nil {
+		t.Fatal(err)
+	}
+	lc, _, err := a.AcquireGC(ctx, "docker.io")
+	if err != nil || lc == nil {
+		t.Fatalf("AcquireGC after the first lease went: %v, %v", lc, err)
+	}
+	defer lc.Release()
+	if err := lc.Begin(ctx); err != nil {
+		t.Fatal(err)
+	}
+	served := digest.Digest("sha256:" + strings.Repeat("3", 64))
+	if err := b.Claim(ctx, "docker.io", served); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := lc.Claimed(ctx, served); err != nil || !ok {
+		t.Errorf("the new collection sees b's claim: %v, %v; want true", ok, err)
+	}
+	if ok, _ := la.Claimed(ctx, served); ok {
+		t.Error("b's claim went to the old collection's set")
+	}
+	if err := la.Check(ctx); !errors.Is(err, coord.ErrLeaseLost) {
+		t.Errorf("Check of the old collection: %v, want ErrLeaseLost", err)
+	}
+}
+
+// cutProxy forwards TCP to Redis until cut: then it drops every connection
+// and refuses new ones, as a partition or a paused peer looks to Redis.
+type cutProxy struct {
+	addr  string
+	mu    sync.Mutex
+	down  bool
+	conns []net.Conn
+}
+
+func newCutProxy(t *testing.T, target string) *cutProxy {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	p := &cutProxy{addr: l.Addr().String()}
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			p.mu.Lock()
+			if p.down {
+				p.mu.Unlock()
+				c.Close()
+				continue
+			}
+			up, err := net.Dial("tcp", target)
+			if err != nil {
+				p.mu.Unlock()
+				c.Close()
+				continue
+			}
+			p.conns = append(p.conns, c, up)
+			p.mu.Unlock()
+			go func() { _, _ = io.Copy(up, c); up.Close() }()
+			go func() { _, _ = io.Copy(c, up); c.Close() }()
+		}
+	}()
+	return p
+}
+
+func (p *cutProxy) cut() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.down = true
+	for _, c := range p.conns {
+		c.Close()
+	}
+	p.conns = nil
+}
+
+func (p *cutProxy) restore() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.down = false
 }
 
 // Without Redis every call fails with ErrUnavailable, so a caller fills

@@ -20,6 +20,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/multiproxy/multiproxy/internal/cache"
+	"github.com/multiproxy/multiproxy/internal/config"
 )
 
 // Eviction reasons, as reported and labelled in metrics.
@@ -47,17 +48,19 @@ type Store struct {
 	// Cluster, set for a bucket shared by replicas, makes the collection
 	// the cluster's only one and spares what any replica relies on.
 	Cluster Cluster
+	// MaxUpload is the longest a replica may take to store one blob
+	// (fill_timeout); config.DefaultFillTimeout when zero. On a shared
+	// bucket, a blob whose LastModified is less than this before the
+	// collection started may belong to a pull the scan did not see.
+	MaxUpload time.Duration
 }
 
 // Cluster is what collecting a bucket that other replicas serve from needs
 // (internal/coord through internal/serve).
 type Cluster interface {
 	// Lead waits until this replica is the cluster's one collector and
-	// every replica reports what it relies on (Claimed). end gives the
-	// lease back.
-	Lead(ctx context.Context) (end func(), err error)
-	// Claimed reports whether a replica relied on d since Lead.
-	Claimed(ctx context.Context, d digest.Digest) bool
+	// every replica reports what it relies on.
+	Lead(ctx context.Context) (Leadership, error)
 	// CollectedSince reports whether some replica finished a collection
 	// of this upstream after t; Collected records that this one did.
 	CollectedSince(ctx context.Context, t time.Time) bool
@@ -67,6 +70,53 @@ type Cluster interface {
 	// ForgetPulls drops the records of manifests the store no longer
 	// holds, so the records stay as many as the manifests.
 	ForgetPulls(ctx context.Context, keys []string)
+}
+
+// Leadership is a held collection lease, fenced by its token.
+type Leadership interface {
+	// Context is cancelled once the lease is lost (renewals failed for a
+	// whole TTL, or Redis no longer holds it): from then on another
+	// replica may be collecting.
+	Context() context.Context
+	// Valid is nil while the lease is surely held by this process's
+	// clock; it costs nothing, so it is asked before every deletion.
+	Valid() error
+	// Check asks the cluster that the lease and the announcement still
+	// hold this collection's token; it is asked before every batch.
+	Check(ctx context.Context) error
+	// Claimed reports whether a replica relied on d during this
+	// collection.
+	Claimed(ctx context.Context, d digest.Digest) bool
+	// End announces the end and gives the lease back.
+	End()
+}
+
+// checkEvery is how many deletions go between two checks of the lease in
+// Redis: a round trip per deletion would double a sweep's requests, and the
+// local check before each one already stops a collector that was paused.
+const checkEvery = 64
+
+// fence stops a collection that no longer holds the lease before it
+// deletes anything else.
+type fence struct {
+	lead Leadership // nil when not collecting a shared bucket
+	n    int
+}
+
+func (f *fence) allow(ctx context.Context) error {
+	if f.lead == nil {
+		return nil
+	}
+	if err := f.lead.Valid(); err != nil {
+		return fmt.Errorf("stopped before deleting: %w", err)
+	}
+	if f.n%checkEvery == 0 {
+		if err := f.lead.Check(ctx); err != nil {
+			return fmt.Errorf("stopped before deleting: %w", err)
+		}
+	}
+	f.n++
+	return nil
 }
 
 // StoreOf is the Store of a running upstream's cache.
@@ -129,14 +179,18 @@ func Collect(ctx context.Context, st Store, p Policy, dryRun bool, log *slog.Log
 	if st.Guard == nil {
 		st.Guard = &Guard{}
 	}
+	var fen fence
 	if st.Cluster != nil && !dryRun {
-		end, err := st.Cluster.Lead(ctx)
+		lead, err := st.Cluster.Lead(ctx)
 		if err != nil {
 			// Without the lease two replicas could sweep what the other
 			// just stored: a shared bucket is never collected alone.
 			return res, fmt.Errorf("gc %s: %w", st.Name, err)
 		}
-		defer end()
+		defer lead.End()
+		fen.lead = lead
+		// Everything after this stops with the lease.
+		ctx = lead.Context()
 		// Every replica's cron fires in the same slot; the first one
 		// through collects for the cluster, the others only wait.
 		if isScheduled(ctx) && st.Cluster.CollectedSince(ctx, start) {
@@ -147,7 +201,13 @@ func Collect(ctx context.Context, st Store, p Policy, dryRun bool, log *slog.Log
 	}
 	// Objects written after this were stored by some replica for a pull
 	// running now; the scan below may not see what references them.
-	since := time.Now().Add(-time.Second)
+	var since time.Time
+	if st.Cluster != nil && !dryRun {
+		var err error
+		if since, err = st.cutoff(ctx); err != nil {
+			return res, fmt.Errorf("gc %s: %w", st.Name, err)
+		}
+	}
 	st.Guard.begin()
 	defer st.Guard.end()
 
@@ -193,10 +253,13 @@ func Collect(ctx context.Context, st Store, p Policy, dryRun bool, log *slog.Log
 			res.Evicted = append(res.Evicted, evictionOf(m))
 			continue
 		}
-		if st.claimed(ctx, m.digest) {
+		if fen.claimed(ctx, m.digest) {
 			mark(m)
 			res.Spared++
 			continue
+		}
+		if err := fen.allow(ctx); err != nil {
+			return res, fmt.Errorf("gc %s: %w", st.Name, err)
 		}
 		deleted, err := st.Guard.deleteUnlessUsed(m.digest, func() error {
 			return vacuum.RemoveManifest(m.repo, m.digest, m.tags)
@@ -228,9 +291,12 @@ func Collect(ctx context.Context, st Store, p Policy, dryRun bool, log *slog.Log
 			res.FreedBlobs++
 			continue
 		}
-		if st.claimed(ctx, d) || st.newerThan(ctx, d, since) {
+		if fen.claimed(ctx, d) || st.newerThan(ctx, d, since) {
 			res.Spared++
 			continue
+		}
+		if err := fen.allow(ctx); err != nil {
+			return res, fmt.Errorf("gc %s: %w", st.Name, err)
 		}
 		deleted, err := st.Guard.deleteUnlessUsed(d, func() error { return vacuum.RemoveBlob(d.String()) })
 		if err != nil {
@@ -245,6 +311,9 @@ func Collect(ctx context.Context, st Store, p Policy, dryRun bool, log *slog.Log
 		res.FreedBlobs++
 	}
 	if !dryRun {
+		if err := fen.allow(ctx); err != nil {
+			return res, fmt.Errorf("gc %s: %w", st.Name, err)
+		}
 		leftovers, err := unlinkLayers(ctx, st, swept)
 		if err != nil {
 			return res, fmt.Errorf("gc %s: remove layer links: %w", st.Name, err)
@@ -531,8 +600,33 @@ func revisionLink(repo string, d digest.Digest) string {
 }
 
 // claimed reports whether another replica relies on d.
-func (st Store) claimed(ctx context.Context, d digest.Digest) bool {
-	return st.Cluster != nil && st.Cluster.Claimed(ctx, d)
+func (f *fence) claimed(ctx context.Context, d digest.Digest) bool {
+	return f.lead != nil && f.lead.Claimed(ctx, d)
+}
+
+// markerPath is the object whose LastModified is a collection's start, by
+// the bucket's clock. It is outside /docker, which distribution walks.
+const markerPath = "/multiproxy/gc-start"
+
+// cutoff is the LastModified after which a blob may have been written
+// during this collection. It is read off the bucket's clock, not this
+// replica's, which may run ahead of it: a marker object is written now and
+// its LastModified taken as the start. A multipart object's LastModified is
+// when its upload began, so one finishing after the start began at most
+// MaxUpload earlier; and LastModified has one-second resolution.
+func (st Store) cutoff(ctx context.Context) (time.Time, error) {
+	if err := st.Driver.PutContent(ctx, markerPath, []byte(time.Now().UTC().Format(time.RFC3339Nano))); err != nil {
+		return time.Time{}, fmt.Errorf("write the collection start marker: %w", err)
+	}
+	fi, err := st.Driver.Stat(ctx, markerPath)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("read the collection start marker: %w", err)
+	}
+	maxUpload := st.MaxUpload
+	if maxUpload <= 0 {
+		maxUpload = config.DefaultFillTimeout
+	}
+	return fi.ModTime().Add(-maxUpload - time.Second), nil
 }
 
 // newerThan reports whether a shared bucket's blob d was written after

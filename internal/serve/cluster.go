@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/gorilla/mux"
@@ -194,10 +195,10 @@ type clusterGuard struct {
 
 func (g clusterGuard) Use(ds ...digest.Digest) {
 	g.local.Use(ds...)
-	if g.co.Collecting(g.name) {
-		if err := g.co.Claim(context.Background(), g.name, ds...); err != nil {
-			slog.Debug("claim for collection", "err", err)
-		}
+	// Claim decides whether a collection may be running: unless Redis
+	// said none is, the claim is made or kept for the next one.
+	if err := g.co.Claim(context.Background(), g.name, ds...); err != nil {
+		slog.Debug("claim for collection", "err", err)
 	}
 }
 
@@ -212,31 +213,40 @@ type gcCluster struct {
 }
 
 // Lead waits for the cluster's collection lease, then announces the
-// collection and waits past every replica's next probe, so that all of
-// them claim what they use before the scan starts.
-func (g gcCluster) Lead(ctx context.Context) (func(), error) {
-	var lease *coord.Lease
+// collection under the lease's token and waits past every replica's next
+// probe, so that all of them claim what they use before the scan starts.
+func (g gcCluster) Lead(ctx context.Context) (gc.Leadership, error) {
+	var lease *coord.GCLease
 	for {
 		l, holder, err := g.co.AcquireGC(ctx, g.name)
-		if err != nil {
+		switch {
+		case errors.Is(err, coord.ErrSettling):
+			// Redis restarted empty or failed over: an old collector
+			// may not have found its lease lost yet.
+			g.log.Info("waiting one lease TTL after Redis lost its data", "why", err)
+		case err != nil:
 			return nil, fmt.Errorf("cluster collection lease: %w", err)
-		}
-		if l != nil {
+		case l != nil:
 			lease = l
+		default:
+			g.log.Info("waiting for another replica's collection", "holder", holder)
+		}
+		if lease != nil {
 			break
 		}
-		g.log.Info("waiting for another replica's collection", "holder", holder)
 		select {
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		case <-time.After(time.Second):
 		}
 	}
-	if err := g.co.BeginCollection(ctx, g.name); err != nil {
+	if err := lease.Begin(ctx); err != nil {
 		lease.Release()
 		return nil, fmt.Errorf("announce collection: %w", err)
 	}
 	g.obs.GCLeader(true)
+	g.log.Info("collecting for the cluster", "token", lease.Token())
+	held, cancel := context.WithCancelCause(ctx)
 	stop := make(chan struct{})
 	done := make(chan struct{})
 	go func() {
@@ -247,26 +257,54 @@ func (g gcCluster) Lead(ctx context.Context) (func(), error) {
 			select {
 			case <-stop:
 				return
+			case <-lease.Lost():
+				cancel(fmt.Errorf("collection lease (token %s): %w", lease.Token(), coord.ErrLeaseLost))
+				return
 			case <-t.C:
-				_ = g.co.KeepCollecting(context.Background())
+				_ = lease.Keep(context.Background())
 			}
 		}
 	}()
 	select {
 	case <-time.After(2*coord.ProbeInterval() + 500*time.Millisecond):
-	case <-ctx.Done():
+	case <-held.Done():
 	}
-	return func() {
+	return &gcLead{g: g, lease: lease, held: held, end: func() {
 		close(stop)
 		<-done
-		_ = g.co.EndCollection(context.Background(), g.name)
+		cancel(context.Canceled)
+		_ = lease.End(context.Background())
 		g.obs.GCLeader(false)
 		lease.Release()
-	}, nil
+	}}, nil
 }
 
-func (g gcCluster) Claimed(ctx context.Context, d digest.Digest) bool {
-	ok, err := g.co.Claimed(ctx, g.name, d)
+// gcLead is this replica's collection of one upstream for the cluster.
+type gcLead struct {
+	g     gcCluster
+	lease *coord.GCLease
+	held  context.Context
+	end   func()
+	once  sync.Once
+}
+
+func (l *gcLead) Context() context.Context { return l.held }
+func (l *gcLead) Valid() error {
+	if err := l.lease.Valid(); err != nil {
+		return fmt.Errorf("collection lease (token %s): %w", l.lease.Token(), err)
+	}
+	return nil
+}
+func (l *gcLead) Check(ctx context.Context) error {
+	if err := l.lease.Check(ctx); err != nil {
+		return fmt.Errorf("collection lease (token %s): %w", l.lease.Token(), err)
+	}
+	return nil
+}
+func (l *gcLead) End() { l.once.Do(l.end) }
+
+func (l *gcLead) Claimed(ctx context.Context, d digest.Digest) bool {
+	ok, err := l.lease.Claimed(ctx, d)
 	// Unsure means claimed: sparing a blob costs space, sweeping one in
 	// use costs a pull.
 	return ok || err != nil

@@ -139,6 +139,7 @@ func (p *Process) makeRoom(ctx context.Context, name string, n int64) error {
 // coordination, as the cluster's one collector.
 func (p *Process) gcStore(r *running) gc.Store {
 	st := gc.StoreOf(r.name, r.server.Cache(), r.guard)
+	st.MaxUpload = r.cfg.FillTimeout
 	if p.cluster != nil {
 		st.Cluster = gcCluster{co: p.cluster.co, name: r.name, obs: p.metrics.For(r.name), log: p.log.With("upstream", r.name)}
 	}

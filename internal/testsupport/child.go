@@ -99,6 +99,10 @@ func (c *Child) Kill(t testing.TB) {
 	}
 }
 
+// Signal sends sig to the process: SIGSTOP and SIGCONT pause and resume
+// it as a kernel, a debugger or a frozen container would.
+func (c *Child) Signal(sig os.Signal) error { return c.cmd.Process.Signal(sig) }
+
 // Exited is closed once the process has ended.
 func (c *Child) Exited() <-chan struct{} { return c.exited }
 

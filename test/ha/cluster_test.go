@@ -67,6 +67,9 @@ type options struct {
 	// sentinel has the replicas find Redis through a Sentinel watching a
 	// master and its replica, rather than at one address.
 	sentinel bool
+	// s3Endpoint, if set, is the bucket endpoint replica i is given, in
+	// place of the gateway's own: a test puts a proxy there.
+	s3Endpoint func(i int, gateway string) string
 }
 
 func startCluster(t *testing.T, up *ts.Upstream, n int, o options) *cluster {
@@ -88,6 +91,10 @@ func startCluster(t *testing.T, up *ts.Upstream, n int, o options) *cluster {
 		dir := t.TempDir()
 		r := &replica{i: i, dir: dir, listen: ts.FreeAddr(t), admin: ts.FreeAddr(t), peer: ts.FreeAddr(t)}
 		r.cfg = filepath.Join(dir, "multiproxy.yaml")
+		endpoint := c.s3.Endpoint
+		if o.s3Endpoint != nil {
+			endpoint = o.s3Endpoint(i, endpoint)
+		}
 		yaml := fmt.Sprintf(`data_dir: %s
 log_level: debug
 shutdown_timeout: 5s
@@ -112,7 +119,7 @@ upstreams:
     listen: %s
     remote: %s
     timeout: 3s
-%s`, filepath.Join(dir, "data"), r.admin, c.s3.Endpoint, c.s3.Region, c.s3.Bucket,
+%s`, filepath.Join(dir, "data"), r.admin, endpoint, c.s3.Region, c.s3.Bucket,
 			c.s3.AccessKeyFile, c.s3.SecretKeyFile, o.storage, redisYAML,
 			r.peer, r.peer, o.leaseTTL, upstreamName, r.listen, up.URL, o.extra)
 		if err := os.WriteFile(r.cfg, []byte(yaml), 0o600); err != nil {
