@@ -7,7 +7,8 @@ import (
 	"strings"
 )
 
-// loadStorageSecrets reads the bucket keys and the Redis password. A file
+// loadStorageSecrets reads the bucket keys, the Redis password and the
+// peer token. A file
 // shared by several upstreams (inherited from the top level) is reported
 // once, under the top-level field.
 func (c *Config) loadStorageSecrets() []error {
@@ -35,6 +36,7 @@ func (c *Config) loadStorageSecrets() []error {
 		read(field+"secret_key_file", s3.SecretKeyFile, &s3.SecretKey)
 	}
 	read("coordination.redis.password_file", c.Coordination.Redis.PasswordFile, &c.Coordination.Redis.Password)
+	read("coordination.peer_token_file", c.Coordination.PeerTokenFile, &c.Coordination.PeerToken)
 	return errs
 }
 
