@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -218,14 +219,21 @@ func New(ctx context.Context, o Options) (*Cache, error) {
 		}
 		shared = &sharedState{Shared: *o.Shared, tier: t}
 		if shared.Peers == nil {
-			shared.Peers = &http.Client{Transport: &http.Transport{
-				ResponseHeaderTimeout: 2 * o.Upstream.Timeout(),
-				MaxIdleConnsPerHost:   16,
-				IdleConnTimeout:       time.Minute,
-				// Blobs are compressed already; a peer's bytes are hashed
-				// as they come, as an upstream's are.
-				DisableCompression: true,
-			}}
+			timeout := o.Upstream.Timeout()
+			dialer := &net.Dialer{Timeout: timeout, KeepAlive: 30 * time.Second}
+			shared.Peers = &http.Client{
+				// The address comes from Redis: a redirect would take the
+				// request, and its token, wherever the answer says.
+				CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+				Transport: &http.Transport{
+					DialContext:           dialer.DialContext,
+					ResponseHeaderTimeout: timeout,
+					MaxIdleConnsPerHost:   16,
+					IdleConnTimeout:       time.Minute,
+					// Blobs are compressed already; a peer's bytes are hashed
+					// as they come, as an upstream's are.
+					DisableCompression: true,
+				}}
 		}
 		// Beside the copies, so that committing one is a rename.
 		spool = filepath.Join(o.Shared.TierDir, "_spool")
