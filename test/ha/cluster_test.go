@@ -62,6 +62,9 @@ type options struct {
 	// storage is appended to the storage section's s3 keys (indented
 	// four spaces), or starts a sibling key at two.
 	storage string
+	// peerToken, if set, is every replica's coordination.peer_token_file
+	// content.
+	peerToken string
 }
 
 func startCluster(t *testing.T, up *ts.Upstream, n int, o options) *cluster {
@@ -70,6 +73,14 @@ func startCluster(t *testing.T, up *ts.Upstream, n int, o options) *cluster {
 		o.leaseTTL = "2s"
 	}
 	c := &cluster{t: t, up: up, s3: ts.StartS3(t), redis: ts.StartRedis(t)}
+	coordExtra := ""
+	if o.peerToken != "" {
+		tf := filepath.Join(t.TempDir(), "peer-token")
+		if err := os.WriteFile(tf, []byte(o.peerToken+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		coordExtra = "  peer_token_file: " + tf + "\n"
+	}
 	for i := range n {
 		dir := t.TempDir()
 		r := &replica{i: i, dir: dir, listen: ts.FreeAddr(t), admin: ts.FreeAddr(t), peer: ts.FreeAddr(t)}
@@ -95,14 +106,14 @@ storage:
   peer_listen: %s
   advertise: %s
   lease_ttl: %s
-upstreams:
+%supstreams:
   - name: %s
     listen: %s
     remote: %s
     timeout: 3s
 %s`, filepath.Join(dir, "data"), r.admin, c.s3.Endpoint, c.s3.Region, c.s3.Bucket,
 			c.s3.AccessKeyFile, c.s3.SecretKeyFile, o.storage, c.redis.Addr, c.redis.PasswordFile,
-			r.peer, r.peer, o.leaseTTL, upstreamName, r.listen, up.URL, o.extra)
+			r.peer, r.peer, o.leaseTTL, coordExtra, upstreamName, r.listen, up.URL, o.extra)
 		if err := os.WriteFile(r.cfg, []byte(yaml), 0o600); err != nil {
 			t.Fatal(err)
 		}
