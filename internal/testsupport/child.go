@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"syscall"
 	"testing"
 	"time"
 
@@ -97,6 +98,17 @@ func (c *Child) Kill(t testing.TB) {
 	case <-time.After(30 * time.Second):
 		t.Errorf("testsupport: child %d did not exit after SIGKILL", c.cmd.Process.Pid)
 	}
+}
+
+// Freeze sends SIGSTOP: the process holds its connections and its Redis
+// leases but neither answers nor renews anything, as a hung replica does.
+// It is resumed (SIGCONT) when the test ends, so its cleanup can stop it.
+func (c *Child) Freeze(t testing.TB) {
+	t.Helper()
+	if err := c.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatalf("testsupport: freeze child %d: %v", c.cmd.Process.Pid, err)
+	}
+	t.Cleanup(func() { _ = c.cmd.Process.Signal(syscall.SIGCONT) })
 }
 
 // Exited is closed once the process has ended.
