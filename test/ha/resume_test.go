@@ -45,26 +45,11 @@ func TestKilledHolderResumesFromTheOffset(t *testing.T) {
 	img := up.Push(t, "team/big:v1", 1, size)
 	layer := ts.LayerDigests(t, img)[0]
 	release := make(chan struct{})
-	var sent atomic.Int64
-	var mu sync.Mutex
-	var ranges []string
-	var first atomic.Bool
-	up.Faults.Add(ts.Rule{Method: http.MethodGet, PathContains: "/blobs/" + layer,
-		Action: func(w http.ResponseWriter, r *http.Request, next http.Handler) {
-			mu.Lock()
-			ranges = append(ranges, r.Header.Get("Range"))
-			mu.Unlock()
-			cw := countingWriter{w, &sent}
-			if first.CompareAndSwap(false, true) {
-				ts.HoldBody(size/2, release)(cw, r, next)
-				return
-			}
-			next.ServeHTTP(cw, r)
-		}})
+	ranges, sent := recordRanges(up, layer, ts.HoldBody(size/2, release))
 	c := startCluster(t, up, 2, options{leaseTTL: "2s"})
 
-	results := make(chan error, 2)
-	go func() { _, err := getBlob(c.replicas[0], "team/big", layer); results <- err }()
+	killed, survived := make(chan error, 1), make(chan error, 1)
+	go func() { _, err := getBlob(c.replicas[0], "team/big", layer); killed <- err }()
 	holder := c.waitLease(t, layer)
 	owner, other := c.replicas[0], c.replicas[1]
 	if holder != owner.peer {
@@ -78,7 +63,7 @@ func TestKilledHolderResumesFromTheOffset(t *testing.T) {
 	go func() {
 		resp, err := http.Get("http://" + other.listen + "/v2/team/big/blobs/" + layer)
 		if err != nil {
-			results <- err
+			survived <- err
 			return
 		}
 		defer resp.Body.Close()
@@ -87,29 +72,28 @@ func TestKilledHolderResumesFromTheOffset(t *testing.T) {
 		if err == nil && "sha256:"+hex.EncodeToString(h.Sum(nil)) != layer {
 			err = fmt.Errorf("wrong bytes")
 		}
-		results <- err
+		survived <- err
 	}()
 	ts.WaitUntil(t, 20*time.Second, "replica 1's client has the held half", func() (bool, string) {
 		return got.Load() >= size/2-1, fmt.Sprint(got.Load())
 	})
 	owner.child.Kill(t)
 	close(release)
-	<-results // the killed replica's client: cut, as expected
-	if err := <-results; err != nil {
+	<-killed // the killed replica's client: cut, as expected
+	if err := <-survived; err != nil {
 		t.Fatalf("the surviving replica's client saw the holder's death: %v", err)
 	}
 
-	mu.Lock()
-	defer mu.Unlock()
-	t.Logf("upstream blob GETs: ranges %q, %d bytes sent for a %d-byte blob", ranges, sent.Load(), size)
+	rs := ranges()
+	t.Logf("upstream blob GETs: ranges %q, %d bytes sent for a %d-byte blob", rs, sent.Load(), size)
 	resumed := false
-	for _, r := range ranges[1:] {
+	for _, r := range rs[min(1, len(rs)):] {
 		if strings.HasPrefix(r, "bytes=") && strings.HasSuffix(r, "-") && r != "bytes=0-" {
 			resumed = true
 		}
 	}
-	if len(ranges) < 2 || !resumed {
-		t.Errorf("the takeover asked the upstream for %q, want a Range: bytes=N- from its offset", ranges)
+	if len(rs) < 2 || !resumed {
+		t.Errorf("the takeover asked the upstream for %q, want a Range: bytes=N- from its offset", rs)
 	}
 	if got := sent.Load(); float64(got) > 1.1*size {
 		t.Errorf("the upstream sent %d bytes for a %d-byte blob (%.2f×), want ≤ 1.1×", got, size, float64(got)/size)
