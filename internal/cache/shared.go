@@ -334,6 +334,12 @@ func (c *Cache) peerSource(ctx context.Context, peer string, d digest.Digest, of
 	if !ok {
 		resp.Body.Close()
 		cancel()
+		if resp.StatusCode == http.StatusUnauthorized {
+			// Not a fill that ended: the replicas disagree on
+			// coordination.peer_token_file, and every blob this replica
+			// wants from that one will be fetched twice until fixed.
+			c.log.Warn("peer refused this replica's peer token", "peer", peer, "token_set", c.shared.PeerToken != "")
+		}
 		return nil, fmt.Errorf("peer %s answered %s", peer, resp.Status)
 	}
 	body := upstream.IdleBody(resp.Body, c.client().Timeout(), cancel)
