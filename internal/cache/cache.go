@@ -226,7 +226,14 @@ func New(ctx context.Context, o Options) (*Cache, error) {
 				// request, and its token, wherever the answer says.
 				CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 				Transport: &http.Transport{
-					DialContext:           dialer.DialContext,
+					DialContext: dialer.DialContext,
+					// A peer answers once its own upstream has, within
+					// one timeout of taking the lease; one that has not
+					// by then is hung or black-holed, and this replica
+					// fetches alone rather than wait longer (findSource).
+					// The rare cost: a peer slowed by eviction for its
+					// fill (also bounded by the timeout) is fetched
+					// around once.
 					ResponseHeaderTimeout: timeout,
 					MaxIdleConnsPerHost:   16,
 					IdleConnTimeout:       time.Minute,

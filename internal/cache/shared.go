@@ -278,7 +278,9 @@ func (c *Cache) bucketSource(ctx context.Context, d digest.Digest, offset int64)
 		if r != nil {
 			r.Close()
 		}
-		return nil, false // removed meanwhile (a collection): fetch it again
+		// Removed meanwhile (a collection), or the store did not answer
+		// in time: fetch it again rather than wait.
+		return nil, false
 	}
 	body := upstream.IdleBody(r, c.client().Timeout(), cancel)
 	return &source{kind: SourceBucket, body: body, size: desc.Size, from: offset}, true
