@@ -385,7 +385,7 @@ func TestHAExampleConfigIsValid(t *testing.T) {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	for _, f := range []string{"admin-token", "s3-access-key", "s3-secret-key", "redis-password"} {
+	for _, f := range []string{"admin-token", "s3-access-key", "s3-secret-key", "redis-password", "peer-token"} {
 		writeFile(t, dir, f, "VALUE-OF-"+f+"\n")
 	}
 	text := strings.ReplaceAll(string(raw), "/etc/multiproxy/", dir+"/")
@@ -395,7 +395,7 @@ func TestHAExampleConfigIsValid(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("deploy/ha/multiproxy.yaml: exit %d: %s", code, stderr)
 	}
-	for _, want := range []string{"root: /docker.io", "bucket: multiproxy-cache", "peer_listen: :5098"} {
+	for _, want := range []string{"root: /docker.io", "bucket: multiproxy-cache", "peer_listen: :5098", "peer_token: <redacted>"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("effective config lacks %q", want)
 		}

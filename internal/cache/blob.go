@@ -268,7 +268,10 @@ func (c *Cache) BlobSize(ctx context.Context, name string, d digest.Digest) (int
 			c.obs.Hit(KindBlob)
 			return n, nil
 		}
-		if desc, err := c.ns.BlobStatter().Stat(ctx, d); err == nil {
+		sctx, cancel := c.bucketCall(ctx)
+		desc, err := c.ns.BlobStatter().Stat(sctx, d)
+		cancel()
+		if err == nil {
 			c.obs.Hit(KindBlob)
 			return desc.Size, nil
 		}
@@ -834,6 +837,21 @@ func (s *Stream) open() {
 			s.r, s.rerr = r, nil
 		}
 	}
+}
+
+// StartAt makes a stream that has read nothing start at blob offset off,
+// for a replica resuming a fill that has the bytes before it. It reports
+// false, and the stream starts at 0, once the stream has read, or when
+// the fill passes bytes through a window, which may no longer hold off.
+func (s *Stream) StartAt(off int64) bool {
+	f := s.f
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if s.off != 0 || f.pass || f.ring != nil {
+		return false
+	}
+	s.off = off
+	return true
 }
 
 // Size is the blob's length as the upstream announced it, or -1.

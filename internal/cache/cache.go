@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -224,14 +225,28 @@ func New(ctx context.Context, o Options) (*Cache, error) {
 		}
 		shared = &sharedState{Shared: *o.Shared, tier: t}
 		if shared.Peers == nil {
-			shared.Peers = &http.Client{Transport: &http.Transport{
-				ResponseHeaderTimeout: 2 * o.Upstream.Timeout(),
-				MaxIdleConnsPerHost:   16,
-				IdleConnTimeout:       time.Minute,
-				// Blobs are compressed already; a peer's bytes are hashed
-				// as they come, as an upstream's are.
-				DisableCompression: true,
-			}}
+			timeout := o.Upstream.Timeout()
+			dialer := &net.Dialer{Timeout: timeout, KeepAlive: 30 * time.Second}
+			shared.Peers = &http.Client{
+				// The address comes from Redis: a redirect would take the
+				// request, and its token, wherever the answer says.
+				CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+				Transport: &http.Transport{
+					DialContext: dialer.DialContext,
+					// A peer answers once its own upstream has, within
+					// one timeout of taking the lease; one that has not
+					// by then is hung or black-holed, and this replica
+					// fetches alone rather than wait longer (findSource).
+					// The rare cost: a peer slowed by eviction for its
+					// fill (also bounded by the timeout) is fetched
+					// around once.
+					ResponseHeaderTimeout: timeout,
+					MaxIdleConnsPerHost:   16,
+					IdleConnTimeout:       time.Minute,
+					// Blobs are compressed already; a peer's bytes are hashed
+					// as they come, as an upstream's are.
+					DisableCompression: true,
+				}}
 		}
 		// Beside the copies, so that committing one is a rename.
 		spool = filepath.Join(o.Shared.TierDir, "_spool")

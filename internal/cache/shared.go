@@ -5,13 +5,20 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"net/netip"
+	"net/url"
 	"os"
 	"path"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/distribution/distribution/v3"
 	"github.com/opencontainers/go-digest"
+
+	"github.com/multiproxy/multiproxy/internal/upstream"
 )
 
 // Shared configures a cache whose store is a bucket shared by replicas.
@@ -26,9 +33,13 @@ type Shared struct {
 	// Coord, if set, makes one replica of the cluster fetch each blob.
 	Coord Coordinator
 	// Peers fetches from other replicas' running fills; nil: a client
-	// of the cache's own, whose wait for headers is bounded like an
-	// upstream's (the peer answers once its upstream has).
+	// of the cache's own, whose dial and wait for headers are bounded by
+	// the upstream timeout (the peer answers once its upstream has) and
+	// which follows no redirect: a peer that redirects is not one.
 	Peers *http.Client
+	// PeerToken, if set, is sent to peers as a bearer token
+	// (coordination.peer_token_file).
+	PeerToken string
 }
 
 // Coordinator is the cluster's fill lease service (internal/coord).
@@ -64,6 +75,11 @@ type source struct {
 	body  io.ReadCloser
 	size  int64
 	lease Lease
+	// from is the blob offset of body's first byte: where a resumed fill
+	// asked to start when the source honoured it, else 0.
+	from int64
+	// peer is the replica a peer source streams from.
+	peer string
 }
 
 func (s *source) Close() {
@@ -77,6 +93,11 @@ func (s *source) Close() {
 // is fetching.
 var errNotHere = errors.New("not held by this replica")
 
+// errBadOwner is a fill lease whose owner, as read from Redis, is not a
+// host:port: it is never dialled, so whoever can write Redis cannot make
+// replicas send requests anywhere but to a peer port.
+var errBadOwner = errors.New("fill lease owner is not a host:port")
+
 // openSource finds where a fill reads from. On the filesystem that is
 // always the upstream. On a shared bucket: the bucket if the blob is
 // there; else, with coordination, the upstream if this replica wins the
@@ -84,35 +105,43 @@ var errNotHere = errors.New("not held by this replica")
 // bounded: past the lease TTL and the upstream timeout this replica
 // fetches alone, since a pull must never hang on coordination.
 func (c *Cache) openSource(ctx context.Context, name string, d digest.Digest) (*source, error) {
-	return c.openSourceAt(ctx, name, d, 0)
+	return c.openSourceAt(ctx, name, d, 0, "")
 }
 
-// openSourceAt is openSource for the bytes from offset on: the bucket reads
-// from there; an upstream or a peer sends the whole blob again and the
-// bytes before offset are skipped. They were hashed from the first source
-// already, and the digest check at the end covers both.
-func (c *Cache) openSourceAt(ctx context.Context, name string, d digest.Digest, offset int64) (*source, error) {
-	s, err := c.findSource(ctx, name, d, offset)
-	if err != nil || offset == 0 || s.kind == SourceBucket {
+// openSourceAt is openSource for the bytes from offset on, for a fill that
+// has the bytes before offset already, hashed: the bucket reads from
+// there, and an upstream or a peer is asked for a range. One that ignores
+// the range sends the whole blob again, and the bytes before offset are
+// skipped; the digest check at the end covers every source either way.
+// stalled is a peer whose stream stopped sending: it is not waited for
+// again (see findSource).
+func (c *Cache) openSourceAt(ctx context.Context, name string, d digest.Digest, offset int64, stalled string) (*source, error) {
+	s, err := c.findSource(ctx, name, d, offset, stalled)
+	if err != nil || s.from == offset {
 		return s, err
 	}
-	if _, err := io.CopyN(io.Discard, s.body, offset); err != nil {
+	if _, err := io.CopyN(io.Discard, s.body, offset-s.from); err != nil {
 		s.Close()
 		return nil, fmt.Errorf("skip to byte %d of a resumed fill: %w", offset, err)
 	}
 	return s, nil
 }
 
-func (c *Cache) findSource(ctx context.Context, name string, d digest.Digest, offset int64) (*source, error) {
+// findSource opens a source of d from offset on; see openSourceAt. A peer
+// that does not answer within the upstream timeout (a black-holed or hung
+// replica, which may still renew its lease), or whose stream stalled, or
+// whose address in Redis is not one, is not waited for: this replica
+// fetches alone, as it does when a holder does not deliver in time.
+func (c *Cache) findSource(ctx context.Context, name string, d digest.Digest, offset int64, stalled string) (*source, error) {
 	if c.shared == nil {
-		return c.upstreamSource(ctx, name, d, nil)
+		return c.upstreamSource(ctx, name, d, nil, offset)
 	}
 	if s, ok := c.bucketSource(ctx, d, offset); ok {
 		return s, nil
 	}
 	co := c.shared.Coord
 	if co == nil {
-		return c.upstreamSource(ctx, name, d, nil)
+		return c.upstreamSource(ctx, name, d, nil, offset)
 	}
 	deadline := time.Now().Add(co.TTL() + 2*c.client().Timeout())
 	for {
@@ -120,7 +149,7 @@ func (c *Cache) findSource(ctx context.Context, name string, d digest.Digest, of
 		if err != nil {
 			c.obs.FillUncoordinated()
 			c.log.Warn("fill without coordination", "digest", d, "err", err)
-			return c.upstreamSource(ctx, name, d, nil)
+			return c.upstreamSource(ctx, name, d, nil, offset)
 		}
 		if lease != nil {
 			// Another replica may have committed between our look at the
@@ -129,12 +158,22 @@ func (c *Cache) findSource(ctx context.Context, name string, d digest.Digest, of
 				lease.Release()
 				return s, nil
 			}
-			return c.upstreamSource(ctx, name, d, lease)
+			return c.upstreamSource(ctx, name, d, lease, offset)
 		}
 		if owner != "" && owner != co.Self() {
-			s, err := c.peerSource(ctx, owner, d)
+			if owner == stalled {
+				c.obs.FillUncoordinated()
+				c.log.Warn("fill lease holder stalled; fetching alone", "digest", d, "holder", owner)
+				return c.upstreamSource(ctx, name, d, nil, offset)
+			}
+			s, err := c.peerSource(ctx, owner, d, offset)
 			if err == nil {
 				return s, nil
+			}
+			if errors.Is(err, errBadOwner) || isTimeout(err) {
+				c.obs.FillUncoordinated()
+				c.log.Warn("fill lease holder unreachable; fetching alone", "digest", d, "holder", owner, "err", err)
+				return c.upstreamSource(ctx, name, d, nil, offset)
 			}
 			// Its fill failed or ended, or it died: the lease tells
 			// which once it is released or expires.
@@ -143,7 +182,7 @@ func (c *Cache) findSource(ctx context.Context, name string, d digest.Digest, of
 		if time.Now().After(deadline) {
 			c.obs.FillUncoordinated()
 			c.log.Warn("fill lease holder did not deliver; fetching alone", "digest", d, "holder", owner)
-			return c.upstreamSource(ctx, name, d, nil)
+			return c.upstreamSource(ctx, name, d, nil, offset)
 		}
 		select {
 		case <-ctx.Done():
@@ -156,8 +195,30 @@ func (c *Cache) findSource(ctx context.Context, name string, d digest.Digest, of
 	}
 }
 
-func (c *Cache) upstreamSource(ctx context.Context, name string, d digest.Digest, lease Lease) (*source, error) {
-	resp, err := c.client().GetBlob(ctx, name, d)
+// isTimeout reports a wait that ran out: a dial, a response's headers or
+// an idle body.
+func isTimeout(err error) bool {
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return true
+	}
+	var ue *upstream.Error
+	return errors.As(err, &ue) && ue.Cause == upstream.CauseTimeout
+}
+
+func (c *Cache) upstreamSource(ctx context.Context, name string, d digest.Digest, lease Lease, offset int64) (*source, error) {
+	resp, err := c.client().GetBlobFrom(ctx, name, d, offset)
+	if err == nil && offset > 0 {
+		from, ok := bodyStart(resp, offset)
+		if ok {
+			return &source{kind: SourceUpstream, body: resp.Body, size: resp.ContentLength, lease: lease, from: from}, nil
+		}
+		// A range that is not the one asked for: start over.
+		c.log.Warn("upstream answered a resumed fill with another range; fetching the whole blob",
+			"digest", d, "offset", offset, "content_range", resp.Header.Get("Content-Range"))
+		resp.Body.Close()
+		resp, err = c.client().GetBlob(ctx, name, d)
+	}
 	if err != nil {
 		c.upstreamFailed(KindBlob, err)
 		if lease != nil {
@@ -168,49 +229,143 @@ func (c *Cache) upstreamSource(ctx context.Context, name string, d digest.Digest
 	return &source{kind: SourceUpstream, body: resp.Body, size: resp.ContentLength, lease: lease}, nil
 }
 
-// bucketSource opens d in the bucket from offset on, if it is there.
+// bodyStart is the blob offset of resp's first byte for a request of the
+// bytes from offset on: 0 for a whole blob (200), offset for a 206 whose
+// Content-Range starts there. ok is false for any other answer.
+func bodyStart(resp *http.Response, offset int64) (from int64, ok bool) {
+	switch resp.StatusCode {
+	case http.StatusOK:
+		return 0, true
+	case http.StatusPartialContent:
+		rest, ok := strings.CutPrefix(resp.Header.Get("Content-Range"), "bytes ")
+		if !ok {
+			return 0, false
+		}
+		first, _, ok := strings.Cut(rest, "-")
+		if !ok {
+			return 0, false
+		}
+		n, err := strconv.ParseInt(first, 10, 64)
+		return n, err == nil && n == offset
+	}
+	return 0, false
+}
+
+// bucketCall bounds one call to the bucket by the upstream timeout: a hung
+// object store must not hold a fill, and every client waiting on it, for
+// the fill's whole timeout.
+func (c *Cache) bucketCall(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, c.client().Timeout())
+}
+
+// bucketSource opens d in the bucket from offset on, if it is there. The
+// Stat and the open are each bounded by the upstream timeout, and so is
+// each read of the body (a stalled store ends it with an error).
 func (c *Cache) bucketSource(ctx context.Context, d digest.Digest, offset int64) (*source, bool) {
-	desc, err := c.ns.BlobStatter().Stat(ctx, d)
+	sctx, scancel := c.bucketCall(ctx)
+	desc, err := c.ns.BlobStatter().Stat(sctx, d)
+	scancel()
 	if err != nil {
 		return nil, false
 	}
-	r, err := c.driver.Reader(ctx, blobDataPath(d), offset)
-	if err != nil {
-		return nil, false // removed meanwhile (a collection): fetch it again
+	// The body lives on this context: the open's timer is stopped once it
+	// returns, and the idle timer takes over.
+	rctx, cancel := context.WithCancel(ctx)
+	t := time.AfterFunc(c.client().Timeout(), cancel)
+	r, err := c.driver.Reader(rctx, blobDataPath(d), offset)
+	if !t.Stop() || err != nil {
+		cancel()
+		if r != nil {
+			r.Close()
+		}
+		// Removed meanwhile (a collection), or the store did not answer
+		// in time: fetch it again rather than wait.
+		return nil, false
 	}
-	return &source{kind: SourceBucket, body: r, size: desc.Size}, true
+	body := upstream.IdleBody(r, c.client().Timeout(), cancel)
+	return &source{kind: SourceBucket, body: body, size: desc.Size, from: offset}, true
 }
 
-// peerSource streams d from the replica fetching it.
-func (c *Cache) peerSource(ctx context.Context, peer string, d digest.Digest) (*source, error) {
+// validPeer reports whether owner, as read from Redis, is a host:port a
+// peer can listen at: a URL, a path or anything else a request could be
+// steered with is not.
+func validPeer(owner string) bool {
+	host, port, err := net.SplitHostPort(owner)
+	if err != nil || host == "" {
+		return false
+	}
+	if p, err := strconv.ParseUint(port, 10, 16); err != nil || p == 0 {
+		return false
+	}
+	if _, err := netip.ParseAddr(host); err == nil {
+		return true
+	}
+	for _, r := range host {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '.') {
+			return false
+		}
+	}
+	return true
+}
+
+// peerSource streams d from offset on from the replica fetching it.
+func (c *Cache) peerSource(ctx context.Context, peer string, d digest.Digest, offset int64) (*source, error) {
+	if !validPeer(peer) {
+		return nil, fmt.Errorf("%w: %q", errBadOwner, peer)
+	}
 	hc := c.shared.Peers
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+peer+PeerPath(c.shared.Name, d), nil)
+	u := url.URL{Scheme: "http", Host: peer, Path: PeerPath(c.shared.Name, d)}
+	rctx, cancel := context.WithCancel(ctx)
+	req, err := http.NewRequestWithContext(rctx, http.MethodGet, u.String(), nil)
 	if err != nil {
+		cancel()
 		return nil, err
+	}
+	if c.shared.PeerToken != "" {
+		req.Header.Set("Authorization", "Bearer "+c.shared.PeerToken)
+	}
+	if offset > 0 {
+		req.Header.Set("Range", "bytes="+strconv.FormatInt(offset, 10)+"-")
 	}
 	resp, err := hc.Do(req)
 	if err != nil {
-		return nil, err
+		cancel()
+		return nil, fmt.Errorf("peer %s: %w", peer, err)
 	}
-	if resp.StatusCode != http.StatusOK {
+	from, ok := bodyStart(resp, offset)
+	if !ok {
 		resp.Body.Close()
-		return nil, fmt.Errorf("peer answered %s", resp.Status)
+		cancel()
+		if resp.StatusCode == http.StatusUnauthorized {
+			// Not a fill that ended: the replicas disagree on
+			// coordination.peer_token_file, and every blob this replica
+			// wants from that one will be fetched twice until fixed.
+			c.log.Warn("peer refused this replica's peer token", "peer", peer, "token_set", c.shared.PeerToken != "")
+		}
+		return nil, fmt.Errorf("peer %s answered %s", peer, resp.Status)
 	}
-	return &source{kind: SourcePeer, body: resp.Body, size: resp.ContentLength}, nil
+	body := upstream.IdleBody(resp.Body, c.client().Timeout(), cancel)
+	return &source{kind: SourcePeer, body: body, size: resp.ContentLength, from: from, peer: peer}, nil
 }
 
 // resume finds another source for a fill whose peer stream broke (the
-// replica fetching the blob died, or its fill failed): the bucket if the
-// blob got there, else whoever holds the lease now, this replica included
-// once the dead one's lease expires. The fill's clients keep their
-// connection meanwhile and never see the break. An upstream or the bucket
-// failing mid-body is not resumed: that error is theirs to report.
+// replica fetching the blob died, or its fill failed) or stalled: the
+// bucket if the blob got there, else whoever holds the lease now, this
+// replica included once the dead one's lease expires, or the upstream
+// at once if the peer stalled. The new source is asked for the bytes from
+// offset on. The fill's clients keep their connection meanwhile and never
+// see the break. An upstream or the bucket failing mid-body is not
+// resumed: that error is theirs to report.
 func (c *Cache) resume(ctx context.Context, broken *source, name string, d digest.Digest, offset int64, cause error) *source {
 	if broken.kind != SourcePeer || c.shared == nil || ctx.Err() != nil {
 		return nil
 	}
 	c.log.Warn("peer stream broke; resuming the fill", "digest", d, "offset", offset, "err", cause)
-	s, err := c.openSourceAt(ctx, name, d, offset)
+	stalled := ""
+	if isTimeout(cause) {
+		stalled = broken.peer
+	}
+	s, err := c.openSourceAt(ctx, name, d, offset, stalled)
 	if err != nil {
 		c.log.Warn("resume fill", "digest", d, "err", err)
 		return nil

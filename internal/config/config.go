@@ -132,6 +132,12 @@ type Coordination struct {
 	// LeaseTTL is how long a fill or collection lease outlives a replica
 	// that stopped renewing it (a crash): the wait before another takes over.
 	LeaseTTL time.Duration `mapstructure:"lease_ttl" yaml:"lease_ttl,omitempty"`
+	// PeerTokenFile holds a bearer token every peer request carries and
+	// peer_listen requires: without it, anything that reaches the peer
+	// port can read every blob a replica holds or is fetching.
+	PeerTokenFile string `mapstructure:"peer_token_file" yaml:"peer_token_file,omitempty"`
+	// PeerToken is loaded from PeerTokenFile.
+	PeerToken Secret `mapstructure:"-" yaml:"peer_token,omitempty"`
 }
 
 // Enabled reports whether replicas coordinate.

@@ -483,6 +483,16 @@ upstreams:
 			field: "admin.listen", msg: "invalid address",
 		},
 		{
+			name:  "unreadable peer_token_file",
+			yaml:  "coordination:\n  redis: {addr: '127.0.0.1:6379'}\n  peer_token_file: {{dir}}/peer-token\n",
+			field: "coordination.peer_token_file", msg: "/peer-token: no such file",
+		},
+		{
+			name:  "empty peer_token_file",
+			yaml:  "coordination:\n  redis: {addr: '127.0.0.1:6379'}\n  peer_token_file: {{dir}}/empty\n",
+			field: "coordination.peer_token_file", msg: "empty",
+		},
+		{
 			name:  "unreadable admin token_file",
 			yaml:  "admin:\n  token_file: {{dir}}/token\n",
 			field: "admin.token_file", msg: "/token: no such file",

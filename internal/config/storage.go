@@ -7,7 +7,8 @@ import (
 	"strings"
 )
 
-// loadStorageSecrets reads the bucket keys and the Redis password. A file
+// loadStorageSecrets reads the bucket keys, the Redis password and the
+// peer token. A file
 // shared by several upstreams (inherited from the top level) is reported
 // once, under the top-level field.
 func (c *Config) loadStorageSecrets() []error {
@@ -37,6 +38,7 @@ func (c *Config) loadStorageSecrets() []error {
 	read("coordination.redis.password_file", c.Coordination.Redis.PasswordFile, &c.Coordination.Redis.Password)
 	sentinel := &c.Coordination.Redis.Sentinel
 	read("coordination.redis.sentinel.password_file", sentinel.PasswordFile, &sentinel.Password)
+	read("coordination.peer_token_file", c.Coordination.PeerTokenFile, &c.Coordination.PeerToken)
 	return errs
 }
 

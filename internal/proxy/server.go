@@ -79,6 +79,8 @@ type Options struct {
 	Space *disk.Space
 	// Coord, with a bucket, has one replica of the cluster fetch each blob.
 	Coord cache.Coordinator
+	// PeerToken is sent to the other replicas' peer ports.
+	PeerToken string
 	// RecordPull is told of manifest pulls, for the cluster's eviction.
 	RecordPull func(repo string, d digest.Digest, t time.Time)
 	// MakeRoom evicts from the upstream's store until n more bytes are free.
@@ -157,11 +159,12 @@ func New(ctx context.Context, u config.Upstream, o Options) (*Server, error) {
 		var shared *cache.Shared
 		if u.Storage.S3.Enabled() {
 			shared = &cache.Shared{
-				Name:     u.Name,
-				TierDir:  u.Storage.LocalCache.Dir,
-				TierMax:  int64(u.Storage.LocalCache.MaxSize),
-				Redirect: u.Storage.S3.Redirect,
-				Coord:    o.Coord,
+				Name:      u.Name,
+				TierDir:   u.Storage.LocalCache.Dir,
+				TierMax:   int64(u.Storage.LocalCache.MaxSize),
+				Redirect:  u.Storage.S3.Redirect,
+				Coord:     o.Coord,
+				PeerToken: o.PeerToken,
 			}
 		}
 		s.cache, err = cache.New(ctx, cache.Options{

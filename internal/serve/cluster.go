@@ -2,6 +2,7 @@ package serve
 
 import (
 	"context"
+	"crypto/subtle"
 	"errors"
 	"fmt"
 	"io"
@@ -9,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -28,6 +30,9 @@ type cluster struct {
 	co    *coord.Coordinator
 	peer  *http.Server
 	peerL net.Listener
+	// token is what peer requests carry and the peer port requires;
+	// "" when coordination.peer_token_file is unset.
+	token string
 }
 
 // startCluster connects to Redis and listens for peers. Redis being down
@@ -52,7 +57,7 @@ func (p *Process) startCluster(cfg config.Config) error {
 			return fmt.Errorf("coordination.advertise: %w", err)
 		}
 	}
-	cl := &cluster{peerL: l}
+	cl := &cluster{peerL: l, token: c.PeerToken.Reveal()}
 	cl.co = coord.New(coord.Options{
 		Addr: c.Redis.Addr, Password: c.Redis.Password.Reveal(), DB: c.Redis.DB,
 		Self: self, TTL: c.LeaseTTL, Logger: p.log.With("component", "coordination"),
@@ -67,7 +72,7 @@ func (p *Process) startCluster(cfg config.Config) error {
 	})
 	r := mux.NewRouter()
 	r.Handle("/peer/v1/{upstream}/blobs/{digest}", http.HandlerFunc(p.servePeer)).Methods(http.MethodGet)
-	cl.peer = &http.Server{Handler: r, ReadHeaderTimeout: 10 * time.Second,
+	cl.peer = &http.Server{Handler: requireToken(cl.token, r), ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog: slog.NewLogLogger(p.log.Handler(), slog.LevelWarn)}
 	p.mu.Lock()
 	p.cluster = cl
@@ -77,7 +82,8 @@ func (p *Process) startCluster(cfg config.Config) error {
 			p.serveErr <- fmt.Errorf("peer listener: %w", err)
 		}
 	}()
-	p.log.Info("coordinating through redis", "advertise", self, "peer_listen", l.Addr().String(), "redis_up", cl.co.Up())
+	p.log.Info("coordinating through redis", "advertise", self, "peer_listen", l.Addr().String(), "redis_up", cl.co.Up(),
+		"peer_token", cl.token != "")
 	return nil
 }
 
@@ -118,6 +124,24 @@ func advertiseAddr(redisAddr string, peer net.Addr) (string, error) {
 	return net.JoinHostPort(host, port), nil
 }
 
+// requireToken refuses a peer request without the bearer token, when one
+// is set. The comparison takes the same time wherever the first wrong byte
+// is, so the token cannot be guessed byte by byte from answer times.
+func requireToken(token string, next http.Handler) http.Handler {
+	if token == "" {
+		return next
+	}
+	want := []byte("Bearer " + token)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="multiproxy peer"`)
+			http.Error(w, "peer token required", http.StatusUnauthorized)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
 // servePeer gives another replica this replica's running fill or local
 // copy of a blob. It never starts a fetch: the asking replica does that
 // itself on a 404.
@@ -149,15 +173,39 @@ func (p *Process) servePeer(w http.ResponseWriter, r *http.Request) {
 		http.ServeContent(w, r, "", time.Time{}, b.File)
 		return
 	}
+	status := http.StatusOK
 	if n := b.Stream.Size(); n >= 0 {
+		// A replica resuming a fill asks for the bytes it lacks
+		// (bytes=N-); it checks the Content-Range, and anything else
+		// gets the whole blob, which it skips through.
+		if from, ok := openRange(r.Header.Get("Range"), n); ok && b.Stream.StartAt(from) {
+			status = http.StatusPartialContent
+			w.Header().Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", from, n-1, n))
+			n -= from
+		}
 		w.Header().Set("Content-Length", strconv.FormatInt(n, 10))
 	}
-	w.WriteHeader(http.StatusOK)
+	w.WriteHeader(status)
 	if _, err := io.Copy(w, b.Stream); err != nil {
 		// Cut the connection: the peer must see a broken body, not a
 		// short one (it verifies the digest either way).
 		panic(http.ErrAbortHandler)
 	}
+}
+
+// openRange parses the one kind of range a peer asks for, bytes=N- with N
+// inside a blob of size bytes.
+func openRange(h string, size int64) (int64, bool) {
+	rest, ok := strings.CutPrefix(h, "bytes=")
+	if !ok {
+		return 0, false
+	}
+	first, ok := strings.CutSuffix(rest, "-")
+	if !ok {
+		return 0, false
+	}
+	n, err := strconv.ParseInt(first, 10, 64)
+	return n, err == nil && n > 0 && n < size
 }
 
 func (p *Process) currentUpstreams() []*running {

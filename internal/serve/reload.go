@@ -52,6 +52,7 @@ func (p *Process) newRunning(ctx context.Context, u config.Upstream, replacing *
 			obs.CoordinationUp(co.Up())
 			opts.Guard = clusterGuard{local: guard, co: co, name: u.Name}
 			opts.Coord = fillCoord{co: co, name: u.Name}
+			opts.PeerToken = p.cluster.token
 			opts.RecordPull = recordPull(co, u.Name)
 		}
 		space, err := p.spaceFor(localDir(u))

@@ -9,10 +9,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"path"
+	"reflect"
 	"strings"
 	"time"
 
+	awss3 "github.com/aws/aws-sdk-go/service/s3"
 	"github.com/distribution/distribution/v3/configuration"
 	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
 	"github.com/distribution/distribution/v3/registry/storage/driver/filesystem"
@@ -30,7 +33,52 @@ func Driver(ctx context.Context, st config.UpstreamStorage) (storagedriver.Stora
 	if err != nil {
 		return nil, fmt.Errorf("open bucket %s: %w", st.S3.Bucket, err)
 	}
+	if err := boundHeaders(d, responseHeaderTimeout); err != nil {
+		return nil, fmt.Errorf("open bucket %s: %w", st.S3.Bucket, err)
+	}
 	return d, nil
+}
+
+// responseHeaderTimeout bounds the wait for an object store's answer once
+// a request is sent. Without it a hung store holds a call, and whatever
+// waits on it, until the caller's context ends: for a fill, its whole
+// fill_timeout. The bound is generous because the slowest legitimate
+// answer, completing the multipart upload of a large blob, may take
+// seconds on a busy store; callers on a client's path bound their calls
+// more tightly themselves (see the cache's bucketCall).
+var responseHeaderTimeout = 30 * time.Second
+
+// boundHeaders gives the s3-aws driver's AWS client an HTTP client whose
+// transport has a response-header timeout. The driver takes no HTTP client
+// or timeout parameter, and its S3 client is behind an unexported type,
+// reached here by reflection on the exported field that holds it (Base's
+// StorageDriver, then S3). If a distribution upgrade moves it, opening the
+// bucket fails, and the storage tests with it, rather than the bound
+// silently going away.
+func boundHeaders(d *s3.Driver, timeout time.Duration) error {
+	v := reflect.ValueOf(d.Base.StorageDriver)
+	if v.Kind() != reflect.Pointer || v.Elem().Kind() != reflect.Struct {
+		return fmt.Errorf("s3 driver is a %T: cannot set its response header timeout", d.Base.StorageDriver)
+	}
+	f := v.Elem().FieldByName("S3")
+	if !f.IsValid() || !f.CanInterface() {
+		return errors.New("s3 driver has no S3 client field: cannot set its response header timeout")
+	}
+	client, ok := f.Interface().(*awss3.S3)
+	if !ok || client == nil {
+		return fmt.Errorf("s3 driver's S3 field is a %s: cannot set its response header timeout", f.Type())
+	}
+	// The SDK's default is http.DefaultClient; a transport of our own
+	// leaves every other user of the default one untouched.
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	if hc := client.Config.HTTPClient; hc != nil && hc != http.DefaultClient {
+		if t, ok := hc.Transport.(*http.Transport); ok {
+			tr = t.Clone() // skipverify's TLS settings
+		}
+	}
+	tr.ResponseHeaderTimeout = timeout
+	client.Config.HTTPClient = &http.Client{Transport: tr}
+	return nil
 }
 
 // AppStorage is the storage section of the embedded App's configuration.

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"syscall"
 	"testing"
 	"time"
 
@@ -102,6 +103,17 @@ func (c *Child) Kill(t testing.TB) {
 // Signal sends sig to the process: SIGSTOP and SIGCONT pause and resume
 // it as a kernel, a debugger or a frozen container would.
 func (c *Child) Signal(sig os.Signal) error { return c.cmd.Process.Signal(sig) }
+
+// Freeze sends SIGSTOP: the process holds its connections and its Redis
+// leases but neither answers nor renews anything, as a hung replica does.
+// It is resumed (SIGCONT) when the test ends, so its cleanup can stop it.
+func (c *Child) Freeze(t testing.TB) {
+	t.Helper()
+	if err := c.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatalf("testsupport: freeze child %d: %v", c.cmd.Process.Pid, err)
+	}
+	t.Cleanup(func() { _ = c.cmd.Process.Signal(syscall.SIGCONT) })
+}
 
 // Exited is closed once the process has ended.
 func (c *Child) Exited() <-chan struct{} { return c.exited }

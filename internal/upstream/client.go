@@ -20,6 +20,7 @@ import (
 	"net/netip"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -203,7 +204,10 @@ func (c *Client) endpoint(path string) string {
 // object-store URL refuses a request that carries one.
 //
 // A 401 is answered once per host; a second one is returned to the caller.
-func (c *Client) send(ctx context.Context, op, method, repo, path string, accept []string) (*http.Response, error) {
+//
+// rng, if set, is sent as the Range header on every hop: a redirect to a
+// CDN or an object store is where the bytes, and so the range, are served.
+func (c *Client) send(ctx context.Context, op, method, repo, path string, accept []string, rng string) (*http.Response, error) {
 	target, err := url.Parse(c.endpoint(path))
 	if err != nil {
 		return nil, err
@@ -218,6 +222,9 @@ func (c *Client) send(ctx context.Context, op, method, repo, path string, accept
 		req.Header.Set("User-Agent", c.ua)
 		if len(accept) > 0 {
 			req.Header.Set("Accept", strings.Join(accept, ", "))
+		}
+		if rng != "" {
+			req.Header.Set("Range", rng)
 		}
 		if err := c.hops.checkProxied(ctx, target); err != nil {
 			return nil, c.refuse(op, err)
@@ -332,13 +339,18 @@ func discard(resp *http.Response) {
 // deadline is a CauseTimeout error, never a bare cancellation a caller could
 // mistake for its client leaving.
 func (c *Client) headers(ctx context.Context, op, method, repo, path string, accept []string) (*http.Response, context.CancelFunc, error) {
+	return c.headersRange(ctx, op, method, repo, path, accept, "")
+}
+
+// headersRange is headers with a Range header (see send).
+func (c *Client) headersRange(ctx context.Context, op, method, repo, path string, accept []string, rng string) (*http.Response, context.CancelFunc, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	var timedOut atomic.Bool
 	timer := time.AfterFunc(c.timeout, func() {
 		timedOut.Store(true)
 		cancel()
 	})
-	resp, err := c.send(ctx, op, method, repo, path, accept)
+	resp, err := c.send(ctx, op, method, repo, path, accept, rng)
 	stopped := timer.Stop()
 	if !stopped && timedOut.Load() {
 		if resp != nil {
@@ -438,16 +450,29 @@ func (c *Client) HeadBlob(ctx context.Context, repo string, d digest.Digest) (in
 // the body with an error instead of hanging the fill. ctx bounds the whole
 // download.
 func (c *Client) GetBlob(ctx context.Context, repo string, d digest.Digest) (*http.Response, error) {
-	resp, cancel, err := c.headers(ctx, "get blob", http.MethodGet, repo, "/v2/"+repo+"/blobs/"+d.String(), nil)
+	return c.GetBlobFrom(ctx, repo, d, 0)
+}
+
+// GetBlobFrom is GetBlob for the bytes from offset on, so a fill that lost
+// its source mid-blob need not fetch again what it has: with offset > 0 it
+// sends Range: bytes=<offset>-. The answer is a 206, which the caller must
+// check against offset (its Content-Range), or a 200 with the whole blob
+// from an upstream that ignores ranges.
+func (c *Client) GetBlobFrom(ctx context.Context, repo string, d digest.Digest, offset int64) (*http.Response, error) {
+	rng := ""
+	if offset > 0 {
+		rng = "bytes=" + strconv.FormatInt(offset, 10) + "-"
+	}
+	resp, cancel, err := c.headersRange(ctx, "get blob", http.MethodGet, repo, "/v2/"+repo+"/blobs/"+d.String(), nil, rng)
 	if err != nil {
 		return nil, err
 	}
-	if resp.StatusCode != http.StatusOK {
+	if resp.StatusCode != http.StatusOK && (offset == 0 || resp.StatusCode != http.StatusPartialContent) {
 		defer cancel()
 		defer resp.Body.Close()
 		return nil, statusError("get blob", resp)
 	}
-	resp.Body = newIdleBody(resp.Body, c.timeout, cancel)
+	resp.Body = IdleBody(resp.Body, c.timeout, cancel)
 	return resp, nil
 }
 

@@ -7,12 +7,19 @@ import (
 	"time"
 )
 
-// errIdle reports an upstream body that stopped sending.
-var errIdle = errors.New("upstream body idle past timeout")
+// errIdle reports a body that stopped sending.
+var errIdle = errors.New("body idle past timeout")
 
-// idleBody ends a body whose reads make no progress for longer than timeout.
-// A black-holed upstream mid-stream would otherwise hang a fill, and every
-// client waiting on it, forever. Only time spent inside Read counts: a fill
+// IdleBody ends a body whose reads make no progress for longer than timeout,
+// calling cancel (which must abort the read: the request's context) and
+// returning a CauseTimeout error. A black-holed upstream, peer replica or
+// object store mid-stream would otherwise hang a fill, and every client
+// waiting on it, for as long as the fill may run. Close calls cancel too.
+func IdleBody(rc io.ReadCloser, timeout time.Duration, cancel func()) io.ReadCloser {
+	return newIdleBody(rc, timeout, cancel)
+}
+
+// idleBody is IdleBody's reader. Only time spent inside Read counts: a fill
 // that pauses its reads (a pass-through fill waiting for its slowest
 // client, a slow disk) is not the upstream being idle.
 type idleBody struct {

@@ -70,6 +70,9 @@ type options struct {
 	// s3Endpoint, if set, is the bucket endpoint replica i is given, in
 	// place of the gateway's own: a test puts a proxy there.
 	s3Endpoint func(i int, gateway string) string
+	// peerToken, if set, is every replica's coordination.peer_token_file
+	// content.
+	peerToken string
 }
 
 func startCluster(t *testing.T, up *ts.Upstream, n int, o options) *cluster {
@@ -86,6 +89,14 @@ func startCluster(t *testing.T, up *ts.Upstream, n int, o options) *cluster {
 	} else {
 		c.redis = ts.StartRedis(t)
 		redisYAML = fmt.Sprintf("    addr: %s\n    password_file: %s\n", c.redis.Addr, c.redis.PasswordFile)
+	}
+	coordExtra := ""
+	if o.peerToken != "" {
+		tf := filepath.Join(t.TempDir(), "peer-token")
+		if err := os.WriteFile(tf, []byte(o.peerToken+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		coordExtra = "  peer_token_file: " + tf + "\n"
 	}
 	for i := range n {
 		dir := t.TempDir()
@@ -114,14 +125,14 @@ storage:
 %s  peer_listen: %s
   advertise: %s
   lease_ttl: %s
-upstreams:
+%supstreams:
   - name: %s
     listen: %s
     remote: %s
     timeout: 3s
 %s`, filepath.Join(dir, "data"), r.admin, endpoint, c.s3.Region, c.s3.Bucket,
 			c.s3.AccessKeyFile, c.s3.SecretKeyFile, o.storage, redisYAML,
-			r.peer, r.peer, o.leaseTTL, upstreamName, r.listen, up.URL, o.extra)
+			r.peer, r.peer, o.leaseTTL, coordExtra, upstreamName, r.listen, up.URL, o.extra)
 		if err := os.WriteFile(r.cfg, []byte(yaml), 0o600); err != nil {
 			t.Fatal(err)
 		}
