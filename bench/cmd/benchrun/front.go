@@ -33,6 +33,7 @@ type front struct {
 
 	mu    sync.Mutex
 	held  chan struct{} // closed to release black-holed requests
+	hold  *bodyHold     // the next blob GET body to stop part-way, if any
 	gets  map[string]int64
 	heads map[string]int64
 	other int64
@@ -80,6 +81,9 @@ func startFront(target string, edit func(*http.Response), tokens http.Handler) (
 			cb := &countingBody{rc: resp.Body, f: f, path: resp.Request.URL.Path, start: time.Now()}
 			if strings.Contains(cb.path, "/blobs/") {
 				cb.rate = f.rate.Load()
+				if resp.Request.Method == http.MethodGet {
+					cb.hold = f.takeHold(cb.path)
+				}
 			}
 			resp.Body = cb
 			return nil
@@ -179,6 +183,54 @@ func (f *front) quiesce(max time.Duration) error {
 	return nil
 }
 
+// bodyHold stops one upstream blob body after at bytes until released, so
+// that a test can act (kill the proxy fetching it) at a known point of the
+// fill rather than race a fast loopback transfer.
+type bodyHold struct {
+	substr   string
+	at       int64
+	reached  chan struct{} // closed once at bytes went to the proxy
+	release  chan struct{}
+	reachOne sync.Once
+	freeOne  sync.Once
+}
+
+// free lets the held body go on; safe to call more than once.
+func (h *bodyHold) free() { h.freeOne.Do(func() { close(h.release) }) }
+
+// holdBody stops the next blob GET body whose path contains substr after
+// at bytes. Only that one: a fill resumed from elsewhere runs freely.
+func (f *front) holdBody(substr string, at int64) *bodyHold {
+	h := &bodyHold{substr: substr, at: at, reached: make(chan struct{}), release: make(chan struct{})}
+	f.mu.Lock()
+	f.hold = h
+	f.mu.Unlock()
+	return h
+}
+
+// unhold frees h and, if no body took it, withdraws it, so that it never
+// stops a later, unrelated GET.
+func (f *front) unhold(h *bodyHold) {
+	f.mu.Lock()
+	if f.hold == h {
+		f.hold = nil
+	}
+	f.mu.Unlock()
+	h.free()
+}
+
+// takeHold hands the pending hold to the body of path, if it is the one.
+func (f *front) takeHold(path string) *bodyHold {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	h := f.hold
+	if h == nil || !strings.Contains(path, h.substr) {
+		return nil
+	}
+	f.hold = nil
+	return h
+}
+
 type countingBody struct {
 	rc    io.ReadCloser
 	f     *front
@@ -187,9 +239,21 @@ type countingBody struct {
 	once  sync.Once
 	rate  int64
 	start time.Time
+	hold  *bodyHold
 }
 
 func (c *countingBody) Read(p []byte) (int, error) {
+	if h := c.hold; h != nil {
+		// The reverse proxy writes each chunk before it reads the next, so
+		// when this read blocks the proxy has been handed the first at bytes.
+		if c.n >= h.at {
+			h.reachOne.Do(func() { close(h.reached) })
+			<-h.release
+			c.hold = nil
+		} else if rest := h.at - c.n; int64(len(p)) > rest {
+			p = p[:rest]
+		}
+	}
 	if c.rate > 0 && len(p) > 64<<10 {
 		p = p[:64<<10] // small steps keep the pace smooth
 	}

@@ -91,6 +91,20 @@ func (p *proc) stop() {
 	_ = syscall.Kill(-p.pid(), syscall.SIGKILL)
 }
 
+// kill9 kills p's process group with SIGKILL, as a crashed or OOM-killed
+// server dies (no shutdown path runs), and waits for it to be gone.
+func (p *proc) kill9() error {
+	if err := syscall.Kill(-p.pid(), syscall.SIGKILL); err != nil {
+		return fmt.Errorf("kill -9 %s (pid %d): %w", p.name, p.pid(), err)
+	}
+	select {
+	case <-p.exited:
+		return nil
+	case <-time.After(10 * time.Second):
+		return fmt.Errorf("%s (pid %d) still running 10 s after SIGKILL", p.name, p.pid())
+	}
+}
+
 // stopAll stops every process this harness started, in parallel.
 func stopAll() {
 	procsMu.Lock()
