@@ -2,8 +2,11 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"math"
 	"net/http"
 	"os"
@@ -11,6 +14,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -30,6 +34,7 @@ type haParams struct {
 	leaseSize   int64 // their size
 	leaseTTL    time.Duration
 	timeout     time.Duration
+	killSize    int64 // the blob whose holder is killed halfway through its fill
 }
 
 // The systems of --ha, as series keys.
@@ -60,15 +65,17 @@ type haBench struct {
 
 	coldImg  []pushed
 	leaseImg []pushed
+	killImg  pushed
 
 	mc *http.Client // metrics scrapes
 }
 
 func haParamsFor(quick bool, reps int) haParams {
 	p := haParams{reps: 5, layer: 20 << 20, clients: 48, replicas: 3, warmPerConn: 8,
-		leaseN: 100, leaseSize: 64 << 10, leaseTTL: 10 * time.Second, timeout: 3 * time.Second}
+		leaseN: 100, leaseSize: 64 << 10, leaseTTL: 10 * time.Second, timeout: 3 * time.Second,
+		killSize: 100 << 20}
 	if quick {
-		p.reps, p.layer, p.warmPerConn, p.leaseN = 3, 8<<20, 4, 50
+		p.reps, p.layer, p.warmPerConn, p.leaseN, p.killSize = 3, 8<<20, 4, 50, 20<<20
 	}
 	if reps > 0 {
 		p.reps = reps
@@ -136,6 +143,14 @@ func (b *bench) runHA() (*results, error) {
 		h.note("HA replicas over the whole run (fan-out, warm primes, small blobs): fills from upstream %.0f, peer %.0f, bucket %.0f; without the lease %.0f",
 			mEnd.upstream-mStart.upstream, mEnd.peer-mStart.peer, mEnd.bucket-mStart.bucket, mEnd.uncoordinated-mStart.uncoordinated)
 	}
+	// Last, as it leaves each cluster a replica short: one trial per
+	// cluster, on its first two replicas.
+	bytesK, wholeK, afterK := series{}, series{}, series{}
+	var killErrs []string
+	logf("--ha: kill -9 the replica fetching a cold %s blob at 50%%", mib(h.hp.killSize))
+	mpLeft := &haSys{name: haMP, admins: mp.admins[1:]}
+	h.killOne(mp, h.reps[0].p, mpLeft, bytesK, wholeK, afterK, &killErrs)
+	h.killOne(ref, h.refs.procs[0], &haSys{name: haRef}, bytesK, wholeK, afterK, &killErrs)
 	h.refLogNotes()
 
 	errNote := func(errs []string) string {
@@ -166,6 +181,15 @@ func (b *bench) runHA() (*results, error) {
 		BaseName: haFS, series: warm, Note: errNote(warmErrs)})
 	b.addRow(&row{Key: "ha_cold_small_blob", Metric: fmt.Sprintf("cold %d KiB blob, one after another, one replica: per blob",
 		h.hp.leaseSize>>10), Unit: "ms", BaseName: haSolo, series: lease, isTime: true, Note: errNote(leaseErrs)})
+	kill := fmt.Sprintf("kill -9 at 50%% of a cold %s fill, one trial", mib(h.hp.killSize))
+	if b.o.quick {
+		kill += " (--quick: 100 MiB in a full run)"
+	}
+	b.addRow(&row{Key: "ha_kill_upstream_bytes", Metric: kill + ": upstream bytes for the blob", Unit: "x blob",
+		series: bytesK, Note: errNote(killErrs)})
+	b.addRow(&row{Key: "ha_kill_survivor_whole", Metric: "  other replica's client got the whole verified blob", Unit: "1 = yes",
+		series: wholeK})
+	b.addRow(&row{Key: "ha_kill_survivor_wait", Metric: "  its last byte, after the kill", Unit: "s", series: afterK, isTime: true})
 	b.addRow(&row{Key: "ha_lease_cost", Metric: "  lease cost per cold blob (HA replica - " + haSolo + ")", Unit: "ms",
 		series: leaseDiff})
 
@@ -229,6 +253,14 @@ func (h *haBench) push() error {
 		}
 		h.leaseImg = append(h.leaseImg, li)
 	}
+	// One blob for both clusters' kill trial: their storage is apart, so
+	// it is cold for each.
+	logf("pushing the --ha kill blob (%s)", mib(h.hp.killSize))
+	ki, err := ps.push("bench/hakill", "v1", []int64{h.hp.killSize}, nil)
+	if err != nil {
+		return err
+	}
+	h.killImg = ki
 	logf("pushed in %.1f s", time.Since(t0).Seconds())
 	return nil
 }
@@ -502,6 +534,19 @@ func (h *haBench) goals() []goal {
 		add("every cold fill under the lease (fills_uncoordinated_total unchanged)", yes(worst == 0),
 			fmt.Sprintf("most in one rep: %.0f", worst))
 	}
+	if r := h.row("ha_kill_upstream_bytes"); r != nil && r.MP != nil {
+		whole := func(sys string) string {
+			if v := at(h.row("ha_kill_survivor_whole").series, sys, 0); v != nil && *v == 1 {
+				return "yes"
+			}
+			return "no"
+		}
+		add(fmt.Sprintf("replica killed -9 at 50%% of a %s fill: upstream bytes <= 1.1x the blob, the other client whole", mib(h.hp.killSize)),
+			yes(*r.MP <= 1.1 && whole(haMP) == "yes"), fmt.Sprintf("multiproxy %.2fx, whole verified blob: %s; reference %s, whole verified blob: %s",
+				*r.MP, whole(haMP), fmtRatio(r.Ref), whole(haRef)))
+	} else {
+		add("replica killed -9 at 50% of a fill: upstream bytes <= 1.1x the blob", nil, "not measured")
+	}
 	if r := h.row("ha_warm_16"); r != nil && r.MPvsBase != nil {
 		info("warm throughput of one HA replica", fmt.Sprintf("%.2fx one multiproxy on the filesystem (%s vs %s MB/s)",
 			*r.MPvsBase, fmtVal(r.MP), fmtVal(r.Base)))
@@ -511,3 +556,119 @@ func (h *haBench) goals() []goal {
 	}
 	return out
 }
+
+// killOne: a cold pull of the kill blob through replica A (bases[0]),
+// which fetches it; once the front has sent half of it, a second client
+// through replica B (bases[1]); once that client has about the same half,
+// A is killed with SIGKILL and the upstream body released. The values:
+// upstream body bytes for the blob (every GET of it, resumes included) per
+// blob size, 1 if B's client got the whole verified blob, and the seconds
+// from the kill to its last byte. survivors are the system's processes
+// left, to wait for before the counts are read.
+func (h *haBench) killOne(s *haSys, victim *proc, survivors *haSys, bytesK, whole, after series, errs *[]string) {
+	img := h.killImg
+	dg, size := img.layers[0], img.sizes[0]
+	fail := func(format string, args ...any) {
+		*errs = append(*errs, s.name+": "+fmt.Sprintf(format, args...))
+	}
+	if err := h.settle(s); err != nil {
+		fail("before: %v", err)
+	}
+	g0, b0 := h.front.counts(dg)
+	at := size / 2
+	hold := h.front.holdBody(dg, at)
+	defer h.front.unhold(hold)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+
+	// A's client is cut by the kill: its error is expected and not kept.
+	go func() { _, _, _ = get(ctx, s.c, http.MethodGet, blobURL(s.bases[0], img.repo, dg), "", dg) }()
+	select {
+	case <-hold.reached:
+	case <-time.After(60 * time.Second):
+		fail("the upstream body never reached %s in 60 s; not killed", mib(at))
+		return
+	}
+	tHeld := time.Now()
+	var got atomic.Int64
+	survived := make(chan error, 1)
+	go func() { survived <- getCounting(ctx, s.c, blobURL(s.bases[1], img.repo, dg), dg, &got) }()
+	// B's client at A's offset means B's fill has what A had: the kill
+	// then tests a resume from there, not a race with the stream. The
+	// margin covers bytes still in buffers between the front and B.
+	deadline := time.Now().Add(30 * time.Second)
+	for got.Load() < at-1<<20 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if n := got.Load(); n < at-1<<20 {
+		fail("B's client had %d of %d bytes after 30 s; killed anyway", n, at)
+	}
+	if held := time.Since(tHeld); held > h.hp.timeout {
+		// The holder's upstream body was idle longer than its upstream
+		// timeout: its fill may have failed on its own before the kill.
+		fail("the body was held %.1f s before the kill, longer than the %v upstream timeout", held.Seconds(), h.hp.timeout)
+	}
+	killedAt := got.Load()
+	if err := victim.kill9(); err != nil {
+		fail("%v", err)
+		return
+	}
+	tKill := time.Now()
+	h.front.unhold(hold)
+	var err error
+	select {
+	case err = <-survived:
+	case <-ctx.Done():
+		err = ctx.Err()
+	}
+	if err != nil {
+		fail("the surviving client: %v", err)
+		whole.put(s.name, 0, 0)
+	} else {
+		whole.put(s.name, 0, 1)
+		after.put(s.name, 0, time.Since(tKill).Seconds())
+	}
+	if err := h.settle(survivors); err != nil {
+		fail("after: %v", err)
+	}
+	g1, b1 := h.front.counts(dg)
+	bytesK.put(s.name, 0, float64(b1-b0)/float64(size))
+	logf("  %s: killed %s with B's client at %d of %d bytes; upstream %.3fx the blob in %d GETs; survivor %v, %.1f s after the kill",
+		s.name, s.bases[0], killedAt, size, float64(b1-b0)/float64(size), g1-g0, err == nil, time.Since(tKill).Seconds())
+	h.note("kill -9 at 50%%, %s: %s killed with the other client at %d of %d bytes; the upstream sent %d bytes for the blob in %d GETs",
+		s.name, s.bases[0], killedAt, size, b1-b0, g1-g0)
+}
+
+// getCounting GETs url, verifies the body against dgst and counts the
+// bytes read so far in got.
+func getCounting(ctx context.Context, c *http.Client, url, dgst string, got *atomic.Int64) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET %s: status %d", url, resp.StatusCode)
+	}
+	hh := sha256.New()
+	n, err := io.Copy(io.MultiWriter(hh, counter{got}), resp.Body)
+	if err != nil {
+		return fmt.Errorf("GET %s: read after %d bytes: %w", url, n, err)
+	}
+	if resp.ContentLength >= 0 && n != resp.ContentLength {
+		return fmt.Errorf("GET %s: short body %d of %d", url, n, resp.ContentLength)
+	}
+	if d := "sha256:" + hex.EncodeToString(hh.Sum(nil)); d != dgst {
+		return fmt.Errorf("GET %s: digest mismatch: got %s", url, d)
+	}
+	return nil
+}
+
+// counter is an io.Writer that only counts.
+type counter struct{ n *atomic.Int64 }
+
+func (c counter) Write(p []byte) (int, error) { c.n.Add(int64(len(p))); return len(p), nil }
