@@ -621,20 +621,21 @@ func (h *haBench) killOne(s *haSys, victim *proc, survivors *haSys, bytesK, whol
 	case <-ctx.Done():
 		err = ctx.Err()
 	}
+	lastByte := time.Since(tKill)
 	if err != nil {
 		fail("the surviving client: %v", err)
 		whole.put(s.name, 0, 0)
 	} else {
 		whole.put(s.name, 0, 1)
-		after.put(s.name, 0, time.Since(tKill).Seconds())
+		after.put(s.name, 0, lastByte.Seconds())
 	}
 	if err := h.settle(survivors); err != nil {
 		fail("after: %v", err)
 	}
 	g1, b1 := h.front.counts(dg)
 	bytesK.put(s.name, 0, float64(b1-b0)/float64(size))
-	logf("  %s: killed %s with B's client at %d of %d bytes; upstream %.3fx the blob in %d GETs; survivor %v, %.1f s after the kill",
-		s.name, s.bases[0], killedAt, size, float64(b1-b0)/float64(size), g1-g0, err == nil, time.Since(tKill).Seconds())
+	logf("  %s: killed %s with B's client at %d of %d bytes; upstream %.3fx the blob in %d GETs; B's client whole: %v, last byte %.1f s after the kill",
+		s.name, s.bases[0], killedAt, size, float64(b1-b0)/float64(size), g1-g0, err == nil, lastByte.Seconds())
 	h.note("kill -9 at 50%%, %s: %s killed with the other client at %d of %d bytes; the upstream sent %d bytes for the blob in %d GETs",
 		s.name, s.bases[0], killedAt, size, b1-b0, g1-g0)
 }
