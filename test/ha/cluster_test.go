@@ -17,6 +17,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -172,6 +173,37 @@ func (r *replica) metric(t testing.TB, metric string, labels map[string]string) 
 		l[k] = v
 	}
 	return ts.Metric(t, r.adminURL(), metric, l)
+}
+
+// pullConcurrently pulls repoAndRef with n clients at once, spread over
+// the replicas in turn, and reports each failed pull as an error of the
+// test, prefixed with what.
+func (c *cluster) pullConcurrently(t *testing.T, what, repoAndRef string, n int) {
+	t.Helper()
+	errs := make(chan error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		r := c.replicas[i%len(c.replicas)]
+		wg.Go(func() { errs <- pullAll(r, repoAndRef) })
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Errorf("%s: %v", what, err)
+		}
+	}
+}
+
+// wantEachBlobOnce checks that the upstream sent each of img's blobs to the
+// cluster exactly once since the counts were last reset.
+func (c *cluster) wantEachBlobOnce(t *testing.T, img v1.Image) {
+	t.Helper()
+	for _, d := range ts.BlobDigests(t, img) {
+		if n := c.blobFetches(d); n != 1 {
+			t.Errorf("blob %s: the upstream sent it %d times to the cluster, want 1", d, n)
+		}
+	}
 }
 
 // pullAll pulls and verifies an image through r: every blob's bytes, read

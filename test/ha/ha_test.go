@@ -33,24 +33,8 @@ func TestColdPullsAcrossReplicasFetchEachBlobOnce(t *testing.T) {
 	up.Faults.ResetCounts()
 
 	const clients = 16
-	errs := make(chan error, clients)
-	var wg sync.WaitGroup
-	for i := range clients {
-		r := c.replicas[i%len(c.replicas)]
-		wg.Go(func() { errs <- pullAll(r, "team/app:v1") })
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		if err != nil {
-			t.Error(err)
-		}
-	}
-	for _, d := range ts.BlobDigests(t, img) {
-		if n := c.blobFetches(d); n != 1 {
-			t.Errorf("blob %s: the upstream sent it %d times to the cluster, want 1", d, n)
-		}
-	}
+	c.pullConcurrently(t, "pull", "team/app:v1", clients)
+	c.wantEachBlobOnce(t, img)
 	if n := up.CDN.AuthorizationSeen(); n != 0 {
 		t.Errorf("%d CDN requests carried Authorization", n)
 	}

@@ -77,23 +77,8 @@ func TestSentinelFailoverPullsGoOn(t *testing.T) {
 	if up.CDN != nil {
 		up.CDN.ResetCounts()
 	}
-	errs := make(chan error, 4*len(c.replicas))
-	for i := range cap(errs) {
-		r := c.replicas[i%len(c.replicas)]
-		wg.Go(func() { errs <- pullAll(r, "team/after:v1") })
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		if err != nil {
-			t.Errorf("pull after the failover: %v", err)
-		}
-	}
-	for _, d := range ts.BlobDigests(t, after) {
-		if n := c.blobFetches(d); n != 1 {
-			t.Errorf("blob %s: the upstream sent it %d times to the cluster after the failover, want 1", d, n)
-		}
-	}
+	c.pullConcurrently(t, "pull after the failover", "team/after:v1", 4*len(c.replicas))
+	c.wantEachBlobOnce(t, after)
 	for _, r := range c.replicas {
 		alone -= r.metric(t, "multiproxy_fills_uncoordinated_total", nil)
 	}
