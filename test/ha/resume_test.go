@@ -60,20 +60,7 @@ func TestKilledHolderResumesFromTheOffset(t *testing.T) {
 	// kept until verified), so has the survivor's fill, and the kill
 	// tests a resume from there, not a race with the stream.
 	var got atomic.Int64
-	go func() {
-		resp, err := http.Get("http://" + other.listen + "/v2/team/big/blobs/" + layer)
-		if err != nil {
-			survived <- err
-			return
-		}
-		defer resp.Body.Close()
-		h := sha256.New()
-		_, err = io.Copy(io.MultiWriter(h, progress{&got}), resp.Body)
-		if err == nil && "sha256:"+hex.EncodeToString(h.Sum(nil)) != layer {
-			err = fmt.Errorf("wrong bytes")
-		}
-		survived <- err
-	}()
+	go func() { survived <- getBlobCounting(other, "team/big", layer, &got) }()
 	ts.WaitUntil(t, 20*time.Second, "replica 1's client has the held half", func() (bool, string) {
 		return got.Load() >= size/2-1, fmt.Sprint(got.Load())
 	})
@@ -152,20 +139,7 @@ func TestStalledPeerStreamMovesOn(t *testing.T) {
 	var got atomic.Int64
 	result := make(chan error, 1)
 	start := time.Now()
-	go func() {
-		resp, err := http.Get("http://" + other.listen + "/v2/team/app/blobs/" + layer)
-		if err != nil {
-			result <- err
-			return
-		}
-		defer resp.Body.Close()
-		h := sha256.New()
-		_, err = io.Copy(io.MultiWriter(h, progress{&got}), resp.Body)
-		if err == nil && "sha256:"+hex.EncodeToString(h.Sum(nil)) != layer {
-			err = fmt.Errorf("wrong bytes")
-		}
-		result <- err
-	}()
+	go func() { result <- getBlobCounting(other, "team/app", layer, &got) }()
 	ts.WaitUntil(t, 20*time.Second, "replica 1's client has part of the blob", func() (bool, string) {
 		return got.Load() >= 1<<20, fmt.Sprint(got.Load())
 	})
@@ -243,4 +217,22 @@ func TestPeerPortAnswersRangesOfARunningFill(t *testing.T) {
 	if sha256.Sum256(got) != sha256.Sum256(all[from:]) {
 		t.Errorf("the ranged peer body (%d bytes) is not the blob from byte %d on", len(got), from)
 	}
+}
+
+// getBlobCounting GETs blob d of repo through r, counting the bytes in got
+// as they arrive, and checks the whole body against d.
+func getBlobCounting(r *replica, repo, d string, got *atomic.Int64) error {
+	resp, err := http.Get("http://" + r.listen + "/v2/" + repo + "/blobs/" + d)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	h := sha256.New()
+	if _, err := io.Copy(io.MultiWriter(h, progress{got}), resp.Body); err != nil {
+		return err
+	}
+	if "sha256:"+hex.EncodeToString(h.Sum(nil)) != d {
+		return fmt.Errorf("wrong bytes")
+	}
+	return nil
 }
