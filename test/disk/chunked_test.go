@@ -1,10 +1,6 @@
 package disk
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
-	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -96,38 +92,4 @@ func TestChunkedBlobKeepsTheWatermark(t *testing.T) {
 	}
 	t.Logf("free: %d MiB before, %.1f MiB lowest, %d MiB after; watermark %d MiB",
 		before.Free>>20, float64(lowest)/(1<<20), after.Free>>20, watermark>>20)
-}
-
-// startGatedPull is startPull for a client that reads the first first
-// bytes, then nothing until goOn is closed.
-func startGatedPull(c *http.Client, base, repo, d string, first int64, goOn <-chan struct{}) *slowPull {
-	s := &slowPull{done: make(chan struct{}), cancel: func() {}}
-	go func() {
-		defer close(s.done)
-		resp, err := c.Get(base + "/v2/" + repo + "/blobs/" + d)
-		if err != nil {
-			s.err = err
-			return
-		}
-		defer resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			s.err = fmt.Errorf("status %d", resp.StatusCode)
-			return
-		}
-		s.read.r = resp.Body
-		h := sha256.New()
-		if _, err := io.CopyN(h, &s.read, first); err != nil {
-			s.err = err
-			return
-		}
-		<-goOn
-		if _, err := io.Copy(h, &s.read); err != nil {
-			s.err = err
-			return
-		}
-		if got := "sha256:" + hex.EncodeToString(h.Sum(nil)); got != d {
-			s.err = fmt.Errorf("body hashes to %s, want %s", got, d)
-		}
-	}()
-	return s
 }

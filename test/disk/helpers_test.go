@@ -358,6 +358,12 @@ type slowPull struct {
 
 // startPull GETs a blob in the background, hashing the body.
 func startPull(c *http.Client, base, repo, d string) *slowPull {
+	return startGatedPull(c, base, repo, d, 0, nil)
+}
+
+// startGatedPull is startPull for a client that, when goOn is not nil,
+// reads the first first bytes, then nothing until goOn is closed.
+func startGatedPull(c *http.Client, base, repo, d string, first int64, goOn <-chan struct{}) *slowPull {
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &slowPull{done: make(chan struct{}), cancel: cancel}
 	go func() {
@@ -379,6 +385,13 @@ func startPull(c *http.Client, base, repo, d string) *slowPull {
 		}
 		s.read.r = resp.Body
 		h := sha256.New()
+		if goOn != nil {
+			if _, err := io.CopyN(h, &s.read, first); err != nil {
+				s.err = err
+				return
+			}
+			<-goOn
+		}
 		if _, err := io.Copy(h, &s.read); err != nil {
 			s.err = err
 			return
