@@ -16,6 +16,7 @@ import (
 	"math/big"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -354,6 +355,14 @@ upstreams:
   - {name: docker.io, listen: ":5000", remote: "https://bob:` + secret + `@registry-1.docker.io"}
 `,
 			field: "upstreams[0].remote", msg: "must not contain credentials",
+		},
+		{
+			name: "allow_hops entry that is no network",
+			yaml: `
+upstreams:
+  - {name: docker.io, listen: ":5000", remote: "https://registry-1.docker.io", allow_hops: [10.0.0.0/8, "10.0.0.0/33"]}
+`,
+			field: "upstreams[0].allow_hops[1]", msg: `want a CIDR such as 10.0.0.0/8 or an address, got "10.0.0.0/33"`,
 		},
 		{
 			name: "unreadable password_file",
@@ -874,5 +883,22 @@ func TestBadGCSchedule(t *testing.T) {
 	_, err := config.Load(config.LoadOptions{File: file, Env: []string{}})
 	if err == nil || !strings.Contains(err.Error(), "upstreams[0].gc.schedule") {
 		t.Fatalf("bad schedule: %v", err)
+	}
+}
+
+// allow_hops takes CIDRs and bare addresses, the latter as one-address
+// networks, and what Validate refused is never in the policy.
+func TestHopPrefixes(t *testing.T) {
+	u := config.Upstream{AllowHops: []string{"10.20.0.0/16", "192.168.1.7", "::1", "fd00::1/8"}}
+	var got []string
+	for _, p := range u.HopPrefixes() {
+		got = append(got, p.String())
+	}
+	want := []string{"10.20.0.0/16", "192.168.1.7/32", "::1/128", "fd00::/8"}
+	if !slices.Equal(got, want) {
+		t.Errorf("HopPrefixes() = %v, want %v", got, want)
+	}
+	if p := (config.Upstream{}).HopPrefixes(); p != nil {
+		t.Errorf("HopPrefixes() without allow_hops = %v, want nil (the default policy)", p)
 	}
 }
