@@ -265,6 +265,10 @@ type gcCluster struct {
 // probe, so that all of them claim what they use before the scan starts.
 func (g gcCluster) Lead(ctx context.Context) (gc.Leadership, error) {
 	var lease *coord.GCLease
+	// A Redis that is briefly away (a restart, a failover, a probe that
+	// has not seen it back yet) delays the collection by up to a lease
+	// TTL instead of failing it.
+	patience := time.Now().Add(g.co.TTL())
 	for {
 		l, holder, err := g.co.AcquireGC(ctx, g.name)
 		switch {
@@ -272,6 +276,8 @@ func (g gcCluster) Lead(ctx context.Context) (gc.Leadership, error) {
 			// Redis restarted empty or failed over: an old collector
 			// may not have found its lease lost yet.
 			g.log.Info("waiting one lease TTL after Redis lost its data", "why", err)
+		case errors.Is(err, coord.ErrUnavailable) && time.Now().Before(patience):
+			g.log.Info("waiting for coordination to come back", "why", err)
 		case err != nil:
 			return nil, fmt.Errorf("cluster collection lease: %w", err)
 		case l != nil:

@@ -364,10 +364,14 @@ func TestRedisRestartMidCollection(t *testing.T) {
 		return strings.Contains(a.child.Logs(), "lease lost"), "no 'lease lost' in its log"
 	})
 	// Another collection waits a lease_ttl after the restart.
-	second := make(chan int, 1)
+	type answer struct {
+		code int
+		body string
+	}
+	second := make(chan answer, 1)
 	go func() {
-		code, _ := collect(t, b)
-		second <- code
+		code, body := collect(t, b)
+		second <- answer{code, body}
 	}()
 	gate.open()
 	select {
@@ -382,9 +386,9 @@ func TestRedisRestartMidCollection(t *testing.T) {
 		t.Errorf("replica 0 sent %d deletions to the bucket after Redis restarted", n)
 	}
 	select {
-	case code := <-second:
-		if code != http.StatusOK {
-			t.Errorf("replica 1 gc after the restart: %d", code)
+	case got := <-second:
+		if got.code != http.StatusOK {
+			t.Errorf("replica 1 gc after the restart: %d %s", got.code, got.body)
 		}
 	case <-time.After(60 * time.Second):
 		t.Fatal("replica 1's collection did not return")
