@@ -91,7 +91,7 @@ type Resolution struct {
 type StatusError struct {
 	Status int
 	// Code, if set, is an OCI distribution error code (MANIFEST_UNKNOWN,
-	// NAME_UNKNOWN, ...) sent with the message in the OCI error form.
+	// UNAVAILABLE, ...) sent with the message in the OCI error form.
 	Code string
 	Err  error
 }
@@ -99,11 +99,7 @@ type StatusError struct {
 // OCI distribution error codes the admin API answers with.
 var (
 	CodeManifestUnknown = errcode.ErrorCodeManifestUnknown.String()
-	CodeNameUnknown     = errcode.ErrorCodeNameUnknown.String()
-	CodeNameInvalid     = errcode.ErrorCodeNameInvalid.String()
-	CodeTooManyRequests = errcode.ErrorCodeTooManyRequests.String()
 	CodeUnavailable     = errcode.ErrorCodeUnavailable.String()
-	CodeDenied          = errcode.ErrorCodeDenied.String()
 	CodeUnsupported     = errcode.ErrorCodeUnsupported.String()
 	CodeUnknown         = errcode.ErrorCodeUnknown.String()
 )
