@@ -238,7 +238,7 @@ func (s *Server) Close() {
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	rw := &recorder{ResponseWriter: w, status: http.StatusOK}
-	rt := parseRoute(r.URL.Path)
+	route := parseRoute(r.URL.Path)
 	defer func() {
 		d := time.Since(start)
 		// Only content counts as served: an error body is not traffic
@@ -247,9 +247,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if rw.status >= 300 {
 			content = 0
 		}
-		s.obs.Request(rt.kind, rw.status, d, !rw.fromUpstream, content)
-		attrs := []any{"method", r.Method, "repository", rt.repo, "kind", rt.kind,
-			"ref", rt.ref, "status", rw.status, "bytes", rw.bytes, "duration", d, "stale", rw.stale}
+		s.obs.Request(route.kind, rw.status, d, !rw.fromUpstream, content)
+		attrs := []any{"method", r.Method, "repository", route.repo, "kind", route.kind,
+			"ref", route.ref, "status", rw.status, "bytes", rw.bytes, "duration", d, "stale", rw.stale}
 		if rw.cause != nil {
 			// The whole story for the operator; the client got a code.
 			attrs = append(attrs, "cause", rw.cause.Error())
@@ -271,21 +271,21 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(rw, http.StatusMethodNotAllowed, codeUnsupported, "multiproxy is a read-only pull-through cache")
 		return
 	}
-	if rt.repo != "" {
-		if _, err := reference.WithName(rt.repo); err != nil || !repoPattern.MatchString(rt.repo) {
+	if route.repo != "" {
+		if _, err := reference.WithName(route.repo); err != nil || !repoPattern.MatchString(route.repo) {
 			writeError(rw, http.StatusBadRequest, codeNameInvalid, "invalid repository name")
 			return
 		}
 	}
-	switch rt.kind {
+	switch route.kind {
 	case kindManifest:
-		s.serveManifest(rw, r, rt)
+		s.serveManifest(rw, r, route)
 	case kindBlob:
-		s.serveBlob(rw, r, rt)
+		s.serveBlob(rw, r, route)
 	case kindTags:
-		s.serveTags(rw, r, rt)
+		s.serveTags(rw, r, route)
 	case kindRefs:
-		s.serveReferrers(rw, r, rt)
+		s.serveReferrers(rw, r, route)
 	case kindUpload:
 		writeError(rw, http.StatusMethodNotAllowed, codeUnsupported, "multiproxy is a read-only pull-through cache")
 	default:
@@ -295,13 +295,13 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // serveReferrers answers the OCI referrers API (signatures, attestations)
 // from the upstream's API or tag schema, stale when the upstream fails.
-func (s *Server) serveReferrers(w *recorder, r *http.Request, rt route) {
-	d, err := digest.Parse(rt.ref)
+func (s *Server) serveReferrers(w *recorder, r *http.Request, route apiRoute) {
+	d, err := digest.Parse(route.ref)
 	if err != nil {
 		writeError(w, http.StatusBadRequest, codeDigestInvalid, "invalid digest")
 		return
 	}
-	refs, err := s.cache.Referrers(r.Context(), rt.repo, d, r.URL.Query().Get("artifactType"))
+	refs, err := s.cache.Referrers(r.Context(), route.repo, d, r.URL.Query().Get("artifactType"))
 	if err != nil {
 		s.writeUpstreamError(w, r, err, kindManifest)
 		return
@@ -331,7 +331,7 @@ func writeListing(w *recorder, r *http.Request, mediaType string, body []byte, s
 
 // serveTags passes a tag list through from the upstream, or from the cached
 // tags, marked stale, when the upstream fails.
-func (s *Server) serveTags(w *recorder, r *http.Request, rt route) {
+func (s *Server) serveTags(w *recorder, r *http.Request, route apiRoute) {
 	q := r.URL.Query()
 	if n := q.Get("n"); n != "" {
 		// Checked here as distribution checks it: passed on, a bad n gets
@@ -348,7 +348,7 @@ func (s *Server) serveTags(w *recorder, r *http.Request, rt route) {
 	// how the following request finds this upstream again.
 	ns := q.Get("ns")
 	q.Del("ns")
-	list, err := s.cache.ListTags(r.Context(), rt.repo, q.Encode())
+	list, err := s.cache.ListTags(r.Context(), route.repo, q.Encode())
 	if err != nil {
 		s.writeUpstreamError(w, r, err, kindTags)
 		return
@@ -366,25 +366,25 @@ func (s *Server) serveTags(w *recorder, r *http.Request, rt route) {
 	writeListing(w, r, "application/json", list.Body, list.Stale, list.Cause)
 }
 
-func (s *Server) serveManifest(w *recorder, r *http.Request, rt route) {
+func (s *Server) serveManifest(w *recorder, r *http.Request, route apiRoute) {
 	ctx := r.Context()
 	// From the lookup to the store's read, a collection must not remove the
 	// manifest it resolved to.
 	release := s.cache.Hold()
 	defer release()
 	var mem *cache.Manifest
-	d, err := digest.Parse(rt.ref)
+	d, err := digest.Parse(route.ref)
 	byTag := err != nil
 	if byTag {
-		if !tagPattern.MatchString(rt.ref) {
-			if looksLikeDigest(rt.ref) {
+		if !tagPattern.MatchString(route.ref) {
+			if looksLikeDigest(route.ref) {
 				writeError(w, http.StatusBadRequest, codeDigestInvalid, "invalid digest")
 			} else {
 				writeError(w, http.StatusBadRequest, codeTagInvalid, "invalid tag")
 			}
 			return
 		}
-		res, err := s.cache.ResolveTag(ctx, rt.repo, rt.ref)
+		res, err := s.cache.ResolveTag(ctx, route.repo, route.ref)
 		if err != nil {
 			s.writeUpstreamError(w, r, err, kindManifest)
 			return
@@ -394,7 +394,7 @@ func (s *Server) serveManifest(w *recorder, r *http.Request, rt route) {
 			w.Header().Set("Warning", fmt.Sprintf(`110 multiproxy "Response is Stale: upstream %s"`, res.Cause))
 		}
 		d, mem = res.Digest, res.Manifest
-	} else if mem, err = s.cache.EnsureManifest(ctx, rt.repo, d); err != nil {
+	} else if mem, err = s.cache.EnsureManifest(ctx, route.repo, d); err != nil {
 		s.writeUpstreamError(w, r, err, kindManifest)
 		return
 	}
@@ -403,12 +403,12 @@ func (s *Server) serveManifest(w *recorder, r *http.Request, rt route) {
 		// depends on the stored manifest's type (answerManifest), and an
 		// App's 404 could not tell a manifest the client does not accept
 		// from one the store lost.
-		if mem, err = s.readManifest(r, rt.repo, d); err != nil {
+		if mem, err = s.readManifest(r, route.repo, d); err != nil {
 			s.writeUpstreamError(w, r, err, kindManifest)
 			return
 		}
 	}
-	s.answerManifest(w, r, rt.repo, d, mem, byTag)
+	s.answerManifest(w, r, route.repo, d, mem, byTag)
 }
 
 // serveManifestBytes answers with verified manifest bytes, from the store
@@ -435,9 +435,9 @@ func looksLikeDigest(ref string) bool {
 	return false
 }
 
-func (s *Server) serveBlob(w *recorder, r *http.Request, rt route) {
+func (s *Server) serveBlob(w *recorder, r *http.Request, route apiRoute) {
 	ctx := r.Context()
-	d, err := digest.Parse(rt.ref)
+	d, err := digest.Parse(route.ref)
 	if err != nil {
 		writeError(w, http.StatusBadRequest, codeDigestInvalid, "invalid digest")
 		return
@@ -445,7 +445,7 @@ func (s *Server) serveBlob(w *recorder, r *http.Request, rt route) {
 	if r.Method == http.MethodHead {
 		// A HEAD asks whether the blob exists and how big it is: the store
 		// or one upstream HEAD answers that, never a download.
-		size, err := s.cache.BlobSize(ctx, rt.repo, d)
+		size, err := s.cache.BlobSize(ctx, route.repo, d)
 		if err != nil {
 			s.writeUpstreamError(w, r, err, kindBlob)
 			return
@@ -456,14 +456,14 @@ func (s *Server) serveBlob(w *recorder, r *http.Request, rt route) {
 		w.WriteHeader(http.StatusOK)
 		return
 	}
-	if u, ok := s.cache.RedirectURL(r, rt.repo, d); ok {
+	if u, ok := s.cache.RedirectURL(r, route.repo, d); ok {
 		// storage.s3.redirect: the bucket sends the bytes, presigned
 		// for this one blob; containerd and skopeo follow a 307.
 		w.Header().Set("Docker-Content-Digest", d.String())
 		http.Redirect(w, r, u, http.StatusTemporaryRedirect)
 		return
 	}
-	b, err := s.cache.Blob(ctx, rt.repo, d)
+	b, err := s.cache.Blob(ctx, route.repo, d)
 	if err != nil {
 		s.writeUpstreamError(w, r, err, kindBlob)
 		return
@@ -480,13 +480,13 @@ func (s *Server) serveBlob(w *recorder, r *http.Request, rt route) {
 		setBlobHeaders(w.Header(), d)
 		w.Header().Set("Cache-Control", "max-age=31536000")
 		http.ServeContent(g, r, "", time.Time{}, b.File)
-		s.dropIfStalled(g, rt, d)
+		s.dropIfStalled(g, route, d)
 		g.finish()
 		return
 	}
 	st := b.Stream
 	if r.Header.Get("Range") != "" && ifRangeHolds(r, d) {
-		s.serveColdRange(w, g, r, rt, d, st)
+		s.serveColdRange(w, g, r, route, d, st)
 		return
 	}
 	// The status goes out only with the first byte: a fill that fails
@@ -509,14 +509,14 @@ func (s *Server) serveBlob(w *recorder, r *http.Request, rt route) {
 	w.WriteHeader(http.StatusOK)
 	if n > 0 {
 		if _, err := g.Write(buf[:n]); err != nil {
-			s.dropIfStalled(g, rt, d)
+			s.dropIfStalled(g, route, d)
 			panic(http.ErrAbortHandler)
 		}
 	}
 	if _, err := st.WriteTo(g); err != nil {
-		s.dropIfStalled(g, rt, d)
+		s.dropIfStalled(g, route, d)
 		if ctx.Err() == nil {
-			s.log.Warn("blob stream aborted", "repository", rt.repo, "digest", d, "err", err)
+			s.log.Warn("blob stream aborted", "repository", route.repo, "digest", d, "err", err)
 		}
 		// Abort the connection: a clean end would let the client take a
 		// short or unverified body for the blob.
@@ -528,12 +528,12 @@ func (s *Server) serveBlob(w *recorder, r *http.Request, rt route) {
 // dropIfStalled closes the connection of a client that stopped reading a
 // blob: its stream is closed on the way out, so a fill paced to it goes on
 // for the others.
-func (s *Server) dropIfStalled(g *stallGuard, rt route, d digest.Digest) {
+func (s *Server) dropIfStalled(g *stallGuard, route apiRoute, d digest.Digest) {
 	if g.stalled == nil {
 		return
 	}
 	g.cause = fmt.Errorf("client stalled: no progress for %v: %w", g.timeout, g.stalled)
-	s.log.Warn("client stopped reading a blob; dropped", "repository", rt.repo, "digest", d,
+	s.log.Warn("client stopped reading a blob; dropped", "repository", route.repo, "digest", d,
 		"sent", g.bytes, "stall_timeout", g.timeout)
 	panic(http.ErrAbortHandler)
 }

@@ -72,8 +72,8 @@ type Client struct {
 	name       string
 	remote     *url.URL
 	auth       *authorizer
-	base       *http.Transport
-	rt         http.RoundTripper
+	base       *http.Transport   // the connections, closed by Close
+	transport  http.RoundTripper // base with refusals and observer reporting
 	timeout    time.Duration
 	ua         string
 	redirected func()
@@ -111,14 +111,14 @@ func New(o Options) (*Client, error) {
 	if c.refused == nil {
 		c.refused = func(string, string) {}
 	}
-	c.rt = refusals{next: base, refused: c.refused}
+	c.transport = refusals{next: base, refused: c.refused}
 	if o.Observe != nil {
-		c.rt = observer{next: c.rt, observe: o.Observe}
+		c.transport = observer{next: c.transport, observe: o.Observe}
 	}
 	if c.redirected == nil {
 		c.redirected = func() {}
 	}
-	c.auth = newAuthorizer(u, o.Username, o.Password, c.rt, o.UserAgent, o.Timeout)
+	c.auth = newAuthorizer(u, o.Username, o.Password, c.transport, o.UserAgent, o.Timeout)
 	c.auth.refused = c.refused
 	return c, nil
 }
@@ -177,7 +177,7 @@ func (c *Client) Ping(ctx context.Context) error {
 		return err
 	}
 	req.Header.Set("User-Agent", c.ua)
-	resp, err := c.rt.RoundTrip(req)
+	resp, err := c.transport.RoundTrip(req)
 	if err != nil {
 		return &Error{Op: "ping", Cause: CauseUnreachable, Err: err}
 	}
@@ -237,7 +237,7 @@ func (c *Client) send(ctx context.Context, op, method, repo, path string, accept
 		if authz != "" {
 			req.Header.Set("Authorization", authz)
 		}
-		resp, err := c.rt.RoundTrip(req)
+		resp, err := c.transport.RoundTrip(req)
 		if err != nil {
 			return nil, classify(op, err)
 		}
