@@ -64,8 +64,9 @@ type Backend interface {
 	Resolve(ctx context.Context, image string) (Resolution, error)
 	// Purge drops a cached tag so the next pull refetches it.
 	Purge(ctx context.Context, image string) error
-	// Ready reports whether every upstream listener is serving; the second
-	// value is the JSON body, with each upstream's state.
+	// Ready reports whether every upstream listener is serving and every
+	// store can be written (GET /readyz); the second value is the JSON
+	// body, with each upstream's state.
 	Ready() (bool, any)
 	// Status is every upstream at a glance.
 	Status(ctx context.Context) (Status, error)
