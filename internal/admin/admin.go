@@ -64,8 +64,9 @@ type Backend interface {
 	Resolve(ctx context.Context, image string) (Resolution, error)
 	// Purge drops a cached tag so the next pull refetches it.
 	Purge(ctx context.Context, image string) error
-	// Ready reports whether every upstream listener is serving; the second
-	// value is the JSON body, with each upstream's state.
+	// Ready reports whether every upstream listener is serving and every
+	// store can be written (GET /readyz); the second value is the JSON
+	// body, with each upstream's state.
 	Ready() (bool, any)
 	// Status is every upstream at a glance.
 	Status(ctx context.Context) (Status, error)
@@ -91,7 +92,7 @@ type Resolution struct {
 type StatusError struct {
 	Status int
 	// Code, if set, is an OCI distribution error code (MANIFEST_UNKNOWN,
-	// NAME_UNKNOWN, ...) sent with the message in the OCI error form.
+	// UNAVAILABLE, ...) sent with the message in the OCI error form.
 	Code string
 	Err  error
 }
@@ -99,11 +100,7 @@ type StatusError struct {
 // OCI distribution error codes the admin API answers with.
 var (
 	CodeManifestUnknown = errcode.ErrorCodeManifestUnknown.String()
-	CodeNameUnknown     = errcode.ErrorCodeNameUnknown.String()
-	CodeNameInvalid     = errcode.ErrorCodeNameInvalid.String()
-	CodeTooManyRequests = errcode.ErrorCodeTooManyRequests.String()
 	CodeUnavailable     = errcode.ErrorCodeUnavailable.String()
-	CodeDenied          = errcode.ErrorCodeDenied.String()
 	CodeUnsupported     = errcode.ErrorCodeUnsupported.String()
 	CodeUnknown         = errcode.ErrorCodeUnknown.String()
 )

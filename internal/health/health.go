@@ -8,9 +8,9 @@
 // through Stale. An answer from traffic counts at once and stands in for
 // the next probe, so a busy upstream costs no extra requests. A failure
 // from traffic only triggers a probe to confirm it: one failed request does
-// not make a registry down (go-containerregistry tries https before http on
-// a plain-http remote, and one broken blob is not an outage), but the outage
-// it may announce then shows within moments rather than at the next tick.
+// not make a registry down (one broken blob or one refused redirect hop is
+// not an outage), but the outage it may announce then shows within moments
+// rather than at the next tick.
 //
 // The state is derived from that evidence:
 //
@@ -25,8 +25,8 @@
 // One state is about the upstream's local store rather than its remote:
 //
 //   - degraded: the store cannot be written (a read-only or failing
-//     filesystem, a storage directory replaced by a file). Pulls of what is cached
-//     may still work and fills are passed through unstored, but the node
+//     filesystem, a storage directory replaced by a file). Pulls of what is
+//     cached may still work and fills are passed through unstored, but the node
 //     needs an operator, so /readyz answers 503. It outranks every other
 //     state while it lasts. The store is not probed here: the cache
 //     reports its own write failures, and CheckStore hands the Monitor a

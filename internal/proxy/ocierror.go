@@ -60,14 +60,10 @@ type Failure struct {
 func FailureOf(err error, notFound errcode.ErrorCode) Failure {
 	var re *cache.RequestError
 	if errors.As(err, &re) {
-		code := codeNameInvalid
-		switch re.Code {
-		case codeDigestInvalid.String():
-			code = codeDigestInvalid
-		case codeTagInvalid.String():
-			code = codeTagInvalid
-		}
-		return Failure{Status: http.StatusBadRequest, Code: code, Message: re.Error()}
+		// The cache makes a RequestError only of a name distribution's
+		// reference parser refuses; a bad digest or tag never reaches it,
+		// the route answers those itself (DIGEST_INVALID, TAG_INVALID).
+		return Failure{Status: http.StatusBadRequest, Code: codeNameInvalid, Message: re.Error()}
 	}
 	var ue *upstream.Error
 	if !errors.As(err, &ue) {

@@ -60,12 +60,12 @@ type Route struct {
 }
 
 func handlerFor(routes []Route, registry string) http.Handler {
-	for _, rt := range routes {
-		if rt.Server.cfg.Serves(registry) {
-			if rt.Handler != nil {
-				return rt.Handler
+	for _, route := range routes {
+		if route.Server.cfg.Serves(registry) {
+			if route.Handler != nil {
+				return route.Handler
 			}
-			return rt.Server
+			return route.Server
 		}
 	}
 	return nil

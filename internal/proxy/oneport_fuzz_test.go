@@ -54,8 +54,8 @@ func FuzzOnePort(f *testing.F) {
 	h := OnePort(func() []Route { return routes })
 	// first is the route a registry name selects, or -1.
 	first := func(registry string) int {
-		for i, rt := range routes {
-			if rt.Server.cfg.Serves(registry) {
+		for i, route := range routes {
+			if route.Server.cfg.Serves(registry) {
 				return i
 			}
 		}

@@ -90,7 +90,7 @@ func ifRangeHolds(r *http.Request, d digest.Digest) bool {
 //
 // Either way the request starts or joins the fill, so the blob is cached
 // for the next pull.
-func (s *Server) serveColdRange(w *recorder, g *stallGuard, r *http.Request, rt route, d digest.Digest, st *cache.Stream) {
+func (s *Server) serveColdRange(w *recorder, g *stallGuard, r *http.Request, route apiRoute, d digest.Digest, st *cache.Stream) {
 	size := st.Size()
 	rng, single, unsatisfiable := parseOneRange(r.Header.Get("Range"), size)
 	if single && unsatisfiable {
@@ -103,7 +103,7 @@ func (s *Server) serveColdRange(w *recorder, g *stallGuard, r *http.Request, rt 
 		return
 	}
 	if single && rng.end == size-1 {
-		s.streamRange(w, g, r, rt, d, st, rng)
+		s.streamRange(w, g, r, route, d, st, rng)
 		return
 	}
 
@@ -119,7 +119,7 @@ func (s *Server) serveColdRange(w *recorder, g *stallGuard, r *http.Request, rt 
 	if f := st.Whole(); f != nil {
 		w.Header().Set("Cache-Control", "max-age=31536000")
 		http.ServeContent(g, r, "", time.Time{}, f)
-		s.dropIfStalled(g, rt, d)
+		s.dropIfStalled(g, route, d)
 		g.finish()
 		return
 	}
@@ -137,7 +137,7 @@ func (s *Server) serveColdRange(w *recorder, g *stallGuard, r *http.Request, rt 
 	h.Set("Accept-Ranges", "bytes")
 	w.WriteHeader(http.StatusPartialContent)
 	if _, err := g.Write(keep.buf.Bytes()); err != nil {
-		s.dropIfStalled(g, rt, d)
+		s.dropIfStalled(g, route, d)
 		panic(http.ErrAbortHandler)
 	}
 	g.finish()
@@ -146,7 +146,7 @@ func (s *Server) serveColdRange(w *recorder, g *stallGuard, r *http.Request, rt 
 // streamRange sends the bytes from rng.start to the end of a blob being
 // filled, as they arrive. The status goes out with the first of them, so a
 // fill failing before it is still a clean error.
-func (s *Server) streamRange(w *recorder, g *stallGuard, r *http.Request, rt route, d digest.Digest, st *cache.Stream, rng byteRange) {
+func (s *Server) streamRange(w *recorder, g *stallGuard, r *http.Request, route apiRoute, d digest.Digest, st *cache.Stream, rng byteRange) {
 	if _, err := io.CopyN(io.Discard, st, rng.start); err != nil {
 		s.writeUpstreamError(w, r, noEOF(err), kindBlob)
 		return
@@ -165,13 +165,13 @@ func (s *Server) streamRange(w *recorder, g *stallGuard, r *http.Request, rt rou
 	h.Set("Accept-Ranges", "bytes")
 	w.WriteHeader(http.StatusPartialContent)
 	if _, err := g.Write(buf[:n]); err != nil {
-		s.dropIfStalled(g, rt, d)
+		s.dropIfStalled(g, route, d)
 		panic(http.ErrAbortHandler)
 	}
 	if _, err := st.WriteTo(g); err != nil {
-		s.dropIfStalled(g, rt, d)
+		s.dropIfStalled(g, route, d)
 		if r.Context().Err() == nil {
-			s.log.Warn("blob stream aborted", "repository", rt.repo, "digest", d, "err", err)
+			s.log.Warn("blob stream aborted", "repository", route.repo, "digest", d, "err", err)
 		}
 		panic(http.ErrAbortHandler)
 	}

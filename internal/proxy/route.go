@@ -16,8 +16,8 @@ const (
 	kindOther    = "other"
 )
 
-// route is the part of a /v2/ request path the guard and cache need.
-type route struct {
+// apiRoute is the part of a /v2/ request path the guard and cache need.
+type apiRoute struct {
 	kind string
 	repo string
 	ref  string // tag or digest for manifests, digest for blobs
@@ -38,36 +38,36 @@ var repoPattern = regexp.MustCompile(`^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:/
 // slashes, even segments called manifests, blobs or referrers
 // (org/referrers/app), but tags and digests never do: the last segment is
 // the reference and the one before it the kind, as in distribution's router.
-func parseRoute(path string) route {
+func parseRoute(path string) apiRoute {
 	if path == "/v2/" || path == "/v2" {
-		return route{kind: kindBase}
+		return apiRoute{kind: kindBase}
 	}
 	rest, ok := strings.CutPrefix(path, "/v2/")
 	if !ok {
-		return route{kind: kindOther}
+		return apiRoute{kind: kindOther}
 	}
 	if repo, ok := strings.CutSuffix(rest, "/tags/list"); ok && repo != "" {
-		return route{kind: kindTags, repo: repo}
+		return apiRoute{kind: kindTags, repo: repo}
 	}
 	i := strings.LastIndex(rest, "/")
 	if i < 0 {
-		return route{kind: kindOther}
+		return apiRoute{kind: kindOther}
 	}
 	dir, ref := rest[:i], rest[i+1:]
 	// An upload's session is /blobs/uploads/<uuid>, or /blobs/uploads[/]
 	// to start one.
 	if repo, ok := strings.CutSuffix(dir, "/blobs/uploads"); ok && repo != "" {
-		return route{kind: kindUpload, repo: repo}
+		return apiRoute{kind: kindUpload, repo: repo}
 	}
 	if repo, ok := strings.CutSuffix(dir, "/blobs"); ok && repo != "" && ref == "uploads" {
-		return route{kind: kindUpload, repo: repo}
+		return apiRoute{kind: kindUpload, repo: repo}
 	}
 	for _, k := range []struct{ seg, kind string }{
 		{"/manifests", kindManifest}, {"/blobs", kindBlob}, {"/referrers", kindRefs},
 	} {
 		if repo, ok := strings.CutSuffix(dir, k.seg); ok && repo != "" {
-			return route{kind: k.kind, repo: repo, ref: ref}
+			return apiRoute{kind: k.kind, repo: repo, ref: ref}
 		}
 	}
-	return route{kind: kindOther}
+	return apiRoute{kind: kindOther}
 }

@@ -37,44 +37,44 @@ func FuzzParseRoute(f *testing.F) {
 		f.Add(p)
 	}
 	f.Fuzz(func(t *testing.T, path string) {
-		rt := parseRoute(path)
+		route := parseRoute(path)
 
-		if (rt.kind == kindBase) != (path == "/v2/" || path == "/v2") {
-			t.Fatalf("parseRoute(%q).kind = %q: only /v2/ is the base", path, rt.kind)
+		if (route.kind == kindBase) != (path == "/v2/" || path == "/v2") {
+			t.Fatalf("parseRoute(%q).kind = %q: only /v2/ is the base", path, route.kind)
 		}
 		rest, api := strings.CutPrefix(path, "/v2/")
-		if !api && rt.kind != kindBase && rt.kind != kindOther {
-			t.Fatalf("parseRoute(%q) = %+v outside /v2/", path, rt)
+		if !api && route.kind != kindBase && route.kind != kindOther {
+			t.Fatalf("parseRoute(%q) = %+v outside /v2/", path, route)
 		}
 
-		switch rt.kind {
+		switch route.kind {
 		case kindManifest, kindBlob, kindRefs:
-			if want := "/v2/" + rt.repo + "/" + kindSegment[rt.kind] + "/" + rt.ref; path != want {
-				t.Fatalf("parseRoute(%q) = %+v, which is the path %q", path, rt, want)
+			if want := "/v2/" + route.repo + "/" + kindSegment[route.kind] + "/" + route.ref; path != want {
+				t.Fatalf("parseRoute(%q) = %+v, which is the path %q", path, route, want)
 			}
-			if strings.Contains(rt.ref, "/") {
-				t.Fatalf("parseRoute(%q) = %+v: a tag or digest never holds a slash", path, rt)
+			if strings.Contains(route.ref, "/") {
+				t.Fatalf("parseRoute(%q) = %+v: a tag or digest never holds a slash", path, route)
 			}
 		case kindTags:
-			if path != "/v2/"+rt.repo+"/tags/list" {
-				t.Fatalf("parseRoute(%q) = %+v, which is not its tags/list", path, rt)
+			if path != "/v2/"+route.repo+"/tags/list" {
+				t.Fatalf("parseRoute(%q) = %+v, which is not its tags/list", path, route)
 			}
 		case kindUpload:
-			tail, ok := strings.CutPrefix(path, "/v2/"+rt.repo+"/blobs/uploads")
+			tail, ok := strings.CutPrefix(path, "/v2/"+route.repo+"/blobs/uploads")
 			if !ok || (tail != "" && (tail[0] != '/' || strings.Contains(tail[1:], "/"))) {
-				t.Fatalf("parseRoute(%q) = %+v, which is not its blobs/uploads", path, rt)
+				t.Fatalf("parseRoute(%q) = %+v, which is not its blobs/uploads", path, route)
 			}
 		case kindBase, kindOther:
-			if rt.repo != "" || rt.ref != "" {
-				t.Fatalf("parseRoute(%q) = %+v names a repository", path, rt)
+			if route.repo != "" || route.ref != "" {
+				t.Fatalf("parseRoute(%q) = %+v names a repository", path, route)
 			}
 		default:
-			t.Fatalf("parseRoute(%q): unknown kind %q", path, rt.kind)
+			t.Fatalf("parseRoute(%q): unknown kind %q", path, route.kind)
 		}
 		// Every kind that names a repository names a non-empty one: an
 		// empty name would reach the upstream as /v2//....
-		if rt.kind != kindBase && rt.kind != kindOther && rt.repo == "" {
-			t.Fatalf("parseRoute(%q) = %+v with no repository", path, rt)
+		if route.kind != kindBase && route.kind != kindOther && route.repo == "" {
+			t.Fatalf("parseRoute(%q) = %+v with no repository", path, route)
 		}
 
 		// The other direction: a path the grammar gives a kind gets it.
@@ -90,8 +90,8 @@ func FuzzParseRoute(f *testing.F) {
 			if !ok || repo == "" || (kind == kindBlob && last == "uploads") {
 				continue
 			}
-			if want := (route{kind: kind, repo: repo, ref: last}); rt != want {
-				t.Fatalf("parseRoute(%q) = %+v, want %+v", path, rt, want)
+			if want := (apiRoute{kind: kind, repo: repo, ref: last}); route != want {
+				t.Fatalf("parseRoute(%q) = %+v, want %+v", path, route, want)
 			}
 		}
 	})

@@ -23,13 +23,10 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-	"net/url"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/distribution/distribution/v3/registry/api/errcode"
 	"github.com/distribution/reference"
 	"github.com/opencontainers/go-digest"
 
@@ -238,7 +235,7 @@ func (s *Server) Close() {
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	rw := &recorder{ResponseWriter: w, status: http.StatusOK}
-	rt := parseRoute(r.URL.Path)
+	route := parseRoute(r.URL.Path)
 	defer func() {
 		d := time.Since(start)
 		// Only content counts as served: an error body is not traffic
@@ -247,9 +244,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if rw.status >= 300 {
 			content = 0
 		}
-		s.obs.Request(rt.kind, rw.status, d, !rw.fromUpstream, content)
-		attrs := []any{"method", r.Method, "repository", rt.repo, "kind", rt.kind,
-			"ref", rt.ref, "status", rw.status, "bytes", rw.bytes, "duration", d, "stale", rw.stale}
+		s.obs.Request(route.kind, rw.status, d, !rw.fromUpstream, content)
+		attrs := []any{"method", r.Method, "repository", route.repo, "kind", route.kind,
+			"ref", route.ref, "status", rw.status, "bytes", rw.bytes, "duration", d, "stale", rw.stale}
 		if rw.cause != nil {
 			// The whole story for the operator; the client got a code.
 			attrs = append(attrs, "cause", rw.cause.Error())
@@ -271,278 +268,26 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(rw, http.StatusMethodNotAllowed, codeUnsupported, "multiproxy is a read-only pull-through cache")
 		return
 	}
-	if rt.repo != "" {
-		if _, err := reference.WithName(rt.repo); err != nil || !repoPattern.MatchString(rt.repo) {
+	if route.repo != "" {
+		if _, err := reference.WithName(route.repo); err != nil || !repoPattern.MatchString(route.repo) {
 			writeError(rw, http.StatusBadRequest, codeNameInvalid, "invalid repository name")
 			return
 		}
 	}
-	switch rt.kind {
+	switch route.kind {
 	case kindManifest:
-		s.serveManifest(rw, r, rt)
+		s.serveManifest(rw, r, route)
 	case kindBlob:
-		s.serveBlob(rw, r, rt)
+		s.serveBlob(rw, r, route)
 	case kindTags:
-		s.serveTags(rw, r, rt)
+		s.serveTags(rw, r, route)
 	case kindRefs:
-		s.serveReferrers(rw, r, rt)
+		s.serveReferrers(rw, r, route)
 	case kindUpload:
 		writeError(rw, http.StatusMethodNotAllowed, codeUnsupported, "multiproxy is a read-only pull-through cache")
 	default:
 		s.apps.serve(rw, r)
 	}
-}
-
-// serveReferrers answers the OCI referrers API (signatures, attestations)
-// from the upstream's API or tag schema, stale when the upstream fails.
-func (s *Server) serveReferrers(w *recorder, r *http.Request, rt route) {
-	d, err := digest.Parse(rt.ref)
-	if err != nil {
-		writeError(w, http.StatusBadRequest, codeDigestInvalid, "invalid digest")
-		return
-	}
-	refs, err := s.cache.Referrers(r.Context(), rt.repo, d, r.URL.Query().Get("artifactType"))
-	if err != nil {
-		s.writeUpstreamError(w, r, err, kindManifest)
-		return
-	}
-	if refs.Filtered {
-		w.Header().Set("OCI-Filters-Applied", "artifactType")
-	}
-	writeListing(w, r, "application/vnd.oci.image.index.v1+json", refs.Body, refs.Stale, refs.Cause)
-}
-
-// writeListing answers with a list made by the cache (tags, referrers),
-// marked stale when the upstream could not confirm it.
-func writeListing(w *recorder, r *http.Request, mediaType string, body []byte, stale bool, cause upstream.Cause) {
-	h := w.Header()
-	if stale {
-		w.stale = true
-		h.Set("Warning", fmt.Sprintf(`110 multiproxy "Response is Stale: upstream %s"`, cause))
-	}
-	h.Set("Content-Type", mediaType)
-	h.Set("Content-Length", strconv.Itoa(len(body)))
-	h.Set("Docker-Distribution-Api-Version", "registry/2.0")
-	w.WriteHeader(http.StatusOK)
-	if r.Method != http.MethodHead {
-		_, _ = w.Write(body)
-	}
-}
-
-// serveTags passes a tag list through from the upstream, or from the cached
-// tags, marked stale, when the upstream fails.
-func (s *Server) serveTags(w *recorder, r *http.Request, rt route) {
-	q := r.URL.Query()
-	if n := q.Get("n"); n != "" {
-		// Checked here as distribution checks it: passed on, a bad n gets
-		// the upstream's 400, which the cache would take for a failing
-		// upstream and answer with its cached tags instead.
-		parsed, err := strconv.Atoi(n)
-		if err != nil || parsed < 0 {
-			writeRegistryError(w, errcode.ErrorCodePaginationNumberInvalid.WithDetail(map[string]int{"n": parsed}))
-			return
-		}
-	}
-	// ns names this cache's upstream to this cache; the upstream has no
-	// use for it. The next page's link keeps it: in one-port mode it is
-	// how the following request finds this upstream again.
-	ns := q.Get("ns")
-	q.Del("ns")
-	list, err := s.cache.ListTags(r.Context(), rt.repo, q.Encode())
-	if err != nil {
-		s.writeUpstreamError(w, r, err, kindTags)
-		return
-	}
-	w.fromUpstream = !list.Stale
-	if list.Next != "" {
-		next := list.Next
-		if ns != "" {
-			v, _ := url.ParseQuery(next) // encoded by the cache from parsed values
-			v.Set("ns", ns)
-			next = v.Encode()
-		}
-		w.Header().Set("Link", fmt.Sprintf(`<%s?%s>; rel="next"`, r.URL.Path, next))
-	}
-	writeListing(w, r, "application/json", list.Body, list.Stale, list.Cause)
-}
-
-func (s *Server) serveManifest(w *recorder, r *http.Request, rt route) {
-	ctx := r.Context()
-	// From the lookup to the store's read, a collection must not remove the
-	// manifest it resolved to.
-	release := s.cache.Hold()
-	defer release()
-	var mem *cache.Manifest
-	d, err := digest.Parse(rt.ref)
-	byTag := err != nil
-	if byTag {
-		if !tagPattern.MatchString(rt.ref) {
-			if looksLikeDigest(rt.ref) {
-				writeError(w, http.StatusBadRequest, codeDigestInvalid, "invalid digest")
-			} else {
-				writeError(w, http.StatusBadRequest, codeTagInvalid, "invalid tag")
-			}
-			return
-		}
-		res, err := s.cache.ResolveTag(ctx, rt.repo, rt.ref)
-		if err != nil {
-			s.writeUpstreamError(w, r, err, kindManifest)
-			return
-		}
-		if res.Stale {
-			w.stale = true
-			w.Header().Set("Warning", fmt.Sprintf(`110 multiproxy "Response is Stale: upstream %s"`, res.Cause))
-		}
-		d, mem = res.Digest, res.Manifest
-	} else if mem, err = s.cache.EnsureManifest(ctx, rt.repo, d); err != nil {
-		s.writeUpstreamError(w, r, err, kindManifest)
-		return
-	}
-	if mem == nil {
-		// Read here, not through the App: what the request may be given
-		// depends on the stored manifest's type (answerManifest), and an
-		// App's 404 could not tell a manifest the client does not accept
-		// from one the store lost.
-		if mem, err = s.readManifest(r, rt.repo, d); err != nil {
-			s.writeUpstreamError(w, r, err, kindManifest)
-			return
-		}
-	}
-	s.answerManifest(w, r, rt.repo, d, mem, byTag)
-}
-
-// serveManifestBytes answers with verified manifest bytes, from the store
-// or from memory, with the headers distribution's manifest handler sets.
-func serveManifestBytes(w http.ResponseWriter, r *http.Request, d digest.Digest, m *cache.Manifest) {
-	h := w.Header()
-	h.Set("Content-Type", m.MediaType)
-	h.Set("Content-Length", strconv.Itoa(len(m.Body)))
-	h.Set("Docker-Content-Digest", d.String())
-	h.Set("Etag", `"`+d.String()+`"`)
-	h.Set("Docker-Distribution-Api-Version", "registry/2.0")
-	w.WriteHeader(http.StatusOK)
-	if r.Method != http.MethodHead {
-		_, _ = w.Write(m.Body)
-	}
-}
-
-func looksLikeDigest(ref string) bool {
-	for _, c := range ref {
-		if c == ':' {
-			return true
-		}
-	}
-	return false
-}
-
-func (s *Server) serveBlob(w *recorder, r *http.Request, rt route) {
-	ctx := r.Context()
-	d, err := digest.Parse(rt.ref)
-	if err != nil {
-		writeError(w, http.StatusBadRequest, codeDigestInvalid, "invalid digest")
-		return
-	}
-	if r.Method == http.MethodHead {
-		// A HEAD asks whether the blob exists and how big it is: the store
-		// or one upstream HEAD answers that, never a download.
-		size, err := s.cache.BlobSize(ctx, rt.repo, d)
-		if err != nil {
-			s.writeUpstreamError(w, r, err, kindBlob)
-			return
-		}
-		setBlobHeaders(w.Header(), d)
-		w.Header().Set("Content-Length", strconv.FormatInt(size, 10))
-		w.Header().Set("Accept-Ranges", "bytes")
-		w.WriteHeader(http.StatusOK)
-		return
-	}
-	if u, ok := s.cache.RedirectURL(r, rt.repo, d); ok {
-		// storage.s3.redirect: the bucket sends the bytes, presigned
-		// for this one blob; containerd and skopeo follow a 307.
-		w.Header().Set("Docker-Content-Digest", d.String())
-		http.Redirect(w, r, u, http.StatusTemporaryRedirect)
-		return
-	}
-	b, err := s.cache.Blob(ctx, rt.repo, d)
-	if err != nil {
-		s.writeUpstreamError(w, r, err, kindBlob)
-		return
-	}
-	defer b.Close()
-	g := newStallGuard(w)
-	if b.File != nil {
-		// Straight from the file, with the headers distribution's
-		// ServeBlob sets, so the kernel can copy it (sendfile) and ranges
-		// work. Measured on loopback, sendfile halves the CPU per byte at
-		// 16 clients for the same throughput, though one stream alone
-		// runs a little slower than a user-space copy (1.85 against
-		// 2.4 GB/s), far above any NIC.
-		setBlobHeaders(w.Header(), d)
-		w.Header().Set("Cache-Control", "max-age=31536000")
-		http.ServeContent(g, r, "", time.Time{}, b.File)
-		s.dropIfStalled(g, rt, d)
-		g.finish()
-		return
-	}
-	st := b.Stream
-	if r.Header.Get("Range") != "" && ifRangeHolds(r, d) {
-		s.serveColdRange(w, g, r, rt, d, st)
-		return
-	}
-	// The status goes out only with the first byte: a fill that fails
-	// before it (the upstream stalls after its headers, a CDN refuses)
-	// still gets a clean error status instead of a 200 cut short.
-	buf := make([]byte, 256<<10)
-	n, err := st.Read(buf)
-	if err != nil && !(err == io.EOF && n == 0 && st.Size() == 0) {
-		if err == io.EOF {
-			err = io.ErrUnexpectedEOF
-		}
-		s.writeUpstreamError(w, r, err, kindBlob)
-		return
-	}
-	w.fromUpstream = true
-	setBlobHeaders(w.Header(), d)
-	if st.Size() >= 0 {
-		w.Header().Set("Content-Length", strconv.FormatInt(st.Size(), 10))
-	}
-	w.WriteHeader(http.StatusOK)
-	if n > 0 {
-		if _, err := g.Write(buf[:n]); err != nil {
-			s.dropIfStalled(g, rt, d)
-			panic(http.ErrAbortHandler)
-		}
-	}
-	if _, err := st.WriteTo(g); err != nil {
-		s.dropIfStalled(g, rt, d)
-		if ctx.Err() == nil {
-			s.log.Warn("blob stream aborted", "repository", rt.repo, "digest", d, "err", err)
-		}
-		// Abort the connection: a clean end would let the client take a
-		// short or unverified body for the blob.
-		panic(http.ErrAbortHandler)
-	}
-	g.finish()
-}
-
-// dropIfStalled closes the connection of a client that stopped reading a
-// blob: its stream is closed on the way out, so a fill paced to it goes on
-// for the others.
-func (s *Server) dropIfStalled(g *stallGuard, rt route, d digest.Digest) {
-	if g.stalled == nil {
-		return
-	}
-	g.cause = fmt.Errorf("client stalled: no progress for %v: %w", g.timeout, g.stalled)
-	s.log.Warn("client stopped reading a blob; dropped", "repository", rt.repo, "digest", d,
-		"sent", g.bytes, "stall_timeout", g.timeout)
-	panic(http.ErrAbortHandler)
-}
-
-func setBlobHeaders(h http.Header, d digest.Digest) {
-	h.Set("Content-Type", "application/octet-stream")
-	h.Set("Docker-Content-Digest", d.String())
-	h.Set("Etag", `"`+d.String()+`"`)
-	h.Set("Docker-Distribution-Api-Version", "registry/2.0")
 }
 
 // writeUpstreamError answers a failed request as FailureOf says, and notes
@@ -598,7 +343,8 @@ func (r *recorder) Write(p []byte) (int, error) {
 	return n, err
 }
 
-// ReadFrom keeps sendfile available to distribution's blob serving.
+// ReadFrom keeps sendfile available to the blobs served here from a file
+// or a fill's spool (through stallGuard).
 func (r *recorder) ReadFrom(src io.Reader) (int64, error) {
 	r.wrote = true
 	n, err := io.Copy(r.ResponseWriter, src)

@@ -92,8 +92,10 @@ func AppStorage(st config.UpstreamStorage) configuration.Storage {
 	}
 	return configuration.Storage{
 		"s3": p,
-		// Manifests come from the bucket; blobs are ours to serve
-		// (local copy, or a presigned redirect when configured).
+		// The App is asked only for the catalog and the API base: blobs
+		// are served by internal/proxy (a local copy, or its own
+		// presigned redirect when configured), never redirected by
+		// the App.
 		"redirect": configuration.Parameters{"disable": true},
 	}
 }

@@ -151,16 +151,16 @@ func originOf(u *url.URL) string { return u.Scheme + "://" + u.Host }
 // challenges on its own (registry.k8s.io's backends do) gets anonymous
 // tokens from its realm, never our credentials: it is another party.
 type authorizer struct {
-	origin   string // scheme://host[:port] of the configured remote
-	hostname string // the remote's host name, without port
-	secure   bool   // the remote is https: nothing secret goes over plain http
-	username string
-	password string
-	http     http.RoundTripper
-	ua       string
-	timeout  time.Duration
-	refused  func(host, reason string)
-	now      func() time.Time
+	origin    string // scheme://host[:port] of the configured remote
+	hostname  string // the remote's host name, without port
+	secure    bool   // the remote is https: nothing secret goes over plain http
+	username  string
+	password  string
+	transport http.RoundTripper
+	ua        string
+	timeout   time.Duration
+	refused   func(host, reason string)
+	now       func() time.Time
 
 	mu      sync.Mutex
 	creds   map[authKey]*authEntry
@@ -174,20 +174,20 @@ type authEntry struct {
 	used uint64
 }
 
-func newAuthorizer(origin *url.URL, username, password string, rt http.RoundTripper, ua string, timeout time.Duration) *authorizer {
+func newAuthorizer(origin *url.URL, username, password string, transport http.RoundTripper, ua string, timeout time.Duration) *authorizer {
 	return &authorizer{
-		timeout:  timeout,
-		origin:   originOf(origin),
-		hostname: origin.Hostname(),
-		secure:   origin.Scheme == "https",
-		username: username,
-		password: password,
-		http:     rt,
-		ua:       ua,
-		refused:  func(string, string) {},
-		now:      time.Now,
-		creds:    map[authKey]*authEntry{},
-		realms:   map[string]challenge{},
+		timeout:   timeout,
+		origin:    originOf(origin),
+		hostname:  origin.Hostname(),
+		secure:    origin.Scheme == "https",
+		username:  username,
+		password:  password,
+		transport: transport,
+		ua:        ua,
+		refused:   func(string, string) {},
+		now:       time.Now,
+		creds:     map[authKey]*authEntry{},
+		realms:    map[string]challenge{},
 	}
 }
 
@@ -365,7 +365,7 @@ func (a *authorizer) requestToken(ctx context.Context, host, realm, service, sco
 			withheld = true
 		}
 	}
-	resp, err := a.http.RoundTrip(req)
+	resp, err := a.transport.RoundTrip(req)
 	if err != nil {
 		return credential{}, classify("authenticate", err)
 	}

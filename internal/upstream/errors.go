@@ -8,8 +8,6 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
-
-	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 )
 
 // Cause says why an upstream exchange failed, in the terms the cache decides
@@ -92,23 +90,15 @@ func statusError(op string, resp *http.Response) error {
 	}
 }
 
-// classify turns a transport-level error into an *Error. Errors from the auth
-// handshake that carry an HTTP status (a broken token service) keep it.
+// classify turns a transport-level error into an *Error. An *Error already
+// made (a token service's refusal, with its status and CauseAuth) is kept
+// as it is.
 func classify(op string, err error) error {
 	var ue *Error
 	if errors.As(err, &ue) {
 		return err
 	}
 	err = withoutQuery(err)
-	var te *transport.Error
-	if errors.As(err, &te) && te.StatusCode != 0 {
-		c := causeForStatus(te.StatusCode)
-		if c == CauseNotFound || c == CauseOther {
-			// A 404 from a token endpoint is a broken auth set-up, not an absent image.
-			c = CauseAuth
-		}
-		return &Error{Op: op, Cause: c, Status: te.StatusCode, Err: err}
-	}
 	if errors.Is(err, context.DeadlineExceeded) || isTimeout(err) {
 		return &Error{Op: op, Cause: CauseTimeout, Err: err}
 	}

@@ -20,10 +20,13 @@ import (
 // client, and one to 10.0.0.1 turns the cache into a way into the cluster
 // network.
 //
-// The policy is applied where the address is final: in the dialer's
-// Control hook, after DNS resolution, for every address tried. A name that
-// resolves to a public address when checked and to a private one when
-// dialed (DNS rebinding) is therefore refused too.
+// The policy is applied where the address is final: in the transport's
+// dialer, which resolves a hop's host itself, checks every address and
+// dials only the addresses that passed, by address. A name that resolves
+// to a public address when checked and to a private one a moment later
+// (DNS rebinding) therefore gains nothing. Through an HTTP proxy, which
+// dials for us, the hop's addresses are checked before the request is sent
+// (checkProxied).
 
 // Refusal reasons, as labelled in multiproxy_upstream_refused_total.
 const (
