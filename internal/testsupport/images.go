@@ -11,6 +11,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/multiproxy/multiproxy/internal/testinfra"
 )
 
 // indexChildLayerSize keeps PushIndex cheap; tests that care about blob
@@ -129,6 +131,6 @@ func newImage(layers int, layerSize int64, p v1.Platform) (v1.Image, error) {
 	cf.Created = created
 	cf.Config.Cmd = []string{"/bin/sh"}
 	cf.Config.Env = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
-	cf.Config.Labels = map[string]string{"org.multiproxy.testsupport.nonce": randomHex(8)}
+	cf.Config.Labels = map[string]string{"org.multiproxy.testsupport.nonce": testinfra.RandomHex(8)}
 	return mutate.ConfigFile(img, cf)
 }

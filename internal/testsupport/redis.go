@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/multiproxy/multiproxy/internal/testinfra"
 )
 
 // Redis is a redis-server process on 127.0.0.1, the store replicas
@@ -71,7 +73,7 @@ func startRedis(t testing.TB, password string, extra ...string) *Redis {
 		logs:         &SyncBuffer{},
 	}
 	if r.Password == "" {
-		r.Password = randomHex(16)
+		r.Password = testinfra.RandomHex(16)
 	}
 	if err := os.WriteFile(r.PasswordFile, []byte(r.Password+"\n"), 0o600); err != nil {
 		t.Fatalf("testsupport: write redis password file: %v", err)

@@ -17,6 +17,8 @@ import (
 	"github.com/aws/aws-sdk-go/aws/credentials"
 	"github.com/aws/aws-sdk-go/aws/session"
 	awss3 "github.com/aws/aws-sdk-go/service/s3"
+
+	"github.com/multiproxy/multiproxy/internal/testinfra"
 )
 
 // S3 is an S3-compatible object store on 127.0.0.1 for the
@@ -72,8 +74,8 @@ func StartS3(t testing.TB) *S3 {
 	s := &S3{
 		Region:    "us-east-1",
 		Bucket:    "multiproxy-test",
-		AccessKey: "MPTEST" + strings.ToUpper(randomHex(7)),
-		SecretKey: randomHex(20),
+		AccessKey: "MPTEST" + strings.ToUpper(testinfra.RandomHex(7)),
+		SecretKey: testinfra.RandomHex(20),
 		logs:      &SyncBuffer{},
 	}
 	s.AccessKeyFile = filepath.Join(dir, "access-key")

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/multiproxy/multiproxy/internal/testinfra"
 )
 
 // RedisSentinel is a Redis master, one replica of it and a Redis Sentinel
@@ -55,7 +57,7 @@ func StartRedisSentinel(t testing.TB) *RedisSentinel {
 	}
 	// One password for both servers: each may become the other's replica,
 	// and authenticates to its master with it.
-	password := randomHex(16)
+	password := testinfra.RandomHex(16)
 	// A replica's sync starts at once rather than after the 5 s a master
 	// waits for more replicas to share one transfer.
 	conf := []string{"masterauth " + password, "repl-diskless-sync-delay 0"}
@@ -71,7 +73,7 @@ func StartRedisSentinel(t testing.TB) *RedisSentinel {
 	s := &RedisSentinel{
 		MasterName:   "multiproxy",
 		Addr:         FreeAddr(t),
-		Password:     randomHex(16),
+		Password:     testinfra.RandomHex(16),
 		PasswordFile: filepath.Join(dir, "sentinel-password"),
 		Servers:      [2]*Redis{master, replica},
 		logs:         &SyncBuffer{},
