@@ -16,6 +16,8 @@ import (
 	"github.com/aws/aws-sdk-go/aws/session"
 	awss3 "github.com/aws/aws-sdk-go/service/s3"
 	"github.com/redis/go-redis/v9"
+
+	"github.com/multiproxy/multiproxy/internal/testinfra"
 )
 
 // The shared services of --ha: an S3 gateway (versitygw's posix backend)
@@ -35,7 +37,7 @@ type s3Gateway struct {
 // through the S3 API (a bare mkdir in the root would do for the posix
 // backend, but the API is what a deployment uses).
 func startS3Gateway(dir, bin string, buckets ...string) (*s3Gateway, error) {
-	g := &s3Gateway{region: "us-east-1", access: "MPBENCH" + strings.ToUpper(randHex(6)), secret: randHex(20),
+	g := &s3Gateway{region: "us-east-1", access: "MPBENCH" + strings.ToUpper(testinfra.RandomHex(6)), secret: testinfra.RandomHex(20),
 		dir: filepath.Join(dir, "gw")}
 	if err := os.MkdirAll(g.dir, 0o755); err != nil {
 		return nil, err
@@ -115,7 +117,7 @@ func startRedis(dir, bin string) (*redisServer, error) {
 	if err != nil {
 		return nil, err
 	}
-	r := &redisServer{addr: fmt.Sprintf("127.0.0.1:%d", port), password: randHex(16),
+	r := &redisServer{addr: fmt.Sprintf("127.0.0.1:%d", port), password: testinfra.RandomHex(16),
 		passwordFile: filepath.Join(dir, "password")}
 	if err := os.WriteFile(r.passwordFile, []byte(r.password+"\n"), 0o600); err != nil {
 		return nil, err
@@ -230,7 +232,7 @@ func startRefHAFleet(dir, bin, remote string, n int, g *s3Gateway, bucket string
 	if err != nil {
 		return nil, err
 	}
-	secret := randHex(16)
+	secret := testinfra.RandomHex(16)
 	f := &refFleet{}
 	for i := range n {
 		d := filepath.Join(dir, fmt.Sprintf("ref%d", i))
