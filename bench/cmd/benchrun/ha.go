@@ -16,6 +16,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/multiproxy/multiproxy/internal/testinfra"
 )
 
 // --ha: multiproxy's high-availability mode (replicas sharing one bucket
@@ -56,8 +58,8 @@ type haBench struct {
 	*bench
 	hp haParams
 
-	s3   *s3Gateway
-	rd   *redisServer
+	s3   *testinfra.S3
+	rd   *testinfra.Redis
 	reps []*mpInstance // the HA cluster
 	refs *refFleet     // the reference cluster
 	fs   *mpInstance
@@ -277,7 +279,7 @@ func (h *haBench) start() error {
 	if err != nil {
 		return err
 	}
-	logf("versitygw %s (pid %d), redis-server %s (pid %d)", h.s3.endpoint, h.s3.p.pid(), h.rd.addr, h.rd.p.pid())
+	logf("versitygw %s (pid %d), redis-server %s (pid %d)", h.s3.Endpoint, h.s3.Pid(), h.rd.Addr, h.rd.Pid())
 	peers, err := freePorts(h.hp.replicas)
 	if err != nil {
 		return err
