@@ -54,6 +54,23 @@ func (p *process) kill() error {
 	return nil
 }
 
+// binAndAddr fills in a server's options: bin, or name found in PATH, and
+// addr, or a free 127.0.0.1 address.
+func binAndAddr(bin, name, addr string) (string, string, error) {
+	var err error
+	if bin == "" {
+		if bin, err = exec.LookPath(name); err != nil {
+			return "", "", fmt.Errorf("%s: %w", name, err)
+		}
+	}
+	if addr == "" {
+		if addr, err = PickAddr(); err != nil {
+			return "", "", fmt.Errorf("%s address: %w", name, err)
+		}
+	}
+	return bin, addr, nil
+}
+
 // waitReady polls ready every interval until it returns nil, the process
 // exits or timeout passes; the error then names the last answer.
 func (p *process) waitReady(timeout, interval time.Duration, ready func() error) error {

@@ -6,7 +6,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -78,30 +77,21 @@ func StartRedis(opts RedisOptions) (*Redis, error) {
 
 // NewRedis writes the config without starting the server.
 func NewRedis(opts RedisOptions) (*Redis, error) {
-	bin := opts.Bin
-	if bin == "" {
-		var err error
-		if bin, err = exec.LookPath("redis-server"); err != nil {
-			return nil, fmt.Errorf("redis-server: %w", err)
-		}
+	bin, addr, err := binAndAddr(opts.Bin, "redis-server", opts.Addr)
+	if err != nil {
+		return nil, err
 	}
 	if err := os.MkdirAll(opts.Dir, 0o755); err != nil {
 		return nil, fmt.Errorf("redis directory: %w", err)
 	}
 	r := &Redis{
-		Addr:         opts.Addr,
+		Addr:         addr,
 		Password:     opts.Password,
 		PasswordFile: filepath.Join(opts.Dir, "password"),
 		bin:          bin,
 		conf:         filepath.Join(opts.Dir, "redis.conf"),
 		env:          opts.Env,
 		log:          opts.Log,
-	}
-	if r.Addr == "" {
-		var err error
-		if r.Addr, err = PickAddr(); err != nil {
-			return nil, fmt.Errorf("redis address: %w", err)
-		}
 	}
 	if r.Password == "" {
 		r.Password = RandomHex(16)
@@ -113,24 +103,26 @@ func NewRedis(opts RedisOptions) (*Redis, error) {
 	if err != nil {
 		return nil, fmt.Errorf("redis address %q: %w", r.Addr, err)
 	}
-	// A config file rather than arguments keeps the password out of the
-	// process list. logfile "" is stdout, which goes to Log.
-	conf := strings.Join([]string{
-		"bind 127.0.0.1",
-		"port " + port,
-		"protected-mode yes",
-		"requirepass " + r.Password,
-		`save ""`,
-		"appendonly no",
-		"daemonize no",
-		`logfile ""`,
-		"dir " + opts.Dir,
-		strings.Join(opts.Extra, "\n"),
-	}, "\n")
+	conf := redisConf(port, opts.Dir, r.Password, append([]string{`save ""`, "appendonly no"}, opts.Extra...)...)
 	if err := os.WriteFile(r.conf, []byte(conf), 0o600); err != nil {
 		return nil, fmt.Errorf("write redis config: %w", err)
 	}
 	return r, nil
+}
+
+// redisConf is a config for redis-server or redis-sentinel on
+// 127.0.0.1:port with a password and its output on stdout. A config file
+// rather than arguments keeps the password out of the process list.
+func redisConf(port, dir, password string, extra ...string) string {
+	return strings.Join(append([]string{
+		"bind 127.0.0.1",
+		"port " + port,
+		"protected-mode yes",
+		"requirepass " + password,
+		"daemonize no",
+		`logfile ""`,
+		"dir " + dir,
+	}, extra...), "\n") + "\n"
 }
 
 // Start starts the server (again after Stop: on the same address, empty)

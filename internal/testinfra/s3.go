@@ -6,7 +6,6 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"time"
@@ -67,19 +66,9 @@ const S3StartTimeout = 30 * time.Second
 // S3 API (a bare mkdir in the root would do for the posix backend, but the
 // API is what a deployment uses).
 func StartS3(opts S3Options) (*S3, error) {
-	bin := opts.Bin
-	if bin == "" {
-		var err error
-		if bin, err = exec.LookPath("versitygw"); err != nil {
-			return nil, fmt.Errorf("versitygw: %w", err)
-		}
-	}
-	addr := opts.Addr
-	if addr == "" {
-		var err error
-		if addr, err = PickAddr(); err != nil {
-			return nil, fmt.Errorf("S3 gateway address: %w", err)
-		}
+	bin, addr, err := binAndAddr(opts.Bin, "versitygw", opts.Addr)
+	if err != nil {
+		return nil, err
 	}
 	s := &S3{
 		Endpoint:      "http://" + addr,
@@ -102,7 +91,7 @@ func StartS3(opts S3Options) (*S3, error) {
 	// goes into extended attributes. A filesystem without user xattrs
 	// makes versitygw refuse to start; then a sidecar directory holds it.
 	logs := &SyncBuffer{}
-	err := s.start(bin, addr, opts, logs, "posix", s.Root)
+	err = s.start(bin, addr, opts, logs, "posix", s.Root)
 	if err != nil && strings.Contains(logs.String(), "xattr") {
 		sidecar := filepath.Join(opts.Dir, "meta")
 		if err := os.MkdirAll(sidecar, 0o755); err != nil {

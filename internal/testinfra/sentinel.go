@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"time"
@@ -61,19 +60,9 @@ const (
 // StartSentinel starts a Sentinel monitoring the master and returns once
 // it knows the master's replicas.
 func StartSentinel(opts SentinelOptions) (*Sentinel, error) {
-	bin := opts.Bin
-	if bin == "" {
-		var err error
-		if bin, err = exec.LookPath("redis-sentinel"); err != nil {
-			return nil, fmt.Errorf("redis-sentinel: %w", err)
-		}
-	}
-	addr := opts.Addr
-	if addr == "" {
-		var err error
-		if addr, err = PickAddr(); err != nil {
-			return nil, fmt.Errorf("sentinel address: %w", err)
-		}
+	bin, addr, err := binAndAddr(opts.Bin, "redis-sentinel", opts.Addr)
+	if err != nil {
+		return nil, err
 	}
 	s := &Sentinel{
 		Addr:         addr,
@@ -95,21 +84,14 @@ func StartSentinel(opts SentinelOptions) (*Sentinel, error) {
 	if err != nil {
 		return nil, fmt.Errorf("master address %q: %w", opts.MasterAddr, err)
 	}
-	conf := strings.Join([]string{
-		"bind 127.0.0.1",
-		"port " + port,
-		"protected-mode yes",
-		"daemonize no",
-		`logfile ""`,
-		"dir " + opts.Dir,
-		"requirepass " + s.Password,
+	// Sentinel rewrites its config as it learns the set-up. A quorum of 1:
+	// the only Sentinel decides.
+	conf := redisConf(port, opts.Dir, s.Password,
 		fmt.Sprintf("sentinel monitor %s %s %s 1", s.MasterName, mHost, mPort),
 		fmt.Sprintf("sentinel auth-pass %s %s", s.MasterName, opts.MasterPassword),
 		fmt.Sprintf("sentinel down-after-milliseconds %s %d", s.MasterName, sentinelDownAfter),
 		fmt.Sprintf("sentinel failover-timeout %s %d", s.MasterName, sentinelFailoverTimeout),
-		fmt.Sprintf("sentinel parallel-syncs %s 1", s.MasterName),
-		"",
-	}, "\n")
+		fmt.Sprintf("sentinel parallel-syncs %s 1", s.MasterName))
 	confFile := filepath.Join(opts.Dir, "sentinel.conf")
 	if err := os.WriteFile(confFile, []byte(conf), 0o600); err != nil {
 		return nil, fmt.Errorf("write sentinel config: %w", err)
