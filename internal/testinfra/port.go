@@ -18,9 +18,10 @@ import (
 // address across Stop/Start, or that is started later.
 //
 // The port is chosen outside the kernel's ephemeral range when that range
-// is known: while a registry is stopped nothing holds its port, and the
-// kernel hands out ephemeral ports to every outgoing connection in the test
-// binary (and in concurrently running test binaries). A port below that
+// is known: while a server is stopped nothing holds its port, and the
+// kernel hands out ephemeral ports to every outgoing connection of this
+// program (and of programs running alongside, such as other test binaries).
+// A port below that
 // range can only be taken by someone binding it explicitly, which makes
 // Start after Stop far less likely to find it occupied.
 func PickAddr() (string, error) {
