@@ -181,7 +181,7 @@ func TestCDNHeadIsRedirectedToo(t *testing.T) {
 func TestCDNURLTTL(t *testing.T) {
 	t.Parallel()
 	r := NewRegistry(t, RegistryOptions{CDN: true, CDNURLTTL: 3 * time.Second})
-	u, err := url.Parse(r.CDN().sign(r.CDN().URL() + "/docker/registry/v2/blobs/x"))
+	u, err := url.Parse(r.CDN().Sign(r.CDN().URL() + "/docker/registry/v2/blobs/x"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -189,7 +189,7 @@ func TestCDNURLTTL(t *testing.T) {
 	if left := time.Until(time.Unix(exp, 0)); err != nil || left < time.Second || left > 3*time.Second {
 		t.Fatalf("X-Expires %q: %v left, %v", u.Query().Get("X-Expires"), left, err)
 	}
-	if other := r.CDN().sign("http://elsewhere/docker/registry/v2/blobs/x"); other != "http://elsewhere/docker/registry/v2/blobs/x" {
+	if other := r.CDN().Sign("http://elsewhere/docker/registry/v2/blobs/x"); other != "http://elsewhere/docker/registry/v2/blobs/x" {
 		t.Fatalf("signed a URL of another host: %s", other)
 	}
 }

@@ -18,6 +18,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/multiproxy/multiproxy/internal/testinfra"
 )
 
 // Media types the corpus uses beyond go-containerregistry's.
@@ -275,7 +277,7 @@ func PushCorpus(t testing.TB, r *Registry, repo string) *Corpus {
 	// registry stores the manifest without them.
 	foreign := make([]v1.Descriptor, 2)
 	for i := range foreign {
-		d := v1.Hash{Algorithm: "sha256", Hex: randomHex(32)}
+		d := v1.Hash{Algorithm: "sha256", Hex: testinfra.RandomHex(32)}
 		foreign[i] = v1.Descriptor{
 			MediaType: mtNondistributable,
 			Digest:    d,
@@ -367,7 +369,7 @@ func (p *corpusPusher) config(what string, mt types.MediaType, arch string, extr
 		"architecture": arch,
 		"os":           "linux",
 		"created":      "2024-01-01T00:00:00Z",
-		"config":       map[string]any{"Cmd": []string{"/bin/sh"}, "Labels": map[string]string{"org.multiproxy.testsupport.nonce": randomHex(8)}},
+		"config":       map[string]any{"Cmd": []string{"/bin/sh"}, "Labels": map[string]string{"org.multiproxy.testsupport.nonce": testinfra.RandomHex(8)}},
 		"rootfs":       map[string]any{"type": "layers", "diff_ids": diffIDs},
 	}
 	for k, v := range extra {

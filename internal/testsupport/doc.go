@@ -13,6 +13,11 @@
 // layers are genuine gzip-compressed tar streams with matching diff_ids;
 // containerd verifies those, so synthetic byte blobs would not do.
 //
+// The token service, the CDN, versitygw, redis-server and Sentinel are
+// internal/testinfra's, which bench/ starts too; this package is their
+// testing.TB layer (t.Fatal on error, t.Cleanup to stop them, a skip when a
+// binary is not installed).
+//
 // Faults wraps a registry's handler to script failures (delays, hangs,
 // error statuses, corrupted or cut-off bodies) per test, while the registry
 // behind it stays real.

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/distribution/reference"
+
+	"github.com/multiproxy/multiproxy/internal/testinfra"
 )
 
 // frontRoute splits "/v2/<name>/<rest>" as distribution's router does:
@@ -58,7 +60,7 @@ type Front struct {
 	opts FrontOptions
 
 	mu  sync.Mutex // serialises Start and Stop
-	svc *service
+	svc *testinfra.Service
 
 	rmu      sync.Mutex
 	requests []*FrontRequest
@@ -85,7 +87,7 @@ func StartFront(t testing.TB, opts FrontOptions) *Front {
 		t.Fatal("testsupport: FrontOptions.Target is nil")
 	}
 	opts.Prefix = strings.Trim(opts.Prefix, "/")
-	svc, err := newService(nil)
+	svc, err := testinfra.NewService(nil)
 	if err != nil {
 		t.Fatalf("testsupport: front: %v", err)
 	}
@@ -100,7 +102,7 @@ func (f *Front) Start() {
 	f.t.Helper()
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if err := f.svc.start(f.handler()); err != nil {
+	if err := f.svc.Start(f.handler()); err != nil {
 		f.t.Fatalf("testsupport: start front: %v", err)
 	}
 }
@@ -109,16 +111,16 @@ func (f *Front) Start() {
 func (f *Front) Stop() {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if err := f.svc.stop(); err != nil {
+	if err := f.svc.Stop(); err != nil {
 		f.t.Errorf("testsupport: front: %v", err)
 	}
 }
 
 // URL is the front's base URL, "http://127.0.0.1:port".
-func (f *Front) URL() string { return f.svc.url("127.0.0.1") }
+func (f *Front) URL() string { return f.svc.URL("127.0.0.1") }
 
 // Host is "127.0.0.1:port", the registry part of an image reference.
-func (f *Front) Host() string { return f.svc.addr }
+func (f *Front) Host() string { return f.svc.Addr() }
 
 // Ref returns Host()+"/"+s.
 func (f *Front) Ref(repoAndTagOrDigest string) string { return f.Host() + "/" + repoAndTagOrDigest }
@@ -174,10 +176,10 @@ func (f *Front) handler() http.Handler {
 		f.rmu.Lock()
 		f.requests = append(f.requests, rec)
 		f.rmu.Unlock()
-		sw := &statusWriter{ResponseWriter: w}
+		sw := &testinfra.StatusWriter{ResponseWriter: w}
 		defer func() {
 			f.rmu.Lock()
-			rec.Status = sw.status
+			rec.Status = sw.Status
 			rec.Location = sw.Header().Get("Location")
 			f.rmu.Unlock()
 		}()
@@ -203,7 +205,7 @@ func (f *Front) serve(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = w.Write([]byte("{}"))
 	case p == "/token" && f.opts.SessionToken:
-		body, err := json.Marshal(map[string]any{"token": randomHex(16), "expires_in": 3600})
+		body, err := json.Marshal(map[string]any{"token": testinfra.RandomHex(16), "expires_in": 3600})
 		if err != nil {
 			panic(err)
 		}
@@ -219,7 +221,7 @@ func (f *Front) serve(w http.ResponseWriter, r *http.Request) {
 		if f.opts.Prefix != "" {
 			name = f.opts.Prefix + "/" + name
 		}
-		loc := f.opts.Target.svc.namedURL() + "/v2/" + name + "/" + rest
+		loc := f.opts.Target.svc.NamedURL() + "/v2/" + name + "/" + rest
 		if r.URL.RawQuery != "" {
 			loc += "?" + r.URL.RawQuery
 		}

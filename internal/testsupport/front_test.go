@@ -42,7 +42,7 @@ func TestFrontRedirects(t *testing.T) {
 		}
 	}
 
-	to := target.svc.namedURL() + "/v2/k8s-artifacts-prod/images/"
+	to := target.svc.NamedURL() + "/v2/k8s-artifacts-prod/images/"
 	digest := "sha256:" + strings.Repeat("ab", 32)
 	for path, want := range map[string]string{
 		"/v2/pause/manifests/3.9?ns=registry.k8s.io":      to + "pause/manifests/3.9?ns=registry.k8s.io",

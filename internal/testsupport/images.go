@@ -2,7 +2,6 @@ package testsupport
 
 import (
 	"testing"
-	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -11,6 +10,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/multiproxy/multiproxy/internal/testinfra"
 )
 
 // indexChildLayerSize keeps PushIndex cheap; tests that care about blob
@@ -96,39 +97,23 @@ func parseRef(t testing.TB, r *Registry, repoTag string) name.Reference {
 }
 
 func newImage(layers int, layerSize int64, p v1.Platform) (v1.Image, error) {
-	// The config's creation time is fixed so that only the random content
-	// distinguishes images; a nonce label keeps even layerless images
-	// unique.
-	created := v1.Time{Time: time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC)}
-
-	img := mutate.MediaType(empty.Image, types.OCIManifestSchema1)
-	img = mutate.ConfigMediaType(img, types.OCIConfigJSON)
-	adds := make([]mutate.Addendum, 0, layers)
+	// The config's creation time is fixed (testinfra.ImageCreated) so that
+	// only the random content distinguishes images; a nonce label keeps
+	// even layerless images unique.
+	ls := make([]v1.Layer, 0, layers)
 	for range layers {
 		l, err := random.Layer(layerSize, types.OCILayer)
 		if err != nil {
 			return nil, err
 		}
-		adds = append(adds, mutate.Addendum{
-			Layer:   l,
-			History: v1.History{Created: created, CreatedBy: "testsupport"},
-		})
+		ls = append(ls, l)
 	}
-	img, err := mutate.Append(img, adds...)
-	if err != nil {
-		return nil, err
-	}
-	cf, err := img.ConfigFile()
-	if err != nil {
-		return nil, err
-	}
-	cf = cf.DeepCopy()
-	cf.OS = p.OS
-	cf.Architecture = p.Architecture
-	cf.Variant = p.Variant
-	cf.Created = created
-	cf.Config.Cmd = []string{"/bin/sh"}
-	cf.Config.Env = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
-	cf.Config.Labels = map[string]string{"org.multiproxy.testsupport.nonce": randomHex(8)}
-	return mutate.ConfigFile(img, cf)
+	return testinfra.OCIImage(ls, "testsupport", func(cf *v1.ConfigFile) {
+		cf.OS = p.OS
+		cf.Architecture = p.Architecture
+		cf.Variant = p.Variant
+		cf.Config.Cmd = []string{"/bin/sh"}
+		cf.Config.Env = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
+		cf.Config.Labels = map[string]string{"org.multiproxy.testsupport.nonce": testinfra.RandomHex(8)}
+	})
 }

@@ -101,7 +101,7 @@ func TestProfilesPullDirect(t *testing.T) {
 		}
 		for _, r := range up.Front.Requests() {
 			if strings.Contains(r.Path, "/manifests/") || strings.Contains(r.Path, "/blobs/") {
-				want := up.Registry.svc.namedURL() + "/v2/" + up.StoredRepo("library/")
+				want := up.Registry.svc.NamedURL() + "/v2/" + up.StoredRepo("library/")
 				if r.Status != http.StatusTemporaryRedirect || !strings.HasPrefix(r.Location, want) {
 					t.Errorf("front answered %+v, want 307 to %s...", r, want)
 				}

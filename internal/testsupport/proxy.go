@@ -1,12 +1,10 @@
 package testsupport
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"net/http"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
@@ -15,6 +13,8 @@ import (
 
 	"github.com/multiproxy/multiproxy/internal/config"
 	"github.com/multiproxy/multiproxy/internal/serve"
+
+	"github.com/multiproxy/multiproxy/internal/testinfra"
 )
 
 // ProxyUpstream is one upstream of a test proxy.
@@ -136,23 +136,7 @@ func PullOptions() []remote.Option {
 
 // SyncBuffer is a bytes.Buffer that a server may write its log to while
 // the test reads it.
-type SyncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *SyncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-// String is everything written so far.
-func (s *SyncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+type SyncBuffer = testinfra.SyncBuffer
 
 // Settle waits until no blob download is running in the proxy, as its
 // multiproxy_fills_in_flight gauge reports. Clients get a blob's last byte

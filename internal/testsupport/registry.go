@@ -2,10 +2,8 @@ package testsupport
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/hex"
 	"fmt"
 	"net"
 	"net/http"
@@ -31,6 +29,8 @@ import (
 	_ "github.com/distribution/distribution/v3/registry/auth/token"
 	_ "github.com/distribution/distribution/v3/registry/storage/driver/filesystem"
 	_ "github.com/distribution/distribution/v3/registry/storage/driver/middleware/redirect"
+
+	"github.com/multiproxy/multiproxy/internal/testinfra"
 )
 
 // RegistryOptions configures a test registry.
@@ -70,11 +70,6 @@ type RegistryOptions struct {
 	// recording.
 	WrapCDN func(http.Handler) http.Handler
 }
-
-// stopTimeout bounds how long Stop waits for handlers to return. Handlers
-// see a cancelled context and closed connections at that point, so only a
-// genuinely stuck handler (a bug worth failing the test for) takes longer.
-const stopTimeout = 10 * time.Second
 
 var quietLogs sync.Once
 
@@ -127,7 +122,7 @@ type Registry struct {
 	cdn          *CDN         // nil without CDN
 
 	mu  sync.Mutex
-	svc *service
+	svc *testinfra.Service
 	// app is nil while stopped. A fresh App per Start means a restarted
 	// registry has no in-memory state left over, just like a restarted
 	// process; only what reached the filesystem survives.
@@ -150,7 +145,7 @@ func NewRegistry(t testing.TB, opts RegistryOptions) *Registry {
 		t:       t,
 		opts:    opts,
 		rootDir: filepath.Join(dir, "storage"),
-		secret:  randomHex(16),
+		secret:  testinfra.RandomHex(16),
 	}
 
 	if opts.Username != "" && !opts.Token {
@@ -191,26 +186,23 @@ func NewRegistry(t testing.TB, opts RegistryOptions) *Registry {
 		serverTLS = &tls.Config{Certificates: []tls.Certificate{pki.server}, MinVersion: tls.VersionTLS12}
 	}
 
-	svc, err := newService(serverTLS)
+	svc, err := testinfra.NewService(serverTLS)
 	if err != nil {
 		t.Fatalf("testsupport: registry: %v", err)
 	}
-	r.svc, r.addr = svc, svc.addr
+	r.svc, r.addr = svc, svc.Addr()
 	if opts.Token {
-		svc, err := newService(serverTLS)
+		r.tokens, err = testinfra.NewTokenIssuer(testinfra.TokenOptions{Dir: dir, TTL: opts.TokenTTL,
+			Username: opts.Username, Password: opts.Password, Wrap: opts.WrapTokens, TLS: serverTLS})
 		if err != nil {
-			t.Fatalf("testsupport: token issuer: %v", err)
-		}
-		if r.tokens, err = newTokenIssuer(dir, opts, svc); err != nil {
 			t.Fatalf("testsupport: %v", err)
 		}
 	}
 	if opts.CDN {
-		svc, err := newService(serverTLS)
+		r.cdn, err = testinfra.NewCDN(testinfra.CDNOptions{Root: r.rootDir, URLTTL: opts.CDNURLTTL, Wrap: opts.WrapCDN, TLS: serverTLS})
 		if err != nil {
-			t.Fatalf("testsupport: CDN: %v", err)
+			t.Fatalf("testsupport: %v", err)
 		}
-		r.cdn = newCDN(r.rootDir, opts, svc)
 	}
 
 	t.Cleanup(r.Stop)
@@ -232,7 +224,7 @@ func (r *Registry) Start() {
 	r.t.Helper()
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.svc.running() {
+	if r.svc.Running() {
 		return
 	}
 
@@ -247,13 +239,13 @@ func (r *Registry) Start() {
 	// The registry's port opens last, so a client that reaches it finds
 	// the hosts it is sent on to already up.
 	if r.cdn != nil {
-		err = r.cdn.svc.start(r.cdn.handler())
+		err = r.cdn.Start()
 	}
 	if err == nil && r.tokens != nil {
-		err = r.tokens.svc.start(r.tokens.handler())
+		err = r.tokens.Start()
 	}
 	if err == nil {
-		err = r.svc.start(h)
+		err = r.svc.Start(h)
 	}
 	if err != nil {
 		r.app = app
@@ -277,7 +269,7 @@ func (r *Registry) Stop() {
 }
 
 func (r *Registry) stopLocked() {
-	if err := r.svc.stop(); err != nil {
+	if err := r.svc.Stop(); err != nil {
 		r.t.Errorf("testsupport: registry: %v", err)
 	}
 	// Exactly once per App: a second Shutdown panics.
@@ -286,12 +278,12 @@ func (r *Registry) stopLocked() {
 	}
 	r.app = nil
 	if r.tokens != nil {
-		if err := r.tokens.svc.stop(); err != nil {
+		if err := r.tokens.Stop(); err != nil {
 			r.t.Errorf("testsupport: token issuer: %v", err)
 		}
 	}
 	if r.cdn != nil {
-		if err := r.cdn.svc.stop(); err != nil {
+		if err := r.cdn.Stop(); err != nil {
 			r.t.Errorf("testsupport: CDN: %v", err)
 		}
 	}
@@ -357,7 +349,7 @@ func (r *Registry) RemoteOptions() []remote.Option {
 	case r.opts.Username != "":
 		auth = &authn.Basic{Username: r.opts.Username, Password: r.opts.Password}
 	case r.tokens != nil:
-		u, p := r.tokens.credentials()
+		u, p := r.tokens.Credentials()
 		auth = &authn.Basic{Username: u, Password: p}
 	}
 	return []remote.Option{remote.WithAuth(auth), remote.WithTransport(r.transport)}
@@ -404,9 +396,9 @@ func (r *Registry) config() *configuration.Configuration {
 	case r.tokens != nil:
 		cfg.Auth = configuration.Auth{"token": configuration.Parameters{
 			"realm":          r.tokens.URL(),
-			"service":        tokenService,
-			"issuer":         tokenIssuer,
-			"rootcertbundle": r.tokens.rootFile,
+			"service":        r.tokens.Service(),
+			"issuer":         r.tokens.Issuer(),
+			"rootcertbundle": r.tokens.RootFile(),
 		}}
 	case r.htpasswdPath != "":
 		cfg.Auth = configuration.Auth{"htpasswd": configuration.Parameters{
@@ -453,7 +445,7 @@ func (e *edgeWriter) WriteHeader(code int) {
 		e.wrote = true
 		h := e.Header()
 		if loc := h.Get("Location"); code == http.StatusTemporaryRedirect && e.cdn != nil && loc != "" {
-			h.Set("Location", e.cdn.sign(loc))
+			h.Set("Location", e.cdn.Sign(loc))
 		}
 		// With the token removed distribution challenges as for a
 		// request without one; real registries say why.
@@ -480,14 +472,6 @@ func newApp(cfg *configuration.Configuration) (app *handlers.App, err error) {
 		}
 	}()
 	return handlers.NewApp(context.Background(), cfg), nil
-}
-
-func randomHex(n int) string {
-	b := make([]byte, n)
-	if _, err := rand.Read(b); err != nil {
-		panic(err)
-	}
-	return hex.EncodeToString(b)
 }
 
 // LeakIgnores lists goleak options for goroutines the registry leaves

@@ -2,21 +2,16 @@ package testsupport
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"io"
-	"net/http"
-	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/aws/aws-sdk-go/aws"
-	"github.com/aws/aws-sdk-go/aws/credentials"
-	"github.com/aws/aws-sdk-go/aws/session"
 	awss3 "github.com/aws/aws-sdk-go/service/s3"
+
+	"github.com/multiproxy/multiproxy/internal/testinfra"
 )
 
 // S3 is an S3-compatible object store on 127.0.0.1 for the
@@ -43,8 +38,7 @@ type S3 struct {
 	// lists.
 	Dir string
 
-	cmd    *exec.Cmd
-	exited chan struct{}
+	gw     *testinfra.S3
 	logs   *SyncBuffer
 	client *awss3.S3
 }
@@ -55,10 +49,6 @@ type S3 struct {
 // data behind.
 const S3MetaDir = ".sgwtmp"
 
-// s3StartTimeout bounds the gateway's start; it answers within a fraction
-// of a second, so only a broken install or a wedged machine reaches it.
-const s3StartTimeout = 30 * time.Second
-
 // StartS3 starts a versitygw gateway on a free 127.0.0.1 port over a fresh
 // temporary directory, creates one bucket, and stops the gateway when the
 // test ends. It skips the test when versitygw is not installed.
@@ -68,120 +58,31 @@ func StartS3(t testing.TB) *S3 {
 	if err != nil {
 		t.Skip("versitygw is not installed: this test needs a local S3 gateway (run ci/install-versitygw.sh)")
 	}
-	dir := t.TempDir()
-	s := &S3{
-		Region:    "us-east-1",
-		Bucket:    "multiproxy-test",
-		AccessKey: "MPTEST" + strings.ToUpper(randomHex(7)),
-		SecretKey: randomHex(20),
-		logs:      &SyncBuffer{},
-	}
-	s.AccessKeyFile = filepath.Join(dir, "access-key")
-	s.SecretKeyFile = filepath.Join(dir, "secret-key")
-	for file, v := range map[string]string{s.AccessKeyFile: s.AccessKey, s.SecretKeyFile: s.SecretKey} {
-		if err := os.WriteFile(file, []byte(v+"\n"), 0o600); err != nil {
-			t.Fatalf("testsupport: write S3 credential file: %v", err)
-		}
-	}
-	root := filepath.Join(dir, "gw")
-	if err := os.Mkdir(root, 0o755); err != nil {
-		t.Fatalf("testsupport: create S3 gateway root: %v", err)
-	}
-	s.Dir = filepath.Join(root, s.Bucket)
+	const bucket = "multiproxy-test"
+	logs := &SyncBuffer{}
 	addr := FreeAddr(t)
-	s.Endpoint = "http://" + addr
-
 	t.Cleanup(func() {
 		if t.Failed() {
-			t.Logf("versitygw on %s logged:\n%s", addr, s.logs)
+			t.Logf("versitygw on %s logged:\n%s", addr, logs)
 		}
 	})
-	// Object metadata (ETags above all, which multipart completion checks)
-	// goes into extended attributes. A filesystem without user xattrs
-	// makes versitygw refuse to start; then a sidecar directory holds it.
-	backend := []string{"posix", root}
-	if err := s.start(t, bin, addr, backend); err != nil {
-		if !strings.Contains(s.logs.String(), "xattr") {
-			t.Fatalf("testsupport: %v", err)
-		}
-		sidecar := filepath.Join(dir, "meta")
-		if err := os.Mkdir(sidecar, 0o755); err != nil {
-			t.Fatalf("testsupport: create S3 sidecar directory: %v", err)
-		}
-		backend = []string{"posix", "--sidecar", sidecar, root}
-		if err := s.start(t, bin, addr, backend); err != nil {
-			t.Fatalf("testsupport: %v", err)
-		}
-	}
-
-	sess, err := session.NewSession(aws.NewConfig().
-		WithCredentials(credentials.NewStaticCredentials(s.AccessKey, s.SecretKey, "")).
-		WithEndpoint(s.Endpoint).
-		WithRegion(s.Region).
-		WithS3ForcePathStyle(true).
-		WithDisableSSL(true).
-		WithMaxRetries(0))
+	gw, err := testinfra.StartS3(testinfra.S3Options{Dir: t.TempDir(), Bin: bin, Addr: addr, Buckets: []string{bucket}, Log: logs})
 	if err != nil {
-		t.Fatalf("testsupport: S3 client session: %v", err)
+		t.Fatalf("testsupport: %v", err)
 	}
-	s.client = awss3.New(sess)
-	ctx, cancel := context.WithTimeout(context.Background(), s3StartTimeout)
-	defer cancel()
-	if _, err := s.client.CreateBucketWithContext(ctx, &awss3.CreateBucketInput{Bucket: aws.String(s.Bucket)}); err != nil {
-		t.Fatalf("testsupport: create bucket %s on versitygw: %v", s.Bucket, err)
-	}
-	return s
-}
-
-// start runs the gateway and waits until its health endpoint answers. An
-// error means the process is gone, with its output in s.logs.
-func (s *S3) start(t testing.TB, bin, addr string, backend []string) error {
-	t.Helper()
-	args := append([]string{
-		"--access", s.AccessKey, "--secret", s.SecretKey,
-		"--region", s.Region,
-		"--port", addr,
-		"--health", "/health",
-		// Request logging would fill the failure output with every
-		// PUT; errors still reach stderr.
-		"--quiet",
-	}, backend...)
-	cmd := exec.Command(bin, args...)
-	cmd.Stdout, cmd.Stderr = s.logs, s.logs
-	killWithParent(cmd)
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("start versitygw: %w", err)
-	}
-	exited := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(exited) }()
-	s.cmd, s.exited = cmd, exited
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		<-exited
-	})
-
-	health := "http://" + addr + "/health"
-	hc := &http.Client{Timeout: time.Second}
-	deadline := time.Now().Add(s3StartTimeout)
-	for {
-		resp, err := hc.Get(health)
-		if err == nil {
-			_, _ = io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
-			err = fmt.Errorf("status %s", resp.Status)
-		}
-		select {
-		case <-exited:
-			return fmt.Errorf("versitygw exited at start (%v):\n%s", cmd.ProcessState, s.logs)
-		default:
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("versitygw not healthy on %s within %v (last: %v):\n%s", addr, s3StartTimeout, err, s.logs)
-		}
-		time.Sleep(20 * time.Millisecond)
+	t.Cleanup(func() { _ = gw.Kill() })
+	return &S3{
+		Endpoint:      gw.Endpoint,
+		Region:        gw.Region,
+		Bucket:        bucket,
+		AccessKey:     gw.AccessKey,
+		SecretKey:     gw.SecretKey,
+		AccessKeyFile: gw.AccessKeyFile,
+		SecretKeyFile: gw.SecretKeyFile,
+		Dir:           filepath.Join(gw.Root, bucket),
+		gw:            gw,
+		logs:          logs,
+		client:        gw.Client(),
 	}
 }
 
@@ -279,10 +180,9 @@ func (s *S3) PendingUploads(t testing.TB, prefix string) []string {
 // test of an object store that goes away. The gateway is not restarted.
 func (s *S3) Kill(t testing.TB) {
 	t.Helper()
-	if err := s.cmd.Process.Kill(); err != nil && !errors.Is(err, os.ErrProcessDone) {
-		t.Fatalf("testsupport: kill versitygw: %v", err)
+	if err := s.gw.Kill(); err != nil {
+		t.Fatalf("testsupport: %v", err)
 	}
-	<-s.exited
 }
 
 // Logs is what the gateway wrote to stdout and stderr so far.

@@ -3,16 +3,15 @@ package testsupport
 import (
 	"context"
 	"errors"
-	"fmt"
 	"net"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/multiproxy/multiproxy/internal/testinfra"
 )
 
 // RedisSentinel is a Redis master, one replica of it and a Redis Sentinel
@@ -36,13 +35,6 @@ type RedisSentinel struct {
 	logs   *SyncBuffer
 }
 
-// The Sentinel's timeouts are a production's divided by tens: a test
-// fails the master over in seconds, not minutes.
-const (
-	sentinelDownAfter       = 1000 // ms without an answer before the master is down
-	sentinelFailoverTimeout = 3000 // ms a failover may take before it is retried
-)
-
 // StartRedisSentinel starts a master, a replica syncing from it and a
 // Sentinel monitoring the master, and returns once the Sentinel knows the
 // replica (a failover needs one). It skips the test when redis-server or
@@ -55,7 +47,7 @@ func StartRedisSentinel(t testing.TB) *RedisSentinel {
 	}
 	// One password for both servers: each may become the other's replica,
 	// and authenticates to its master with it.
-	password := randomHex(16)
+	password := testinfra.RandomHex(16)
 	// A replica's sync starts at once rather than after the 5 s a master
 	// waits for more replicas to share one transfer.
 	conf := []string{"masterauth " + password, "repl-diskless-sync-delay 0"}
@@ -67,73 +59,28 @@ func StartRedisSentinel(t testing.TB) *RedisSentinel {
 		return err == nil && strings.Contains(info, "master_link_status:up")
 	})
 
-	dir := t.TempDir()
-	s := &RedisSentinel{
-		MasterName:   "multiproxy",
-		Addr:         FreeAddr(t),
-		Password:     randomHex(16),
-		PasswordFile: filepath.Join(dir, "sentinel-password"),
-		Servers:      [2]*Redis{master, replica},
-		logs:         &SyncBuffer{},
-	}
-	if err := os.WriteFile(s.PasswordFile, []byte(s.Password+"\n"), 0o600); err != nil {
-		t.Fatalf("testsupport: write sentinel password file: %v", err)
-	}
-	_, port, _ := net.SplitHostPort(s.Addr)
-	// Sentinel rewrites its config file as it learns the set-up, so it
-	// lives in the test's directory. A quorum of 1: the only Sentinel
-	// decides.
-	sconf := strings.Join([]string{
-		"bind 127.0.0.1",
-		"port " + port,
-		"protected-mode yes",
-		"daemonize no",
-		`logfile ""`,
-		"dir " + dir,
-		"requirepass " + s.Password,
-		fmt.Sprintf("sentinel monitor %s 127.0.0.1 %s 1", s.MasterName, masterPort),
-		fmt.Sprintf("sentinel auth-pass %s %s", s.MasterName, password),
-		fmt.Sprintf("sentinel down-after-milliseconds %s %d", s.MasterName, sentinelDownAfter),
-		fmt.Sprintf("sentinel failover-timeout %s %d", s.MasterName, sentinelFailoverTimeout),
-		fmt.Sprintf("sentinel parallel-syncs %s 1", s.MasterName),
-		"",
-	}, "\n")
-	confFile := filepath.Join(dir, "sentinel.conf")
-	if err := os.WriteFile(confFile, []byte(sconf), 0o600); err != nil {
-		t.Fatalf("testsupport: write sentinel config: %v", err)
-	}
-	cmd := exec.Command(bin, confFile)
-	cmd.Stdout, cmd.Stderr = s.logs, s.logs
-	killWithParent(cmd)
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("testsupport: start redis-sentinel: %v", err)
-	}
-	exited := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(exited) }()
-	s.client = redis.NewSentinelClient(&redis.Options{Addr: s.Addr, Password: s.Password, DialTimeout: time.Second, MaxRetries: -1})
+	logs := &SyncBuffer{}
+	addr := FreeAddr(t)
 	t.Cleanup(func() {
-		_ = s.client.Close()
-		_ = cmd.Process.Kill()
-		<-exited
 		if t.Failed() {
-			t.Logf("redis-sentinel on %s logged:\n%s", s.Addr, s.logs)
+			t.Logf("redis-sentinel on %s logged:\n%s", addr, logs)
 		}
 	})
-	WaitFor(t, redisStartTimeout, "the sentinel knowing the replica", func() bool {
-		select {
-		case <-exited:
-			t.Fatalf("testsupport: redis-sentinel exited at start:\n%s", s.logs)
-		default:
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		defer cancel()
-		replicas, err := s.client.Replicas(ctx, s.MasterName).Result()
-		if err != nil || len(replicas) != 1 {
-			return false
-		}
-		return replicas[0]["master-link-status"] == "ok" && !strings.Contains(replicas[0]["flags"], "down")
-	})
-	return s
+	sen, err := testinfra.StartSentinel(testinfra.SentinelOptions{Dir: t.TempDir(), Bin: bin, Addr: addr,
+		MasterName: "multiproxy", MasterAddr: master.Addr, MasterPassword: password, Replicas: 1, Log: logs})
+	if err != nil {
+		t.Fatalf("testsupport: %v", err)
+	}
+	t.Cleanup(func() { _ = sen.Close() })
+	return &RedisSentinel{
+		MasterName:   sen.MasterName,
+		Addr:         sen.Addr,
+		Password:     sen.Password,
+		PasswordFile: sen.PasswordFile,
+		Servers:      [2]*Redis{master, replica},
+		client:       sen.Client(),
+		logs:         logs,
+	}
 }
 
 // Master is the address the Sentinel names as the master now.

@@ -8,9 +8,10 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
-	"math/big"
 	"net"
 	"time"
+
+	"github.com/multiproxy/multiproxy/internal/testinfra"
 )
 
 // testPKI is a throwaway CA plus a server certificate it signed. A separate
@@ -31,7 +32,7 @@ func newTestPKI() (*testPKI, error) {
 		return nil, err
 	}
 	caTmpl := &x509.Certificate{
-		SerialNumber:          randomSerial(),
+		SerialNumber:          testinfra.RandomSerial(),
 		Subject:               pkix.Name{CommonName: "multiproxy testsupport CA"},
 		NotBefore:             now.Add(-time.Hour), // tolerate clock skew between processes
 		NotAfter:              now.Add(48 * time.Hour),
@@ -53,7 +54,7 @@ func newTestPKI() (*testPKI, error) {
 		return nil, err
 	}
 	tmpl := &x509.Certificate{
-		SerialNumber: randomSerial(),
+		SerialNumber: testinfra.RandomSerial(),
 		Subject:      pkix.Name{CommonName: "127.0.0.1"},
 		NotBefore:    now.Add(-time.Hour),
 		NotAfter:     now.Add(48 * time.Hour),
@@ -82,13 +83,4 @@ func newTestPKI() (*testPKI, error) {
 			Leaf:        leaf,
 		},
 	}, nil
-}
-
-func randomSerial() *big.Int {
-	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
-	if err != nil {
-		// crypto/rand does not fail on supported platforms.
-		panic(err)
-	}
-	return n
 }

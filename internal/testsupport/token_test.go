@@ -174,7 +174,7 @@ func TestTokenChallengesAndScopes(t *testing.T) {
 	}
 
 	// Pushing needs credentials; RemoteOptions carries the pusher's.
-	pusher, password := ti.credentials()
+	pusher, password := ti.Credentials()
 	tok = fetchToken(t, r, pusher, password, "repository:team/c:pull,push")
 	if _, claims := decodeClaims(t, tok.Token); claims.Sub != pusher || len(claims.Access) != 1 || !slices.Equal(claims.Access[0].Actions, []string{"pull", "push"}) {
 		t.Fatalf("pusher token claims %+v", claims)

@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"context"
 	"fmt"
 	"net/http"
 	"os"
@@ -11,150 +10,61 @@ import (
 	"strings"
 	"time"
 
-	"github.com/aws/aws-sdk-go/aws"
-	"github.com/aws/aws-sdk-go/aws/credentials"
-	"github.com/aws/aws-sdk-go/aws/session"
-	awss3 "github.com/aws/aws-sdk-go/service/s3"
-	"github.com/redis/go-redis/v9"
+	"github.com/multiproxy/multiproxy/internal/testinfra"
 )
 
 // The shared services of --ha: an S3 gateway (versitygw's posix backend)
-// and a redis-server, both on 127.0.0.1, started the way
-// internal/testsupport starts them for test/ha.
+// and a redis-server, both on 127.0.0.1, started by internal/testinfra as
+// it starts them for test/ha.
 
-// s3Gateway is a versitygw over a directory of the work dir.
-type s3Gateway struct {
-	p                      *proc
-	endpoint, region       string
-	access, secret         string
-	accessFile, secretFile string
-	dir                    string // the gateway's root: a bucket is a subdirectory
-}
-
-// startS3Gateway starts versitygw on a free port and creates buckets
-// through the S3 API (a bare mkdir in the root would do for the posix
-// backend, but the API is what a deployment uses).
-func startS3Gateway(dir, bin string, buckets ...string) (*s3Gateway, error) {
-	g := &s3Gateway{region: "us-east-1", access: "MPBENCH" + strings.ToUpper(randHex(6)), secret: randHex(20),
-		dir: filepath.Join(dir, "gw")}
-	if err := os.MkdirAll(g.dir, 0o755); err != nil {
-		return nil, err
-	}
-	g.accessFile, g.secretFile = filepath.Join(dir, "access-key"), filepath.Join(dir, "secret-key")
-	for f, v := range map[string]string{g.accessFile: g.access, g.secretFile: g.secret} {
-		if err := os.WriteFile(f, []byte(v+"\n"), 0o600); err != nil {
-			return nil, err
-		}
-	}
-	port, err := freePort()
+// startS3Gateway starts versitygw with the buckets, its output in
+// dir/versitygw.log; stopAll kills it.
+func startS3Gateway(dir, bin string, buckets ...string) (*testinfra.S3, error) {
+	log, err := serverLog(dir, "versitygw")
 	if err != nil {
 		return nil, err
 	}
-	g.endpoint = fmt.Sprintf("http://127.0.0.1:%d", port)
-	start := func(name string, backend ...string) error {
-		args := append([]string{"--access", g.access, "--secret", g.secret, "--region", g.region,
-			"--port", fmt.Sprintf("127.0.0.1:%d", port), "--health", "/health", "--quiet"}, backend...)
-		p, err := startProc(name, dir, cleanEnv(), bin, args...)
-		if err != nil {
-			return err
-		}
-		if err := waitHTTP(p, g.endpoint+"/health", http.StatusOK, 30*time.Second); err != nil {
-			p.stop()
-			return err
-		}
-		g.p = p
-		return nil
-	}
-	// Object metadata goes into extended attributes; without user xattrs
-	// on the work dir's filesystem versitygw refuses to start, and a
-	// sidecar directory holds the metadata instead.
-	if err := start("versitygw", "posix", g.dir); err != nil {
-		log, _ := os.ReadFile(filepath.Join(dir, "versitygw.log"))
-		if !strings.Contains(string(log), "xattr") {
-			return nil, fmt.Errorf("versitygw: %w", err)
-		}
-		side := filepath.Join(dir, "meta")
-		if err := os.MkdirAll(side, 0o755); err != nil {
-			return nil, err
-		}
-		if err := start("versitygw-sidecar", "posix", "--sidecar", side, g.dir); err != nil {
-			return nil, fmt.Errorf("versitygw (sidecar metadata): %w", err)
-		}
-	}
-	sess, err := session.NewSession(aws.NewConfig().
-		WithCredentials(credentials.NewStaticCredentials(g.access, g.secret, "")).
-		WithEndpoint(g.endpoint).WithRegion(g.region).
-		WithS3ForcePathStyle(true).WithDisableSSL(true).WithMaxRetries(0).
-		WithHTTPClient(&http.Client{Transport: &http.Transport{Proxy: nil}}))
+	g, err := testinfra.StartS3(testinfra.S3Options{Dir: dir, Bin: bin, Buckets: buckets, Env: cleanEnv(), Log: log})
 	if err != nil {
+		log.Close()
 		return nil, err
 	}
-	cl := awss3.New(sess)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	for _, bk := range buckets {
-		if _, err := cl.CreateBucketWithContext(ctx, &awss3.CreateBucketInput{Bucket: aws.String(bk)}); err != nil {
-			return nil, fmt.Errorf("versitygw: create bucket %s: %w", bk, err)
-		}
-	}
+	atStopAll(func() {
+		_ = g.Kill()
+		log.Close()
+	})
 	return g, nil
 }
 
-// redisServer is Debian's redis-server with a password and no persistence.
-type redisServer struct {
-	p                      *proc
-	addr                   string
-	password, passwordFile string
+// startRedis starts Debian's redis-server with a password and no
+// persistence, its output in dir/redis-server.log; stopAll kills it.
+func startRedis(dir, bin string) (*testinfra.Redis, error) {
+	log, err := serverLog(dir, "redis-server")
+	if err != nil {
+		return nil, err
+	}
+	r, err := testinfra.StartRedis(testinfra.RedisOptions{Dir: dir, Bin: bin, Env: cleanEnv(), Log: log})
+	if err != nil {
+		log.Close()
+		return nil, err
+	}
+	atStopAll(func() {
+		_ = r.Close()
+		log.Close()
+	})
+	return r, nil
 }
 
-func startRedis(dir, bin string) (*redisServer, error) {
+// serverLog creates dir/name.log, as startProc logs the other servers.
+func serverLog(dir, name string) (*os.File, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
-	port, err := freePort()
-	if err != nil {
-		return nil, err
-	}
-	r := &redisServer{addr: fmt.Sprintf("127.0.0.1:%d", port), password: randHex(16),
-		passwordFile: filepath.Join(dir, "password")}
-	if err := os.WriteFile(r.passwordFile, []byte(r.password+"\n"), 0o600); err != nil {
-		return nil, err
-	}
-	conf := strings.Join([]string{
-		"bind 127.0.0.1", "port " + strconv.Itoa(port), "protected-mode yes", "requirepass " + r.password,
-		`save ""`, "appendonly no", "daemonize no", `logfile ""`, "dir " + dir, "",
-	}, "\n")
-	confPath := filepath.Join(dir, "redis.conf")
-	if err := os.WriteFile(confPath, []byte(conf), 0o600); err != nil {
-		return nil, err
-	}
-	r.p, err = startProc("redis-server", dir, cleanEnv(), bin, confPath)
-	if err != nil {
-		return nil, err
-	}
-	c := redis.NewClient(&redis.Options{Addr: r.addr, Password: r.password, DialTimeout: time.Second, MaxRetries: -1})
-	defer c.Close()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		err := c.Ping(ctx).Err()
-		cancel()
-		if err == nil {
-			return r, nil
-		}
-		if !r.p.alive() {
-			return nil, fmt.Errorf("redis-server exited during start (see %s)", filepath.Join(dir, "redis-server.log"))
-		}
-		if time.Now().After(deadline) {
-			r.p.stop()
-			return nil, fmt.Errorf("redis-server on %s: no PONG after 30 s: %v", r.addr, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	return os.Create(filepath.Join(dir, name+".log"))
 }
 
 // mpS3Section is multiproxy's storage section on bucket/root.
-func mpS3Section(g *s3Gateway, bucket, root string) string {
+func mpS3Section(g *testinfra.S3, bucket, root string) string {
 	return fmt.Sprintf(`storage:
   s3:
     endpoint: %s
@@ -164,12 +74,12 @@ func mpS3Section(g *s3Gateway, bucket, root string) string {
     access_key_file: %s
     secret_key_file: %s
     force_path_style: true
-`, g.endpoint, g.region, bucket, root, g.accessFile, g.secretFile)
+`, g.Endpoint, g.Region, bucket, root, g.AccessKeyFile, g.SecretKeyFile)
 }
 
 // mpCoordSection is multiproxy's coordination section: Redis DB 0, the
 // peer listener on loopback (advertised as itself).
-func mpCoordSection(r *redisServer, peerPort int, leaseTTL time.Duration) string {
+func mpCoordSection(r *testinfra.Redis, peerPort int, leaseTTL time.Duration) string {
 	return fmt.Sprintf(`coordination:
   redis:
     addr: %s
@@ -177,7 +87,7 @@ func mpCoordSection(r *redisServer, peerPort int, leaseTTL time.Duration) string
   peer_listen: 127.0.0.1:%[3]d
   advertise: 127.0.0.1:%[3]d
   lease_ttl: %[4]s
-`, r.addr, r.passwordFile, peerPort, leaseTTL)
+`, r.Addr, r.PasswordFile, peerPort, leaseTTL)
 }
 
 // referenceHAConfig is distribution's own answer for replicas: the stock
@@ -185,7 +95,7 @@ func mpCoordSection(r *redisServer, peerPort int, leaseTTL time.Duration) string
 // redis blob descriptor cache (Redis DB 1, so its keys never meet
 // multiproxy's) and one http.secret for all. Redirects to the bucket are
 // off, so it serves the bytes itself as multiproxy does by default.
-func referenceHAConfig(g *s3Gateway, bucket, root string, r *redisServer, port int, remote, secret string) string {
+func referenceHAConfig(g *testinfra.S3, bucket, root string, r *testinfra.Redis, port int, remote, secret string) string {
 	return fmt.Sprintf(`version: 0.1
 log:
   fields:
@@ -221,16 +131,16 @@ health:
     threshold: 3
 proxy:
   remoteurl: %s
-`, g.access, g.secret, g.region, g.endpoint, bucket, root, r.addr, r.password, port, secret, remote)
+`, g.AccessKey, g.SecretKey, g.Region, g.Endpoint, bucket, root, r.Addr, r.Password, port, secret, remote)
 }
 
 // startRefHAFleet starts n reference replicas on the shared bucket and Redis.
-func startRefHAFleet(dir, bin, remote string, n int, g *s3Gateway, bucket string, r *redisServer) (*refFleet, error) {
+func startRefHAFleet(dir, bin, remote string, n int, g *testinfra.S3, bucket string, r *testinfra.Redis) (*refFleet, error) {
 	ports, err := freePorts(n)
 	if err != nil {
 		return nil, err
 	}
-	secret := randHex(16)
+	secret := testinfra.RandomHex(16)
 	f := &refFleet{}
 	for i := range n {
 		d := filepath.Join(dir, fmt.Sprintf("ref%d", i))

@@ -16,10 +16,10 @@ import (
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/multiproxy/multiproxy/internal/testinfra"
 )
 
 // memLayer is a genuine tar+gzip layer held in memory. The tar holds one
@@ -124,10 +124,7 @@ func newPusher(host string) *pusher {
 // repo:tag. If keep is non-nil, layer i's blob bytes are written to keep[i].
 func (p *pusher) push(repo, tag string, layerSizes []int64, keep map[int]string) (pushed, error) {
 	out := pushed{repo: repo, tag: tag}
-	img := mutate.MediaType(empty.Image, types.OCIManifestSchema1)
-	img = mutate.ConfigMediaType(img, types.OCIConfigJSON)
-	created := v1.Time{Time: time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC)}
-	var adds []mutate.Addendum
+	var layers []v1.Layer
 	for i, sz := range layerSizes {
 		l, err := newLayer(p.rng, sz)
 		if err != nil {
@@ -140,20 +137,12 @@ func (p *pusher) push(repo, tag string, layerSizes []int64, keep map[int]string)
 		}
 		out.layers = append(out.layers, l.digest.String())
 		out.sizes = append(out.sizes, int64(len(l.gz)))
-		adds = append(adds, mutate.Addendum{Layer: l, History: v1.History{Created: created, CreatedBy: "multiproxy bench"}})
+		layers = append(layers, l)
 	}
-	img, err := mutate.Append(img, adds...)
-	if err != nil {
-		return out, err
-	}
-	cf, err := img.ConfigFile()
-	if err != nil {
-		return out, err
-	}
-	cf = cf.DeepCopy()
-	cf.OS, cf.Architecture, cf.Created = "linux", "amd64", created
-	cf.Config.Labels = map[string]string{"org.multiproxy.bench.nonce": fmt.Sprintf("%x", p.rng.Uint64())}
-	img, err = mutate.ConfigFile(img, cf)
+	img, err := testinfra.OCIImage(layers, "multiproxy bench", func(cf *v1.ConfigFile) {
+		cf.OS, cf.Architecture = "linux", "amd64"
+		cf.Config.Labels = map[string]string{"org.multiproxy.bench.nonce": fmt.Sprintf("%x", p.rng.Uint64())}
+	})
 	if err != nil {
 		return out, err
 	}

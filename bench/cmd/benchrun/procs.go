@@ -30,7 +30,17 @@ type proc struct {
 var (
 	procsMu sync.Mutex
 	procs   []*proc
+	// stops are the other servers' stops (internal/testinfra's), which
+	// stopAll runs too.
+	stops []func()
 )
+
+// atStopAll registers stop to run in stopAll.
+func atStopAll(stop func()) {
+	procsMu.Lock()
+	stops = append(stops, stop)
+	procsMu.Unlock()
+}
 
 // startProc runs bin with args in its own process group, output to
 // logDir/name.log. env replaces the environment entirely.
@@ -109,10 +119,15 @@ func (p *proc) kill9() error {
 func stopAll() {
 	procsMu.Lock()
 	list := append([]*proc(nil), procs...)
+	others := stops
+	stops = nil
 	procsMu.Unlock()
 	var wg sync.WaitGroup
 	for _, p := range list {
 		wg.Go(p.stop)
+	}
+	for _, stop := range others {
+		wg.Go(stop)
 	}
 	wg.Wait()
 }

@@ -9,11 +9,11 @@ package main
 // registry's storage directory) and, in the counting front, the URL
 // signature that a real object store's presigning would add.
 //
-// internal/testsupport builds the same upstream in-process for the tests
-// (token.go, cdn.go); this is a compact copy, since testsupport needs a
-// testing.TB. Realms and CDN URLs name "localhost", not 127.0.0.1, for the
-// reason given there: clients treat another hostname as another party
-// (net/http drops Authorization on a redirect that leaves the hostname).
+// The token service and the CDN are internal/testinfra's, the same the
+// tests use (through internal/testsupport), served on ports of their own.
+// Realms and CDN URLs name "localhost", not 127.0.0.1, for the reason given
+// there: clients treat another hostname as another party (net/http drops
+// Authorization on a redirect that leaves the hostname).
 //
 // The reference proxy gets a front of its own, refFront, whose challenges
 // name a realm on the front's own address (/token, served by the same token
@@ -27,46 +27,18 @@ package main
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/hmac"
-	"crypto/rand"
-	"crypto/sha256"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/base64"
-	"encoding/hex"
-	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
-	"log"
-	"math/big"
-	"net"
 	"net/http"
-	"net/url"
 	"os"
-	"path"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"time"
 
-	"github.com/go-jose/go-jose/v4"
-	"github.com/go-jose/go-jose/v4/jwt"
 	"github.com/google/go-containerregistry/pkg/authn"
-)
 
-const (
-	tcService = "registry.bench.test" // the token audience; not the registry's host, as with Docker Hub
-	tcIssuer  = "multiproxy-bench-token-issuer"
-	tcPusher  = "bench-pusher"
-	// blobStoragePrefix is where the filesystem driver keeps blob data; the
-	// redirect middleware puts this path in its URLs.
-	blobStoragePrefix = "/docker/registry/v2/blobs/"
+	"github.com/multiproxy/multiproxy/internal/testinfra"
 )
 
 // tokenCDN is the started token + CDN upstream.
@@ -75,26 +47,26 @@ type tokenCDN struct {
 	regHost  string // 127.0.0.1:port of the registry itself (pushes go there)
 	front    *front // counting front that signs CDN redirects; multiproxy and direct use front.url
 	refFront *front // the same, with the realm on its own address; the reference uses it
-	tokens   *tokenIssuer
-	cdn      *cdnServer
+	tokens   *testinfra.TokenIssuer
+	cdn      *testinfra.CDN
 }
 
 func (t *tokenCDN) quiesce() {
 	_ = t.front.quiesce(30 * time.Second)
 	_ = t.refFront.quiesce(30 * time.Second)
-	t.cdn.quiesce(30 * time.Second)
+	cdnQuiesce(t.cdn, 30*time.Second)
 }
 
 func (t *tokenCDN) close() {
 	t.front.close()
 	t.refFront.close()
-	t.tokens.close()
-	t.cdn.close()
+	_ = t.tokens.Stop()
+	_ = t.cdn.Stop()
 }
 
 // tokenCDNConfig is a plain registry with `auth: token` and the redirect
 // storage middleware pointing at the CDN.
-func tokenCDNConfig(root string, port int, realm, rootBundle, cdnBase string) string {
+func tokenCDNConfig(root string, port int, tokens *testinfra.TokenIssuer, cdnBase string) string {
 	return upstreamConfig(root, port) + fmt.Sprintf(`auth:
   token:
     realm: %s
@@ -106,7 +78,27 @@ middleware:
     - name: redirect
       options:
         baseurl: %s/
-`, realm, tcService, tcIssuer, rootBundle, cdnBase)
+`, tokens.URL(), tokens.Service(), tokens.Issuer(), tokens.RootFile(), cdnBase)
+}
+
+// startTokenServices starts the token service and the CDN over storage.
+func startTokenServices(dir, storage string) (*testinfra.TokenIssuer, *testinfra.CDN, error) {
+	tokens, err := testinfra.NewTokenIssuer(testinfra.TokenOptions{Dir: dir})
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := tokens.Start(); err != nil {
+		return nil, nil, fmt.Errorf("token service: %w", err)
+	}
+	cdn, err := testinfra.NewCDN(testinfra.CDNOptions{Root: storage})
+	if err == nil {
+		err = cdn.Start()
+	}
+	if err != nil {
+		_ = tokens.Stop()
+		return nil, nil, fmt.Errorf("CDN: %w", err)
+	}
+	return tokens, cdn, nil
 }
 
 func startTokenCDN(dir, regBin string) (*tokenCDN, error) {
@@ -114,491 +106,94 @@ func startTokenCDN(dir, regBin string) (*tokenCDN, error) {
 		return nil, err
 	}
 	storage := filepath.Join(dir, "storage")
-	tokens, err := startTokenIssuer(dir)
+	tokens, cdn, err := startTokenServices(dir, storage)
 	if err != nil {
 		return nil, err
 	}
-	cdn, err := startCDN(storage)
-	if err != nil {
-		tokens.close()
-		return nil, err
+	stopServices := func() {
+		_ = tokens.Stop()
+		_ = cdn.Stop()
 	}
 	port, err := freePort()
 	if err != nil {
-		tokens.close()
-		cdn.close()
+		stopServices()
 		return nil, err
 	}
 	reg, base, err := startRegistryWant("upstream-tokencdn", dir, regBin,
-		tokenCDNConfig(storage, port, tokens.realm, tokens.rootFile, cdn.base), port, http.StatusUnauthorized)
+		tokenCDNConfig(storage, port, tokens, cdn.URL()), port, http.StatusUnauthorized)
 	if err != nil {
-		tokens.close()
-		cdn.close()
+		stopServices()
 		return nil, err
 	}
 	sign := func(resp *http.Response) {
 		if loc := resp.Header.Get("Location"); loc != "" && resp.StatusCode/100 == 3 {
-			resp.Header.Set("Location", cdn.sign(loc))
+			resp.Header.Set("Location", cdn.Sign(loc))
 		}
 	}
 	fr, err := startFront(base, sign, nil)
 	if err != nil {
 		reg.stop()
-		tokens.close()
-		cdn.close()
+		stopServices()
 		return nil, err
 	}
 	refFr, err := startFront(base, func(resp *http.Response) {
 		sign(resp)
 		if c := resp.Header.Get("WWW-Authenticate"); c != "" {
 			// The front keeps the client's Host: it is the front's address.
-			resp.Header.Set("WWW-Authenticate", strings.Replace(c, `realm="`+tokens.realm+`"`,
+			resp.Header.Set("WWW-Authenticate", strings.Replace(c, `realm="`+tokens.URL()+`"`,
 				`realm="http://`+resp.Request.Host+`/token"`, 1))
 		}
-	}, http.HandlerFunc(tokens.serve))
+	}, tokens.Handler())
 	if err != nil {
 		fr.close()
 		reg.stop()
-		tokens.close()
-		cdn.close()
+		stopServices()
 		return nil, err
 	}
 	return &tokenCDN{reg: reg, regHost: strings.TrimPrefix(base, "http://"), front: fr, refFront: refFr, tokens: tokens, cdn: cdn}, nil
 }
 
-// pusher pushes straight to the registry with the pusher account.
+// pusher pushes straight to the registry with the token service's account
+// that may push.
 func (t *tokenCDN) pusher() *pusher {
 	ps := newPusher(t.regHost)
-	ps.auth = &authn.Basic{Username: tcPusher, Password: t.tokens.pushPass}
+	user, pass := t.tokens.Credentials()
+	ps.auth = &authn.Basic{Username: user, Password: pass}
 	return ps
 }
 
-// listenLocal serves h on a free 127.0.0.1 port.
-func listenLocal(h http.Handler) (*http.Server, int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return nil, 0, err
-	}
-	srv := &http.Server{Handler: h, ErrorLog: log.New(io.Discard, "", 0), ReadHeaderTimeout: 10 * time.Second}
-	go func() { _ = srv.Serve(l) }()
-	return srv, l.Addr().(*net.TCPAddr).Port, nil
+// cdnCounts is what the CDN had answered at one moment.
+type cdnCounts struct {
+	gets          map[string]int64 // blob digest -> GETs received
+	auth, refused int64            // requests carrying Authorization; answered 4xx
 }
 
-func shutdown(srv *http.Server) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	if err := srv.Shutdown(ctx); err != nil {
-		_ = srv.Close()
-	}
-}
-
-// tokenIssuer is the Docker token protocol's GET form: anonymous callers get
-// pull on the repositories they name, the pusher account pull and push.
-// Tokens are ES256 JWTs whose signing certificate travels in x5c and chains
-// to the registry's rootcertbundle, as distribution verifies them.
-type tokenIssuer struct {
-	srv      *http.Server
-	realm    string
-	rootFile string
-	signer   jose.Signer
-	pushPass string
-	requests atomic.Int64
-}
-
-func startTokenIssuer(dir string) (*tokenIssuer, error) {
-	caPEM, leafDER, key, err := tokenSigningCert()
-	if err != nil {
-		return nil, fmt.Errorf("token signing certificate: %w", err)
-	}
-	ti := &tokenIssuer{rootFile: filepath.Join(dir, "token-root.pem"), pushPass: randHex(16)}
-	if err := os.WriteFile(ti.rootFile, caPEM, 0o644); err != nil {
-		return nil, err
-	}
-	ti.signer, err = jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: key},
-		(&jose.SignerOptions{}).WithType("JWT").WithHeader("x5c", []string{base64.StdEncoding.EncodeToString(leafDER)}))
-	if err != nil {
-		return nil, err
-	}
-	srv, port, err := listenLocal(http.HandlerFunc(ti.serve))
-	if err != nil {
-		return nil, err
-	}
-	ti.srv, ti.realm = srv, fmt.Sprintf("http://localhost:%d/token", port)
-	return ti, nil
-}
-
-func (ti *tokenIssuer) close() { shutdown(ti.srv) }
-
-// tokenSigningCert makes a CA (the registry's rootcertbundle) and an ES256
-// signing certificate under it.
-func tokenSigningCert() (caPEM, leafDER []byte, key *ecdsa.PrivateKey, err error) {
-	now := time.Now()
-	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, nil, nil, err
-	}
-	ca := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "multiproxy bench token CA"},
-		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(48 * time.Hour), IsCA: true, BasicConstraintsValid: true,
-		KeyUsage: x509.KeyUsageCertSign}
-	caDER, err := x509.CreateCertificate(rand.Reader, ca, ca, &caKey.PublicKey, caKey)
-	if err != nil {
-		return nil, nil, nil, err
-	}
-	if ca, err = x509.ParseCertificate(caDER); err != nil {
-		return nil, nil, nil, err
-	}
-	if key, err = ecdsa.GenerateKey(elliptic.P256(), rand.Reader); err != nil {
-		return nil, nil, nil, err
-	}
-	leaf := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: tcIssuer},
-		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(48 * time.Hour), KeyUsage: x509.KeyUsageDigitalSignature}
-	if leafDER, err = x509.CreateCertificate(rand.Reader, leaf, ca, &key.PublicKey, caKey); err != nil {
-		return nil, nil, nil, err
-	}
-	return pemCert(caDER), leafDER, key, nil
-}
-
-func pemCert(der []byte) []byte {
-	b64 := base64.StdEncoding.EncodeToString(der)
-	var sb strings.Builder
-	sb.WriteString("-----BEGIN CERTIFICATE-----\n")
-	for len(b64) > 64 {
-		sb.WriteString(b64[:64] + "\n")
-		b64 = b64[64:]
-	}
-	sb.WriteString(b64 + "\n-----END CERTIFICATE-----\n")
-	return []byte(sb.String())
-}
-
-type tokenAccess struct {
-	Type    string   `json:"type"`
-	Name    string   `json:"name"`
-	Actions []string `json:"actions"`
-}
-
-func (ti *tokenIssuer) serve(w http.ResponseWriter, r *http.Request) {
-	ti.requests.Add(1)
-	if r.URL.Path != "/token" || r.Method != http.MethodGet {
-		http.Error(w, "only GET /token", http.StatusNotFound)
-		return
-	}
-	q := r.URL.Query()
-	user, pass, creds := r.BasicAuth()
-	pusher := creds && user == tcPusher && hmac.Equal([]byte(pass), []byte(ti.pushPass))
-	if creds && !pusher {
-		http.Error(w, `{"details":"incorrect username or password"}`, http.StatusUnauthorized)
-		return
-	}
-	if q.Get("service") != tcService {
-		http.Error(w, `{"details":"unknown service"}`, http.StatusBadRequest)
-		return
-	}
-	var access []tokenAccess
-	for _, s := range q["scope"] {
-		for _, sc := range strings.Fields(s) {
-			typ, rest, ok := strings.Cut(sc, ":")
-			i := strings.LastIndex(rest, ":")
-			if !ok || typ != "repository" || i <= 0 {
-				continue
-			}
-			var acts []string
-			for _, a := range strings.Split(rest[i+1:], ",") {
-				if (a == "pull" || (pusher && a == "push")) && !slices.Contains(acts, a) {
-					acts = append(acts, a)
-				}
-			}
-			if len(acts) > 0 {
-				access = append(access, tokenAccess{Type: typ, Name: rest[:i], Actions: acts})
-			}
+func countCDN(c *testinfra.CDN) cdnCounts {
+	n := cdnCounts{gets: map[string]int64{}}
+	for _, r := range c.Requests() {
+		if r.Method == http.MethodGet {
+			n.gets[r.Digest]++
+		}
+		if r.Authorization {
+			n.auth++
+		}
+		if r.Status/100 == 4 {
+			n.refused++
 		}
 	}
-	now := time.Now().Truncate(time.Second)
-	ttl := int64(300)
-	claims := map[string]any{"iss": tcIssuer, "sub": user, "aud": []string{tcService},
-		"exp": now.Unix() + ttl, "nbf": now.Unix(), "iat": now.Unix(), "jti": randHex(16), "access": access}
-	raw, err := jwt.Signed(ti.signer).Claims(claims).Serialize()
-	if err != nil {
-		http.Error(w, err.Error(), http.StatusInternalServerError)
-		return
-	}
-	body, _ := json.Marshal(map[string]any{"token": raw, "access_token": raw, "expires_in": ttl,
-		"issued_at": now.UTC().Format(time.RFC3339)})
-	w.Header().Set("Content-Type", "application/json")
-	_, _ = w.Write(body)
+	return n
 }
 
-// cdnServer serves the registry's storage read-only like an S3 presigned
-// URL: a valid unexpired X-Expires/X-Signature pair is required, and any
-// request carrying Authorization gets 400, as S3 answers a client that
-// forwards the registry's token. It counts requests per blob digest.
-type cdnServer struct {
-	srv    *http.Server
-	base   string // http://localhost:port
-	root   string
-	secret []byte
-
-	inflight atomic.Int64
-	mu       sync.Mutex
-	gets     map[string]int64 // digest -> GETs received
-	auth     int64            // requests carrying Authorization
-	refused  int64            // requests answered 4xx
-}
-
-func startCDN(root string) (*cdnServer, error) {
-	c := &cdnServer{root: root, secret: []byte(randHex(32)), gets: map[string]int64{}}
-	srv, port, err := listenLocal(c)
-	if err != nil {
-		return nil, err
-	}
-	c.srv, c.base = srv, fmt.Sprintf("http://localhost:%d", port)
-	return c, nil
-}
-
-func (c *cdnServer) close() { shutdown(c.srv) }
-
-func (c *cdnServer) mac(p, exp string) string {
-	m := hmac.New(sha256.New, c.secret)
-	m.Write([]byte(p + "\n" + exp))
-	return hex.EncodeToString(m.Sum(nil))
-}
-
-// sign presigns location if it points at the CDN (valid 60 s).
-func (c *cdnServer) sign(location string) string {
-	if !strings.HasPrefix(location, c.base+"/") {
-		return location
-	}
-	u, err := url.Parse(location)
-	if err != nil {
-		return location
-	}
-	exp := strconv.FormatInt(time.Now().Add(time.Minute).Unix(), 10)
-	u.RawQuery = url.Values{"X-Expires": {exp}, "X-Signature": {c.mac(u.Path, exp)}}.Encode()
-	return u.String()
-}
-
-// cdnCounts is a snapshot of the CDN's counters.
-type cdnCounts struct {
-	gets          map[string]int64
-	auth, refused int64
-}
-
-func (c *cdnServer) counts() cdnCounts {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	g := make(map[string]int64, len(c.gets))
-	for k, v := range c.gets {
-		g[k] = v
-	}
-	return cdnCounts{gets: g, auth: c.auth, refused: c.refused}
-}
-
-func (c *cdnServer) quiesce(max time.Duration) {
+// cdnQuiesce waits (bounded) until the CDN has answered every request it
+// received: a fill that outlives its client still counts.
+func cdnQuiesce(c *testinfra.CDN, max time.Duration) {
 	deadline := time.Now().Add(max)
-	for c.inflight.Load() > 0 && time.Now().Before(deadline) {
+	for time.Now().Before(deadline) {
+		if !slices.ContainsFunc(c.Requests(), func(r testinfra.CDNRequest) bool { return r.Status == 0 }) {
+			return
+		}
 		time.Sleep(20 * time.Millisecond)
 	}
-}
-
-func (c *cdnServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	c.inflight.Add(1)
-	defer c.inflight.Add(-1)
-	clean := path.Clean(r.URL.Path)
-	dgst := ""
-	if parts := strings.Split(strings.TrimPrefix(clean, blobStoragePrefix), "/"); strings.HasPrefix(clean, blobStoragePrefix) &&
-		len(parts) == 4 && parts[3] == "data" {
-		dgst = parts[0] + ":" + parts[2]
-	}
-	c.mu.Lock()
-	if r.Method == http.MethodGet {
-		c.gets[dgst]++
-	}
-	if r.Header.Get("Authorization") != "" {
-		c.auth++
-	}
-	c.mu.Unlock()
-	refuse := func(status int, code string) {
-		c.mu.Lock()
-		c.refused++
-		c.mu.Unlock()
-		w.Header().Set("Content-Type", "application/xml")
-		w.WriteHeader(status)
-		fmt.Fprintf(w, "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>%s</Code></Error>\n", code)
-	}
-	q := r.URL.Query()
-	exp := q.Get("X-Expires")
-	n, _ := strconv.ParseInt(exp, 10, 64)
-	switch {
-	case r.Method != http.MethodGet && r.Method != http.MethodHead:
-		refuse(http.StatusMethodNotAllowed, "MethodNotAllowed")
-	case r.Header.Get("Authorization") != "":
-		refuse(http.StatusBadRequest, "InvalidArgument") // "Only one auth mechanism allowed"
-	case !hmac.Equal([]byte(q.Get("X-Signature")), []byte(c.mac(r.URL.Path, exp))):
-		refuse(http.StatusForbidden, "SignatureDoesNotMatch")
-	case time.Now().Unix() > n:
-		refuse(http.StatusForbidden, "AccessDenied")
-	case dgst == "":
-		refuse(http.StatusNotFound, "NoSuchKey")
-	default:
-		f, err := os.Open(filepath.Join(c.root, filepath.FromSlash(clean)))
-		if err != nil {
-			refuse(http.StatusNotFound, "NoSuchKey")
-			return
-		}
-		defer f.Close()
-		st, err := f.Stat()
-		if err != nil {
-			refuse(http.StatusNotFound, "NoSuchKey")
-			return
-		}
-		w.Header().Set("Content-Type", "application/octet-stream")
-		w.Header().Set("ETag", `"`+dgst+`"`)
-		http.ServeContent(w, r, "", st.ModTime(), f) // sendfile on plain TCP
-	}
-}
-
-// bearerTransport is a registry client's token handling, as containerd's:
-// on a 401 Bearer challenge from the registry host it fetches a token from
-// the realm (anonymously) for the challenge's scope and retries; tokens are
-// cached per repository and sent only to the registry host, never to the
-// CDN a blob GET is redirected to.
-type bearerTransport struct {
-	base   http.RoundTripper
-	host   string
-	mu     sync.Mutex
-	tokens map[string]string // repository -> token
-}
-
-func newBearerClient(host string) *http.Client {
-	c := newClient()
-	c.Transport = &bearerTransport{base: c.Transport, host: host, tokens: map[string]string{}}
-	return c
-}
-
-// repoOf is the repository of a /v2/<name>/(manifests|blobs)/... path.
-func repoOf(p string) string {
-	rest, ok := strings.CutPrefix(p, "/v2/")
-	if !ok {
-		return ""
-	}
-	for _, k := range []string{"/manifests/", "/blobs/", "/tags/"} {
-		if i := strings.LastIndex(rest, k); i > 0 {
-			return rest[:i]
-		}
-	}
-	return ""
-}
-
-func (t *bearerTransport) RoundTrip(req *http.Request) (*http.Response, error) {
-	if req.URL.Host != t.host {
-		return t.base.RoundTrip(req)
-	}
-	repo := repoOf(req.URL.Path)
-	t.mu.Lock()
-	tok := t.tokens[repo]
-	t.mu.Unlock()
-	send := func(tok string) (*http.Response, error) {
-		if tok == "" {
-			return t.base.RoundTrip(req)
-		}
-		r2 := req.Clone(req.Context())
-		r2.Header.Set("Authorization", "Bearer "+tok)
-		return t.base.RoundTrip(r2)
-	}
-	resp, err := send(tok)
-	if err != nil || resp.StatusCode != http.StatusUnauthorized || (req.Body != nil && req.Body != http.NoBody) {
-		return resp, err
-	}
-	ch := parseBearer(resp.Header.Get("WWW-Authenticate"))
-	if ch == nil || ch["realm"] == "" {
-		return resp, nil
-	}
-	_, _ = io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
-	tok, err = fetchToken(req.Context(), t.base, ch)
-	if err != nil {
-		return nil, err
-	}
-	t.mu.Lock()
-	t.tokens[repo] = tok
-	t.mu.Unlock()
-	return send(tok)
-}
-
-// parseBearer reads `Bearer realm="...",service="...",scope="..."`.
-func parseBearer(h string) map[string]string {
-	scheme, rest, ok := strings.Cut(strings.TrimSpace(h), " ")
-	if !ok || !strings.EqualFold(scheme, "bearer") {
-		return nil
-	}
-	out := map[string]string{}
-	for rest = strings.TrimSpace(rest); rest != ""; {
-		k, v, ok := strings.Cut(rest, "=")
-		if !ok {
-			break
-		}
-		k = strings.ToLower(strings.TrimSpace(k))
-		if strings.HasPrefix(v, `"`) {
-			end := strings.Index(v[1:], `"`)
-			if end < 0 {
-				break
-			}
-			out[k], rest = v[1:1+end], v[2+end:]
-		} else {
-			val, after, _ := strings.Cut(v, ",")
-			out[k], rest = strings.TrimSpace(val), after
-		}
-		rest = strings.TrimLeft(rest, ", ")
-	}
-	return out
-}
-
-func fetchToken(ctx context.Context, tr http.RoundTripper, ch map[string]string) (string, error) {
-	u, err := url.Parse(ch["realm"])
-	if err != nil {
-		return "", err
-	}
-	q := u.Query()
-	if s := ch["service"]; s != "" {
-		q.Set("service", s)
-	}
-	if s := ch["scope"]; s != "" {
-		q.Set("scope", s)
-	}
-	u.RawQuery = q.Encode()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
-	if err != nil {
-		return "", err
-	}
-	resp, err := tr.RoundTrip(req)
-	if err != nil {
-		return "", fmt.Errorf("token: %w", err)
-	}
-	defer resp.Body.Close()
-	var body struct {
-		Token       string `json:"token"`
-		AccessToken string `json:"access_token"`
-	}
-	if resp.StatusCode != http.StatusOK {
-		return "", fmt.Errorf("token: status %d", resp.StatusCode)
-	}
-	if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
-		return "", fmt.Errorf("token: %w", err)
-	}
-	if body.Token == "" {
-		body.Token = body.AccessToken
-	}
-	if body.Token == "" {
-		return "", errors.New("token: empty")
-	}
-	return body.Token, nil
-}
-
-func randHex(n int) string {
-	b := make([]byte, n)
-	if _, err := rand.Read(b); err != nil {
-		panic(err)
-	}
-	return hex.EncodeToString(b)
 }
 
 // cdnSide is what one system did at the token + CDN upstream over the
@@ -677,7 +272,7 @@ func (b *bench) setupTokenCDN() {
 	}
 	b.tc = tc
 	logf("token + CDN upstream: registry %s, token service %s, CDN %s, counting fronts %s, %s (reference)",
-		tc.regHost, tc.tokens.realm, tc.cdn.base, tc.front.url, tc.refFront.url)
+		tc.regHost, tc.tokens.URL(), tc.cdn.URL(), tc.front.url, tc.refFront.url)
 	ps := tc.pusher()
 	for i := range b.p.reps {
 		img, err := ps.push(fmt.Sprintf("bench/coldcdn-%d", i), "v1", []int64{b.p.layer, b.p.layer, b.p.layer}, nil)
@@ -749,7 +344,7 @@ func (b *bench) tokenCDNRun() {
 			sd.Reps++
 			tc.quiesce()
 			flushDirty()
-			before, tok0 := tc.cdn.counts(), tc.tokens.requests.Load()
+			before, tok0 := countCDN(tc.cdn), tc.tokens.Count()
 			var c0 float64
 			if s.pids != nil {
 				c0, _ = cpuSeconds(s.pids())
@@ -769,7 +364,7 @@ func (b *bench) tokenCDNRun() {
 			}
 			// Fills finishing after the client gave up still count.
 			tc.quiesce()
-			after := tc.cdn.counts()
+			after := countCDN(tc.cdn)
 			exact := true
 			for _, dg := range blobs {
 				n := after.gets[dg] - before.gets[dg]
@@ -784,7 +379,7 @@ func (b *bench) tokenCDNRun() {
 			}
 			sd.Auth += after.auth - before.auth
 			sd.Refused += after.refused - before.refused
-			sd.Tokens += tc.tokens.requests.Load() - tok0
+			sd.Tokens += int64(tc.tokens.Count() - tok0)
 		}
 	}
 	b.tcSides = side

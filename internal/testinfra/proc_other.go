@@ -1,10 +1,10 @@
 //go:build !linux
 
-package testsupport
+package testinfra
 
 import "os/exec"
 
 // killWithParent has no portable equivalent of Linux's parent-death
-// signal: elsewhere a server outlives a test binary that dies before its
+// signal: elsewhere a server outlives a program that dies before its
 // cleanups run.
 func killWithParent(*exec.Cmd) {}
