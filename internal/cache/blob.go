@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path"
 	"path/filepath"
 	"sync"
 	"time"
@@ -17,6 +16,7 @@ import (
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/multiproxy/multiproxy/internal/disk"
+	"github.com/multiproxy/multiproxy/internal/storelayout"
 	"github.com/multiproxy/multiproxy/internal/upstream"
 )
 
@@ -168,13 +168,8 @@ func (c *Cache) linkLocal(ctx context.Context, repo distribution.Repository, d d
 // repository's first manifest, and its catalog lists exactly the
 // repositories that have that directory.
 func (c *Cache) holdsManifest(ctx context.Context, repo distribution.Repository) bool {
-	_, err := c.driver.Stat(ctx, manifestsDir(repo.Named().Name()))
+	_, err := c.driver.Stat(ctx, storelayout.Manifests(repo.Named().Name()))
 	return err == nil
-}
-
-// manifestsDir is a repository's _manifests directory, in driver paths.
-func manifestsDir(name string) string {
-	return path.Join("/docker/registry/v2/repositories", name, "_manifests")
 }
 
 type mountWithStat struct {

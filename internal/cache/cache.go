@@ -29,6 +29,7 @@ import (
 	_ "github.com/distribution/distribution/v3/manifest/schema2"
 
 	"github.com/multiproxy/multiproxy/internal/disk"
+	"github.com/multiproxy/multiproxy/internal/storelayout"
 	"github.com/multiproxy/multiproxy/internal/upstream"
 )
 
@@ -487,9 +488,8 @@ func (c *Cache) ResolveTag(ctx context.Context, name, tag string) (Resolved, err
 		// The manifest is stored and is what the tag points at now; only
 		// remembering the tag failed, which the next pull retries.
 		c.storageFailed(OpManifest, fmt.Errorf("tag %s:%s: %w", name, tag, err))
-		tagDir := filepath.Join(c.root, "docker", "registry", "v2", "repositories", name, "_manifests", "tags", tag)
-		c.removeTemps(filepath.Join(tagDir, "current"),
-			filepath.Join(tagDir, "index", info.Digest.Algorithm().String(), info.Digest.Encoded()))
+		c.removeTemps(storelayout.OnDisk(c.root, storelayout.TagCurrent(name, tag)),
+			storelayout.OnDisk(c.root, storelayout.TagIndexEntry(name, tag, info.Digest)))
 		return Resolved{Digest: info.Digest}, nil
 	}
 	c.markFresh(key)

@@ -17,6 +17,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/multiproxy/multiproxy/internal/cache"
+	"github.com/multiproxy/multiproxy/internal/storelayout"
 	ts "github.com/multiproxy/multiproxy/internal/testsupport"
 	"github.com/multiproxy/multiproxy/internal/upstream"
 )
@@ -166,7 +167,7 @@ func (fx *fixture) repo(t *testing.T, name string) distribution.Repository {
 // repository: they are linked on demand).
 func (fx *fixture) blobStored(t *testing.T, d digest.Digest) bool {
 	t.Helper()
-	_, err := fx.c.Driver().Stat(t.Context(), "/docker/registry/v2/blobs/"+d.Algorithm().String()+"/"+d.Encoded()[:2]+"/"+d.Encoded()+"/data")
+	_, err := fx.c.Driver().Stat(t.Context(), storelayout.BlobData(d))
 	return err == nil
 }
 

@@ -21,6 +21,7 @@ import (
 
 	"github.com/multiproxy/multiproxy/internal/cache"
 	"github.com/multiproxy/multiproxy/internal/config"
+	"github.com/multiproxy/multiproxy/internal/storelayout"
 )
 
 // Eviction reasons, as reported and labelled in metrics.
@@ -384,7 +385,7 @@ func scanManifests(ctx context.Context, st Store) ([]*manifest, []string, error)
 			if t, ok := pulls[name+"@"+d.String()]; ok {
 				m.pulled = t
 				delete(pulls, name+"@"+d.String())
-			} else if fi, err := st.Driver.Stat(ctx, revisionLink(name, d)); err == nil {
+			} else if fi, err := st.Driver.Stat(ctx, storelayout.RevisionLink(name, d)); err == nil {
 				// The filesystem keeps the last pull in the link's mtime;
 				// in a bucket it is when the manifest was stored.
 				m.pulled = fi.ModTime()
@@ -490,9 +491,6 @@ func choose(ms []*manifest, sizes map[digest.Digest]int64, stored int64, p Polic
 	}
 }
 
-// repositoriesRoot is where distribution keeps repositories, in driver paths.
-const repositoriesRoot = "/docker/registry/v2/repositories"
-
 // unlinkLayers removes repositories' links to swept blobs, so no repository
 // claims a blob the store no longer has. It also removes what a directory
 // holding no manifest has (_layers, _uploads): versions before the cache
@@ -515,16 +513,16 @@ func unlinkLayers(ctx context.Context, st Store, swept []digest.Digest) (int, er
 	// repositories hold manifests instead of listing only those.
 	held := map[string]bool{}
 	var found []string // the _layers and _uploads directories, in driver paths
-	err := st.Driver.Walk(ctx, repositoriesRoot, func(fi storagedriver.FileInfo) error {
+	err := st.Driver.Walk(ctx, storelayout.RepositoriesRoot, func(fi storagedriver.FileInfo) error {
 		if !fi.IsDir() {
 			return nil
 		}
 		dir, base := path.Split(fi.Path())
 		switch {
-		case base == "_manifests":
+		case base == storelayout.ManifestsDir:
 			held[path.Clean(dir)] = true
 			return storagedriver.ErrSkipDir
-		case base == "_layers" || base == "_uploads":
+		case base == storelayout.LayersDir || base == storelayout.UploadsDir:
 			found = append(found, fi.Path())
 			return storagedriver.ErrSkipDir
 		case strings.HasPrefix(base, "_"):
@@ -543,7 +541,7 @@ func unlinkLayers(ctx context.Context, st Store, swept []digest.Digest) (int, er
 	for _, dir := range found {
 		repoDir := path.Dir(dir)
 		if held[repoDir] {
-			if path.Base(dir) != "_layers" || len(gone) == 0 {
+			if path.Base(dir) != storelayout.LayersDir || len(gone) == 0 {
 				continue
 			}
 			links, err := st.Driver.List(ctx, path.Join(dir, "sha256"))
@@ -562,7 +560,7 @@ func unlinkLayers(ctx context.Context, st Store, swept []digest.Digest) (int, er
 			}
 			continue
 		}
-		if _, err := st.Driver.Stat(ctx, path.Join(repoDir, "_manifests")); err == nil {
+		if _, err := st.Driver.Stat(ctx, path.Join(repoDir, storelayout.ManifestsDir)); err == nil {
 			continue // its first manifest came during the walk
 		}
 		if err := st.Driver.Delete(ctx, dir); err != nil && !isPathNotFound(err) {
@@ -586,17 +584,11 @@ func unlinkLayers(ctx context.Context, st Store, swept []digest.Digest) (int, er
 // rmdir, unlike the driver's Delete, never removes what a pull wrote there
 // meanwhile.
 func removeEmptyDirs(root, repoDir string) {
-	for dir := repoDir; dir != repositoriesRoot && dir != "/" && dir != "."; dir = path.Dir(dir) {
+	for dir := repoDir; dir != storelayout.RepositoriesRoot && dir != "/" && dir != "."; dir = path.Dir(dir) {
 		if os.Remove(filepath.Join(root, filepath.FromSlash(dir))) != nil {
 			return
 		}
 	}
-}
-
-// revisionLink is the driver path of a repository's link to a manifest.
-func revisionLink(repo string, d digest.Digest) string {
-	return path.Join("/docker/registry/v2/repositories", repo, "_manifests", "revisions",
-		d.Algorithm().String(), d.Encoded(), "link")
 }
 
 // claimed reports whether another replica relies on d.
@@ -636,7 +628,7 @@ func (st Store) newerThan(ctx context.Context, d digest.Digest, since time.Time)
 	if st.Cluster == nil {
 		return false
 	}
-	fi, err := st.Driver.Stat(ctx, path.Join("/docker/registry/v2/blobs", d.Algorithm().String(), d.Encoded()[:2], d.Encoded(), "data"))
+	fi, err := st.Driver.Stat(ctx, storelayout.BlobData(d))
 	return err == nil && fi.ModTime().After(since)
 }
 
