@@ -312,13 +312,20 @@ func (s *Server) serveReferrers(w *recorder, r *http.Request, rt route) {
 	writeListing(w, r, "application/vnd.oci.image.index.v1+json", refs.Body, refs.Stale, refs.Cause)
 }
 
+// staleWarning is the Warning header of an answer the upstream could not
+// confirm (RFC 9111's 110), naming why: clients and proxies that know the
+// code show it, and the cause tells an operator which failure it was.
+func staleWarning(cause upstream.Cause) string {
+	return fmt.Sprintf(`110 multiproxy "Response is Stale: upstream %s"`, cause)
+}
+
 // writeListing answers with a list made by the cache (tags, referrers),
 // marked stale when the upstream could not confirm it.
 func writeListing(w *recorder, r *http.Request, mediaType string, body []byte, stale bool, cause upstream.Cause) {
 	h := w.Header()
 	if stale {
 		w.stale = true
-		h.Set("Warning", fmt.Sprintf(`110 multiproxy "Response is Stale: upstream %s"`, cause))
+		h.Set("Warning", staleWarning(cause))
 	}
 	h.Set("Content-Type", mediaType)
 	h.Set("Content-Length", strconv.Itoa(len(body)))
@@ -391,7 +398,7 @@ func (s *Server) serveManifest(w *recorder, r *http.Request, rt route) {
 		}
 		if res.Stale {
 			w.stale = true
-			w.Header().Set("Warning", fmt.Sprintf(`110 multiproxy "Response is Stale: upstream %s"`, res.Cause))
+			w.Header().Set("Warning", staleWarning(res.Cause))
 		}
 		d, mem = res.Digest, res.Manifest
 	} else if mem, err = s.cache.EnsureManifest(ctx, rt.repo, d); err != nil {
