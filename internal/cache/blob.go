@@ -471,7 +471,7 @@ func (c *Cache) runFill(f *fill, repo distribution.Repository, name string) {
 	if got := digester.Digest(); got != f.digest {
 		c.log.Error("wrong bytes for a blob", "source", src.kind, "digest", f.digest, "got", got)
 		if src.kind == SourceUpstream {
-			c.obs.BadContent(KindBlob)
+			c.badContent(KindBlob)
 		}
 		f.fail(&upstream.Error{Op: "read blob", Cause: upstream.CauseBadContent, Err: fmt.Errorf("digest mismatch: want %s, got %s", f.digest, got)})
 		return

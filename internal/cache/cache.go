@@ -42,8 +42,9 @@ const (
 	KindReferrers = "referrers"
 )
 
-// Observer is told about the cache's decisions. Implementations must be cheap
-// and safe for concurrent use.
+// Observer is told about the cache's decisions, for metrics
+// (metrics.Upstream implements it). Implementations must be cheap and safe
+// for concurrent use.
 type Observer interface {
 	Hit(kind string)
 	Miss(kind string)
@@ -83,6 +84,17 @@ const (
 	OpManifest = "manifest"
 )
 
+// Health is told what the cache learns about its upstream's health beyond
+// the statuses of its answers, which the upstream client reports: a stale
+// serve, and content not valid for its endpoint (health.Upstream
+// implements it).
+type Health interface {
+	Stale(cause string)
+	BadContent(kind string)
+}
+
+// nopObserver is the Observer of a cache nobody watches (Options.Observer
+// unset).
 type nopObserver struct{}
 
 func (nopObserver) Hit(string)          {}
@@ -121,7 +133,9 @@ type Options struct {
 	FillTimeout  time.Duration
 	Logger       *slog.Logger
 	Observer     Observer
-	Guard        Guard
+	// Health, if set, is told of stale serves and bad content.
+	Health Health
+	Guard  Guard
 	// Space accounts for the free space of the store's filesystem; nil
 	// turns accounting off.
 	Space *disk.Space
@@ -154,6 +168,7 @@ type Cache struct {
 	spoolDir string
 	log      *slog.Logger
 	obs      Observer
+	health   Health // nil: nobody tracks the upstream's health
 	guard    Guard
 	root     string
 	space    *disk.Space
@@ -280,6 +295,7 @@ func New(ctx context.Context, o Options) (*Cache, error) {
 		spoolDir: spool,
 		log:      o.Logger,
 		obs:      o.Observer,
+		health:   o.Health,
 		guard:    o.Guard,
 		root:     o.Root,
 		space:    o.Space,
@@ -361,8 +377,26 @@ func (c *Cache) upstreamFailed(kind string, err error) {
 	if upstream.CauseOf(err) != upstream.CauseBadContent {
 		return
 	}
-	c.obs.BadContent(kind)
+	c.badContent(kind)
 	c.log.Warn("upstream sent bad content", "kind", kind, "err", err)
+}
+
+// badContent counts an upstream answer not valid for its endpoint against
+// the upstream, in metrics and in its health.
+func (c *Cache) badContent(kind string) {
+	c.obs.BadContent(kind)
+	if c.health != nil {
+		c.health.BadContent(kind)
+	}
+}
+
+// staleServed reports an answer served stale because the upstream failed
+// with cause, in metrics and in the upstream's health.
+func (c *Cache) staleServed(cause upstream.Cause) {
+	c.obs.Stale(string(cause))
+	if c.health != nil {
+		c.health.Stale(string(cause))
+	}
 }
 
 // storageWorked clears a recorded storage problem.
@@ -440,7 +474,7 @@ func (c *Cache) ResolveTag(ctx context.Context, name, tag string) (Resolved, err
 
 	stale := func(err error) (Resolved, error) {
 		cause := upstream.CauseOf(err)
-		c.obs.Stale(string(cause))
+		c.staleServed(cause)
 		c.used(name, local.Digest)
 		c.log.Warn("serving stale tag", "repository", name, "tag", tag, "digest", local.Digest, "cause", cause, "err", err)
 		return Resolved{Digest: local.Digest, Stale: true, Cause: cause, Err: err}, nil

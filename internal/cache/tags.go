@@ -52,7 +52,7 @@ func (c *Cache) ListTags(ctx context.Context, name, query string) (TagList, erro
 		return TagList{}, err
 	}
 	cause := upstream.CauseOf(err)
-	c.obs.Stale(string(cause))
+	c.staleServed(cause)
 	c.log.Warn("serving stale tag list", "repository", name, "cause", cause, "err", err)
 	page, next := paginate(local, query)
 	body, merr := encodeTags(name, page)

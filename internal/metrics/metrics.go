@@ -286,7 +286,8 @@ func (m *Metrics) For(name string) *Upstream {
 	return &Upstream{m: m, name: name}
 }
 
-// Upstream reports one upstream's events. It implements proxy.Observer.
+// Upstream reports one upstream's events. It implements proxy.Observer
+// (and so cache.Observer) directly.
 type Upstream struct {
 	m    *Metrics
 	name string
