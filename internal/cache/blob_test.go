@@ -8,9 +8,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/opencontainers/go-digest"
+
 	"github.com/multiproxy/multiproxy/internal/cache"
 	"github.com/multiproxy/multiproxy/internal/upstream"
-	"github.com/opencontainers/go-digest"
 )
 
 // Two clients of one cold blob share one upstream GET: the second joins
