@@ -41,28 +41,30 @@ func (c *Cache) Blob(ctx context.Context, name string, d digest.Digest) (*BlobRe
 	if err != nil {
 		return nil, err
 	}
-	// A collection may remove a blob between the check and the open; it
-	// is then fetched again, once.
-	for range 2 {
+	// The store is looked at once, outside the cache's lock. A fill that
+	// landed between that look and the lock (landed moved on) sends the
+	// request to look once more, rather than start a second download; the
+	// second time it fetches whatever happens meanwhile.
+	for recheck := true; ; recheck = false {
+		landed := c.landed.Load()
 		if f, ok := c.localFile(ctx, repo, d); ok {
 			c.obs.Hit(KindBlob)
 			return &BlobReader{File: f}, nil
 		}
-		st, local, err := c.openFill(ctx, repo, name, d)
+		st, err := c.openFill(ctx, repo, name, d, landed, recheck)
+		if errors.Is(err, errLanded) {
+			continue
+		}
 		if err != nil {
 			return nil, err
 		}
-		if !local {
-			return &BlobReader{Stream: st}, nil
-		}
-		// openFill found it here under its lock, linked: just open it.
-		if f, ok := c.openHere(d); ok {
-			c.obs.Hit(KindBlob)
-			return &BlobReader{File: f}, nil
-		}
+		return &BlobReader{Stream: st}, nil
 	}
-	return nil, &upstream.Error{Op: "get blob", Cause: upstream.CauseUnreachable, Err: errors.New("blob removed while being served; retry")}
 }
+
+// errLanded is openFill's answer when a fill landed since the caller
+// looked at the store: the blob it wants may be one of them.
+var errLanded = errors.New("a fill landed since the store was looked at")
 
 // localFile opens d's bytes on this host if they are here: the stored
 // file, or on a shared bucket the local copy, which is served without
@@ -87,24 +89,17 @@ func (c *Cache) openHere(d digest.Digest) (*os.File, bool) {
 	return f, err == nil
 }
 
-// hasLocal is localFile without the open.
-func (c *Cache) hasLocal(ctx context.Context, repo distribution.Repository, d digest.Digest) bool {
-	if c.shared != nil {
-		_, ok := c.shared.tier.stat(d)
-		return ok
-	}
-	ok, _ := c.linkLocal(ctx, repo, d)
-	return ok
-}
-
 // openFill returns a stream of a blob being fetched from the upstream,
-// joining the fill already running for it if there is one, or local=true if
-// the blob became local meanwhile.
-func (c *Cache) openFill(ctx context.Context, repo distribution.Repository, name string, d digest.Digest) (s *Stream, local bool, err error) {
+// joining the fill already running for it if there is one. With recheck,
+// it returns errLanded instead of starting a fill if a fill landed since
+// the caller read landed (Cache.landed) and looked at the store: the blob
+// may be stored now. It does no storage I/O under the cache's lock,
+// which every request and the metrics scrape take.
+func (c *Cache) openFill(ctx context.Context, repo distribution.Repository, name string, d digest.Digest, landed uint64, recheck bool) (s *Stream, err error) {
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
-		return nil, false, &upstream.Error{Op: "get blob", Cause: upstream.CauseUnreachable, Err: errors.New("upstream removed")}
+		return nil, &upstream.Error{Op: "get blob", Cause: upstream.CauseUnreachable, Err: errors.New("upstream removed")}
 	}
 	f, joined := c.fills[d]
 	if joined && !f.joinable() {
@@ -113,42 +108,45 @@ func (c *Cache) openFill(ctx context.Context, repo distribution.Repository, name
 		// this client its first byte.
 		joined = false
 	}
+	linkHere := false
 	if !joined {
-		// Re-check under the lock: a fill may have committed since our caller
-		// looked, and a second upstream GET would be wasted.
-		if c.hasLocal(ctx, repo, d) {
+		if recheck && c.landed.Load() != landed {
+			// A fill may have committed this blob since our caller
+			// looked, and a second upstream GET would be wasted.
 			c.mu.Unlock()
-			return nil, true, nil
+			return nil, errLanded
 		}
 		f = c.startFill(repo, name, d)
 		c.obs.Miss(KindBlob)
 	} else {
 		c.obs.DedupJoin(KindBlob)
+		// The joined fill may be for another repository: it links the
+		// blob here too when it commits, so this repository's manifests
+		// find it; if it has committed already, this request does.
+		if c.shared == nil && name != f.name {
+			if f.moved {
+				linkHere = true
+			} else {
+				f.alsoLink[name] = repo
+			}
+		}
 	}
 	s = f.attach(ctx)
 	c.mu.Unlock()
+	if linkHere {
+		_, _ = c.linkLocal(ctx, repo, d)
+	}
 	select {
 	case <-f.ready:
 	case <-ctx.Done():
 		s.Close()
-		return nil, false, ctx.Err()
+		return nil, ctx.Err()
 	}
 	if f.headerErr != nil {
 		s.Close()
-		return nil, false, f.headerErr
+		return nil, f.headerErr
 	}
-	if joined && c.shared == nil {
-		// The joined fill may be for another repository; link it here too
-		// once it lands, so this repository's manifests find it. Cheap, and
-		// only when the fill succeeded.
-		go func() {
-			<-f.finished
-			if f.stored() {
-				_, _ = c.linkLocal(context.Background(), repo, d)
-			}
-		}()
-	}
-	return s, false, nil
+	return s, nil
 }
 
 // FillsInFlight is the number of blob downloads running now, including

@@ -182,8 +182,15 @@ type Cache struct {
 
 	mu     sync.Mutex
 	fills  map[digest.Digest]*fill
-	closed bool           // under mu: no fill starts after Close
-	fillWG sync.WaitGroup // running fills, for Close to wait on
+	closed bool // under mu: no fill starts after Close
+	// fillWG counts every goroutine that may write to the store (fills,
+	// and evictions started for them), for Close to wait on. Each Add is
+	// made under mu while not closed, or by one of those goroutines.
+	fillWG sync.WaitGroup
+	// landed counts fills whose bytes were moved into the store (or the
+	// local copies): a request that looked at the store before a fill
+	// landed looks again rather than start a second download (Blob).
+	landed atomic.Uint64
 
 	freshMu sync.Mutex
 	fresh   map[string]time.Time // "repo:tag" -> last successful revalidation

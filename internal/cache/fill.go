@@ -49,21 +49,23 @@ type fill struct {
 	digest digest.Digest
 
 	// Set before ready is closed, under Cache.mu.
-	path      string // the spool file, or the stored blob once moved (under Cache.mu)
-	moved     bool   // under Cache.mu
+	name  string // the repository it was started for
+	path  string // the spool file, or the stored blob once moved (under Cache.mu)
+	moved bool   // under Cache.mu
+	// alsoLink are the other repositories whose clients joined, to link
+	// the blob into once it is stored; under Cache.mu, until moved.
+	alsoLink  map[string]distribution.Repository
 	w         *os.File
 	pass      bool
 	headerErr error
 	size      int64 // from Content-Length, -1 if unknown
 
-	ready    chan struct{} // closed once the mode is set or the fill failed early
-	finished chan struct{}
+	ready chan struct{} // closed once the mode is set or the fill failed early
 
 	mu       sync.Mutex
 	cond     *sync.Cond
 	written  int64
 	verified bool // all bytes written and their digest checked
-	ok       bool // verified and committed to the store
 	err      error
 	streams  map[*Stream]struct{}
 	ring     []byte // pass-through window, nil while spooling: byte at offset o >= passAt is ring[o%len(ring)]
@@ -72,8 +74,8 @@ type fill struct {
 
 // startFill must be called with c.mu held.
 func (c *Cache) startFill(repo distribution.Repository, name string, d digest.Digest) *fill {
-	f := &fill{digest: d, ready: make(chan struct{}), finished: make(chan struct{}), size: -1,
-		streams: map[*Stream]struct{}{}}
+	f := &fill{digest: d, name: name, ready: make(chan struct{}), size: -1,
+		streams: map[*Stream]struct{}{}, alsoLink: map[string]distribution.Repository{}}
 	f.cond = sync.NewCond(&f.mu)
 	c.fills[d] = f
 	c.fillWG.Add(1)
@@ -87,7 +89,6 @@ func (c *Cache) startFill(repo distribution.Repository, name string, d digest.Di
 func (c *Cache) runFill(f *fill, repo distribution.Repository, name string) {
 	ctx, cancel := context.WithTimeout(c.ctx, c.opts().fillTimeout)
 	defer cancel()
-	defer close(f.finished)
 	defer c.endFill(f)
 	// Until the mode is known, ready is open: any exit before it is an
 	// early failure every waiter must hear about.
@@ -222,7 +223,6 @@ func (c *Cache) runFill(f *fill, repo distribution.Repository, name string) {
 		return
 	}
 	c.storageWorked()
-	f.commit()
 }
 
 // CauseStorage is the cause of a fill that failed because the store could
@@ -264,24 +264,43 @@ func (c *Cache) commit(ctx context.Context, f *fill, repo distribution.Repositor
 	release := c.guard.Hold()
 	defer release()
 	c.guard.Use(f.digest)
-	c.mu.Lock()
-	err := os.MkdirAll(filepath.Dir(c.blobPath(f.digest)), 0o750)
+	stored := c.blobPath(f.digest)
+	err := os.MkdirAll(filepath.Dir(stored), 0o750)
 	if err == nil {
-		err = os.Rename(f.path, c.blobPath(f.digest))
+		err = os.Rename(f.path, stored)
 	}
-	if err == nil {
-		// Joiners from now on open the stored file; readers already open
-		// keep reading the same inode.
-		f.path, f.moved = c.blobPath(f.digest), true
-	}
-	c.mu.Unlock()
 	if err != nil {
 		return fmt.Errorf("store blob: %w", err)
 	}
+	also := c.landedAt(f, stored)
 	if ok, err := c.linkLocal(ctx, repo, f.digest); err != nil || !ok {
 		return fmt.Errorf("link blob: %v", err)
 	}
+	for _, r := range also {
+		if _, err := c.linkLocal(ctx, r, f.digest); err != nil {
+			c.log.Debug("link joined blob", "repository", r.Named().Name(), "digest", f.digest, "err", err)
+		}
+	}
 	return nil
+}
+
+// landedAt records that f's bytes are stored at path now, and returns the
+// repositories of joined clients to link them into. The move is done
+// before, outside the cache's lock: a client joining between the move and
+// this reads the moved file through the fill's descriptor (Stream.open),
+// and readers already open keep reading the same inode. Joiners from now
+// on open the stored file, and link it themselves (openFill).
+func (c *Cache) landedAt(f *fill, path string) []distribution.Repository {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	f.path, f.moved = path, true
+	also := make([]distribution.Repository, 0, len(f.alsoLink))
+	for _, r := range f.alsoLink {
+		also = append(also, r)
+	}
+	f.alsoLink = nil
+	c.landed.Add(1)
+	return also
 }
 
 // endFill unpublishes a fill. Readers keep their own descriptors, so the spool
@@ -319,12 +338,6 @@ func (f *fill) switchToPass() {
 	f.passAt = f.written
 	f.ring = make([]byte, passWindow)
 	f.mu.Unlock()
-}
-
-func (f *fill) stored() bool {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.ok
 }
 
 func (f *fill) advance(n int64) {
@@ -400,10 +413,4 @@ func (f *fill) verify() {
 	f.verified = true
 	f.mu.Unlock()
 	f.cond.Broadcast()
-}
-
-func (f *fill) commit() {
-	f.mu.Lock()
-	f.ok = true
-	f.mu.Unlock()
 }

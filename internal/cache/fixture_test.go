@@ -36,15 +36,26 @@ type fixture struct {
 // upstream timeout is 10 s, which only a hang reaches; see setTimeout.
 func newFixture(t *testing.T, prof ts.Profile) *fixture {
 	t.Helper()
+	return newFixtureWith(t, prof, nil)
+}
+
+// newFixtureWith is newFixture with the cache's options changed by set
+// (given the storage root) before the cache opens.
+func newFixtureWith(t *testing.T, prof ts.Profile, set func(root string, o *cache.Options)) *fixture {
+	t.Helper()
 	up := prof.Start(t)
 	fx := &fixture{up: up, f: up.Faults, obs: newObserver(), root: t.TempDir()}
-	var err error
-	fx.c, err = cache.New(context.Background(), cache.Options{
+	o := cache.Options{
 		Root:        fx.root,
 		Upstream:    fx.client(t, 10*time.Second),
 		FillTimeout: time.Minute,
 		Observer:    fx.obs,
-	})
+	}
+	if set != nil {
+		set(fx.root, &o)
+	}
+	var err error
+	fx.c, err = cache.New(context.Background(), o)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -388,13 +388,11 @@ func (c *Cache) commitShared(ctx context.Context, f *fill, repo distribution.Rep
 			return fmt.Errorf("link blob: %v", err)
 		}
 	}
-	c.mu.Lock()
-	err := c.shared.tier.add(f.digest, f.path, f.bytes())
-	if err == nil {
-		f.path, f.moved = c.shared.tier.path(f.digest), true
+	if err := c.shared.tier.add(f.digest, f.path, f.bytes()); err != nil {
+		return err
 	}
-	c.mu.Unlock()
-	return err
+	c.landedAt(f, c.shared.tier.path(f.digest))
+	return nil
 }
 
 // upload copies the verified spool into the bucket.
