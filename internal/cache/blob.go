@@ -171,7 +171,7 @@ func (c *Cache) BlobSize(ctx context.Context, name string, d digest.Digest) (int
 			return n, nil
 		}
 		sctx, cancel := c.bucketCall(ctx)
-		desc, err := c.ns.BlobStatter().Stat(sctx, d)
+		desc, err := c.registry.BlobStatter().Stat(sctx, d)
 		cancel()
 		if err == nil {
 			c.obs.Hit(KindBlob)

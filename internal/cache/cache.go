@@ -107,7 +107,8 @@ type Guard interface {
 	Use(ds ...digest.Digest)
 	// Hold brackets work that relies on the store (a write, or serving a
 	// manifest), so that a collection starting meanwhile waits for it to
-	// finish before it scans. It must not block: holds nest.
+	// finish before it scans. It must not wait for a collection to end:
+	// holds nest.
 	Hold() (release func())
 }
 
@@ -156,7 +157,7 @@ type Cache struct {
 	up       atomic.Pointer[upstream.Client]
 	tun      atomic.Pointer[tunables]
 	driver   storagedriver.StorageDriver
-	ns       distribution.Namespace
+	registry distribution.Namespace
 	spoolDir string
 	log      *slog.Logger
 	obs      Observer
@@ -274,7 +275,7 @@ func New(ctx context.Context, o Options) (*Cache, error) {
 			}
 		}
 	}
-	ns, err := storage.NewRegistry(ctx, driver,
+	registry, err := storage.NewRegistry(ctx, driver,
 		storage.DisableDigestResumption,
 		storage.EnableDelete,
 	)
@@ -290,7 +291,7 @@ func New(ctx context.Context, o Options) (*Cache, error) {
 	bg, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	c := &Cache{
 		driver:   driver,
-		ns:       ns,
+		registry: registry,
 		spoolDir: spool,
 		log:      o.Logger,
 		obs:      o.Observer,
@@ -321,7 +322,7 @@ func (c *Cache) Update(o Options) {
 }
 
 func (c *Cache) client() *upstream.Client { return c.up.Load() }
-func (c *Cache) opts() *tunables          { return c.tun.Load() }
+func (c *Cache) tunables() *tunables      { return c.tun.Load() }
 
 // Close cancels every running fill (the upstream was removed, or the
 // process stops: nobody will read what they would bring) and waits for
@@ -377,14 +378,14 @@ func (c *Cache) Root() string { return c.root }
 func (c *Cache) Driver() storagedriver.StorageDriver { return c.driver }
 
 // Namespace is a plain (non-proxy) view of the same storage.
-func (c *Cache) Namespace() distribution.Namespace { return c.ns }
+func (c *Cache) Namespace() distribution.Namespace { return c.registry }
 
 func (c *Cache) repo(ctx context.Context, name string) (distribution.Repository, error) {
 	named, err := reference.WithName(name)
 	if err != nil {
 		return nil, &RequestError{Code: "NAME_INVALID", Err: err}
 	}
-	return c.ns.Repository(ctx, named)
+	return c.registry.Repository(ctx, named)
 }
 
 // RequestError is a client mistake (bad name or reference): a 4xx, never a 5xx.

@@ -87,7 +87,7 @@ func (c *Cache) startFill(repo distribution.Repository, name string, d digest.Di
 }
 
 func (c *Cache) runFill(f *fill, repo distribution.Repository, name string) {
-	ctx, cancel := context.WithTimeout(c.ctx, c.opts().fillTimeout)
+	ctx, cancel := context.WithTimeout(c.ctx, c.tunables().fillTimeout)
 	defer cancel()
 	defer c.endFill(f)
 	// Until the mode is known, ready is open: any exit before it is an

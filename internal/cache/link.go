@@ -29,7 +29,7 @@ func (c *Cache) linkLocal(ctx context.Context, repo distribution.Repository, d d
 	if _, err := blobs.Stat(ctx, d); err == nil {
 		return true, nil
 	}
-	desc, err := c.ns.BlobStatter().Stat(ctx, d)
+	desc, err := c.registry.BlobStatter().Stat(ctx, d)
 	if err != nil {
 		return false, nil
 	}

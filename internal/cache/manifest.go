@@ -92,9 +92,9 @@ func (c *Cache) ensureManifest(ctx context.Context, repo distribution.Repository
 			c.obs.DedupJoin(KindManifest)
 		}
 		desc, _ := r.Val.(v1.Descriptor)
-		var ns *notStored
-		if errors.As(r.Err, &ns) {
-			return desc, &Manifest{Body: ns.body, MediaType: desc.MediaType}, nil
+		var unstored *notStored
+		if errors.As(r.Err, &unstored) {
+			return desc, &Manifest{Body: unstored.body, MediaType: desc.MediaType}, nil
 		}
 		if r.Err != nil {
 			return v1.Descriptor{}, nil, r.Err
@@ -186,9 +186,9 @@ func (c *Cache) FetchManifest(ctx context.Context, name string, d digest.Digest)
 		return nil, err
 	}
 	c.obs.UpstreamBytes(int64(len(body)))
-	var ns *notStored
+	var unstored *notStored
 	desc, err := c.putManifest(ctx, repo, body, info)
-	if err != nil && !errors.As(err, &ns) {
+	if err != nil && !errors.As(err, &unstored) {
 		c.upstreamFailed(KindManifest, err)
 		return nil, err
 	}

@@ -27,12 +27,12 @@ func (c *Cache) reserve(ctx context.Context, size int64) (*disk.Reservation, str
 	if c.space == nil {
 		return nil, ""
 	}
-	o := c.opts()
+	tun := c.tunables()
 	need := size
 	if size < 0 {
 		need = fillStep
 	}
-	res, ok, err := c.space.Reserve(need, o.minFree)
+	res, ok, err := c.space.Reserve(need, tun.minFree)
 	if err != nil {
 		// statfs fails when the store's directory is gone; creating the
 		// spool will tell whether storing works at all.
@@ -44,12 +44,12 @@ func (c *Cache) reserve(ctx context.Context, size int64) (*disk.Reservation, str
 	}
 	// A blob bigger than the whole filesystem allows would have every
 	// image evicted for nothing: it passes through and evicts nothing.
-	if fits, err := c.space.Fits(need, o.minFree); err == nil && !fits {
+	if fits, err := c.space.Fits(need, tun.minFree); err == nil && !fits {
 		return nil, UncachedNoSpace
 	}
 	if c.makeRoom != nil {
 		c.evictFor(ctx, need)
-		if res, ok, err := c.space.Reserve(need, o.minFree); err == nil && ok {
+		if res, ok, err := c.space.Reserve(need, tun.minFree); err == nil && ok {
 			return res, ""
 		}
 	}
@@ -60,8 +60,8 @@ func (c *Cache) reserve(ctx context.Context, size int64) (*disk.Reservation, str
 // written bytes so far, evicting for it as reserve does. It reports false
 // when the step cannot be had, and the fill must pass through from here.
 func (c *Cache) reserveMore(ctx context.Context, res *disk.Reservation, written, step int64) bool {
-	o := c.opts()
-	ok, err := res.Extend(step, o.minFree)
+	tun := c.tunables()
+	ok, err := res.Extend(step, tun.minFree)
 	if err != nil {
 		// As in reserve: with the usage unknown, writing the spool will
 		// tell whether storing works at all.
@@ -73,21 +73,21 @@ func (c *Cache) reserveMore(ctx context.Context, res *disk.Reservation, written,
 	}
 	// The bytes written are the blob's too: if it cannot fit with them,
 	// evicting everything else would not make it fit.
-	if fits, err := c.space.Fits(written+step, o.minFree); err == nil && !fits {
+	if fits, err := c.space.Fits(written+step, tun.minFree); err == nil && !fits {
 		return false
 	}
 	if c.makeRoom == nil {
 		return false
 	}
 	c.evictFor(ctx, step)
-	ok, err = res.Extend(step, o.minFree)
+	ok, err = res.Extend(step, tun.minFree)
 	return err == nil && ok
 }
 
 // evictFor frees space until need bytes fit above the watermark, waiting
 // at most the upstream timeout: longer, it goes on in the background.
 func (c *Cache) evictFor(ctx context.Context, need int64) {
-	short, err := c.space.Shortfall(need, c.opts().minFree)
+	short, err := c.space.Shortfall(need, c.tunables().minFree)
 	if err != nil || short <= 0 {
 		return
 	}

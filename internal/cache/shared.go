@@ -263,7 +263,7 @@ func (c *Cache) bucketCall(ctx context.Context) (context.Context, context.Cancel
 // each read of the body (a stalled store ends it with an error).
 func (c *Cache) bucketSource(ctx context.Context, d digest.Digest, offset int64) (*source, bool) {
 	sctx, scancel := c.bucketCall(ctx)
-	desc, err := c.ns.BlobStatter().Stat(sctx, d)
+	desc, err := c.registry.BlobStatter().Stat(sctx, d)
 	scancel()
 	if err != nil {
 		return nil, false

@@ -116,7 +116,6 @@ type Resolved struct {
 	// answer was used instead.
 	Stale bool
 	Cause upstream.Cause
-	Err   error // why the revalidation failed, when Stale
 	// Manifest is set when the store could not take the manifest: it is
 	// to be served from memory.
 	Manifest *Manifest
@@ -139,7 +138,7 @@ func (c *Cache) ResolveTag(ctx context.Context, name, tag string) (Resolved, err
 	hasLocal := lerr == nil && c.hasManifest(ctx, repo, local.Digest)
 	key := name + ":" + tag
 
-	if hasLocal && c.opts().tagFreshness > 0 && c.isFresh(key) {
+	if hasLocal && c.tunables().tagFreshness > 0 && c.isFresh(key) {
 		c.obs.Hit(KindTag)
 		c.used(name, local.Digest)
 		return Resolved{Digest: local.Digest}, nil
@@ -150,7 +149,7 @@ func (c *Cache) ResolveTag(ctx context.Context, name, tag string) (Resolved, err
 		c.staleServed(cause)
 		c.used(name, local.Digest)
 		c.log.Warn("serving stale tag", "repository", name, "tag", tag, "digest", local.Digest, "cause", cause, "err", err)
-		return Resolved{Digest: local.Digest, Stale: true, Cause: cause, Err: err}, nil
+		return Resolved{Digest: local.Digest, Stale: true, Cause: cause}, nil
 	}
 
 	info, err := c.revalidate(ctx, name, tag)
@@ -235,8 +234,8 @@ func (c *Cache) fetchManifestByTag(ctx context.Context, repo distribution.Reposi
 		c.upstreamFailed(KindManifest, err)
 		return info, err
 	}
-	var ns *notStored
-	if _, err := c.putManifest(ctx, repo, body, info); err != nil && !errors.As(err, &ns) {
+	var unstored *notStored
+	if _, err := c.putManifest(ctx, repo, body, info); err != nil && !errors.As(err, &unstored) {
 		c.upstreamFailed(KindManifest, err)
 		return info, err
 	}
@@ -247,11 +246,11 @@ func (c *Cache) isFresh(key string) bool {
 	c.freshMu.Lock()
 	defer c.freshMu.Unlock()
 	t, ok := c.fresh[key]
-	return ok && time.Since(t) < c.opts().tagFreshness
+	return ok && time.Since(t) < c.tunables().tagFreshness
 }
 
 func (c *Cache) markFresh(key string) {
-	if c.opts().tagFreshness <= 0 {
+	if c.tunables().tagFreshness <= 0 {
 		return
 	}
 	c.freshMu.Lock()
