@@ -184,9 +184,11 @@ type Cache struct {
 	mu     sync.Mutex
 	fills  map[digest.Digest]*fill
 	closed bool // under mu: no fill starts after Close
-	// fillWG counts every goroutine that may write to the store (fills,
-	// and evictions started for them), for Close to wait on. Each Add is
-	// made under mu while not closed, or by one of those goroutines.
+	// fillWG counts every goroutine the cache starts that may write to
+	// the store (fills, with the links they make for joined clients, and
+	// evictions started for them), for Close to wait on. Each Add is made
+	// under mu while not closed, or by one of those goroutines. Writes a
+	// request makes itself (a manifest, a link) are its server's to drain.
 	fillWG sync.WaitGroup
 	// landed counts fills whose bytes were moved into the store (or the
 	// local copies): a request that looked at the store before a fill
@@ -326,7 +328,8 @@ func (c *Cache) tunables() *tunables      { return c.tun.Load() }
 
 // Close cancels every running fill (the upstream was removed, or the
 // process stops: nobody will read what they would bring) and waits for
-// them to end, so nothing writes to the store afterwards.
+// them to end, so no goroutine of the cache writes to the store
+// afterwards.
 func (c *Cache) Close() {
 	c.mu.Lock()
 	c.closed = true
