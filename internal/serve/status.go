@@ -2,8 +2,8 @@ package serve
 
 // The status side of a Process: /readyz, /api/v1/status and the status page
 // read what the board gathers here, and the admin API's recycle and gc land
-// here. serve.go only hands each upstream's observer, listener and client to
-// the board, and starts and stops it.
+// here. serve.go only hands each upstream's listener and client to the
+// board, points its health reports here (healthOf), and starts and stops it.
 
 import (
 	"context"
