@@ -2,10 +2,11 @@ package cache
 
 import (
 	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/opencontainers/go-digest"
+
+	"github.com/multiproxy/multiproxy/internal/storelayout"
 )
 
 // accessGranularity limits how often one manifest's last-pull time is
@@ -16,8 +17,7 @@ const accessGranularity = time.Minute
 // to a manifest. Its mtime records the manifest's last pull, which is what
 // eviction ranks by: persistent across restarts, and no extra state to keep.
 func RevisionLinkPath(root, repo string, d digest.Digest) string {
-	return filepath.Join(root, "docker", "registry", "v2", "repositories", repo,
-		"_manifests", "revisions", d.Algorithm().String(), d.Encoded(), "link")
+	return storelayout.OnDisk(root, storelayout.RevisionLink(repo, d))
 }
 
 // used records a pull of a manifest: it claims it from a running collection
@@ -60,6 +60,5 @@ func (c *Cache) openLocal(d digest.Digest) (*os.File, error) {
 
 // blobPath is where the filesystem driver keeps a blob's bytes.
 func (c *Cache) blobPath(d digest.Digest) string {
-	return filepath.Join(c.root, "docker", "registry", "v2", "blobs",
-		d.Algorithm().String(), d.Encoded()[:2], d.Encoded(), "data")
+	return storelayout.OnDisk(c.root, storelayout.BlobData(d))
 }

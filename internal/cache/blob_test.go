@@ -1,16 +1,22 @@
 package cache_test
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"sync"
 	"testing"
 	"time"
 
-	"github.com/multiproxy/multiproxy/internal/cache"
-	"github.com/multiproxy/multiproxy/internal/upstream"
+	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
+	"github.com/distribution/distribution/v3/registry/storage/driver/filesystem"
 	"github.com/opencontainers/go-digest"
+
+	"github.com/multiproxy/multiproxy/internal/cache"
+	"github.com/multiproxy/multiproxy/internal/storelayout"
+	"github.com/multiproxy/multiproxy/internal/upstream"
 )
 
 // Two clients of one cold blob share one upstream GET: the second joins
@@ -137,4 +143,82 @@ func TestCloseCancelsFills(t *testing.T) {
 	if n := fx.f.Count(http.MethodGet, "/blobs/"); n != 1 {
 		t.Errorf("%d upstream GETs, want only the cancelled one", n)
 	}
+}
+
+// A client of another repository joining a fill gets the blob linked into
+// its repository when the fill commits; that write belongs to the fill, so
+// Close, which waits for every writer, returns only once it is done.
+func TestCloseWaitsForJoinedLinks(t *testing.T) {
+	fx := newFixture(t, plain())
+	layer, _ := fx.pushLayer(t, "library/app:1", 512<<10)
+	// Links are written only in repositories holding a manifest.
+	fx.push(t, "team/other:1", 1024)
+	fx.resolve(t, "library/app", "1")
+	fx.resolve(t, "team/other", "1")
+	release := fx.hold(t, "/blobs/"+layer.String(), 64<<10)
+	first := fx.blob(t, "library/app", layer)
+	second := fx.blob(t, "team/other", layer)
+	if n := fx.obs.count("join blob"); n != 1 {
+		t.Fatalf("%d joins reported, want the second client's", n)
+	}
+	release()
+	for i, br := range []*cache.BlobReader{first, second} {
+		if got, err := drain(br); err != nil || got != layer {
+			t.Errorf("client %d: %s, %v", i, got, err)
+		}
+	}
+	fx.c.Close()
+	for _, name := range []string{"library/app", "team/other"} {
+		if _, err := fx.repo(t, name).Blobs(t.Context()).Stat(t.Context(), layer); err != nil {
+			t.Errorf("after Close, %s has no link to the blob its client pulled: %v", name, err)
+		}
+	}
+	if n := fx.f.Count(http.MethodGet, "/blobs/"); n != 1 {
+		t.Errorf("%d upstream GETs, want 1", n)
+	}
+}
+
+// A cold GET looks at the store for the blob once: the check against a
+// fill that landed meanwhile is made in memory, under the cache's lock,
+// which the metrics scrape also takes and which must never wait on
+// storage.
+func TestColdBlobLooksOnce(t *testing.T) {
+	var stats *statCounter
+	fx := newFixtureWith(t, plain(), func(root string, o *cache.Options) {
+		stats = &statCounter{StorageDriver: filesystem.New(filesystem.DriverParameters{RootDirectory: root, MaxThreads: 100}), n: map[string]int{}}
+		o.Driver = stats
+	})
+	layer, _ := fx.pushLayer(t, "library/app:1", 256<<10)
+	release := fx.hold(t, "/blobs/"+layer.String(), 64<<10)
+	br := fx.blob(t, "library/app", layer)
+	if br.Stream == nil {
+		t.Fatal("a cold blob was not streamed from a fill")
+	}
+	if n := stats.count(storelayout.BlobData(layer)); n != 1 {
+		t.Errorf("the store was asked for a cold blob %d times before its fill, want 1", n)
+	}
+	release()
+	if got, err := drain(br); err != nil || got != layer {
+		t.Errorf("the cold blob: %s, %v", got, err)
+	}
+}
+
+// statCounter counts the Stats of each path on a real driver.
+type statCounter struct {
+	storagedriver.StorageDriver
+	mu sync.Mutex
+	n  map[string]int
+}
+
+func (s *statCounter) Stat(ctx context.Context, path string) (storagedriver.FileInfo, error) {
+	s.mu.Lock()
+	s.n[path]++
+	s.mu.Unlock()
+	return s.StorageDriver.Stat(ctx, path)
+}
+
+func (s *statCounter) count(path string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.n[path]
 }

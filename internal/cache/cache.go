@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
@@ -20,13 +19,7 @@ import (
 	"github.com/distribution/distribution/v3/registry/storage/driver/filesystem"
 	"github.com/distribution/reference"
 	"github.com/opencontainers/go-digest"
-	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 	"golang.org/x/sync/singleflight"
-
-	// Manifest schemas register their unmarshalers in init.
-	_ "github.com/distribution/distribution/v3/manifest/manifestlist"
-	_ "github.com/distribution/distribution/v3/manifest/ocischema"
-	_ "github.com/distribution/distribution/v3/manifest/schema2"
 
 	"github.com/multiproxy/multiproxy/internal/disk"
 	"github.com/multiproxy/multiproxy/internal/upstream"
@@ -41,8 +34,9 @@ const (
 	KindReferrers = "referrers"
 )
 
-// Observer is told about the cache's decisions. Implementations must be cheap
-// and safe for concurrent use.
+// Observer is told about the cache's decisions, for metrics
+// (metrics.Upstream implements it). Implementations must be cheap and safe
+// for concurrent use.
 type Observer interface {
 	Hit(kind string)
 	Miss(kind string)
@@ -82,6 +76,17 @@ const (
 	OpManifest = "manifest"
 )
 
+// Health is told what the cache learns about its upstream's health beyond
+// the statuses of its answers, which the upstream client reports: a stale
+// serve, and content not valid for its endpoint (health.Upstream
+// implements it).
+type Health interface {
+	Stale(cause string)
+	BadContent(kind string)
+}
+
+// nopObserver is the Observer of a cache nobody watches (Options.Observer
+// unset).
 type nopObserver struct{}
 
 func (nopObserver) Hit(string)          {}
@@ -102,7 +107,8 @@ type Guard interface {
 	Use(ds ...digest.Digest)
 	// Hold brackets work that relies on the store (a write, or serving a
 	// manifest), so that a collection starting meanwhile waits for it to
-	// finish before it scans. It must not block: holds nest.
+	// finish before it scans. It must not wait for a collection to end:
+	// holds nest.
 	Hold() (release func())
 }
 
@@ -120,7 +126,9 @@ type Options struct {
 	FillTimeout  time.Duration
 	Logger       *slog.Logger
 	Observer     Observer
-	Guard        Guard
+	// Health, if set, is told of stale serves and bad content.
+	Health Health
+	Guard  Guard
 	// Space accounts for the free space of the store's filesystem; nil
 	// turns accounting off.
 	Space *disk.Space
@@ -149,10 +157,11 @@ type Cache struct {
 	up       atomic.Pointer[upstream.Client]
 	tun      atomic.Pointer[tunables]
 	driver   storagedriver.StorageDriver
-	ns       distribution.Namespace
+	registry distribution.Namespace
 	spoolDir string
 	log      *slog.Logger
 	obs      Observer
+	health   Health // nil: nobody tracks the upstream's health
 	guard    Guard
 	root     string
 	space    *disk.Space
@@ -174,8 +183,17 @@ type Cache struct {
 
 	mu     sync.Mutex
 	fills  map[digest.Digest]*fill
-	closed bool           // under mu: no fill starts after Close
-	fillWG sync.WaitGroup // running fills, for Close to wait on
+	closed bool // under mu: no fill starts after Close
+	// fillWG counts every goroutine the cache starts that may write to
+	// the store (fills, with the links they make for joined clients, and
+	// evictions started for them), for Close to wait on. Each Add is made
+	// under mu while not closed, or by one of those goroutines. Writes a
+	// request makes itself (a manifest, a link) are its server's to drain.
+	fillWG sync.WaitGroup
+	// landed counts fills whose bytes were moved into the store (or the
+	// local copies): a request that looked at the store before a fill
+	// landed looks again rather than start a second download (Blob).
+	landed atomic.Uint64
 
 	freshMu sync.Mutex
 	fresh   map[string]time.Time // "repo:tag" -> last successful revalidation
@@ -259,7 +277,7 @@ func New(ctx context.Context, o Options) (*Cache, error) {
 			}
 		}
 	}
-	ns, err := storage.NewRegistry(ctx, driver,
+	registry, err := storage.NewRegistry(ctx, driver,
 		storage.DisableDigestResumption,
 		storage.EnableDelete,
 	)
@@ -275,10 +293,11 @@ func New(ctx context.Context, o Options) (*Cache, error) {
 	bg, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	c := &Cache{
 		driver:   driver,
-		ns:       ns,
+		registry: registry,
 		spoolDir: spool,
 		log:      o.Logger,
 		obs:      o.Observer,
+		health:   o.Health,
 		guard:    o.Guard,
 		root:     o.Root,
 		space:    o.Space,
@@ -305,11 +324,12 @@ func (c *Cache) Update(o Options) {
 }
 
 func (c *Cache) client() *upstream.Client { return c.up.Load() }
-func (c *Cache) opts() *tunables          { return c.tun.Load() }
+func (c *Cache) tunables() *tunables      { return c.tun.Load() }
 
 // Close cancels every running fill (the upstream was removed, or the
 // process stops: nobody will read what they would bring) and waits for
-// them to end, so nothing writes to the store afterwards.
+// them to end, so no goroutine of the cache writes to the store
+// afterwards.
 func (c *Cache) Close() {
 	c.mu.Lock()
 	c.closed = true
@@ -321,38 +341,6 @@ func (c *Cache) Close() {
 // Space is the free-space accountant of the store's filesystem, or nil.
 func (c *Cache) Space() *disk.Space { return c.space }
 
-// storageProblem is a failed write to the store, kept until one succeeds.
-type storageProblem struct {
-	op    string
-	err   error
-	since time.Time
-}
-
-// StorageProblem says why the store cannot be written now: the operation
-// that failed last, since when, and the error (for the log and operators,
-// never for clients). It is nil while writes succeed.
-func (c *Cache) StorageProblem() (op string, since time.Time, err error) {
-	p := c.problem.Load()
-	if p == nil {
-		return "", time.Time{}, nil
-	}
-	return p.op, p.since, p.err
-}
-
-// storageFailed records a failed write; the first failure of a run of them
-// is logged, the rest only counted.
-func (c *Cache) storageFailed(op string, err error) {
-	c.obs.StorageError(op)
-	prev := c.problem.Load()
-	since := time.Now()
-	if prev != nil {
-		since = prev.since
-	} else {
-		c.log.Error("storage write failed; serving without storing until it works again", "op", op, "err", err)
-	}
-	c.problem.Store(&storageProblem{op: op, err: err, since: since})
-}
-
 // upstreamFailed reports an upstream answer that was not valid for its
 // endpoint; other failures are the upstream client's to report, as it sees
 // their statuses.
@@ -360,14 +348,25 @@ func (c *Cache) upstreamFailed(kind string, err error) {
 	if upstream.CauseOf(err) != upstream.CauseBadContent {
 		return
 	}
-	c.obs.BadContent(kind)
+	c.badContent(kind)
 	c.log.Warn("upstream sent bad content", "kind", kind, "err", err)
 }
 
-// storageWorked clears a recorded storage problem.
-func (c *Cache) storageWorked() {
-	if c.problem.Swap(nil) != nil {
-		c.log.Info("storage writable again")
+// badContent counts an upstream answer not valid for its endpoint against
+// the upstream, in metrics and in its health.
+func (c *Cache) badContent(kind string) {
+	c.obs.BadContent(kind)
+	if c.health != nil {
+		c.health.BadContent(kind)
+	}
+}
+
+// staleServed reports an answer served stale because the upstream failed
+// with cause, in metrics and in the upstream's health.
+func (c *Cache) staleServed(cause upstream.Cause) {
+	c.obs.Stale(string(cause))
+	if c.health != nil {
+		c.health.Stale(string(cause))
 	}
 }
 
@@ -382,14 +381,14 @@ func (c *Cache) Root() string { return c.root }
 func (c *Cache) Driver() storagedriver.StorageDriver { return c.driver }
 
 // Namespace is a plain (non-proxy) view of the same storage.
-func (c *Cache) Namespace() distribution.Namespace { return c.ns }
+func (c *Cache) Namespace() distribution.Namespace { return c.registry }
 
 func (c *Cache) repo(ctx context.Context, name string) (distribution.Repository, error) {
 	named, err := reference.WithName(name)
 	if err != nil {
 		return nil, &RequestError{Code: "NAME_INVALID", Err: err}
 	}
-	return c.ns.Repository(ctx, named)
+	return c.registry.Repository(ctx, named)
 }
 
 // RequestError is a client mistake (bad name or reference): a 4xx, never a 5xx.
@@ -400,427 +399,3 @@ type RequestError struct {
 
 func (e *RequestError) Error() string { return e.Err.Error() }
 func (e *RequestError) Unwrap() error { return e.Err }
-
-// Resolved is the answer to a tag lookup.
-type Resolved struct {
-	Digest digest.Digest
-	// Stale is set when the upstream could not confirm the tag and the cached
-	// answer was used instead.
-	Stale bool
-	Cause upstream.Cause
-	Err   error // why the revalidation failed, when Stale
-	// Manifest is set when the store could not take the manifest: it is
-	// to be served from memory.
-	Manifest *Manifest
-}
-
-// ResolveTag returns the digest a tag points at now, caching the manifest.
-func (c *Cache) ResolveTag(ctx context.Context, name, tag string) (Resolved, error) {
-	repo, err := c.repo(ctx, name)
-	if err != nil {
-		return Resolved{}, err
-	}
-	tags := repo.Tags(ctx)
-	local, lerr := tags.Get(ctx, tag)
-	if lerr == nil {
-		// Claim before looking, as for blobs: a collection running now
-		// either sees the claim or has already removed the manifest, and
-		// then the lookup says so.
-		c.guard.Use(local.Digest)
-	}
-	hasLocal := lerr == nil && c.hasManifest(ctx, repo, local.Digest)
-	key := name + ":" + tag
-
-	if hasLocal && c.opts().tagFreshness > 0 && c.isFresh(key) {
-		c.obs.Hit(KindTag)
-		c.used(name, local.Digest)
-		return Resolved{Digest: local.Digest}, nil
-	}
-
-	stale := func(err error) (Resolved, error) {
-		cause := upstream.CauseOf(err)
-		c.obs.Stale(string(cause))
-		c.used(name, local.Digest)
-		c.log.Warn("serving stale tag", "repository", name, "tag", tag, "digest", local.Digest, "cause", cause, "err", err)
-		return Resolved{Digest: local.Digest, Stale: true, Cause: cause, Err: err}, nil
-	}
-
-	info, err := c.revalidate(ctx, name, tag)
-	if err == nil && info.Digest == "" {
-		// Some registries omit the digest on HEAD; GET by tag and hash it.
-		info, err = c.fetchManifestByTag(ctx, repo, name, tag)
-	}
-	if err != nil {
-		if upstream.IsNotFound(err) {
-			if lerr == nil {
-				// The tag is gone upstream; a later outage must not bring it back.
-				if uerr := tags.Untag(ctx, tag); uerr != nil {
-					c.log.Warn("drop deleted tag", "repository", name, "tag", tag, "err", uerr)
-				}
-			}
-			return Resolved{}, err
-		}
-		if hasLocal {
-			return stale(err)
-		}
-		return Resolved{}, err
-	}
-
-	if hasLocal && info.Digest == local.Digest {
-		c.obs.Hit(KindTag)
-		c.used(name, local.Digest)
-		c.markFresh(key)
-		return Resolved{Digest: local.Digest}, nil
-	}
-	c.obs.Miss(KindTag)
-	desc, mem, err := c.ensureManifest(ctx, repo, name, info.Digest)
-	if err != nil {
-		if hasLocal && !upstream.IsNotFound(err) {
-			return stale(err)
-		}
-		return Resolved{}, err
-	}
-	if mem != nil {
-		return Resolved{Digest: info.Digest, Manifest: mem}, nil
-	}
-	if err := tags.Tag(ctx, tag, desc); err != nil {
-		// The manifest is stored and is what the tag points at now; only
-		// remembering the tag failed, which the next pull retries.
-		c.storageFailed(OpManifest, fmt.Errorf("tag %s:%s: %w", name, tag, err))
-		tagDir := filepath.Join(c.root, "docker", "registry", "v2", "repositories", name, "_manifests", "tags", tag)
-		c.removeTemps(filepath.Join(tagDir, "current"),
-			filepath.Join(tagDir, "index", info.Digest.Algorithm().String(), info.Digest.Encoded()))
-		return Resolved{Digest: info.Digest}, nil
-	}
-	c.markFresh(key)
-	return Resolved{Digest: info.Digest}, nil
-}
-
-// revalidate asks the upstream where a tag points now. Concurrent pulls of
-// one tag share one HEAD: a DaemonSet rolling out to 500 nodes sends about
-// one, not 500. A pull joins only a HEAD still in flight, so its answer is
-// at most one upstream round trip older than the pull: a push is still seen
-// by the next pull that starts after the HEAD returns.
-func (c *Cache) revalidate(ctx context.Context, name, tag string) (upstream.ManifestInfo, error) {
-	ch := c.heads.DoChan(name+":"+tag, func() (any, error) {
-		// Detached: the pulls waiting on it share the answer, and the
-		// first one leaving must not fail the rest.
-		info, err := c.client().HeadManifest(context.WithoutCancel(ctx), name, tag)
-		c.upstreamFailed(KindManifest, err)
-		return info, err
-	})
-	select {
-	case <-ctx.Done():
-		return upstream.ManifestInfo{}, ctx.Err()
-	case r := <-ch:
-		if r.Shared {
-			c.obs.DedupJoin(KindTag)
-		}
-		info, _ := r.Val.(upstream.ManifestInfo)
-		return info, r.Err
-	}
-}
-
-// fetchManifestByTag is the fallback for upstreams whose HEAD has no digest.
-func (c *Cache) fetchManifestByTag(ctx context.Context, repo distribution.Repository, name, tag string) (upstream.ManifestInfo, error) {
-	body, info, err := c.client().GetManifest(ctx, name, tag)
-	if err != nil {
-		c.upstreamFailed(KindManifest, err)
-		return info, err
-	}
-	var ns *notStored
-	if _, err := c.putManifest(ctx, repo, body, info); err != nil && !errors.As(err, &ns) {
-		c.upstreamFailed(KindManifest, err)
-		return info, err
-	}
-	return info, nil
-}
-
-func (c *Cache) isFresh(key string) bool {
-	c.freshMu.Lock()
-	defer c.freshMu.Unlock()
-	t, ok := c.fresh[key]
-	return ok && time.Since(t) < c.opts().tagFreshness
-}
-
-func (c *Cache) markFresh(key string) {
-	if c.opts().tagFreshness <= 0 {
-		return
-	}
-	c.freshMu.Lock()
-	defer c.freshMu.Unlock()
-	c.fresh[key] = time.Now()
-}
-
-// ResetFreshness forgets when tags were last revalidated, so the next pull of
-// each revalidates. A recycle calls it to drop the map's memory.
-func (c *Cache) ResetFreshness() {
-	c.freshMu.Lock()
-	c.fresh = map[string]time.Time{}
-	c.freshMu.Unlock()
-}
-
-// Forget drops a cached tag, so the next pull resolves it upstream again.
-func (c *Cache) Forget(ctx context.Context, name, tag string) error {
-	repo, err := c.repo(ctx, name)
-	if err != nil {
-		return err
-	}
-	c.freshMu.Lock()
-	delete(c.fresh, name+":"+tag)
-	c.freshMu.Unlock()
-	err = repo.Tags(ctx).Untag(ctx, tag)
-	var unknown distribution.ErrTagUnknown
-	if errors.As(err, &unknown) {
-		return nil
-	}
-	return err
-}
-
-func (c *Cache) hasManifest(ctx context.Context, repo distribution.Repository, d digest.Digest) bool {
-	ms, err := repo.Manifests(ctx)
-	if err != nil {
-		return false
-	}
-	ok, err := ms.Exists(ctx, d)
-	return err == nil && ok
-}
-
-// EnsureManifest makes the manifest with digest d present in the local store,
-// fetching and verifying it on a miss. Concurrent misses share one GET.
-//
-// When the store cannot take the manifest it is returned, verified, to be
-// served from memory; otherwise the returned Manifest is nil.
-func (c *Cache) EnsureManifest(ctx context.Context, name string, d digest.Digest) (*Manifest, error) {
-	repo, err := c.repo(ctx, name)
-	if err != nil {
-		return nil, err
-	}
-	c.guard.Use(d) // claim before looking (see ResolveTag)
-	if c.hasManifest(ctx, repo, d) {
-		c.obs.Hit(KindManifest)
-		c.used(name, d)
-		return nil, nil
-	}
-	_, mem, err := c.ensureManifest(ctx, repo, name, d)
-	if err == nil && mem == nil {
-		c.used(name, d)
-	}
-	return mem, err
-}
-
-func (c *Cache) ensureManifest(ctx context.Context, repo distribution.Repository, name string, d digest.Digest) (v1.Descriptor, *Manifest, error) {
-	ch := c.manifests.DoChan(name+"@"+d.String(), func() (any, error) {
-		// Detached from any one client: the others waiting share this
-		// result. One more timeout for the wait on another replica.
-		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 3*c.client().Timeout())
-		defer cancel()
-		if c.hasManifest(fctx, repo, d) {
-			return c.describeManifest(fctx, repo, d)
-		}
-		c.obs.Miss(KindManifest)
-		if c.shared != nil && c.shared.Coord != nil {
-			stored, lease := c.leaseManifest(fctx, repo, d)
-			if stored {
-				return c.describeManifest(fctx, repo, d)
-			}
-			if lease != nil {
-				defer lease.Release()
-			}
-		}
-		body, info, err := c.client().GetManifest(fctx, name, d.String())
-		if err != nil {
-			c.upstreamFailed(KindManifest, err)
-			return v1.Descriptor{}, err
-		}
-		c.obs.UpstreamBytes(int64(len(body)))
-		desc, err := c.putManifest(fctx, repo, body, info)
-		c.upstreamFailed(KindManifest, err)
-		return desc, err
-	})
-	select {
-	case <-ctx.Done():
-		return v1.Descriptor{}, nil, ctx.Err()
-	case r := <-ch:
-		if r.Shared {
-			c.obs.DedupJoin(KindManifest)
-		}
-		desc, _ := r.Val.(v1.Descriptor)
-		var ns *notStored
-		if errors.As(r.Err, &ns) {
-			return desc, &Manifest{Body: ns.body, MediaType: desc.MediaType}, nil
-		}
-		if r.Err != nil {
-			return v1.Descriptor{}, nil, r.Err
-		}
-		return desc, nil, nil
-	}
-}
-
-func (c *Cache) describeManifest(ctx context.Context, repo distribution.Repository, d digest.Digest) (v1.Descriptor, error) {
-	ms, err := repo.Manifests(ctx)
-	if err != nil {
-		return v1.Descriptor{}, err
-	}
-	m, err := ms.Get(ctx, d)
-	if err != nil {
-		return v1.Descriptor{}, err
-	}
-	mt, payload, err := m.Payload()
-	if err != nil {
-		return v1.Descriptor{}, err
-	}
-	return v1.Descriptor{MediaType: mt, Digest: d, Size: int64(len(payload))}, nil
-}
-
-// putManifest stores verified manifest bytes exactly as the upstream sent
-// them. Bytes distribution would refuse are the upstream's bad content,
-// found before the write so that they never count as a store that cannot
-// write.
-func (c *Cache) putManifest(ctx context.Context, repo distribution.Repository, body []byte, info upstream.ManifestInfo) (v1.Descriptor, error) {
-	m, desc, err := distribution.UnmarshalManifest(manifestMediaType(info.MediaType, body), body)
-	if err != nil {
-		return v1.Descriptor{}, &upstream.Error{Op: "parse manifest", Cause: upstream.CauseBadContent, Err: err}
-	}
-	if desc.Digest != info.Digest {
-		return v1.Descriptor{}, &upstream.Error{Op: "parse manifest", Cause: upstream.CauseBadContent,
-			Err: fmt.Errorf("digest mismatch: want %s, got %s", info.Digest, desc.Digest)}
-	}
-	if err := checkManifest(body); err != nil {
-		return v1.Descriptor{}, &upstream.Error{Op: "parse manifest", Cause: upstream.CauseBadContent, Err: err}
-	}
-	// Before the first write: a collection running now must spare the
-	// manifest and everything it references.
-	refs := []digest.Digest{desc.Digest}
-	for _, r := range m.References() {
-		refs = append(refs, r.Digest)
-	}
-	release := c.guard.Hold()
-	defer release()
-	c.guard.Use(refs...)
-	ms, err := repo.Manifests(ctx, storage.SkipLayerVerification())
-	if err != nil {
-		return v1.Descriptor{}, err
-	}
-	c.ensureRoot()
-	got, err := ms.Put(ctx, m)
-	if err != nil && manifestRefused(err) {
-		return v1.Descriptor{}, &upstream.Error{Op: "store manifest", Cause: upstream.CauseBadContent, Err: err}
-	}
-	if err != nil {
-		// The bytes are verified: a store that cannot take them (full,
-		// read-only, gone) must not fail the pull. The caller serves them
-		// from memory.
-		c.storageFailed(OpManifest, fmt.Errorf("store manifest %s: %w", info.Digest, err))
-		// distribution's filesystem driver leaves its temporary file
-		// behind when the final write fails (a full disk): on a disk that
-		// stays full every refused manifest would leave one more.
-		c.removeTemps(filepath.Dir(c.blobPath(info.Digest)),
-			filepath.Dir(RevisionLinkPath(c.root, repo.Named().Name(), info.Digest)))
-		return desc, &notStored{body: body}
-	}
-	if got != info.Digest {
-		return v1.Descriptor{}, fmt.Errorf("store manifest: stored as %s, want %s", got, info.Digest)
-	}
-	c.storageWorked()
-	return desc, nil
-}
-
-// ensureRoot recreates the store's root if it was deleted under the process,
-// so that the driver, which would recreate it silently, never writes into a
-// store whose lock is gone. A manifest may be the first write to a
-// recreated store: a pull by tag writes it before any blob is spooled.
-func (c *Cache) ensureRoot() {
-	if c.shared != nil {
-		return
-	}
-	if _, err := os.Stat(c.root); !errors.Is(err, fs.ErrNotExist) {
-		return
-	}
-	if err := os.MkdirAll(c.root, 0o750); err != nil {
-		return // the write that follows fails and says why
-	}
-	c.log.Warn("recreated the storage directory", "dir", c.root)
-	c.storeRecreated()
-}
-
-func (c *Cache) storeRecreated() {
-	if c.remade != nil {
-		c.remade()
-	}
-}
-
-// removeTemps deletes the driver's leftover temporary files (*.tmp) in dirs.
-func (c *Cache) removeTemps(dirs ...string) {
-	for _, dir := range dirs {
-		tmps, _ := filepath.Glob(filepath.Join(dir, "*.tmp"))
-		for _, f := range tmps {
-			if err := os.Remove(f); err != nil && !os.IsNotExist(err) {
-				c.log.Debug("remove temporary file", "err", err)
-			}
-		}
-	}
-}
-
-// FetchManifest fetches and verifies manifest d from the upstream, stores it
-// if the store takes it, and returns its bytes either way: for a client
-// whose stored copy was lost between the cache's check and the read.
-func (c *Cache) FetchManifest(ctx context.Context, name string, d digest.Digest) (*Manifest, error) {
-	repo, err := c.repo(ctx, name)
-	if err != nil {
-		return nil, err
-	}
-	body, info, err := c.client().GetManifest(ctx, name, d.String())
-	if err != nil {
-		c.upstreamFailed(KindManifest, err)
-		return nil, err
-	}
-	c.obs.UpstreamBytes(int64(len(body)))
-	var ns *notStored
-	desc, err := c.putManifest(ctx, repo, body, info)
-	if err != nil && !errors.As(err, &ns) {
-		c.upstreamFailed(KindManifest, err)
-		return nil, err
-	}
-	c.used(name, d)
-	// The media type the store serves it as, not the upstream's header:
-	// one that is no manifest type was replaced by the manifest's own.
-	return &Manifest{Body: body, MediaType: desc.MediaType}, nil
-}
-
-// StoredManifest reads manifest d of repository name from the store, with
-// the media type the store serves it as. An error means the store does not
-// have it (its revision link or blob is gone) or cannot read it; the
-// caller decides whether to fetch it again.
-func (c *Cache) StoredManifest(ctx context.Context, name string, d digest.Digest) (*Manifest, error) {
-	repo, err := c.repo(ctx, name)
-	if err != nil {
-		return nil, err
-	}
-	ms, err := repo.Manifests(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("read manifest %s@%s: %w", name, d, err)
-	}
-	m, err := ms.Get(ctx, d)
-	if err != nil {
-		return nil, fmt.Errorf("read manifest %s@%s: %w", name, d, err)
-	}
-	mt, body, err := m.Payload()
-	if err != nil {
-		return nil, fmt.Errorf("read manifest %s@%s: %w", name, d, err)
-	}
-	return &Manifest{Body: body, MediaType: mt}, nil
-}
-
-// notStored carries a verified manifest the store could not take.
-type notStored struct{ body []byte }
-
-func (e *notStored) Error() string { return "manifest not stored" }
-
-// Manifest is a verified manifest's bytes and media type: one the store
-// could not take (a full or read-only disk), to be served from memory, or
-// one read back from the store.
-type Manifest struct {
-	Body      []byte
-	MediaType string
-}

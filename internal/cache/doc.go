@@ -22,7 +22,8 @@
 //     the digest is verified: a corrupt or truncated upstream body never
 //     completes a client's response and never enters the cache. The fill runs
 //     on its own context, so it goes on when the client that started it leaves.
-//   - A fill is written through distribution's upload path and becomes visible
-//     only at Commit, which checks the digest again: a process killed mid-fill
-//     leaves an orphaned upload, never a servable blob.
+//   - A fill is written to a spool file and becomes visible only once its
+//     digest is verified, by a rename into the store (on a shared bucket, by
+//     completing a multipart upload): a process killed mid-fill leaves a
+//     spool file, removed at the next start, never a servable blob.
 package cache

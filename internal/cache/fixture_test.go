@@ -17,6 +17,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/multiproxy/multiproxy/internal/cache"
+	"github.com/multiproxy/multiproxy/internal/storelayout"
 	ts "github.com/multiproxy/multiproxy/internal/testsupport"
 	"github.com/multiproxy/multiproxy/internal/upstream"
 )
@@ -35,15 +36,26 @@ type fixture struct {
 // upstream timeout is 10 s, which only a hang reaches; see setTimeout.
 func newFixture(t *testing.T, prof ts.Profile) *fixture {
 	t.Helper()
+	return newFixtureWith(t, prof, nil)
+}
+
+// newFixtureWith is newFixture with the cache's options changed by set
+// (given the storage root) before the cache opens.
+func newFixtureWith(t *testing.T, prof ts.Profile, set func(root string, o *cache.Options)) *fixture {
+	t.Helper()
 	up := prof.Start(t)
 	fx := &fixture{up: up, f: up.Faults, obs: newObserver(), root: t.TempDir()}
-	var err error
-	fx.c, err = cache.New(context.Background(), cache.Options{
+	o := cache.Options{
 		Root:        fx.root,
 		Upstream:    fx.client(t, 10*time.Second),
 		FillTimeout: time.Minute,
 		Observer:    fx.obs,
-	})
+	}
+	if set != nil {
+		set(fx.root, &o)
+	}
+	var err error
+	fx.c, err = cache.New(context.Background(), o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -166,7 +178,7 @@ func (fx *fixture) repo(t *testing.T, name string) distribution.Repository {
 // repository: they are linked on demand).
 func (fx *fixture) blobStored(t *testing.T, d digest.Digest) bool {
 	t.Helper()
-	_, err := fx.c.Driver().Stat(t.Context(), "/docker/registry/v2/blobs/"+d.Algorithm().String()+"/"+d.Encoded()[:2]+"/"+d.Encoded()+"/data")
+	_, err := fx.c.Driver().Stat(t.Context(), storelayout.BlobData(d))
 	return err == nil
 }
 

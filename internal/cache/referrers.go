@@ -78,7 +78,7 @@ func (c *Cache) Referrers(ctx context.Context, name string, d digest.Digest, art
 			return Referrers{}, err
 		}
 		cause := upstream.CauseOf(err)
-		c.obs.Stale(string(cause))
+		c.staleServed(cause)
 		c.log.Warn("serving stale referrers", "repository", name, "subject", d, "cause", cause, "err", err)
 		out.Stale, out.Cause = true, cause
 		if body, err = c.manifestBytes(ctx, name, local.Digest); err != nil {

@@ -10,7 +10,6 @@ import (
 	"net/netip"
 	"net/url"
 	"os"
-	"path"
 	"strconv"
 	"strings"
 	"time"
@@ -18,6 +17,7 @@ import (
 	"github.com/distribution/distribution/v3"
 	"github.com/opencontainers/go-digest"
 
+	"github.com/multiproxy/multiproxy/internal/storelayout"
 	"github.com/multiproxy/multiproxy/internal/upstream"
 )
 
@@ -263,7 +263,7 @@ func (c *Cache) bucketCall(ctx context.Context) (context.Context, context.Cancel
 // each read of the body (a stalled store ends it with an error).
 func (c *Cache) bucketSource(ctx context.Context, d digest.Digest, offset int64) (*source, bool) {
 	sctx, scancel := c.bucketCall(ctx)
-	desc, err := c.ns.BlobStatter().Stat(sctx, d)
+	desc, err := c.registry.BlobStatter().Stat(sctx, d)
 	scancel()
 	if err != nil {
 		return nil, false
@@ -272,7 +272,7 @@ func (c *Cache) bucketSource(ctx context.Context, d digest.Digest, offset int64)
 	// returns, and the idle timer takes over.
 	rctx, cancel := context.WithCancel(ctx)
 	t := time.AfterFunc(c.client().Timeout(), cancel)
-	r, err := c.driver.Reader(rctx, blobDataPath(d), offset)
+	r, err := c.driver.Reader(rctx, storelayout.BlobData(d), offset)
 	if !t.Stop() || err != nil {
 		cancel()
 		if r != nil {
@@ -374,11 +374,6 @@ func (c *Cache) resume(ctx context.Context, broken *source, name string, d diges
 	return s
 }
 
-// blobDataPath is where distribution keeps a blob's bytes, in driver paths.
-func blobDataPath(d digest.Digest) string {
-	return path.Join("/docker/registry/v2/blobs", d.Algorithm().String(), d.Encoded()[:2], d.Encoded(), "data")
-}
-
 // commitShared stores a verified fill: into the bucket first if it came
 // from the upstream (the lease is still held, so no other replica fetches
 // meanwhile), then into the local tier. The bucket object is written by a
@@ -393,13 +388,11 @@ func (c *Cache) commitShared(ctx context.Context, f *fill, repo distribution.Rep
 			return fmt.Errorf("link blob: %v", err)
 		}
 	}
-	c.mu.Lock()
-	err := c.shared.tier.add(f.digest, f.path, f.bytes())
-	if err == nil {
-		f.path, f.moved = c.shared.tier.path(f.digest), true
+	if err := c.shared.tier.add(f.digest, f.path, f.bytes()); err != nil {
+		return err
 	}
-	c.mu.Unlock()
-	return err
+	c.landedAt(f, c.shared.tier.path(f.digest))
+	return nil
 }
 
 // upload copies the verified spool into the bucket.
@@ -419,7 +412,7 @@ func (c *Cache) upload(ctx context.Context, f *fill) error {
 	defer cancel()
 	stop := context.AfterFunc(ctx, func() { time.AfterFunc(uploadGrace, cancel) })
 	defer stop()
-	w, err := c.driver.Writer(uctx, blobDataPath(f.digest), false)
+	w, err := c.driver.Writer(uctx, storelayout.BlobData(f.digest), false)
 	if err != nil {
 		return fmt.Errorf("start upload: %w", err)
 	}
@@ -500,7 +493,7 @@ func (c *Cache) RedirectURL(r *http.Request, name string, d digest.Digest) (stri
 	if ok, _ := c.linkLocal(r.Context(), repo, d); !ok {
 		return "", false
 	}
-	u, err := c.driver.RedirectURL(r, blobDataPath(d))
+	u, err := c.driver.RedirectURL(r, storelayout.BlobData(d))
 	if err != nil || u == "" {
 		return "", false
 	}

@@ -8,8 +8,15 @@ import (
 )
 
 // dockerHubNames are the names Docker Hub goes by in image references,
-// containerd's ns parameter and configs.
+// containerd's ns parameter and configs, and the hosts that serve its API:
+// the one list of them (see IsDockerHub).
 var dockerHubNames = []string{"docker.io", "index.docker.io", "registry-1.docker.io"}
+
+// IsDockerHub reports whether name (a host, or a registry as written in an
+// image reference, any case) is one of Docker Hub's names.
+func IsDockerHub(name string) bool {
+	return slices.Contains(dockerHubNames, strings.ToLower(name))
+}
 
 // Serves reports whether registry (a host as written in an image reference or
 // in containerd's ns parameter) names this upstream: its name, its remote's
@@ -27,9 +34,9 @@ func (u Upstream) Serves(registry string) bool {
 		if n == registry {
 			return true
 		}
-		hub = hub || slices.Contains(dockerHubNames, n)
+		hub = hub || IsDockerHub(n)
 	}
-	return hub && slices.Contains(dockerHubNames, registry)
+	return hub && IsDockerHub(registry)
 }
 
 func remoteHost(remote string) string {

@@ -87,9 +87,6 @@ type Registry struct {
 	PullFromMirror PullFromMirror
 }
 
-// dockerHubHosts are the hosts that serve Docker Hub's API.
-var dockerHubHosts = []string{"docker.io", "index.docker.io", "registry-1.docker.io"}
-
 // pathComponent is one component of a repository path in the reference
 // grammar: what the one-port mirror's /<registry> segment must be.
 var pathComponent = regexp.MustCompile(`^[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*$`)
@@ -197,7 +194,7 @@ func remoteLocation(remote string) (string, bool, error) {
 	if u.Scheme == "https" && u.Port() == "443" {
 		host = strings.TrimSuffix(host, ":443")
 	}
-	if slices.Contains(dockerHubHosts, strings.ToLower(host)) {
+	if config.IsDockerHub(host) {
 		host = "docker.io"
 	}
 	return host, u.Scheme == "http", nil

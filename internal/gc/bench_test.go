@@ -2,7 +2,6 @@ package gc_test
 
 import (
 	"context"
-	ts "github.com/multiproxy/multiproxy/internal/testsupport"
 	"net/http"
 	"os"
 	"runtime"
@@ -11,6 +10,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	ts "github.com/multiproxy/multiproxy/internal/testsupport"
 
 	"github.com/multiproxy/multiproxy/internal/gc"
 )

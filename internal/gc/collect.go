@@ -6,11 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
-	"path"
-	"path/filepath"
 	"sort"
-	"strings"
 	"time"
 
 	"github.com/distribution/distribution/v3"
@@ -20,7 +16,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/multiproxy/multiproxy/internal/cache"
-	"github.com/multiproxy/multiproxy/internal/config"
+	"github.com/multiproxy/multiproxy/internal/storelayout"
 )
 
 // Eviction reasons, as reported and labelled in metrics.
@@ -53,70 +49,6 @@ type Store struct {
 	// bucket, a blob whose LastModified is less than this before the
 	// collection started may belong to a pull the scan did not see.
 	MaxUpload time.Duration
-}
-
-// Cluster is what collecting a bucket that other replicas serve from needs
-// (internal/coord through internal/serve).
-type Cluster interface {
-	// Lead waits until this replica is the cluster's one collector and
-	// every replica reports what it relies on.
-	Lead(ctx context.Context) (Leadership, error)
-	// CollectedSince reports whether some replica finished a collection
-	// of this upstream after t; Collected records that this one did.
-	CollectedSince(ctx context.Context, t time.Time) bool
-	Collected(ctx context.Context)
-	// LastPulls is the cluster's last pull of each "repo@digest".
-	LastPulls(ctx context.Context) map[string]time.Time
-	// ForgetPulls drops the records of manifests the store no longer
-	// holds, so the records stay as many as the manifests.
-	ForgetPulls(ctx context.Context, keys []string)
-}
-
-// Leadership is a held collection lease, fenced by its token.
-type Leadership interface {
-	// Context is cancelled once the lease is lost (renewals failed for a
-	// whole TTL, or Redis no longer holds it): from then on another
-	// replica may be collecting.
-	Context() context.Context
-	// Valid is nil while the lease is surely held by this process's
-	// clock; it costs nothing, so it is asked before every deletion.
-	Valid() error
-	// Check asks the cluster that the lease and the announcement still
-	// hold this collection's token; it is asked before every batch.
-	Check(ctx context.Context) error
-	// Claimed reports whether a replica relied on d during this
-	// collection.
-	Claimed(ctx context.Context, d digest.Digest) bool
-	// End announces the end and gives the lease back.
-	End()
-}
-
-// checkEvery is how many deletions go between two checks of the lease in
-// Redis: a round trip per deletion would double a sweep's requests, and the
-// local check before each one already stops a collector that was paused.
-const checkEvery = 64
-
-// fence stops a collection that no longer holds the lease before it
-// deletes anything else.
-type fence struct {
-	lead Leadership // nil when not collecting a shared bucket
-	n    int
-}
-
-func (f *fence) allow(ctx context.Context) error {
-	if f.lead == nil {
-		return nil
-	}
-	if err := f.lead.Valid(); err != nil {
-		return fmt.Errorf("stopped before deleting: %w", err)
-	}
-	if f.n%checkEvery == 0 {
-		if err := f.lead.Check(ctx); err != nil {
-			return fmt.Errorf("stopped before deleting: %w", err)
-		}
-	}
-	f.n++
-	return nil
 }
 
 // StoreOf is the Store of a running upstream's cache.
@@ -384,7 +316,7 @@ func scanManifests(ctx context.Context, st Store) ([]*manifest, []string, error)
 			if t, ok := pulls[name+"@"+d.String()]; ok {
 				m.pulled = t
 				delete(pulls, name+"@"+d.String())
-			} else if fi, err := st.Driver.Stat(ctx, revisionLink(name, d)); err == nil {
+			} else if fi, err := st.Driver.Stat(ctx, storelayout.RevisionLink(name, d)); err == nil {
 				// The filesystem keeps the last pull in the link's mtime;
 				// in a bucket it is when the manifest was stored.
 				m.pulled = fi.ModTime()
@@ -488,156 +420,6 @@ func choose(ms []*manifest, sizes map[digest.Digest]int64, stored int64, p Polic
 			release(r)
 		}
 	}
-}
-
-// repositoriesRoot is where distribution keeps repositories, in driver paths.
-const repositoriesRoot = "/docker/registry/v2/repositories"
-
-// unlinkLayers removes repositories' links to swept blobs, so no repository
-// claims a blob the store no longer has. It also removes what a directory
-// holding no manifest has (_layers, _uploads): versions before the cache
-// linked only into repositories with a manifest wrote a repository for
-// every name a blob was read under. distribution's catalog and the scan
-// above skip such directories, so nothing else would ever remove them. It
-// returns how many it removed.
-//
-// A pull storing a repository's first manifest while this runs can lose the
-// links it writes meanwhile: the _manifests directory is looked at again
-// just before the removal, which leaves microseconds, and a lost link only
-// costs one more Stat when the blob is next read there (links are not read
-// for serving, and collections mark from manifests).
-func unlinkLayers(ctx context.Context, st Store, swept []digest.Digest) (int, error) {
-	gone := map[string]bool{}
-	for _, d := range swept {
-		gone[d.Encoded()] = true
-	}
-	// One walk, as distribution's catalog does it, noting which
-	// repositories hold manifests instead of listing only those.
-	held := map[string]bool{}
-	var found []string // the _layers and _uploads directories, in driver paths
-	err := st.Driver.Walk(ctx, repositoriesRoot, func(fi storagedriver.FileInfo) error {
-		if !fi.IsDir() {
-			return nil
-		}
-		dir, base := path.Split(fi.Path())
-		switch {
-		case base == "_manifests":
-			held[path.Clean(dir)] = true
-			return storagedriver.ErrSkipDir
-		case base == "_layers" || base == "_uploads":
-			found = append(found, fi.Path())
-			return storagedriver.ErrSkipDir
-		case strings.HasPrefix(base, "_"):
-			return storagedriver.ErrSkipDir
-		}
-		return nil
-	})
-	if err != nil {
-		if isPathNotFound(err) {
-			return 0, nil
-		}
-		return 0, err
-	}
-	var removed []string
-	seen := map[string]bool{}
-	for _, dir := range found {
-		repoDir := path.Dir(dir)
-		if held[repoDir] {
-			if path.Base(dir) != "_layers" || len(gone) == 0 {
-				continue
-			}
-			links, err := st.Driver.List(ctx, path.Join(dir, "sha256"))
-			if err != nil {
-				if isPathNotFound(err) {
-					continue
-				}
-				return len(removed), err
-			}
-			for _, l := range links {
-				if gone[path.Base(l)] {
-					if err := st.Driver.Delete(ctx, l); err != nil && !isPathNotFound(err) {
-						return len(removed), err
-					}
-				}
-			}
-			continue
-		}
-		if _, err := st.Driver.Stat(ctx, path.Join(repoDir, "_manifests")); err == nil {
-			continue // its first manifest came during the walk
-		}
-		if err := st.Driver.Delete(ctx, dir); err != nil && !isPathNotFound(err) {
-			return len(removed), err
-		}
-		if !seen[repoDir] {
-			seen[repoDir] = true
-			removed = append(removed, repoDir)
-		}
-	}
-	if st.Driver.Name() == "filesystem" && st.Root != "" {
-		for _, repoDir := range removed {
-			removeEmptyDirs(st.Root, repoDir)
-		}
-	}
-	return len(removed), nil
-}
-
-// removeEmptyDirs removes a repository's directory on the filesystem and
-// its parents up to the repositories root, for as long as they are empty.
-// rmdir, unlike the driver's Delete, never removes what a pull wrote there
-// meanwhile.
-func removeEmptyDirs(root, repoDir string) {
-	for dir := repoDir; dir != repositoriesRoot && dir != "/" && dir != "."; dir = path.Dir(dir) {
-		if os.Remove(filepath.Join(root, filepath.FromSlash(dir))) != nil {
-			return
-		}
-	}
-}
-
-// revisionLink is the driver path of a repository's link to a manifest.
-func revisionLink(repo string, d digest.Digest) string {
-	return path.Join("/docker/registry/v2/repositories", repo, "_manifests", "revisions",
-		d.Algorithm().String(), d.Encoded(), "link")
-}
-
-// claimed reports whether another replica relies on d.
-func (f *fence) claimed(ctx context.Context, d digest.Digest) bool {
-	return f.lead != nil && f.lead.Claimed(ctx, d)
-}
-
-// markerPath is the object whose LastModified is a collection's start, by
-// the bucket's clock. It is outside /docker, which distribution walks.
-const markerPath = "/multiproxy/gc-start"
-
-// cutoff is the LastModified after which a blob may have been written
-// during this collection. It is read off the bucket's clock, not this
-// replica's, which may run ahead of it: a marker object is written now and
-// its LastModified taken as the start. A multipart object's LastModified is
-// when its upload began, so one finishing after the start began at most
-// MaxUpload earlier; and LastModified has one-second resolution.
-func (st Store) cutoff(ctx context.Context) (time.Time, error) {
-	if err := st.Driver.PutContent(ctx, markerPath, []byte(time.Now().UTC().Format(time.RFC3339Nano))); err != nil {
-		return time.Time{}, fmt.Errorf("write the collection start marker: %w", err)
-	}
-	fi, err := st.Driver.Stat(ctx, markerPath)
-	if err != nil {
-		return time.Time{}, fmt.Errorf("read the collection start marker: %w", err)
-	}
-	maxUpload := st.MaxUpload
-	if maxUpload <= 0 {
-		maxUpload = config.DefaultFillTimeout
-	}
-	return fi.ModTime().Add(-maxUpload - time.Second), nil
-}
-
-// newerThan reports whether a shared bucket's blob d was written after
-// since: by a replica storing it for a pull whose manifest the scan may
-// have missed. On a filesystem the Guard already covers that.
-func (st Store) newerThan(ctx context.Context, d digest.Digest, since time.Time) bool {
-	if st.Cluster == nil {
-		return false
-	}
-	fi, err := st.Driver.Stat(ctx, path.Join("/docker/registry/v2/blobs", d.Algorithm().String(), d.Encoded()[:2], d.Encoded(), "data"))
-	return err == nil && fi.ModTime().After(since)
 }
 
 func isPathNotFound(err error) bool {

@@ -16,7 +16,10 @@
 // manifest) also takes a Hold on the Guard, and a collection switches the
 // Guard on and then waits for the holds taken before that: work that claimed
 // its digests while the Guard was still off has finished before the scan.
-// Holds never block a pull. The Guard is switched off after the sweep.
+// A hold never waits for a collection to finish; a pull's claims and holds
+// wait only while the sweep deletes one blob or manifest, which it does
+// under the Guard's mutex so that a claim lands before or after it. The
+// Guard is switched off after the sweep.
 //
 // # Eviction
 //

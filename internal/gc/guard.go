@@ -14,9 +14,15 @@ import (
 //   - Hold brackets work that relies on the store (a write, or serving a
 //     manifest). begin waits for every hold taken before it switched the
 //     Guard on, so work that claimed its digests while the Guard was off has
-//     finished before the scan starts. Holds never block, so they nest and
-//     pulls never wait for a collection; holds taken after begin are not
-//     waited for, so a busy cache cannot starve a collection either.
+//     finished before the scan starts. A hold never waits for a collection
+//     to finish, so holds nest; holds taken after begin are not waited for,
+//     so a busy cache cannot starve a collection either.
+//
+// Pulls do wait on a collection briefly: the sweep deletes each blob and
+// manifest under the Guard's mutex (deleteUnlessUsed), so that a claim
+// either lands before the delete, which then skips the digest, or after
+// it; meanwhile every Use and Hold of this store waits for that one
+// delete, a syscall on a filesystem and a request on a bucket.
 type Guard struct {
 	mu     sync.Mutex
 	cond   *sync.Cond
@@ -93,7 +99,8 @@ func (g *Guard) end() {
 }
 
 // deleteUnlessUsed runs del for d under the lock unless d was used since the
-// collection began. It reports whether del ran.
+// collection began. It reports whether del ran. Use and Hold wait for del:
+// it must be one delete, not a walk.
 func (g *Guard) deleteUnlessUsed(d digest.Digest, del func() error) (bool, error) {
 	g.mu.Lock()
 	defer g.mu.Unlock()

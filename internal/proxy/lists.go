@@ -37,7 +37,7 @@ func writeListing(w *recorder, r *http.Request, mediaType string, body []byte, s
 	h := w.Header()
 	if stale {
 		w.stale = true
-		h.Set("Warning", fmt.Sprintf(`110 multiproxy "Response is Stale: upstream %s"`, cause))
+		h.Set("Warning", staleWarning(cause))
 	}
 	h.Set("Content-Type", mediaType)
 	h.Set("Content-Length", strconv.Itoa(len(body)))
@@ -83,4 +83,11 @@ func (s *Server) serveTags(w *recorder, r *http.Request, route apiRoute) {
 		w.Header().Set("Link", fmt.Sprintf(`<%s?%s>; rel="next"`, r.URL.Path, next))
 	}
 	writeListing(w, r, "application/json", list.Body, list.Stale, list.Cause)
+}
+
+// staleWarning is the Warning header of an answer the upstream could not
+// confirm (RFC 9111's 110), naming why: clients and proxies that know the
+// code show it, and the cause tells an operator which failure it was.
+func staleWarning(cause upstream.Cause) string {
+	return fmt.Sprintf(`110 multiproxy "Response is Stale: upstream %s"`, cause)
 }

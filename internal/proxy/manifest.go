@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"fmt"
 	"net/http"
 	"strconv"
 
@@ -35,7 +34,7 @@ func (s *Server) serveManifest(w *recorder, r *http.Request, route apiRoute) {
 		}
 		if res.Stale {
 			w.stale = true
-			w.Header().Set("Warning", fmt.Sprintf(`110 multiproxy "Response is Stale: upstream %s"`, res.Cause))
+			w.Header().Set("Warning", staleWarning(res.Cause))
 		}
 		d, mem = res.Digest, res.Manifest
 	} else if mem, err = s.cache.EnsureManifest(ctx, route.repo, d); err != nil {

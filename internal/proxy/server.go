@@ -38,7 +38,9 @@ import (
 	"github.com/multiproxy/multiproxy/internal/version"
 )
 
-// Observer is told about every client request, for metrics.
+// Observer is told, for metrics, about every client request, every call
+// to the upstream, and (as cache.Observer) the cache's decisions.
+// metrics.Upstream implements it.
 type Observer interface {
 	cache.Observer
 	Request(kind string, status int, d time.Duration, fromCache bool, bytes int64)
@@ -47,27 +49,21 @@ type Observer interface {
 	UpstreamRefused(reason string)
 }
 
-type nopObserver struct{}
-
-func (nopObserver) Hit(string)                                              {}
-func (nopObserver) Miss(string)                                             {}
-func (nopObserver) Stale(string)                                            {}
-func (nopObserver) DedupJoin(string)                                        {}
-func (nopObserver) UpstreamBytes(int64)                                     {}
-func (nopObserver) Request(string, int, time.Duration, bool, int64)         {}
-func (nopObserver) Upstream(string, int, time.Duration, http.Header, error) {}
-func (nopObserver) UpstreamRedirect()                                       {}
-func (nopObserver) UpstreamRefused(string)                                  {}
-func (nopObserver) FillUncached(string)                                     {}
-func (nopObserver) StorageError(string)                                     {}
-func (nopObserver) FillUncoordinated()                                      {}
-func (nopObserver) FillSource(string)                                       {}
-func (nopObserver) BadContent(string)                                       {}
+// Health is told what shows the upstream's health: the status of each of
+// its answers and, as cache.Health, stale serves and bad content.
+// health.Upstream implements it.
+type Health interface {
+	cache.Health
+	Observe(status int, err error)
+}
 
 // Options configures a Server beyond its upstream config.
 type Options struct {
-	Logger   *slog.Logger
+	Logger *slog.Logger
+	// Observer, if set, is told what the metrics count.
 	Observer Observer
+	// Health, if set, is told what the upstream's health is judged by.
+	Health Health
 	// Drain bounds how long a replaced App may finish its requests.
 	Drain time.Duration
 	// Guard is told what the cache relies on, for online GC.
@@ -98,7 +94,7 @@ type Server struct {
 	cache *cache.Cache
 	apps  appSlot
 	log   *slog.Logger
-	obs   Observer
+	obs   Observer // nil: no metrics
 	drain time.Duration
 	ctx   context.Context // parent of the Apps; cancelled by Close
 
@@ -120,28 +116,39 @@ func New(ctx context.Context, u config.Upstream, o Options) (*Server, error) {
 	if o.Drain <= 0 {
 		o.Drain = 30 * time.Second
 	}
-	if o.Observer == nil {
-		o.Observer = nopObserver{}
-	}
 	log := o.Logger.With("upstream", u.Name)
 	s := &Server{cfg: u, log: log, obs: o.Observer, drain: o.Drain}
-	up, err := upstream.New(upstream.Options{
-		Name:       u.Name,
-		Remote:     u.Remote,
-		Username:   u.Username,
-		Password:   u.Password.Reveal(),
-		CAFile:     u.CAFile,
-		Timeout:    u.Timeout,
-		UserAgent:  version.UserAgent(),
-		Observe:    o.Observer.Upstream,
-		Redirected: o.Observer.UpstreamRedirect,
-		AllowHops:  u.HopPrefixes(),
+	uo := upstream.Options{
+		Name:      u.Name,
+		Remote:    u.Remote,
+		Username:  u.Username,
+		Password:  u.Password.Reveal(),
+		CAFile:    u.CAFile,
+		Timeout:   u.Timeout,
+		UserAgent: version.UserAgent(),
+		AllowHops: u.HopPrefixes(),
 		Refused: func(host, reason string) {
 			// The host only: a hop's URL may carry a signature.
 			log.Warn("upstream hop refused", "host", host, "reason", reason)
-			o.Observer.UpstreamRefused(reason)
+			if o.Observer != nil {
+				o.Observer.UpstreamRefused(reason)
+			}
 		},
-	})
+	}
+	if o.Observer != nil || o.Health != nil {
+		uo.Observe = func(method string, status int, d time.Duration, h http.Header, err error) {
+			if o.Observer != nil {
+				o.Observer.Upstream(method, status, d, h, err)
+			}
+			if o.Health != nil {
+				o.Health.Observe(status, err)
+			}
+		}
+	}
+	if o.Observer != nil {
+		uo.Redirected = o.Observer.UpstreamRedirect
+	}
+	up, err := upstream.New(uo)
 	if err != nil {
 		return nil, fmt.Errorf("upstream %s: %w", u.Name, err)
 	}
@@ -175,6 +182,7 @@ func New(ctx context.Context, u config.Upstream, o Options) (*Server, error) {
 			MinFree:      u.MinFree(),
 			Logger:       log,
 			Observer:     o.Observer,
+			Health:       o.Health,
 			Guard:        o.Guard,
 			Space:        o.Space,
 			MakeRoom:     o.MakeRoom,
@@ -244,7 +252,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if rw.status >= 300 {
 			content = 0
 		}
-		s.obs.Request(route.kind, rw.status, d, !rw.fromUpstream, content)
+		if s.obs != nil {
+			s.obs.Request(route.kind, rw.status, d, !rw.fromUpstream, content)
+		}
 		attrs := []any{"method", r.Method, "repository", route.repo, "kind", route.kind,
 			"ref", route.ref, "status", rw.status, "bytes", rw.bytes, "duration", d, "stale", rw.stale}
 		if rw.cause != nil {

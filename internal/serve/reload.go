@@ -34,7 +34,7 @@ func (s *swapHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func (p *Process) newRunning(ctx context.Context, u config.Upstream, replacing *running) (*running, error) {
 	obs := p.metrics.For(u.Name)
 	guard := &gc.Guard{}
-	opts := proxy.Options{Logger: p.log, Observer: p.board.observer(u.Name, obs),
+	opts := proxy.Options{Logger: p.log, Observer: obs, Health: p.board.healthOf(u.Name),
 		Drain: p.cfg.ShutdownTimeout, Guard: guard,
 		MakeRoom:       func(ctx context.Context, n int64) error { return p.makeRoom(ctx, u.Name, n) },
 		StoreRecreated: func() { p.relock(u.Name, u.Storage.Path) }}

@@ -2,8 +2,8 @@ package serve
 
 // The status side of a Process: /readyz, /api/v1/status and the status page
 // read what the board gathers here, and the admin API's recycle and gc land
-// here. serve.go only hands each upstream's observer, listener and client to
-// the board, and starts and stops it.
+// here. serve.go only hands each upstream's listener and client to the
+// board, points its health reports here (healthOf), and starts and stops it.
 
 import (
 	"context"
@@ -11,7 +11,6 @@ import (
 	"io/fs"
 	"log/slog"
 	"net"
-	"net/http"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -214,11 +213,11 @@ func (b *board) get(name string) *boardUpstream {
 	return b.ups[name]
 }
 
-// observer tees what an upstream's proxy reports: everything to metrics,
-// and the upstream's answers and stale serves to health as evidence.
-func (b *board) observer(name string, m *metrics.Upstream) *observer {
-	return &observer{m: m, b: b, name: name}
-}
+// healthOf is what an upstream's proxy and cache report its health to: the
+// board's tracker of it at the time of each report, since a reload may give
+// the upstream a new tracker (reprobe) while its cache, built before, runs
+// on. Metrics are reported to directly.
+func (b *board) healthOf(name string) healthOf { return healthOf{b: b, name: name} }
 
 // listener wraps an upstream's listener so readiness can tell whether it is
 // still open.
@@ -248,55 +247,34 @@ func (b *board) stop() {
 	b.wg.Wait()
 }
 
-// observer implements proxy.Observer.
-type observer struct {
-	m    *metrics.Upstream
+// healthOf implements proxy.Health.
+type healthOf struct {
 	b    *board
 	name string
 }
 
-// h is looked up on each use: a reload may give the upstream a new tracker.
-func (o *observer) h() *health.Upstream {
-	if bu := o.b.get(o.name); bu != nil {
+func (h healthOf) tracker() *health.Upstream {
+	if bu := h.b.get(h.name); bu != nil {
 		return bu.health
 	}
 	return nil
 }
 
-func (o *observer) Hit(kind string)          { o.m.Hit(kind) }
-func (o *observer) Miss(kind string)         { o.m.Miss(kind) }
-func (o *observer) DedupJoin(kind string)    { o.m.DedupJoin(kind) }
-func (o *observer) UpstreamBytes(n int64)    { o.m.UpstreamBytes(n) }
-func (o *observer) UpstreamRedirect()        { o.m.UpstreamRedirect() }
-func (o *observer) UpstreamRefused(r string) { o.m.UpstreamRefused(r) }
-func (o *observer) FillUncached(r string)    { o.m.FillUncached(r) }
-func (o *observer) StorageError(op string)   { o.m.StorageError(op) }
-func (o *observer) FillUncoordinated()       { o.m.FillUncoordinated() }
-func (o *observer) FillSource(s string)      { o.m.FillSource(s) }
-func (o *observer) Request(kind string, status int, d time.Duration, fromCache bool, bytes int64) {
-	o.m.Request(kind, status, d, fromCache, bytes)
-}
-
-func (o *observer) Stale(cause string) {
-	o.m.Stale(cause)
-	if h := o.h(); h != nil {
-		h.Stale(cause)
+func (h healthOf) Observe(status int, err error) {
+	if t := h.tracker(); t != nil {
+		t.Observe(status, err)
 	}
 }
 
-// BadContent counts against the upstream, where its other failures are
-// seen: on its metrics and its health, never on the store's.
-func (o *observer) BadContent(kind string) {
-	o.m.BadContent(kind)
-	if hu := o.h(); hu != nil {
-		hu.BadContent(kind)
+func (h healthOf) Stale(cause string) {
+	if t := h.tracker(); t != nil {
+		t.Stale(cause)
 	}
 }
 
-func (o *observer) Upstream(method string, status int, d time.Duration, h http.Header, err error) {
-	o.m.Upstream(method, status, d, h, err)
-	if hu := o.h(); hu != nil {
-		hu.Observe(status, err)
+func (h healthOf) BadContent(kind string) {
+	if t := h.tracker(); t != nil {
+		t.BadContent(kind)
 	}
 }
 
