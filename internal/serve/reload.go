@@ -9,6 +9,7 @@ import (
 	"os"
 	"reflect"
 	"sync/atomic"
+	"time"
 
 	"github.com/multiproxy/multiproxy/internal/config"
 	"github.com/multiproxy/multiproxy/internal/disk"
@@ -339,7 +340,7 @@ func (p *Process) Reload(ctx context.Context, next config.Config) error {
 		p.retiring.Go(c.old.server.Close) // drains its App, then shuts it down
 	}
 	for _, r := range removed {
-		p.retiring.Go(func() { p.retire(r) })
+		p.retiring.Go(func() { p.retire(r, next.ShutdownTimeout) })
 	}
 	for _, r := range added {
 		go func() {
@@ -392,9 +393,11 @@ func (p *Process) add(ctx context.Context, u config.Upstream, replacing *running
 	return r, nil
 }
 
-// retire drains a removed upstream's listener and closes its server.
-func (p *Process) retire(r *running) {
-	ctx, cancel := context.WithTimeout(context.Background(), p.cfg.ShutdownTimeout)
+// retire drains a removed upstream's listener for up to drain and closes
+// its server. drain is handed over, not read from p.cfg: a later reload
+// may be replacing the config while this runs.
+func (p *Process) retire(r *running, drain time.Duration) {
+	ctx, cancel := context.WithTimeout(context.Background(), drain)
 	defer cancel()
 	if r.http != nil {
 		if err := r.http.Shutdown(ctx); err != nil {
