@@ -20,7 +20,6 @@ import (
 
 	"github.com/multiproxy/multiproxy/internal/admin"
 	"github.com/multiproxy/multiproxy/internal/cache"
-	"github.com/multiproxy/multiproxy/internal/gc"
 	"github.com/multiproxy/multiproxy/internal/health"
 	"github.com/multiproxy/multiproxy/internal/proxy"
 )
@@ -81,30 +80,6 @@ func (p *Process) Purge(ctx context.Context, image string) error {
 		return &admin.StatusError{Status: http.StatusBadRequest, Code: admin.CodeUnsupported, Err: errors.New("purge takes a tag, not a digest: digests are immutable")}
 	}
 	return p.purgeTag(ctx, srv.Cache(), image, tagged)
-}
-
-// collect runs one upstream's GC now (the admin API's gc).
-func (p *Process) collect(ctx context.Context, name string, dryRun bool) (gc.Result, error) {
-	p.mu.Lock()
-	sched := p.gc
-	p.mu.Unlock()
-	if sched == nil || !sched.Has(name) {
-		return gc.Result{}, &admin.StatusError{Status: http.StatusNotFound, Err: fmt.Errorf("no upstream named %q", name)}
-	}
-	return sched.Run(ctx, name, dryRun)
-}
-
-// recycleNow rebuilds one upstream's App at once (the admin API's recycle).
-func (p *Process) recycleNow(ctx context.Context, name string) error {
-	ok, err := p.recycler.Now(ctx, name)
-	if !ok {
-		return &admin.StatusError{Status: http.StatusNotFound, Err: fmt.Errorf("no upstream named %q", name)}
-	}
-	if err != nil {
-		// The old App keeps serving; the recycle is retried on its own.
-		return &admin.StatusError{Status: http.StatusServiceUnavailable, Err: err}
-	}
-	return nil
 }
 
 // Ready implements admin.Backend: ready while every upstream listener is
@@ -196,7 +171,7 @@ func (p *Process) Status(context.Context) (admin.Status, error) {
 // Recycle implements admin.Backend. Why a recycle failed goes to the log,
 // not to the client.
 func (p *Process) Recycle(ctx context.Context, upstream string) error {
-	err := p.recycleNow(ctx, upstream)
+	err := p.sched.recycleNow(ctx, upstream)
 	if err == nil || clientError(err) {
 		return err
 	}
@@ -208,7 +183,7 @@ func (p *Process) Recycle(ctx context.Context, upstream string) error {
 // GC implements admin.Backend. Why a collection failed goes to the log, not
 // to the client.
 func (p *Process) GC(ctx context.Context, upstream string, dryRun bool) (any, error) {
-	res, err := p.collect(ctx, upstream, dryRun)
+	res, err := p.sched.collect(ctx, upstream, dryRun)
 	if err == nil {
 		return res, nil
 	}

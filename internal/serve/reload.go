@@ -6,13 +6,11 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"os"
 	"reflect"
 	"sync/atomic"
 	"time"
 
 	"github.com/multiproxy/multiproxy/internal/config"
-	"github.com/multiproxy/multiproxy/internal/disk"
 	"github.com/multiproxy/multiproxy/internal/gc"
 	"github.com/multiproxy/multiproxy/internal/proxy"
 	"github.com/multiproxy/multiproxy/internal/recycle"
@@ -37,8 +35,8 @@ func (p *Process) newRunning(ctx context.Context, u config.Upstream, replacing *
 	guard := &gc.Guard{}
 	opts := proxy.Options{Logger: p.log, Observer: p.board.observer(u.Name, obs),
 		Drain: p.cfg.ShutdownTimeout, Guard: guard,
-		MakeRoom:       func(ctx context.Context, n int64) error { return p.makeRoom(ctx, u.Name, n) },
-		StoreRecreated: func() { p.relock(u.Name, u.Storage.Path) }}
+		MakeRoom:       func(ctx context.Context, n int64) error { return p.sched.makeRoom(ctx, u.Name, n) },
+		StoreRecreated: func() { p.stores.relock(u.Name, u.Storage.Path) }}
 	if u.Storage.S3.Enabled() {
 		// Short of local space, the local copies go, not the bucket's
 		// content: other replicas serve from it.
@@ -56,7 +54,7 @@ func (p *Process) newRunning(ctx context.Context, u config.Upstream, replacing *
 			opts.PeerToken = p.cluster.token
 			opts.RecordPull = recordPull(co, u.Name)
 		}
-		space, err := p.spaceFor(localDir(u))
+		space, err := p.stores.spaceFor(localDir(u))
 		if err != nil {
 			return nil, fmt.Errorf("upstream %s: %w", u.Name, err)
 		}
@@ -69,72 +67,6 @@ func (p *Process) newRunning(ctx context.Context, u config.Upstream, replacing *
 	r := &running{name: u.Name, cfg: u, server: srv, guard: guard, handler: &swapHandler{}}
 	r.handler.set(inflight(obs, srv))
 	return r, nil
-}
-
-// relock takes the storage lock again in a store that was deleted and
-// recreated under the process: the lock held was on the deleted file, and an
-// offline collection must be refused for as long as the store is served.
-func (p *Process) relock(name, root string) {
-	p.mu.Lock()
-	lock := p.locks[root]
-	p.mu.Unlock()
-	if lock == nil {
-		return
-	}
-	again, err := lock.Relock()
-	if err != nil {
-		// The process serves the store regardless; the operator must know
-		// that an offline collection is not kept out of it.
-		p.log.Error("storage lock not held after the store was recreated", "upstream", name, "dir", root, "err", err)
-		return
-	}
-	if again {
-		p.log.Warn("storage lock taken again in the recreated store", "upstream", name, "dir", root)
-	}
-}
-
-// localDir is where an upstream writes on this host: its store, or with
-// a bucket its spool and local copies.
-func localDir(u config.Upstream) string {
-	if u.Storage.S3.Enabled() {
-		return u.Storage.LocalCache.Dir
-	}
-	return u.Storage.Path
-}
-
-// spaceFor returns the free-space accountant of the filesystem holding
-// root, shared by every upstream stored on it: their fills draw on the same
-// free bytes.
-func (p *Process) spaceFor(root string) (*disk.Space, error) {
-	if err := os.MkdirAll(root, 0o750); err != nil {
-		return nil, fmt.Errorf("create storage root: %w", err)
-	}
-	dev, err := disk.Device(root)
-	if err != nil {
-		return nil, err
-	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if s := p.spaces[dev]; s != nil {
-		return s, nil
-	}
-	s := disk.New(root)
-	p.spaces[dev] = s
-	return s, nil
-}
-
-// makeRoom evicts from an upstream's store for a fill that does not fit
-// above the watermark, through the current GC scheduler so that it never
-// runs beside a collection.
-func (p *Process) makeRoom(ctx context.Context, name string, n int64) error {
-	p.mu.Lock()
-	sched := p.gc
-	p.mu.Unlock()
-	if sched == nil || !sched.Has(name) {
-		return errors.New("no collector for this upstream")
-	}
-	_, err := sched.MakeRoom(ctx, name, n)
-	return err
 }
 
 // gcStore is what the collector of an upstream works on; with
@@ -180,33 +112,7 @@ func (p *Process) startBackground(ctx context.Context) error {
 		}
 		recycleTargets[i] = r.server
 	}
-	sched, err := gc.NewScheduler(gcTargets, gcMetrics{p.metrics}, p.log)
-	if err != nil {
-		return err
-	}
-	p.mu.Lock()
-	p.gc = sched
-	p.mu.Unlock()
-	sched.Start()
-	p.recycler = recycle.New(recycleTargets, recycle.Options{
-		Interval:  cfg.Recycle.Interval,
-		MaxMemory: int64(cfg.Recycle.MaxMemory),
-		Logger:    p.log,
-		Observer:  p.metrics,
-	})
-	bg, stop := context.WithCancel(context.WithoutCancel(ctx))
-	p.stopBg = stop
-	go p.recycler.Run(bg)
-	return nil
-}
-
-func (p *Process) stopBackground() {
-	if p.stopBg != nil {
-		p.stopBg()
-	}
-	if p.gc != nil {
-		p.gc.Stop()
-	}
+	return p.sched.start(ctx, gcTargets, recycleTargets, cfg.Recycle)
 }
 
 // Reload applies next without a restart. Upstreams whose configuration did
@@ -258,12 +164,9 @@ func (p *Process) Reload(ctx context.Context, next config.Config) error {
 				r.http.Close()
 			}
 			r.server.Close()
-			p.mu.Lock()
-			if lock := p.locks[r.cfg.Storage.Path]; lock != nil && byName[r.name] == nil {
-				lock.Unlock()
-				delete(p.locks, r.cfg.Storage.Path)
+			if byName[r.name] == nil {
+				p.stores.release(r.cfg.Storage.Path, nil)
 			}
-			p.mu.Unlock()
 			if byName[r.name] == nil {
 				p.board.remove(r.name)
 			}
@@ -309,7 +212,7 @@ func (p *Process) Reload(ctx context.Context, next config.Config) error {
 
 	// Commit: from here nothing fails.
 	p.certs.replace(certs)
-	p.stopBackground()
+	p.sched.stop()
 	var ups []*running
 	for _, u := range next.Upstreams {
 		for _, r := range keep {
@@ -365,13 +268,9 @@ func (p *Process) add(ctx context.Context, u config.Upstream, replacing *running
 		return nil, errors.New("one-port upstreams cannot be added by a reload")
 	}
 	if replacing == nil || replacing.cfg.Storage.Path != u.Storage.Path {
-		lock, err := gc.HoldStore(u.Storage.Path)
-		if err != nil {
+		if err := p.stores.hold(u.Storage.Path); err != nil {
 			return nil, err
 		}
-		p.mu.Lock()
-		p.locks[u.Storage.Path] = lock
-		p.mu.Unlock()
 	}
 	l, err := net.Listen("tcp", u.Listen)
 	if err != nil {
@@ -405,17 +304,20 @@ func (p *Process) retire(r *running, drain time.Duration) {
 		}
 	}
 	r.server.Close()
-	p.mu.Lock()
-	storageUsed, nameUsed := false, false
-	for _, u := range p.upstreams {
-		storageUsed = storageUsed || u.cfg.Storage.Path == r.cfg.Storage.Path
+	p.stores.release(r.cfg.Storage.Path, func() bool {
+		ups, _ := p.snapshot()
+		for _, u := range ups {
+			if u.cfg.Storage.Path == r.cfg.Storage.Path {
+				return true
+			}
+		}
+		return false
+	})
+	ups, _ := p.snapshot()
+	nameUsed := false
+	for _, u := range ups {
 		nameUsed = nameUsed || u.name == r.name
 	}
-	if lock := p.locks[r.cfg.Storage.Path]; lock != nil && !storageUsed {
-		lock.Unlock()
-		delete(p.locks, r.cfg.Storage.Path)
-	}
-	p.mu.Unlock()
 	if !nameUsed {
 		p.board.remove(r.name)
 	}

@@ -17,11 +17,9 @@ import (
 
 	"github.com/multiproxy/multiproxy/internal/admin"
 	"github.com/multiproxy/multiproxy/internal/config"
-	"github.com/multiproxy/multiproxy/internal/disk"
 	"github.com/multiproxy/multiproxy/internal/gc"
 	"github.com/multiproxy/multiproxy/internal/metrics"
 	"github.com/multiproxy/multiproxy/internal/proxy"
-	"github.com/multiproxy/multiproxy/internal/recycle"
 )
 
 // Process is a running multiproxy.
@@ -33,15 +31,12 @@ type Process struct {
 
 	mu        sync.Mutex
 	upstreams []*running
-	recycler  *recycle.Scheduler
-	gc        *gc.Scheduler
-	locks     map[string]*gc.StoreLock // storage root -> its lock
-	spaces    map[uint64]*disk.Space   // filesystem -> its accountant
+	sched     *schedulers
+	stores    *stores
 	certs     *certStore
 	reloadMu  sync.Mutex
 	retiring  sync.WaitGroup // servers a reload replaced or removed, closing
 	onePort   *http.Server
-	stopBg    context.CancelFunc
 	admin     *http.Server
 	adminAddr string
 	serveErr  chan error
@@ -70,8 +65,8 @@ func Start(ctx context.Context, cfg config.Config, log *slog.Logger) (*Process, 
 
 	// Undo whatever was set up when a later step fails.
 	var listeners []net.Listener
-	p.locks = map[string]*gc.StoreLock{}
-	p.spaces = map[uint64]*disk.Space{}
+	p.stores = newStores(log)
+	p.sched = newSchedulers(log, p.metrics)
 	p.certs = newCertStore()
 	certs, err := loadCerts(cfg)
 	if err != nil {
@@ -94,11 +89,9 @@ func Start(ctx context.Context, cfg config.Config, log *slog.Logger) (*Process, 
 
 	own := make([]net.Listener, len(cfg.Upstreams)) // nil: reached through listen_all only
 	for i, u := range cfg.Upstreams {
-		lock, err := gc.HoldStore(u.Storage.Path)
-		if err != nil {
+		if err := p.stores.hold(u.Storage.Path); err != nil {
 			return fail(fmt.Errorf("upstream %s: %w", u.Name, err))
 		}
-		p.locks[u.Storage.Path] = lock
 		if u.Listen == "" {
 			continue
 		}
@@ -253,7 +246,7 @@ func (p *Process) Shutdown(ctx context.Context) error {
 	}
 	p.closed = true
 	p.mu.Unlock()
-	p.stopBackground()
+	p.sched.stop()
 
 	var wg sync.WaitGroup
 	errs := make([]error, len(p.upstreams)+1)
@@ -296,15 +289,12 @@ func (p *Process) Shutdown(ctx context.Context) error {
 
 func (p *Process) closeServers() {
 	p.mu.Lock()
-	ups, locks := p.upstreams, p.locks
-	p.locks = nil
+	ups := p.upstreams
 	p.mu.Unlock()
 	for _, r := range ups {
 		r.server.Close()
 	}
-	for _, lock := range locks {
-		lock.Unlock()
-	}
+	p.stores.releaseAll()
 	if p.closed || p.cluster == nil {
 		return
 	}
@@ -365,24 +355,6 @@ loop:
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.ShutdownTimeout)
 	defer cancel()
 	return errors.Join(serveErr, p.Shutdown(sctx))
-}
-
-// gcMetrics reports collections to the metrics.
-type gcMetrics struct{ m *metrics.Metrics }
-
-func (g gcMetrics) Collected(upstream string, r gc.Result, err error) {
-	if r.DryRun {
-		return // a dry run frees nothing and is not "the last GC"
-	}
-	u := g.m.For(upstream)
-	u.GCRun(r.Duration, r.FreedBytes, int64(r.FreedBlobs+len(r.Evicted)), err)
-	byReason := map[string]int{}
-	for _, e := range r.Evicted {
-		byReason[e.Reason]++
-	}
-	for reason, n := range byReason {
-		u.Evicted(reason, n)
-	}
 }
 
 // shareListener makes an upstream without a listener of its own report the
