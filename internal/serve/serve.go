@@ -11,11 +11,10 @@ import (
 	"net"
 	"time"
 
-	"github.com/sirupsen/logrus"
-
 	"github.com/multiproxy/multiproxy/internal/admin"
 	"github.com/multiproxy/multiproxy/internal/cache"
 	"github.com/multiproxy/multiproxy/internal/config"
+	"github.com/multiproxy/multiproxy/internal/distlog"
 	"github.com/multiproxy/multiproxy/internal/metrics"
 )
 
@@ -35,7 +34,9 @@ type Process struct {
 // bound before any request is served, so a port in use fails the start
 // cleanly instead of leaving half a proxy running.
 func Start(ctx context.Context, cfg config.Config, log *slog.Logger) (*Process, error) {
-	quietDistribution()
+	// Distribution's warnings join our log; its per-request info lines do
+	// not: our own access log is the one line per request.
+	distlog.Install(log.Handler())
 	certs, err := loadCerts(cfg)
 	if err != nil {
 		return nil, err
@@ -172,12 +173,6 @@ func (v boardView) cacheOf(name string) (*cache.Cache, config.Upstream, bool) {
 }
 
 func (v boardView) coordDown() time.Time { return v.cl.coordDown() }
-
-// quietDistribution keeps distribution's global logrus logger to warnings:
-// our own slog access log is the one line per request.
-func quietDistribution() {
-	logrus.SetLevel(logrus.WarnLevel)
-}
 
 // Addr is the bound address of an upstream's listener ("" if unknown).
 func (p *Process) Addr(name string) string { return p.lst.addr(name) }
