@@ -2,8 +2,9 @@ package serve
 
 // The admin API's backend: what /readyz, /api/v1/status, resolve, purge,
 // recycle and gc do with the running upstreams. internal/admin serves the
-// HTTP surface and knows nothing of proxies or caches; this is the one file
-// that connects the two.
+// HTTP surface and knows nothing of proxies or caches; the backend type
+// connects the two. A new admin action is a backend method, in a file of
+// its own if it is more than a few lines.
 
 import (
 	"context"

@@ -1,9 +1,10 @@
 package serve
 
-// The status side of a Process: /readyz, /api/v1/status and the status page
-// read what the board gathers here, and the admin API's recycle and gc land
-// here. serve.go only hands each upstream's observer, listener and client to
-// the board, and starts and stops it.
+// The status board: /readyz, /api/v1/status and the status page read what
+// it gathers here (health, storage sizes, whether each listener serves).
+// It reads the running upstreams and Redis through boardSource; Start and
+// the reloader hand it each upstream's observer, listener and client, and
+// Start and Shutdown start and stop it.
 
 import (
 	"context"
