@@ -2,13 +2,15 @@ package serve
 
 // The admin API's backend: what /readyz, /api/v1/status, resolve, purge,
 // recycle and gc do with the running upstreams. internal/admin serves the
-// HTTP surface and knows nothing of proxies or caches; this is the one file
-// that connects the two.
+// HTTP surface and knows nothing of proxies or caches; the backend type
+// connects the two. A new admin action is a backend method, in a file of
+// its own if it is more than a few lines.
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"strings"
 	"time"
@@ -20,19 +22,33 @@ import (
 
 	"github.com/multiproxy/multiproxy/internal/admin"
 	"github.com/multiproxy/multiproxy/internal/cache"
-	"github.com/multiproxy/multiproxy/internal/gc"
 	"github.com/multiproxy/multiproxy/internal/health"
+	"github.com/multiproxy/multiproxy/internal/metrics"
 	"github.com/multiproxy/multiproxy/internal/proxy"
 )
 
+// backend is the admin API's backend: what /readyz, /api/v1/status,
+// resolve, purge, recycle and gc do with the running upstreams. An admin
+// action reads the upstreams as they run now from ups, and runs background
+// work through sched.
+type backend struct {
+	log     *slog.Logger
+	metrics *metrics.Metrics
+	ups     *listeners
+	sched   *schedulers
+	board   *board
+}
+
+var _ admin.Backend = (*backend)(nil)
+
 // server finds the upstream an image reference's registry host belongs to.
-func (p *Process) server(image string) (*proxy.Server, reference.Named, error) {
+func (b *backend) server(image string) (*proxy.Server, reference.Named, error) {
 	named, err := reference.ParseNormalizedNamed(strings.TrimSpace(image))
 	if err != nil {
 		return nil, nil, &admin.StatusError{Status: http.StatusBadRequest, Err: fmt.Errorf("parse image %q: %w", image, err)}
 	}
 	domain := reference.Domain(named)
-	ups, _ := p.snapshot()
+	ups, _ := b.ups.snapshot()
 	for _, r := range ups {
 		if r.cfg.Serves(domain) {
 			return r.server, named, nil
@@ -42,8 +58,8 @@ func (p *Process) server(image string) (*proxy.Server, reference.Named, error) {
 }
 
 // Resolve implements admin.Backend.
-func (p *Process) Resolve(ctx context.Context, image string) (admin.Resolution, error) {
-	srv, named, err := p.server(image)
+func (b *backend) Resolve(ctx context.Context, image string) (admin.Resolution, error) {
+	srv, named, err := b.server(image)
 	if err != nil {
 		return admin.Resolution{}, err
 	}
@@ -54,7 +70,7 @@ func (p *Process) Resolve(ctx context.Context, image string) (admin.Resolution, 
 	tagged := named.(reference.NamedTagged)
 	res, err := srv.Cache().ResolveTag(ctx, reference.Path(named), tagged.Tag())
 	if err != nil {
-		p.log.Warn("admin resolve failed", "image", image, "err", err)
+		b.log.Warn("admin resolve failed", "image", image, "err", err)
 		return admin.Resolution{}, resolveError(reference.FamiliarString(tagged), err)
 	}
 	pinned := strings.TrimSpace(image)
@@ -70,8 +86,8 @@ func (p *Process) Resolve(ctx context.Context, image string) (admin.Resolution, 
 }
 
 // Purge implements admin.Backend.
-func (p *Process) Purge(ctx context.Context, image string) error {
-	srv, named, err := p.server(image)
+func (b *backend) Purge(ctx context.Context, image string) error {
+	srv, named, err := b.server(image)
 	if err != nil {
 		return err
 	}
@@ -80,31 +96,7 @@ func (p *Process) Purge(ctx context.Context, image string) error {
 	if !ok {
 		return &admin.StatusError{Status: http.StatusBadRequest, Code: admin.CodeUnsupported, Err: errors.New("purge takes a tag, not a digest: digests are immutable")}
 	}
-	return p.purgeTag(ctx, srv.Cache(), image, tagged)
-}
-
-// collect runs one upstream's GC now (the admin API's gc).
-func (p *Process) collect(ctx context.Context, name string, dryRun bool) (gc.Result, error) {
-	p.mu.Lock()
-	sched := p.gc
-	p.mu.Unlock()
-	if sched == nil || !sched.Has(name) {
-		return gc.Result{}, &admin.StatusError{Status: http.StatusNotFound, Err: fmt.Errorf("no upstream named %q", name)}
-	}
-	return sched.Run(ctx, name, dryRun)
-}
-
-// recycleNow rebuilds one upstream's App at once (the admin API's recycle).
-func (p *Process) recycleNow(ctx context.Context, name string) error {
-	ok, err := p.recycler.Now(ctx, name)
-	if !ok {
-		return &admin.StatusError{Status: http.StatusNotFound, Err: fmt.Errorf("no upstream named %q", name)}
-	}
-	if err != nil {
-		// The old App keeps serving; the recycle is retried on its own.
-		return &admin.StatusError{Status: http.StatusServiceUnavailable, Err: err}
-	}
-	return nil
+	return b.purgeTag(ctx, srv.Cache(), image, tagged)
 }
 
 // Ready implements admin.Backend: ready while every upstream listener is
@@ -113,15 +105,13 @@ func (p *Process) recycleNow(ctx context.Context, name string) error {
 // ready, saying so in the body. An unreachable upstream does not make the process
 // unready, since the cache still serves what it holds; its state is in the
 // body for the operator.
-func (p *Process) Ready() (bool, any) {
-	p.mu.Lock()
-	closed := p.closed
-	p.mu.Unlock()
+func (b *backend) Ready() (bool, any) {
+	closed := b.ups.isClosed()
 	ready := !closed
-	ups, _ := p.snapshot()
+	ups, _ := b.ups.snapshot()
 	out := make([]readyUpstream, 0, len(ups))
 	for _, r := range ups {
-		bu := p.board.get(r.name)
+		bu := b.board.get(r.name)
 		hs := bu.health.Status()
 		serving := !closed && bu.listener.serving()
 		// Without Redis every replica is degraded at once; taking them
@@ -138,18 +128,16 @@ func (p *Process) Ready() (bool, any) {
 }
 
 // Status implements admin.Backend.
-func (p *Process) Status(context.Context) (admin.Status, error) {
-	ready, _ := p.Ready()
-	ups, _ := p.snapshot()
+func (b *backend) Status(context.Context) (admin.Status, error) {
+	ready, _ := b.Ready()
+	ups, _ := b.ups.snapshot()
 	st := admin.Status{Time: time.Now().UTC(), Ready: ready, Upstreams: make([]admin.UpstreamStatus, 0, len(ups))}
-	p.mu.Lock()
-	closed := p.closed
-	p.mu.Unlock()
+	closed := b.ups.isClosed()
 	for _, r := range ups {
 		cfg := r.cfg
-		bu := p.board.get(r.name)
+		bu := b.board.get(r.name)
 		hs := bu.health.Status()
-		sum := p.metrics.Summary(r.name)
+		sum := b.metrics.Summary(r.name)
 		us := admin.UpstreamStatus{
 			Name:               r.name,
 			Listen:             r.addr,
@@ -195,27 +183,27 @@ func (p *Process) Status(context.Context) (admin.Status, error) {
 
 // Recycle implements admin.Backend. Why a recycle failed goes to the log,
 // not to the client.
-func (p *Process) Recycle(ctx context.Context, upstream string) error {
-	err := p.recycleNow(ctx, upstream)
+func (b *backend) Recycle(ctx context.Context, upstream string) error {
+	err := b.sched.recycleNow(ctx, upstream)
 	if err == nil || clientError(err) {
 		return err
 	}
-	p.log.Error("admin recycle failed; the old App keeps serving", "upstream", upstream, "err", err)
+	b.log.Error("admin recycle failed; the old App keeps serving", "upstream", upstream, "err", err)
 	return &admin.StatusError{Status: http.StatusServiceUnavailable, Code: admin.CodeUnavailable,
 		Err: fmt.Errorf("recycle of %s failed; the old App keeps serving and the recycle is retried (the server log has the details)", upstream)}
 }
 
 // GC implements admin.Backend. Why a collection failed goes to the log, not
 // to the client.
-func (p *Process) GC(ctx context.Context, upstream string, dryRun bool) (any, error) {
-	res, err := p.collect(ctx, upstream, dryRun)
+func (b *backend) GC(ctx context.Context, upstream string, dryRun bool) (any, error) {
+	res, err := b.sched.collect(ctx, upstream, dryRun)
 	if err == nil {
 		return res, nil
 	}
 	if clientError(err) {
 		return nil, err
 	}
-	p.log.Error("admin gc failed", "upstream", upstream, "dry_run", dryRun, "err", err)
+	b.log.Error("admin gc failed", "upstream", upstream, "dry_run", dryRun, "err", err)
 	return nil, &admin.StatusError{Status: http.StatusInternalServerError, Code: admin.CodeUnknown,
 		Err: fmt.Errorf("garbage collection of %s failed (the server log has the details)", upstream)}
 }
@@ -242,7 +230,7 @@ func resolveError(image string, err error) error {
 // purgeTag drops a cached tag (the admin API's purge). A tag that is not
 // cached is a 404 MANIFEST_UNKNOWN; any other failure is logged and the
 // client told only that it failed.
-func (p *Process) purgeTag(ctx context.Context, c *cache.Cache, image string, tagged reference.NamedTagged) error {
+func (b *backend) purgeTag(ctx context.Context, c *cache.Cache, image string, tagged reference.NamedTagged) error {
 	notCached := &admin.StatusError{Status: http.StatusNotFound, Code: admin.CodeManifestUnknown,
 		Err: fmt.Errorf("%s is not cached", reference.FamiliarString(tagged))}
 	failed := &admin.StatusError{Status: http.StatusInternalServerError, Code: admin.CodeUnknown,
@@ -252,7 +240,7 @@ func (p *Process) purgeTag(ctx context.Context, c *cache.Cache, image string, ta
 	// makes of it.
 	cached, err := tagCached(ctx, c, path, tag)
 	if err != nil {
-		p.log.Error("admin purge: look up tag", "image", image, "err", err)
+		b.log.Error("admin purge: look up tag", "image", image, "err", err)
 		return failed
 	}
 	if !cached {
@@ -266,7 +254,7 @@ func (p *Process) purgeTag(ctx context.Context, c *cache.Cache, image string, ta
 	case errors.As(err, &gone):
 		return notCached // untagged meanwhile
 	}
-	p.log.Error("admin purge failed", "image", image, "err", err)
+	b.log.Error("admin purge failed", "image", image, "err", err)
 	return failed
 }
 

@@ -33,15 +33,17 @@ type cluster struct {
 	// token is what peer requests carry and the peer port requires;
 	// "" when coordination.peer_token_file is unset.
 	token string
+	// ups finds the running fills and local copies a peer asks for.
+	ups *listeners
 }
 
 // startCluster connects to Redis and listens for peers. Redis being down
 // is not an error: the replica serves alone until it answers.
-func (p *Process) startCluster(cfg config.Config) error {
+func startCluster(cfg config.Config, log *slog.Logger, m *metrics.Metrics, ups *listeners) (*cluster, error) {
 	c := cfg.Coordination
 	l, err := net.Listen("tcp", c.PeerListen)
 	if err != nil {
-		return fmt.Errorf("coordination.peer_listen: listen %s: %w", c.PeerListen, err)
+		return nil, fmt.Errorf("coordination.peer_listen: listen %s: %w", c.PeerListen, err)
 	}
 	self := c.Advertise
 	if self == "" {
@@ -54,16 +56,16 @@ func (p *Process) startCluster(cfg config.Config) error {
 		self, err = advertiseAddr(towards, l.Addr())
 		if err != nil {
 			l.Close()
-			return fmt.Errorf("coordination.advertise: %w", err)
+			return nil, fmt.Errorf("coordination.advertise: %w", err)
 		}
 	}
-	cl := &cluster{peerL: l, token: c.PeerToken.Reveal()}
+	cl := &cluster{peerL: l, token: c.PeerToken.Reveal(), ups: ups}
 	cl.co = coord.New(coord.Options{
 		Addr: c.Redis.Addr, Password: c.Redis.Password.Reveal(), DB: c.Redis.DB,
-		Self: self, TTL: c.LeaseTTL, Logger: p.log.With("component", "coordination"),
+		Self: self, TTL: c.LeaseTTL, Logger: log.With("component", "coordination"),
 		OnChange: func(up bool, _ error) {
 			for _, u := range cfg.Upstreams {
-				p.metrics.For(u.Name).CoordinationUp(up)
+				m.For(u.Name).CoordinationUp(up)
 			}
 		},
 		SentinelMaster:   c.Redis.Sentinel.Master,
@@ -71,33 +73,28 @@ func (p *Process) startCluster(cfg config.Config) error {
 		SentinelPassword: c.Redis.Sentinel.Password.Reveal(),
 	})
 	r := mux.NewRouter()
-	r.Handle("/peer/v1/{upstream}/blobs/{digest}", http.HandlerFunc(p.servePeer)).Methods(http.MethodGet)
+	r.Handle("/peer/v1/{upstream}/blobs/{digest}", http.HandlerFunc(cl.servePeer)).Methods(http.MethodGet)
 	cl.peer = &http.Server{Handler: requireToken(cl.token, r), ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog: slog.NewLogLogger(p.log.Handler(), slog.LevelWarn)}
-	p.mu.Lock()
-	p.cluster = cl
-	p.mu.Unlock()
-	go func() {
-		if err := cl.peer.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			p.serveErr <- fmt.Errorf("peer listener: %w", err)
-		}
-	}()
-	p.log.Info("coordinating through redis", "advertise", self, "peer_listen", l.Addr().String(), "redis_up", cl.co.Up(),
+		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+	ups.serve("peer listener", cl.peer, l)
+	log.Info("coordinating through redis", "advertise", self, "peer_listen", l.Addr().String(), "redis_up", cl.co.Up(),
 		"peer_token", cl.token != "")
-	return nil
+	return cl, nil
 }
 
-// stop closes the peer listener and the Redis connections.
+// stop closes the peer listener and the Redis connections; nothing
+// without coordination.
 func (cl *cluster) stop(ctx context.Context) {
+	if cl == nil {
+		return
+	}
 	_ = cl.peer.Shutdown(ctx)
 	_ = cl.co.Close()
 }
 
-// coordDown is when the cluster's Redis stopped answering, or zero.
-func (p *Process) coordDown() time.Time {
-	p.mu.Lock()
-	cl := p.cluster
-	p.mu.Unlock()
+// coordDown is when the cluster's Redis stopped answering; zero while it
+// answers or without coordination.
+func (cl *cluster) coordDown() time.Time {
 	if cl == nil {
 		return time.Time{}
 	}
@@ -145,20 +142,15 @@ func requireToken(token string, next http.Handler) http.Handler {
 // servePeer gives another replica this replica's running fill or local
 // copy of a blob. It never starts a fetch: the asking replica does that
 // itself on a 404.
-func (p *Process) servePeer(w http.ResponseWriter, r *http.Request) {
+func (cl *cluster) servePeer(w http.ResponseWriter, r *http.Request) {
 	vars := mux.Vars(r)
 	d, err := digest.Parse(vars["digest"])
 	if err != nil {
 		http.Error(w, "invalid digest", http.StatusBadRequest)
 		return
 	}
-	var c *cache.Cache
-	for _, u := range p.currentUpstreams() {
-		if u.name == vars["upstream"] {
-			c = u.server.Cache()
-		}
-	}
-	if c == nil {
+	c, _, ok := cl.ups.cacheOf(vars["upstream"])
+	if !ok {
 		http.NotFound(w, r)
 		return
 	}
@@ -206,12 +198,6 @@ func openRange(h string, size int64) (int64, bool) {
 	}
 	n, err := strconv.ParseInt(first, 10, 64)
 	return n, err == nil && n > 0 && n < size
-}
-
-func (p *Process) currentUpstreams() []*running {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return append([]*running(nil), p.upstreams...)
 }
 
 // fillCoord is the cluster's fill lease service for one upstream.

@@ -1,9 +1,10 @@
 package serve
 
-// The status side of a Process: /readyz, /api/v1/status and the status page
-// read what the board gathers here, and the admin API's recycle and gc land
-// here. serve.go only hands each upstream's listener and client to the
-// board, points its health reports here (healthOf), and starts and stops it.
+// The status board: /readyz, /api/v1/status and the status page read what
+// it gathers here (health, storage sizes, whether each listener serves).
+// It reads the running upstreams and Redis through boardSource; Start and
+// the reloader hand it each upstream's listener and client and point its
+// health reports here (healthOf), and Start and Shutdown start and stop it.
 
 import (
 	"context"
@@ -16,6 +17,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/multiproxy/multiproxy/internal/cache"
+	"github.com/multiproxy/multiproxy/internal/config"
 	"github.com/multiproxy/multiproxy/internal/disk"
 	"github.com/multiproxy/multiproxy/internal/health"
 	"github.com/multiproxy/multiproxy/internal/metrics"
@@ -35,17 +38,22 @@ var (
 	StoredBytesMaxAge = 30 * time.Second
 )
 
+// boardSource is what the board reads of the running process.
+type boardSource interface {
+	// cacheOf is an upstream's cache and settings as it runs now (a reload
+	// may replace them); false before its server is built or once removed.
+	cacheOf(name string) (*cache.Cache, config.Upstream, bool)
+	// coordDown is when the cluster's Redis stopped answering; zero while
+	// it answers or without coordination.
+	coordDown() time.Time
+}
+
 // board is what the status surface knows per upstream beyond the metrics.
 type board struct {
 	log     *slog.Logger
 	health  *health.Monitor
 	metrics *metrics.Metrics
-	// running is an upstream as it runs now (a reload may replace it), or
-	// nil before its server is built.
-	running func(name string) *running
-	// coordDown is when the cluster's Redis stopped answering; zero while
-	// it answers or without coordination.
-	coordDown func() time.Time
+	src     boardSource
 	// ups is filled by newBoard and Start, and changed by config reloads.
 	mu  sync.RWMutex
 	ups map[string]*boardUpstream
@@ -61,30 +69,19 @@ type boardUpstream struct {
 	size     *sizer
 }
 
-func newBoard(p *Process) *board {
+func newBoard(log *slog.Logger, m *metrics.Metrics, upstreams []config.Upstream, src boardSource) *board {
 	ctx, cancel := context.WithCancel(context.Background())
-	b := &board{log: p.log, metrics: p.metrics, running: p.runningOf, coordDown: p.coordDown, ups: map[string]*boardUpstream{}, ctx: ctx, cancel: cancel}
+	b := &board{log: log, metrics: m, src: src, ups: map[string]*boardUpstream{}, ctx: ctx, cancel: cancel}
 	b.health = health.New(health.Options{
 		Interval: ProbeInterval,
 		StaleFor: StaleWindow,
-		Logger:   p.log,
-		OnChange: func(name string, t health.Transition) { p.metrics.For(name).State(t.To) },
+		Logger:   log,
+		OnChange: func(name string, t health.Transition) { m.For(name).State(t.To) },
 	})
-	for _, u := range p.cfg.Upstreams {
-		b.ups[u.Name] = b.newUpstream(u.Name, p.metrics.For(u.Name), u.Storage.Path, b.health.Track(u.Name))
+	for _, u := range upstreams {
+		b.ups[u.Name] = b.newUpstream(u.Name, m.For(u.Name), u.Storage.Path, b.health.Track(u.Name))
 	}
 	return b
-}
-
-// runningOf is the named upstream as it runs now, or nil.
-func (p *Process) runningOf(name string) *running {
-	ups, _ := p.snapshot()
-	for _, r := range ups {
-		if r.name == name && r.server != nil {
-			return r
-		}
-	}
-	return nil
 }
 
 func (b *board) newUpstream(name string, m *metrics.Upstream, storage string, h *health.Upstream) *boardUpstream {
@@ -100,18 +97,18 @@ func (b *board) newUpstream(name string, m *metrics.Upstream, storage string, h 
 	})
 	m.DiskFunc(b.diskFigures(name, storage))
 	m.LocalCacheFunc(func() (int64, bool) {
-		r := b.running(name)
-		if r == nil {
+		c, _, ok := b.src.cacheOf(name)
+		if !ok {
 			return 0, false
 		}
-		return r.server.Cache().LocalCopyBytes()
+		return c.LocalCopyBytes()
 	})
 	m.FillsFunc(func() (int64, bool) {
-		r := b.running(name)
-		if r == nil {
+		c, _, ok := b.src.cacheOf(name)
+		if !ok {
 			return 0, false
 		}
-		return int64(r.server.Cache().FillsInFlight()), true
+		return int64(c.FillsInFlight()), true
 	})
 	return bu
 }
@@ -120,13 +117,13 @@ func (b *board) newUpstream(name string, m *metrics.Upstream, storage string, h 
 // records failed writes. The error itself stays in the cache's log line.
 func (b *board) storeCheck(name string) health.StoreCheck {
 	return func() (string, time.Time, bool) {
-		r := b.running(name)
-		if r == nil {
+		c, _, ok := b.src.cacheOf(name)
+		if !ok {
 			return "", time.Time{}, false
 		}
-		op, since, err := r.server.Cache().StorageProblem()
+		op, since, err := c.StorageProblem()
 		if err == nil {
-			if t := b.coordDown(); !t.IsZero() {
+			if t := b.src.coordDown(); !t.IsZero() {
 				return health.OpCoordination, t, true
 			}
 		}
@@ -146,9 +143,8 @@ func (b *board) diskFigures(name, storage string) func() (metrics.Disk, bool) {
 			minFree disk.MinFree
 		)
 		root := storage
-		if r := b.running(name); r != nil {
-			c := r.server.Cache()
-			sp, root, minFree = c.Space(), c.Root(), r.cfg.MinFree()
+		if c, u, ok := b.src.cacheOf(name); ok {
+			sp, root, minFree = c.Space(), c.Root(), u.MinFree()
 		}
 		var (
 			u        disk.Usage
@@ -225,6 +221,14 @@ func (b *board) listener(name string, l net.Listener) net.Listener {
 	sl := &servingListener{Listener: l}
 	b.get(name).listener = sl
 	return sl
+}
+
+// shareListener makes an upstream without a listener of its own report the
+// one-port listener's state.
+func (b *board) shareListener(name string, l net.Listener) {
+	if sl, ok := l.(*servingListener); ok {
+		b.get(name).listener = sl
+	}
 }
 
 // probe sets the client an upstream's health is probed with.
