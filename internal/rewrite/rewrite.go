@@ -183,6 +183,10 @@ type Pin struct {
 // nothing else changed. It parses the result again and fails rather than
 // return a file whose references do not read back as pinned.
 func Apply(path string, src []byte, pins []Pin) ([]byte, error) {
+	before, err := Find(path, src)
+	if err != nil {
+		return nil, err
+	}
 	pins = slices.Clone(pins)
 	slices.SortFunc(pins, func(a, b Pin) int { return a.Ref.edit.start - b.Ref.edit.start })
 	want := map[int]string{} // line -> pinned references expected there
@@ -209,7 +213,7 @@ func Apply(path string, src []byte, pins []Pin) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("pinned file does not parse: %w", err)
 	}
-	if len(got) != len(mustFind(path, src)) {
+	if len(got) != len(before) {
 		return nil, fmt.Errorf("%s: pinning changed the number of image references", path)
 	}
 	for _, r := range got {
@@ -220,11 +224,6 @@ func Apply(path string, src []byte, pins []Pin) ([]byte, error) {
 		}
 	}
 	return out.Bytes(), nil
-}
-
-func mustFind(path string, src []byte) []Ref {
-	refs, _ := Find(path, src)
-	return refs
 }
 
 // errNotInPlace says a string cannot be edited where it is written.
