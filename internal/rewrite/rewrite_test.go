@@ -279,3 +279,76 @@ func TestWriteFileIsAtomicAndKeepsTheMode(t *testing.T) {
 		t.Errorf("temporary files left behind: %v", entries)
 	}
 }
+
+// Which kind a YAML document is decides which image keys count: a Compose
+// service's environment may hold an "image" that is not one, and Helm
+// values may have a services key of their own.
+func TestYAMLKindsAreToldApartByContent(t *testing.T) {
+	cases := []struct {
+		name, src string
+		want      []string
+		repl      []string // what a pin to zeros changes
+	}{
+		{"compose", "version: '3'\nx-env: &env {image: not/this:1}\nservices:\n  a:\n    image: a:1\n    environment: {image: not/this:2}\n",
+			[]string{"a:1"}, []string{"image: a:1\n", "image: a:1@" + zeros + "\n"}},
+		{"helm values with services", "services:\n  web:\n    image: web:1\nworker:\n  image: {repository: worker, tag: '2'}\n",
+			[]string{"web:1", "worker:2"}, []string{"web:1", "web:1@" + zeros, "tag: '2'", "tag: '2@" + zeros + "'"}},
+		{"kubernetes", "apiVersion: v1\nkind: Pod\nmetadata: {annotations: {image: not/this:1}}\nspec: {containers: [{name: a, image: a:1}]}\n",
+			[]string{"a:1"}, []string{"image: a:1}", "image: a:1@" + zeros + "}"}},
+		{"json manifest", `{"apiVersion": "v1", "kind": "Pod", "spec": {"containers": [{"name": "a", "image": "a:1"}]}}`,
+			[]string{"a:1"}, []string{`"a:1"`, `"a:1@` + zeros + `"`}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			refs, err := Find(c.name+".yaml", []byte(c.src))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			var pins []Pin
+			for _, r := range refs {
+				got = append(got, r.Image)
+				pins = append(pins, Pin{Ref: r, Digest: zeros})
+			}
+			if fmt.Sprint(got) != fmt.Sprint(c.want) {
+				t.Fatalf("found %v, want %v", got, c.want)
+			}
+			out, err := Apply(c.name+".yaml", []byte(c.src), pins)
+			if err != nil {
+				t.Fatal(err)
+			}
+			sameBytes(t, out, expect(t, []byte(c.src), c.repl...))
+		})
+	}
+}
+
+// Files written on Windows keep their line endings, and a YAML byte order
+// mark does not shift the edit.
+func TestCRLFAndByteOrderMark(t *testing.T) {
+	for name, src := range map[string]string{
+		"crlf.yaml": "services:\r\n  a:\r\n    image: 'a:1'\r\n  b:\r\n    image: b:2\r\n",
+		"bom.yaml":  "\ufeffservices:\n  a:\n    image: a:1\n",
+		"crlf.tf":   "resource \"x\" \"y\" {\r\n  image = \"a:1\"\r\n}\r\n",
+	} {
+		refs, err := Find(name, []byte(src))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var pins []Pin
+		want := src
+		for _, r := range refs {
+			pins = append(pins, Pin{Ref: r, Digest: zeros})
+			want = strings.Replace(want, r.Image, r.Image+"@"+zeros, 1)
+		}
+		if len(pins) == 0 {
+			t.Fatalf("%s: no references found", name)
+		}
+		out, err := Apply(name, []byte(src), pins)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if string(out) != want {
+			t.Errorf("%s: got %q, want %q", name, out, want)
+		}
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"unicode/utf8"
 
 	"go.yaml.in/yaml/v3"
@@ -54,7 +55,7 @@ func (f *yamlFinder) document(root *yaml.Node) {
 	switch {
 	case lookup(root, "apiVersion") != nil && lookup(root, "kind") != nil:
 		f.kubernetes(root)
-	case lookup(root, "services") != nil && deref(lookup(root, "services")).Kind == yaml.MappingNode:
+	case isCompose(root):
 		for _, svc := range pairs(deref(lookup(root, "services"))) {
 			if s := deref(svc.value); s.Kind == yaml.MappingNode {
 				if img := lookup(s, "image"); img != nil {
@@ -65,6 +66,27 @@ func (f *yamlFinder) document(root *yaml.Node) {
 	default:
 		f.helm(root)
 	}
+}
+
+// composeKeys are the top-level keys of the Compose specification.
+var composeKeys = map[string]bool{"version": true, "name": true, "include": true, "services": true,
+	"networks": true, "volumes": true, "configs": true, "secrets": true, "models": true}
+
+// isCompose: a services mapping and nothing but Compose's own top-level
+// keys and x- extensions. Helm values may have a services key of their
+// own, next to keys Compose does not know, and must then be read as values.
+func isCompose(root *yaml.Node) bool {
+	svcs := lookup(root, "services")
+	if svcs == nil || deref(svcs).Kind != yaml.MappingNode {
+		return false
+	}
+	for i := 0; i < len(root.Content); i += 2 {
+		k := root.Content[i].Value
+		if !composeKeys[k] && !strings.HasPrefix(k, "x-") {
+			return false
+		}
+	}
+	return true
 }
 
 // kubernetes finds container lists at any depth: a pod spec sits at a
