@@ -62,7 +62,7 @@ func hclRef(src []byte, offsets map[*hclwrite.Token]int, toks hclwrite.Tokens) R
 		return ref
 	}
 	if strings.ContainsAny(ref.Image, `\$%`) {
-		ref.Problem = "an escaped string: " + errNotInPlace.Error()
+		ref.Problem = "an escaped string: " + notInPlace
 		return ref
 	}
 	ref.edit = edit{start: off, end: off + len(lit.Bytes), old: ref.Image}

@@ -30,13 +30,13 @@ package rewrite
 
 import (
 	"bytes"
-	"errors"
 	"fmt"
 	"path/filepath"
 	"slices"
 	"strings"
 
 	"github.com/distribution/reference"
+	"github.com/opencontainers/go-digest"
 )
 
 // Ref is one image reference found in a file.
@@ -197,6 +197,14 @@ func Apply(path string, src []byte, pins []Pin) ([]byte, error) {
 		if p.Ref.Problem != "" {
 			return nil, fmt.Errorf("%s:%d: cannot pin %s: %s", path, p.Ref.Line, p.Ref.Image, p.Ref.Problem)
 		}
+		if !p.Ref.Pinnable() {
+			return nil, fmt.Errorf("%s:%d: %s is pinned by digest alone and has no tag to pin again", path, p.Ref.Line, p.Ref.Image)
+		}
+		// The digest comes from a server and is written into a file that
+		// is deployed: it must be a digest and nothing more.
+		if _, err := digest.Parse(p.Digest); err != nil {
+			return nil, fmt.Errorf("%s:%d: pin %s to %q: %w", path, p.Ref.Line, p.Ref.Image, p.Digest, err)
+		}
 		if e.start < last || e.end > len(src) || string(src[e.start:e.end]) != e.old {
 			return nil, fmt.Errorf("%s:%d: %s is not where it was found; was the file changed?", path, p.Ref.Line, p.Ref.Image)
 		}
@@ -226,5 +234,5 @@ func Apply(path string, src []byte, pins []Pin) ([]byte, error) {
 	return out.Bytes(), nil
 }
 
-// errNotInPlace says a string cannot be edited where it is written.
-var errNotInPlace = errors.New("cannot be edited in place")
+// notInPlace says a string cannot be edited where it is written.
+const notInPlace = "cannot be edited in place"

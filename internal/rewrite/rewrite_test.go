@@ -237,6 +237,19 @@ spec:
 	if r := refs[3]; r.Problem != "" || r.Pinnable() || r.Digest() != zeros {
 		t.Errorf("digest-only reference: %+v, pinnable %v", r, r.Pinnable())
 	}
+	if _, err := Apply("pod.yaml", src, []Pin{{Ref: refs[3], Digest: digestOf("x")}}); err == nil {
+		t.Error("a digest-only reference was given a tag and pinned")
+	}
+	// What the server answers goes into a deployed file only if it is a digest.
+	ok, err := Find("c.yaml", []byte("services: {a: {image: a:1}}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, bad := range []string{"", "latest", "sha256:abc", zeros + "}\nevil: {image: x"} {
+		if out, err := Apply("c.yaml", []byte("services: {a: {image: a:1}}\n"), []Pin{{Ref: ok[0], Digest: bad}}); err == nil {
+			t.Errorf("pinned to %q: %q", bad, out)
+		}
+	}
 	if _, err := Find("bad.yaml", []byte("a: [b\n")); err == nil || !strings.Contains(err.Error(), "bad.yaml") {
 		t.Errorf("broken YAML: %v, want an error naming the file", err)
 	}

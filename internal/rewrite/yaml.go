@@ -237,7 +237,7 @@ func (f *yamlFinder) span(n *yaml.Node) (edit, string) {
 		}
 	}
 	if n.Style&(yaml.LiteralStyle|yaml.FoldedStyle) != 0 {
-		return e, "a block string: " + errNotInPlace.Error()
+		return e, "a block string: " + notInPlace
 	}
 	if n.Style&(yaml.DoubleQuotedStyle|yaml.SingleQuotedStyle) != 0 {
 		if off >= len(src) || (src[off] != '"' && src[off] != '\'') {
@@ -249,10 +249,10 @@ func (f *yamlFinder) span(n *yaml.Node) (edit, string) {
 	if end > len(src) || string(src[off:end]) != n.Value {
 		// Escapes or a string folded over lines: the written text is not
 		// the value, and rewriting it would need the parser's rules.
-		return e, "an escaped or multi-line string: " + errNotInPlace.Error()
+		return e, "an escaped or multi-line string: " + notInPlace
 	}
 	if n.Style&(yaml.DoubleQuotedStyle|yaml.SingleQuotedStyle) != 0 && (end >= len(src) || src[end] != src[off-1]) {
-		return e, "an escaped string: " + errNotInPlace.Error()
+		return e, "an escaped string: " + notInPlace
 	}
 	return edit{start: off, end: end, old: n.Value}, ""
 }
