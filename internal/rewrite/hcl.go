@@ -1,6 +1,7 @@
 package rewrite
 
-// HCL: hclwrite's tree finds the image attributes; their string token's
+// HCL: hclwrite's tree finds the image attributes (and image items of
+// object constructors); their string token's
 // offset is the sum of the tokens before it, and the edit is made in the
 // original bytes. (Writing the tree back with File.Bytes would also keep
 // comments and order, but it spells every run of whitespace as spaces, so
@@ -31,8 +32,15 @@ func findHCL(path string, src []byte) ([]Ref, error) {
 	var refs []Ref
 	var walk func(*hclwrite.Body)
 	walk = func(b *hclwrite.Body) {
-		if a := b.GetAttribute("image"); a != nil {
-			refs = append(refs, hclRef(src, offsets, a.Expr().BuildTokens(nil)))
+		for name, a := range b.Attributes() {
+			toks := a.Expr().BuildTokens(nil)
+			if name == "image" {
+				refs = append(refs, hclRef(src, offsets, toks))
+				continue
+			}
+			for _, item := range objectImages(toks) {
+				refs = append(refs, hclRef(src, offsets, item))
+			}
 		}
 		for _, blk := range b.Blocks() {
 			walk(blk.Body())
@@ -40,6 +48,43 @@ func findHCL(path string, src []byte) ([]Ref, error) {
 	}
 	walk(file.Body())
 	return refs, nil
+}
+
+// objectImages finds image = "..." items of object constructors inside an
+// expression, as in ECS task definitions:
+//
+//	container_definitions = jsonencode([{ name = "app", image = "nginx:1.25" }])
+//
+// Only an item that is a lone string literal counts: the key starts an
+// item (after {, a comma or a newline) and the string ends it.
+func objectImages(toks hclwrite.Tokens) []hclwrite.Tokens {
+	var out []hclwrite.Tokens
+	for i := 1; i+4 < len(toks); i++ {
+		t := toks[i]
+		if t.Type != hclsyntax.TokenIdent || string(t.Bytes) != "image" {
+			continue
+		}
+		switch toks[i-1].Type {
+		case hclsyntax.TokenOBrace, hclsyntax.TokenComma, hclsyntax.TokenNewline:
+		default:
+			continue
+		}
+		if eq := toks[i+1].Type; eq != hclsyntax.TokenEqual && eq != hclsyntax.TokenColon {
+			continue
+		}
+		if toks[i+2].Type != hclsyntax.TokenOQuote || toks[i+3].Type != hclsyntax.TokenQuotedLit || toks[i+4].Type != hclsyntax.TokenCQuote {
+			continue
+		}
+		if i+5 < len(toks) {
+			switch toks[i+5].Type {
+			case hclsyntax.TokenComma, hclsyntax.TokenNewline, hclsyntax.TokenCBrace, hclsyntax.TokenComment:
+			default:
+				continue
+			}
+		}
+		out = append(out, toks[i+2:i+5])
+	}
+	return out
 }
 
 // hclRef reads an image attribute's expression: only "a plain string" is

@@ -20,7 +20,9 @@
 //     value is a string ("repo:tag"), or a mapping with a repository and a
 //     tag, and optionally a registry and a digest.
 //   - HCL (.tf, .tfvars, .hcl files): every attribute named image, in any
-//     block however nested, whose value is a plain string literal.
+//     block however nested, whose value is a plain string literal; and
+//     every image = "..." item of an object constructor, as in an ECS
+//     task definition's jsonencode([{ image = "..." }]).
 //
 // A Helm image mapping is pinned in its digest key when it has one (the
 // charts that have one build repo@digest or repo:tag@digest from it);

@@ -192,16 +192,23 @@ func TestHelmValuesBothShapes(t *testing.T) {
 	sameBytes(t, again, want)
 }
 
+// Terraform: image attributes in nested blocks and image items of object
+// constructors (an ECS task definition); map keys that only contain
+// "image", heredoc text and templates are not references.
 func TestTerraformNestedBlocksTabsAndHeredocs(t *testing.T) {
 	src, out := pinAll(t, "main.tf", []found{
 		{14, "nginx:1.25"},
-		{32, "ghcr.io/acme/app:v2.3.1"},
-		{37, "busybox:1.36@" + zeros},
+		{33, "ghcr.io/acme/app:v2.3.1"},
+		{38, "busybox:1.36@" + zeros},
+		{58, "public.ecr.aws/acme/worker:5"},
+		{61, "amazon/aws-for-fluent-bit:2.32.0"},
 	}, map[string]bool{`"nginx:${local.tag}"`: true})
 	want := expect(t, src,
 		`"nginx:1.25"`, `"nginx:1.25@`+digestOf("nginx:1.25")+`"`,
 		`"ghcr.io/acme/app:v2.3.1"`, `"ghcr.io/acme/app:v2.3.1@`+digestOf("ghcr.io/acme/app:v2.3.1")+`"`,
 		"busybox:1.36@"+zeros, "busybox:1.36@"+digestOf("busybox:1.36"),
+		`"public.ecr.aws/acme/worker:5"`, `"public.ecr.aws/acme/worker:5@`+digestOf("public.ecr.aws/acme/worker:5")+`"`,
+		`"amazon/aws-for-fluent-bit:2.32.0"`, `"amazon/aws-for-fluent-bit:2.32.0@`+digestOf("amazon/aws-for-fluent-bit:2.32.0")+`"`,
 	)
 	sameBytes(t, out, want)
 }

@@ -23,7 +23,8 @@ resource "kubernetes_deployment" "app" {
     template {
       metadata {
         annotations = {
-          image = "not:an-attribute-just-a-map-key"
+          "example.com/image" = "not-this:1"
+          images              = "not-this:2"
         }
       }
       spec {
@@ -47,4 +48,17 @@ resource "kubernetes_deployment" "app" {
       }
     }
   }
+}
+
+resource "aws_ecs_task_definition" "worker" {
+  family = "worker"
+  container_definitions = jsonencode([
+    {
+      name      = "worker"
+      image     = "public.ecr.aws/acme/worker:5" # the task's image
+      essential = true
+    },
+    { name = "log-router", image = "amazon/aws-for-fluent-bit:2.32.0", essential = false },
+    { name = "not-literal", image = local.sidecar_image },
+  ])
 }
