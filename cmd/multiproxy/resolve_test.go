@@ -1,7 +1,9 @@
 package main
 
 import (
+	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -133,6 +135,14 @@ func TestResolveWriteAndCheckFiles(t *testing.T) {
 		t.Errorf("--check error %q does not count the findings", stderr)
 	}
 	sameFile(t, yml, wantYAML) // --check only reads
+
+	// What CI sees: the real binary's exit status.
+	bin := exec.Command(buildBinary(t), "resolve", "--admin", p.AdminURL(), "--check", yml)
+	binOut, err := bin.Output()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 1 || !strings.Contains(string(binOut), ": drift: ") {
+		t.Errorf("the binary's --check: %v, want exit status 1 listing the drift:\n%s", err, binOut)
+	}
 
 	// -w fixes the drift: the digests move, nothing else.
 	if out, stderr, code := run(t, "resolve", "--admin", p.AdminURL(), "-w", yml, tf, compose); code != 0 {
