@@ -373,7 +373,7 @@ func TestCRLFAndByteOrderMark(t *testing.T) {
 	}
 }
 
-// BenchmarkPinRenderedChart: a rendered chart of 600 documents and 600
+// BenchmarkPinRenderedChart: a rendered chart of 500 documents and 600
 // image references (160 kB), found, pinned and read back. Three YAML
 // parses make most of the time.
 func BenchmarkPinRenderedChart(b *testing.B) {
