@@ -24,7 +24,9 @@ With -w, the arguments are files: Kubernetes manifests (one or many
 documents), Compose files, Helm values and Terraform HCL (.tf, .tfvars,
 .hcl). Every image reference in them is resolved through the proxy and
 rewritten in place to name:tag@sha256:..., a reference that has a digest
-already to its tag's current one. Nothing else in the files changes:
+already to its tag's current one. A Helm image mapping (repository, tag)
+is pinned in its digest key if it has one, else after its tag
+(tag: 1.25@sha256:...). Nothing else in the files changes:
 comments, order, quoting and indentation stay as they were. Each change
 is printed as FILE:LINE.
 
