@@ -105,7 +105,7 @@ func (f *fileResolver) run(ctx context.Context, files []string) error {
 		problems = append(problems, fmt.Sprintf("%d could not be resolved", f.unresolved))
 	}
 	if f.failedFiles > 0 {
-		problems = append(problems, fmt.Sprintf("%d files could not be read or written", f.failedFiles))
+		problems = append(problems, fmt.Sprintf("%d files could not be read, parsed or written", f.failedFiles))
 	}
 	if f.write {
 		fmt.Fprintf(f.out, "%d image references, %d pinned anew, in %d of %d files\n", f.refs, f.findings, f.changedFiles, len(files))

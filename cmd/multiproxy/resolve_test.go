@@ -190,6 +190,24 @@ func TestResolveUsage(t *testing.T) {
 	}
 }
 
+// A file that is missing or does not parse is named, and the others are
+// still checked.
+func TestResolveCheckBadFiles(t *testing.T) {
+	dir := t.TempDir()
+	broken := writeFile(t, dir, "broken.yaml", "services: [a\n")
+	missing := filepath.Join(dir, "missing.tf")
+	digestOnly := writeFile(t, dir, "ok.yaml", "services: {a: {image: 'app@sha256:"+strings.Repeat("0", 64)+"'}}\n")
+	out, stderr, code := run(t, "resolve", "--admin", "http://127.0.0.1:1", "--check", broken, missing, digestOnly)
+	if code != 1 {
+		t.Fatalf("exit %d, want 1: %s%s", code, out, stderr)
+	}
+	for _, want := range []string{broken + ": YAML document 1", missing, "of 1 image references: 2 files could not be read, parsed or written"} {
+		if !strings.Contains(stderr, want) {
+			t.Errorf("stderr lacks %q:\n%s", want, stderr)
+		}
+	}
+}
+
 func replaceOnce(t *testing.T, s string, repl ...string) string {
 	t.Helper()
 	for i := 0; i < len(repl); i += 2 {
