@@ -14,6 +14,7 @@ import (
 	"sync"
 	"text/tabwriter"
 	"time"
+	"unicode/utf8"
 
 	"github.com/multiproxy/multiproxy/internal/warm"
 )
@@ -522,10 +523,17 @@ func (d *Display) WriteSummary(w io.Writer) error {
 	_ = tw.Flush()
 	var b strings.Builder
 	// An empty DETAIL leaves the padding of SIZE at the end of a line.
+	// On a terminal a long DETAIL is cut rather than wrapped into the
+	// next row: the whole reason scrolled by above.
 	for _, l := range strings.SplitAfter(table.String(), "\n") {
-		if l != "" {
-			b.WriteString(strings.TrimRight(l, " \n") + "\n")
+		if l == "" {
+			continue
 		}
+		l = strings.TrimRight(l, " \n")
+		if d.opt.Live {
+			l = cut(l, d.width()-1)
+		}
+		b.WriteString(l + "\n")
 	}
 	fmt.Fprintf(&b, "\n%d of %d images cached", ncached, len(d.order))
 	for _, c := range []struct {
@@ -636,16 +644,17 @@ func bar(done, total int64, w int) string {
 	return strings.Repeat("=", fill-1) + ">" + strings.Repeat(" ", w-fill)
 }
 
-// cut shortens s to w columns. Lines are ASCII but for the names of
-// images, which references keep ASCII too.
+// cut shortens s to w columns, counting a rune as one: references are
+// ASCII, and a server's error text nearly so.
 func cut(s string, w int) string {
-	if len(s) <= w {
+	if utf8.RuneCountInString(s) <= w {
 		return s
 	}
+	r := []rune(s)
 	if w <= 3 {
-		return s[:max(w, 0)]
+		return string(r[:max(w, 0)])
 	}
-	return s[:w-3] + "..."
+	return string(r[:w-3]) + "..."
 }
 
 // size is a byte count in binary units, as registries and docker show them.

@@ -38,6 +38,9 @@ type screen struct {
 	width    int
 	rows     []string
 	row, col int
+	// wrap lets a line go on in the next row, as a terminal does; else
+	// a line that reaches the last column fails the test.
+	wrap bool
 }
 
 func (s *screen) write(b []byte) {
@@ -85,7 +88,10 @@ func (s *screen) write(b []byte) {
 			s.rows[s.row] = string(line)
 			s.col++
 			if s.col >= s.width {
-				s.t.Fatalf("line %q reaches the last column (%d) and would wrap", s.rows[s.row], s.width)
+				if !s.wrap {
+					s.t.Fatalf("line %q reaches the last column (%d) and would wrap", s.rows[s.row], s.width)
+				}
+				s.row, s.col = s.row+1, 0
 			}
 		}
 	}
@@ -347,5 +353,27 @@ func TestSizesAndDurations(t *testing.T) {
 		if got := duration(d); got != want {
 			t.Errorf("duration(%s) = %q, want %q", d, got, want)
 		}
+	}
+}
+
+func TestSummaryOnATerminalCutsLongDetailsInsteadOfWrapping(t *testing.T) {
+	c := newClock()
+	scr := &screen{t: t, width: 70}
+	d := New(scr, []string{"ghcr.io/example/broken-report:2"}, Options{Live: true, Now: c.now, Width: func() int { return 70 }})
+	long := "upstream ghcr.io answered 500 for a layer after 3 tries, and then once more"
+	// The finished line is whole; it may wrap, it is not redrawn.
+	scr.wrap = true
+	d.Event(warm.Event{Event: warm.EventFailed, Image: "ghcr.io/example/broken-report:2", Upstream: "ghcr.io", Error: long})
+	d.Close()
+	if !strings.Contains(strings.ReplaceAll(scr.text(), "\n", ""), long) {
+		t.Fatalf("the failure's line lacks the whole reason:\n%s", scr.text())
+	}
+	scr.wrap = false
+	if err := d.WriteSummary(scr); err != nil {
+		t.Fatal(err)
+	}
+	rows := lines(scr.text())
+	if got, want := rows[len(rows)-3], "ghcr.io/example/broken-report:2  ghcr.io   failed  -     upstream ..."; got != want {
+		t.Errorf("table row %q, want %q", got, want)
 	}
 }
