@@ -339,8 +339,10 @@ func (d *Display) liveLines(now time.Time) []string {
 	if len(shown) > maxActive {
 		shown = shown[:maxActive]
 	}
+	// The name column fits every image of the warm, not just those
+	// shown, so that the bars do not jump as images come and go.
 	refw := 0
-	for _, im := range shown {
+	for _, im := range d.order {
 		refw = max(refw, len(im.ref))
 	}
 	// The name, a bar of 10 to 30 columns and the figures share the

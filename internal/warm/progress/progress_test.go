@@ -210,11 +210,13 @@ func TestLiveDisplayRedrawsInPlace(t *testing.T) {
 	d.Event(prog(images[1], 10*MiB, 40*MiB))
 	d.Tick()
 	want := strings.Join([]string{
-		"  docker.io/library/nginx:1.25  [==============>               ]   50.0 MiB / 100.0 MiB   50%",
-		"  ghcr.io/example/webapp:1.4.2  [======>                       ]   10.0 MiB / 40.0 MiB    25%",
+		"  docker.io/library/nginx:1.25                [==========>           ]   50.0 MiB / 100.0 MiB   50%",
+		"  ghcr.io/example/webapp:1.4.2                [====>                 ]   10.0 MiB / 40.0 MiB    25%",
 		// 60 MiB in the 2.03s since the first frame.
 		"  0/3 cached, 1 waiting  |  60.0 MiB / 140.0 MiB  |  29.6 MiB/s  |  ETA > 3s  |  2s",
 	}, "\n")
+	// The name column is as wide as the longest name of the warm, so
+	// that the bars stay put when the statsd-exporter starts.
 	if got := scr.text(); got != want {
 		t.Errorf("screen:\n%s\nwant\n%s", got, want)
 	}
@@ -224,7 +226,7 @@ func TestLiveDisplayRedrawsInPlace(t *testing.T) {
 	d.Event(warm.Event{Event: warm.EventDone, Image: images[0], Upstream: "docker.io", Digest: "sha256:0123456789abcdef0123", Bytes: 100 * MiB, Blobs: 3})
 	want = strings.Join([]string{
 		"cached   docker.io/library/nginx:1.25 via docker.io  100.0 MiB in 3 blobs  sha256:0123456789ab",
-		"  ghcr.io/example/webapp:1.4.2  [======>                       ]   10.0 MiB / 40.0 MiB    25%",
+		"  ghcr.io/example/webapp:1.4.2                [====>                 ]   10.0 MiB / 40.0 MiB    25%",
 		"  1/3 cached, 1 waiting  |  110.0 MiB / 140.0 MiB  |  36.3 MiB/s  |  ETA > 1s  |  3s",
 	}, "\n")
 	if got := scr.text(); got != want {
