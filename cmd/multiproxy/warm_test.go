@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"net/http"
@@ -11,6 +12,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/multiproxy/multiproxy/internal/admin"
 	"github.com/multiproxy/multiproxy/internal/warm"
 )
 
@@ -218,7 +220,7 @@ func TestWarmAnswerCutShortExitsOneWithTheTable(t *testing.T) {
 	if code != 1 || !strings.Contains(stderr, "ended before its summary") {
 		t.Fatalf("exit %d: %q", code, stderr)
 	}
-	if !strings.Contains(out, "redis:7     docker.io  unfinished  -        the warm ended before this image did") {
+	if !strings.Contains(out, "\nredis:7     docker.io  unfinished  -\n") {
 		t.Errorf("stdout:\n%s", out)
 	}
 }
@@ -321,5 +323,31 @@ func TestWarmSendsTheConfiguredAdminToken(t *testing.T) {
 	defer ws.mu.Unlock()
 	if ws.auth != "Bearer s3cret" {
 		t.Errorf("Authorization = %q", ws.auth)
+	}
+}
+
+func TestWarmInterruptedShowsWhatIsUnfinished(t *testing.T) {
+	planned := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = w.Write([]byte(`{"event":"plan","image":"nginx","upstream":"docker.io"}` + "\n"))
+		w.(http.Flusher).Flush()
+		close(planned)
+		<-r.Context().Done()
+	}))
+	defer srv.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		<-planned
+		cancel() // as Ctrl-C does
+	}()
+	var out bytes.Buffer
+	err := runWarm(ctx, admin.Client{Base: srv.URL}, &out, warm.Request{Images: []string{"nginx"}})
+	var ee *exitError
+	if !errors.As(err, &ee) || ee.code != 1 || err.Error() != "warm: interrupted" {
+		t.Fatalf("err = %v", err)
+	}
+	if !strings.Contains(out.String(), "\nnginx  docker.io  unfinished  -\n\n0 of 1 images cached, 1 unfinished\n") {
+		t.Errorf("stdout:\n%s", out.String())
 	}
 }

@@ -517,8 +517,8 @@ func (d *Display) WriteSummary(w io.Writer) error {
 		case skipped:
 			nskipped++
 		default:
+			// "unfinished" says it all; why is the command's error.
 			nunfinished++
-			detail = "the warm ended before this image did"
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", im.ref, up, im.state, sz, detail)
 	}

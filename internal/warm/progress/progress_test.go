@@ -187,7 +187,7 @@ func TestAllCachedNeedsEveryImageAndTheSummary(t *testing.T) {
 	}
 	var out bytes.Buffer
 	_ = d.WriteSummary(&out)
-	if !strings.Contains(out.String(), "b      -         unfinished  -     the warm ended before this image did") ||
+	if !strings.Contains(out.String(), "\nb      -         unfinished  -\n") ||
 		!strings.Contains(out.String(), "1 of 2 images cached, 1 unfinished") {
 		t.Errorf("summary:\n%s", out.String())
 	}
