@@ -143,7 +143,8 @@ func runWarm(ctx context.Context, c admin.Client, stdout io.Writer, req warm.Req
 	ctx, cancel := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer cancel()
 	opt := progress.Options{DryRun: req.DryRun}
-	if f, ok := stdout.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+	// A dumb terminal cannot move the cursor up; it gets the plain lines.
+	if f, ok := stdout.(*os.File); ok && term.IsTerminal(int(f.Fd())) && os.Getenv("TERM") != "dumb" {
 		opt.Live = true
 		opt.Color = os.Getenv("NO_COLOR") == ""
 		opt.Width = func() int {

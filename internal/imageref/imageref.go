@@ -111,6 +111,9 @@ func FromManifests(name string, r io.Reader) ([]string, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
+	// Editors on Windows start a file with a byte order mark; JSON
+	// decoding does not skip it.
+	data = bytes.TrimPrefix(data, []byte("\ufeff"))
 	f := finder{name: name}
 	if isJSON(data) {
 		err = f.jsonStream(data)
@@ -127,7 +130,7 @@ func FromManifests(name string, r io.Reader) ([]string, error) {
 // written one after another without `---` (as `jq -c` prints them) are
 // not one YAML stream.
 func isJSON(data []byte) bool {
-	data = bytes.TrimLeft(data, " \t\r\n\ufeff")
+	data = bytes.TrimLeft(data, " \t\r\n")
 	return len(data) > 0 && (data[0] == '{' || data[0] == '[')
 }
 
@@ -171,7 +174,7 @@ func (f *finder) jsonStream(data []byte) error {
 			return fmt.Errorf("%s: document %d: line %d: %w", f.name, f.doc, lineAt(data, errOffset(err, dec.InputOffset())), err)
 		}
 		// The value starts after the whitespace that preceded it.
-		start += int64(len(data[start:]) - len(bytes.TrimLeft(data[start:], " \t\r\n\ufeff")))
+		start += int64(len(data[start:]) - len(bytes.TrimLeft(data[start:], " \t\r\n")))
 		f.base = lineAt(data, start) - 1
 		var n yaml.Node
 		if err := yaml.Unmarshal(raw, &n); err != nil {

@@ -91,6 +91,15 @@ func TestJSONValuesOneAfterAnother(t *testing.T) {
 	}
 }
 
+func TestByteOrderMarkIsSkipped(t *testing.T) {
+	for _, in := range []string{"\ufeff{\"spec\": {\"containers\": [{\"image\": \"nginx\"}]}}", "\ufeffspec:\n  containers:\n  - image: nginx\n"} {
+		got, err := FromManifests("bom", strings.NewReader(in))
+		if err != nil || !slices.Equal(got, []string{"nginx"}) {
+			t.Errorf("%q: %q, %v", in, got, err)
+		}
+	}
+}
+
 func TestManifestErrorsNameFileDocumentAndLine(t *testing.T) {
 	cases := []struct{ name, in, want string }{
 		{"yaml syntax", "kind: A\n---\nkind: B\nspec: [\n", "bad.yaml: document 2: yaml: line 4"},
