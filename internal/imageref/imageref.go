@@ -72,8 +72,10 @@ func normalize(ref string) (string, error) {
 	return reference.TagNameOnly(named).String(), nil
 }
 
-// FromList reads one reference per line. Blank lines and everything
-// after a '#' are ignored. name is the file's name for errors.
+// FromList reads one reference per line. Blank lines and comments are
+// ignored: a '#' that starts a line or follows a space or tab, as the
+// server reads the files of warm.lists, so that one file means the same
+// to both. name is the file's name for errors.
 func FromList(name string, r io.Reader) ([]string, error) {
 	var s Set
 	sc := bufio.NewScanner(r)
@@ -81,8 +83,11 @@ func FromList(name string, r io.Reader) ([]string, error) {
 	for sc.Scan() {
 		line++
 		text := sc.Text()
-		if i := strings.IndexByte(text, '#'); i >= 0 {
-			text = text[:i]
+		for i := 0; i < len(text); i++ {
+			if text[i] == '#' && (i == 0 || text[i-1] == ' ' || text[i-1] == '\t') {
+				text = text[:i]
+				break
+			}
 		}
 		fields := strings.Fields(text)
 		switch len(fields) {

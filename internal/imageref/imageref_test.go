@@ -132,7 +132,7 @@ func TestEmptyImagesAreNotWarmed(t *testing.T) {
 }
 
 func TestList(t *testing.T) {
-	in := "# images of the 1.4 release\n\nnginx:1.25\n  ghcr.io/example/webapp:1.4.2   # the app\nnginx:1.25\ndocker.io/library/nginx:1.25\nquay.io/x/y:v1@sha256:0d3b5e2f6b9a7d4c1e8f2a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f\n"
+	in := "# images of the 1.4 release\n\nnginx:1.25\n  ghcr.io/example/webapp:1.4.2\t# the app\n    # indented comment\nnginx:1.25\ndocker.io/library/nginx:1.25\nquay.io/x/y:v1@sha256:0d3b5e2f6b9a7d4c1e8f2a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f\n"
 	got, err := FromList("list.txt", strings.NewReader(in))
 	if err != nil {
 		t.Fatal(err)
@@ -148,6 +148,8 @@ func TestListErrorsNameFileAndLine(t *testing.T) {
 	for in, want := range map[string]string{
 		"nginx\n\nnginx alpine\n":    "list.txt:3: 2 words",
 		"# c\nnginx\nhttp://x/y:1\n": `list.txt:3: invalid reference "http://x/y:1"`,
+		// Not a comment: nothing is cut off a reference silently.
+		"nginx:1.25#latest\n": `list.txt:1: invalid reference "nginx:1.25#latest"`,
 	} {
 		_, err := FromList("list.txt", strings.NewReader(in))
 		if err == nil || !strings.Contains(err.Error(), want) {
