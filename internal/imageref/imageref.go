@@ -221,8 +221,8 @@ func (f *finder) walk(n *yaml.Node) error {
 	case yaml.MappingNode:
 		for i := 0; i+1 < len(n.Content); i += 2 {
 			k, v := n.Content[i], n.Content[i+1]
-			if k.Kind == yaml.ScalarNode && containerLists[k.Value] && v.Kind == yaml.SequenceNode {
-				if err := f.containers(k.Value, v); err != nil {
+			if k.Kind == yaml.ScalarNode && containerLists[k.Value] && deref(v).Kind == yaml.SequenceNode {
+				if err := f.containers(k.Value, deref(v)); err != nil {
 					return err
 				}
 				continue
@@ -238,6 +238,7 @@ func (f *finder) walk(n *yaml.Node) error {
 // containers takes the image of each entry of a container list.
 func (f *finder) containers(list string, seq *yaml.Node) error {
 	for i, c := range seq.Content {
+		c = deref(c)
 		if c.Kind != yaml.MappingNode {
 			continue
 		}
@@ -246,7 +247,9 @@ func (f *finder) containers(list string, seq *yaml.Node) error {
 			if k.Value != "image" {
 				continue
 			}
-			where := fmt.Sprintf("%s: document %d: line %d: %s[%d].image", f.name, f.doc, f.base+v.Line, list, i)
+			line := v.Line
+			v = deref(v)
+			where := fmt.Sprintf("%s: document %d: line %d: %s[%d].image", f.name, f.doc, f.base+line, list, i)
 			if v.Kind != yaml.ScalarNode {
 				return fmt.Errorf("%s: not a string", where)
 			}
@@ -261,4 +264,16 @@ func (f *finder) containers(list string, seq *yaml.Node) error {
 		}
 	}
 	return nil
+}
+
+// deref follows a YAML alias (*name) to its anchored node. The walk
+// itself does not follow aliases: every anchored node is walked where it
+// is defined, and following them could multiply the work (a "billion
+// laughs" document). Only a container list, its entries and an image,
+// which may be aliases of nodes defined elsewhere, are followed, one step.
+func deref(n *yaml.Node) *yaml.Node {
+	if n.Kind == yaml.AliasNode && n.Alias != nil {
+		return n.Alias
+	}
+	return n
 }

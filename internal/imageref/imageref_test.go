@@ -75,6 +75,36 @@ func TestManifestsWithPodTemplatesOfEveryKind(t *testing.T) {
 	}
 }
 
+func TestAnchorsAndAliases(t *testing.T) {
+	// Hand-written manifests share parts with anchors; an alias may stand
+	// for a container list, an entry or an image defined outside a pod
+	// spec.
+	in := `x-versions:
+  proxy: &proxy envoyproxy/envoy:v1.31.0
+x-containers: &sidecars
+  - name: proxy
+    image: *proxy
+x-debug: &debug
+  name: debug
+  image: busybox:1.36
+kind: Pod
+spec:
+  initContainers: *sidecars
+  containers:
+  - name: app
+    image: ghcr.io/example/app:2
+  ephemeralContainers:
+  - *debug
+`
+	got, err := FromManifests("anchors.yaml", strings.NewReader(in))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"envoyproxy/envoy:v1.31.0", "ghcr.io/example/app:2", "busybox:1.36"}; !slices.Equal(got, want) {
+		t.Errorf("got %q, want %q", got, want)
+	}
+}
+
 func TestJSONValuesOneAfterAnother(t *testing.T) {
 	// `kubectl get pods -o json | jq -c '.items[]'` prints one object per
 	// line without `---`, which is not a YAML stream.
