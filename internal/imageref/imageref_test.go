@@ -4,6 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -197,5 +198,29 @@ func TestSetKeepsTheFirstSpelling(t *testing.T) {
 	}
 	if want := []string{"nginx", "nginx:1.25", "ghcr.io/a/b"}; !slices.Equal(s.List(), want) {
 		t.Errorf("got %q, want %q", s.List(), want)
+	}
+}
+
+// A rendered chart of 500 Deployments, about what `helm template` of a
+// large platform prints.
+func BenchmarkFromManifests(b *testing.B) {
+	var sb strings.Builder
+	for i := range 500 {
+		sb.WriteString("---\n# Source: platform/templates/deploy-" + strconv.Itoa(i) + ".yaml\n")
+		sb.WriteString("apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: svc-" + strconv.Itoa(i) +
+			"\n  labels: {app: svc, tier: backend}\nspec:\n  replicas: 2\n  template:\n    metadata:\n      labels: {app: svc}\n    spec:\n" +
+			"      initContainers:\n      - name: init\n        image: busybox:1.36\n        command: [sh, -c, 'true']\n" +
+			"      containers:\n      - name: app\n        image: ghcr.io/example/svc-" + strconv.Itoa(i) + ":1.0." + strconv.Itoa(i) +
+			"\n        ports: [{containerPort: 8080}]\n        env: [{name: A, value: b}, {name: C, value: d}]\n" +
+			"        resources: {requests: {cpu: 100m, memory: 128Mi}}\n")
+	}
+	data := sb.String()
+	b.SetBytes(int64(len(data)))
+	b.ResetTimer()
+	for b.Loop() {
+		refs, err := FromManifests("chart", strings.NewReader(data))
+		if err != nil || len(refs) != 501 {
+			b.Fatal(len(refs), err)
+		}
 	}
 }
