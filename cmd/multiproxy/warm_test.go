@@ -171,11 +171,11 @@ func TestWarmCachesEveryImageAndExitsZero(t *testing.T) {
 	if !slices.Equal(req.Images, want) || !slices.Equal(req.Platforms, []string{"linux/amd64", "linux/arm64"}) || req.DryRun {
 		t.Errorf("server got %+v, want images %q", req, want)
 	}
-	wantOut := `cached   redis:7 via docker.io  3.0 MiB in 3 blobs  sha256:abababababab
-cached   alpine:3.20 via docker.io  3.0 MiB in 3 blobs  sha256:abababababab
-cached   nginx:1.25 via docker.io  3.0 MiB in 3 blobs  sha256:abababababab
-cached   ghcr.io/example/app:1.4.2 via ghcr.io  3.0 MiB in 3 blobs  sha256:abababababab
-cached   quay.io/example/report:v3 via quay.io  3.0 MiB in 3 blobs  sha256:abababababab
+	wantOut := `cached   redis:7  3.0 MiB, 3 blobs  sha256:abababababab
+cached   alpine:3.20  3.0 MiB, 3 blobs  sha256:abababababab
+cached   nginx:1.25  3.0 MiB, 3 blobs  sha256:abababababab
+cached   ghcr.io/example/app:1.4.2  3.0 MiB, 3 blobs  sha256:abababababab
+cached   quay.io/example/report:v3  3.0 MiB, 3 blobs  sha256:abababababab
 
 IMAGE                      UPSTREAM   STATUS  SIZE     DETAIL
 redis:7                    docker.io  cached  3.0 MiB
@@ -326,28 +326,44 @@ func TestWarmSendsTheConfiguredAdminToken(t *testing.T) {
 	}
 }
 
+// cancelOnWrite cancels a context at the command's first output, which
+// it writes only once it has taken an event.
+type cancelOnWrite struct {
+	bytes.Buffer
+	cancel context.CancelFunc
+}
+
+func (c *cancelOnWrite) Write(p []byte) (int, error) {
+	c.cancel()
+	return c.Buffer.Write(p)
+}
+
 func TestWarmInterruptedShowsWhatIsUnfinished(t *testing.T) {
-	planned := make(chan struct{})
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		_, _ = w.Write([]byte(`{"event":"plan","image":"nginx","upstream":"docker.io"}` + "\n"))
+		_, _ = w.Write([]byte(`{"event":"plan","image":"nginx","upstream":"docker.io"}` + "\n" +
+			`{"event":"skipped","image":"example.com/x:1","reason":"no upstream serves registry example.com"}` + "\n"))
 		w.(http.Flusher).Flush()
-		close(planned)
 		<-r.Context().Done()
 	}))
 	defer srv.Close()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	go func() {
-		<-planned
-		cancel() // as Ctrl-C does
-	}()
-	var out bytes.Buffer
-	err := runWarm(ctx, admin.Client{Base: srv.URL}, &out, warm.Request{Images: []string{"nginx"}})
+	// Cancelled as Ctrl-C does, once the skipped line is out.
+	out := &cancelOnWrite{cancel: cancel}
+	err := runWarm(ctx, admin.Client{Base: srv.URL}, out, warm.Request{Images: []string{"nginx", "example.com/x:1"}})
 	var ee *exitError
 	if !errors.As(err, &ee) || ee.code != 1 || err.Error() != "warm: interrupted" {
 		t.Fatalf("err = %v", err)
 	}
-	if !strings.Contains(out.String(), "\nnginx  docker.io  unfinished  -\n\n0 of 1 images cached, 1 unfinished\n") {
-		t.Errorf("stdout:\n%s", out.String())
+	want := `skipped  example.com/x:1: no upstream serves registry example.com
+
+IMAGE            UPSTREAM   STATUS      SIZE  DETAIL
+nginx            docker.io  unfinished  -
+example.com/x:1  -          skipped     -     no upstream serves registry example.com
+
+0 of 2 images cached, 1 skipped, 1 unfinished
+`
+	if out.String() != want {
+		t.Errorf("stdout:\n%s\nwant\n%s", out.String(), want)
 	}
 }

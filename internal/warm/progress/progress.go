@@ -87,8 +87,8 @@ type Display struct {
 	summary  *warm.Event
 	begin    time.Time
 	samples  []sample
-	pending  []string // finished lines not yet written above the live area
-	drawn    int      // lines of the live area on screen now
+	pending  []line // finished lines not yet written above the live area
+	drawn    int    // lines of the live area on screen now
 	lastDraw time.Time
 	dirty    bool
 	closed   bool
@@ -128,7 +128,7 @@ func (d *Display) Event(ev warm.Event) {
 			im.upstream = ev.Upstream
 		}
 	}
-	finished := ""
+	var finished *line
 	switch ev.Event {
 	case warm.EventPlan:
 		if im != nil && im.state == waiting {
@@ -168,10 +168,7 @@ func (d *Display) Event(ev warm.Event) {
 		}
 	case warm.EventStopped:
 		d.stopped = append(d.stopped, ev)
-		finished = fmt.Sprintf("%-8s %s: %s", "stopped", ev.Upstream, ev.Reason)
-		if d.opt.Color && d.opt.Live {
-			finished = yellow + "stopped" + reset + finished[len("stopped"):]
-		}
+		finished = &line{word: "stopped", color: yellow, rest: ev.Upstream + ": " + ev.Reason}
 	case warm.EventSummary:
 		s := ev
 		d.summary = &s
@@ -180,13 +177,13 @@ func (d *Display) Event(ev warm.Event) {
 		return
 	}
 	if !d.opt.Live {
-		if finished != "" {
-			fmt.Fprintln(d.w, finished)
+		if finished != nil {
+			fmt.Fprintln(d.w, finished.render(false, 0))
 		}
 		return
 	}
-	if finished != "" {
-		d.pending = append(d.pending, finished)
+	if finished != nil {
+		d.pending = append(d.pending, *finished)
 	}
 	d.dirty = true
 	if d.opt.Now().Sub(d.lastDraw) >= redrawEvery {
@@ -208,28 +205,41 @@ const (
 	red    = "\x1b[31m"
 	green  = "\x1b[32m"
 	yellow = "\x1b[33m"
-	dim    = "\x1b[2m"
 	reset  = "\x1b[0m"
 )
 
-// finishedLine is the line an image leaves when it is done with.
-func (d *Display) finishedLine(im *image) string {
-	var rest string
-	switch im.state {
-	case cached:
-		rest = fmt.Sprintf("%s via %s  %s in %d blobs  %s", im.ref, im.upstream, size(im.bytes), im.blobs, shortDigest(im.digest))
-	case failed:
-		rest = fmt.Sprintf("%s via %s: %s", im.ref, im.upstream, im.reason)
-	case skipped:
-		rest = fmt.Sprintf("%s: %s", im.ref, im.reason)
+// line is what an image (or a stopped upstream) leaves when it is done
+// with: a status word, then what happened.
+type line struct {
+	word, color, rest string
+	// short says that the line may be cut to the terminal's width: a
+	// cached image's line says nothing that the table does not, while a
+	// reason for a failure must be read whole.
+	short bool
+}
+
+func (l line) render(color bool, width int) string {
+	tag := fmt.Sprintf("%-8s ", l.word)
+	rest := l.rest
+	if l.short && width > 0 {
+		rest = cut(rest, width-1-len(tag))
 	}
-	word := im.state.String()
-	tag := fmt.Sprintf("%-8s ", word)
-	if d.opt.Color && d.opt.Live {
-		color := map[state]string{cached: green, failed: red, skipped: yellow}[im.state]
-		tag = color + word + reset + tag[len(word):]
+	if color {
+		tag = l.color + l.word + reset + tag[len(l.word):]
 	}
 	return tag + rest
+}
+
+func (d *Display) finishedLine(im *image) *line {
+	switch im.state {
+	case cached:
+		return &line{word: "cached", color: green, short: true,
+			rest: fmt.Sprintf("%s  %s, %d blobs  %s", im.ref, size(im.bytes), im.blobs, shortDigest(im.digest))}
+	case failed:
+		return &line{word: "failed", color: red, rest: fmt.Sprintf("%s via %s: %s", im.ref, im.upstream, im.reason)}
+	default:
+		return &line{word: "skipped", color: yellow, rest: fmt.Sprintf("%s: %s", im.ref, im.reason)}
+	}
 }
 
 func shortDigest(dg string) string {
@@ -291,9 +301,13 @@ func (d *Display) Close() {
 	d.redraw()
 }
 
-// redraw goes back up over the live area, clears to the end of the
-// screen, writes the lines that finished since, then the live area again,
-// all in one write so that the terminal never shows half a frame.
+// redraw goes back up over the live area and writes over it the lines
+// that finished since, then the live area again, all in one write so that
+// the terminal never shows half a frame. Each line clears its row first
+// and after its end (a finished line may wrap); what the last frame had
+// below the new one is cleared at the end. Never from the top-left
+// corner, where a frame starts after `clear`: tmux moves the whole screen
+// into its scrollback then, leaving a stale frame there.
 func (d *Display) redraw() {
 	now := d.opt.Now()
 	d.sample(now)
@@ -301,18 +315,24 @@ func (d *Display) redraw() {
 	if d.drawn > 0 {
 		fmt.Fprintf(&b, "\r\x1b[%dA", d.drawn)
 	}
-	b.WriteString("\x1b[J")
+	var lines []string
 	for _, l := range d.pending {
-		b.WriteString(l)
-		b.WriteByte('\n')
+		lines = append(lines, l.render(d.opt.Color, d.width()))
 	}
 	d.pending = d.pending[:0]
-	lines := d.liveLines(now)
+	live := d.liveLines(now)
+	lines = append(lines, live...)
 	for _, l := range lines {
-		b.WriteString(l)
-		b.WriteByte('\n')
+		b.WriteString("\x1b[2K" + l + "\x1b[K\n")
 	}
-	d.drawn = len(lines)
+	switch {
+	case len(lines) > 0:
+		b.WriteString("\x1b[J")
+	case d.drawn > 0:
+		b.WriteString(strings.Repeat("\x1b[2K\n", d.drawn))
+		fmt.Fprintf(&b, "\x1b[%dA", d.drawn)
+	}
+	d.drawn = len(live)
 	_, _ = io.WriteString(d.w, b.String())
 	d.lastDraw, d.dirty = now, false
 }

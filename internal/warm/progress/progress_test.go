@@ -67,7 +67,21 @@ func (s *screen) write(b []byte) {
 				if s.row < 0 {
 					s.t.Fatalf("cursor up %d goes above the screen", n)
 				}
+			case 'K':
+				switch arg {
+				case "", "0":
+					s.rows[s.row] = s.rows[s.row][:min(s.col, len(s.rows[s.row]))]
+				case "2":
+					s.rows[s.row] = ""
+				default:
+					s.t.Fatalf("unexpected control sequence %q", b[i:j+1])
+				}
 			case 'J':
+				if s.row == 0 && s.col == 0 {
+					// As after `clear`: tmux would move the whole
+					// screen into its scrollback, a stale frame there.
+					s.t.Fatal("clear to the end of the screen from the top-left corner")
+				}
 				s.rows = s.rows[:s.row+1]
 				s.rows[s.row] = s.rows[s.row][:min(s.col, len(s.rows[s.row]))]
 			case 'm':
@@ -135,7 +149,7 @@ func TestPlainOutputIsOneLinePerFinishedImage(t *testing.T) {
 	}
 	want := []string{
 		"skipped  example.com/x:1: no upstream serves registry example.com",
-		"cached   nginx:1.25 via docker.io  70.0 MiB in 7 blobs  sha256:a484819eb602",
+		"cached   nginx:1.25  70.0 MiB, 7 blobs  sha256:a484819eb602",
 		"failed   ghcr.io/org/app:v2 via ghcr.io: manifest unknown",
 		"stopped  docker.io: upstream ratelimit-remaining 8 is below warm.min_remaining 10",
 		"failed   redis:7 via docker.io: not warmed: stopped at the rate-limit floor",
@@ -225,7 +239,7 @@ func TestLiveDisplayRedrawsInPlace(t *testing.T) {
 	c.add(time.Second)
 	d.Event(warm.Event{Event: warm.EventDone, Image: images[0], Upstream: "docker.io", Digest: "sha256:0123456789abcdef0123", Bytes: 100 * MiB, Blobs: 3})
 	want = strings.Join([]string{
-		"cached   docker.io/library/nginx:1.25 via docker.io  100.0 MiB in 3 blobs  sha256:0123456789ab",
+		"cached   docker.io/library/nginx:1.25  100.0 MiB, 3 blobs  sha256:0123456789ab",
 		"  ghcr.io/example/webapp:1.4.2                [====>                 ]   10.0 MiB / 40.0 MiB    25%",
 		"  1/3 cached, 1 waiting  |  110.0 MiB / 140.0 MiB  |  36.3 MiB/s  |  ETA > 1s  |  3s",
 	}, "\n")
@@ -237,7 +251,7 @@ func TestLiveDisplayRedrawsInPlace(t *testing.T) {
 	d.Event(warm.Event{Event: warm.EventFailed, Image: images[1], Upstream: "ghcr.io", Error: "upstream answered 500"})
 	d.Close()
 	want = strings.Join([]string{
-		"cached   docker.io/library/nginx:1.25 via docker.io  100.0 MiB in 3 blobs  sha256:0123456789ab",
+		"cached   docker.io/library/nginx:1.25  100.0 MiB, 3 blobs  sha256:0123456789ab",
 		"failed   ghcr.io/example/webapp:1.4.2 via ghcr.io: upstream answered 500",
 	}, "\n")
 	if got := scr.text(); got != want {
@@ -305,6 +319,14 @@ func TestLiveDisplayFitsANarrowTerminalAndManyImages(t *testing.T) {
 	// The tag end of a long name is kept: it tells the images apart.
 	if !strings.Contains(rows[0], "service-name-0:2026.01.02") {
 		t.Errorf("first row %q", rows[0])
+	}
+	// A cached image's line is cut to the width (the screen fails the
+	// test if a line wraps); the table has what it loses.
+	d.Event(warm.Event{Event: warm.EventDone, Image: images[0], Upstream: "registry.example.org", Digest: "sha256:0123456789abcdef0123", Bytes: 10 * MiB, Blobs: 2})
+	c.add(200 * time.Millisecond)
+	d.Close()
+	if got, want := scr.text(), "cached   registry.example.org/team/a-rather-long-service..."; got != want {
+		t.Errorf("after Close: %q, want %q", got, want)
 	}
 }
 
