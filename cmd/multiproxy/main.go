@@ -71,6 +71,7 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 	root.AddCommand(serveCmd(stderr), configCmd(stdout), resolveCmd(stdout), purgeCmd(stdout), gcCmd(stdout),
 		containerdCmd(stdout, stderr), containersCmd(stdout, stderr), dockerCmd(stdout, stderr),
 		healthcheckCmd(stdout), versionCmd(stdout))
+	root.AddCommand(warmCmd(stdout))
 	return root
 }
 
