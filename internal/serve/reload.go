@@ -196,7 +196,7 @@ func (p *Process) startBackground(ctx context.Context) error {
 	bg, stop := context.WithCancel(context.WithoutCancel(ctx))
 	p.stopBg = stop
 	go p.recycler.Run(bg)
-	return nil
+	return p.startWarm()
 }
 
 func (p *Process) stopBackground() {
@@ -206,6 +206,7 @@ func (p *Process) stopBackground() {
 	if p.gc != nil {
 		p.gc.Stop()
 	}
+	p.stopWarm()
 }
 
 // Reload applies next without a restart. Upstreams whose configuration did

@@ -22,6 +22,7 @@ import (
 	"github.com/multiproxy/multiproxy/internal/metrics"
 	"github.com/multiproxy/multiproxy/internal/proxy"
 	"github.com/multiproxy/multiproxy/internal/recycle"
+	"github.com/multiproxy/multiproxy/internal/warm"
 )
 
 // Process is a running multiproxy.
@@ -46,7 +47,8 @@ type Process struct {
 	adminAddr string
 	serveErr  chan error
 	closed    bool
-	cluster   *cluster // nil without coordination.redis
+	cluster   *cluster        // nil without coordination.redis
+	warmSched *warm.Scheduler // nil without warm.lists
 }
 
 type running struct {

@@ -1,0 +1,105 @@
+package serve
+
+// The wiring of cache warming (internal/warm): POST /api/v1/warm and the
+// lists warmed on warm.lists' schedules, each run over the upstreams and
+// warm settings as they are at its start, so that a reload is followed.
+
+import (
+	"context"
+	"errors"
+	"net/http"
+
+	"github.com/distribution/distribution/v3"
+	"github.com/distribution/reference"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/multiproxy/multiproxy/internal/admin"
+	"github.com/multiproxy/multiproxy/internal/warm"
+)
+
+// Warm implements admin.Warmer.
+func (p *Process) Warm(ctx context.Context, req warm.Request, emit func(warm.Event)) error {
+	err := p.warm(ctx, "api", req, emit)
+	if err != nil {
+		// Run refuses only a bad request, before any event.
+		return &admin.StatusError{Status: http.StatusBadRequest, Err: err}
+	}
+	return nil
+}
+
+// warm runs one warm over the current upstreams.
+func (p *Process) warm(ctx context.Context, origin string, req warm.Request, emit func(warm.Event)) error {
+	ups, cfg := p.snapshot()
+	o := warm.Options{
+		Platforms:    cfg.Warm.Platforms,
+		MinRemaining: cfg.Warm.MinRemaining,
+		Concurrency:  cfg.Warm.Concurrency,
+		Observer:     p.metrics,
+		Logger:       p.log,
+		Origin:       origin,
+	}
+	for _, r := range ups {
+		o.Upstreams = append(o.Upstreams, warm.Upstream{
+			Name:    r.name,
+			Serves:  r.cfg.Serves,
+			Handler: r.handler,
+			Remaining: func() (float64, bool) {
+				n := p.metrics.Summary(r.name).RateLimitRemaining
+				if n == nil {
+					return 0, false
+				}
+				return *n, true
+			},
+			Stored: func(ctx context.Context, repo string, d digest.Digest) (bool, error) {
+				return blobStored(ctx, r, repo, d)
+			},
+		})
+	}
+	return warm.Run(ctx, o, req, emit)
+}
+
+// blobStored reports whether upstream r's store holds blob d, linked in
+// repo as a pull of it needs.
+func blobStored(ctx context.Context, r *running, repo string, d digest.Digest) (bool, error) {
+	named, err := reference.WithName(repo)
+	if err != nil {
+		return false, err
+	}
+	rep, err := r.server.Cache().Namespace().Repository(ctx, named)
+	if err != nil {
+		return false, err
+	}
+	_, err = rep.Blobs(ctx).Stat(ctx, d)
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.Is(err, distribution.ErrBlobUnknown):
+		return false, nil
+	}
+	return false, err
+}
+
+// startWarm schedules the config's warm lists.
+func (p *Process) startWarm() error {
+	_, cfg := p.snapshot()
+	if len(cfg.Warm.Lists) == 0 {
+		return nil
+	}
+	sched, err := warm.NewScheduler(cfg.Warm.Lists, p.warm, p.log)
+	if err != nil {
+		return err
+	}
+	p.warmSched = sched
+	sched.Start()
+	return nil
+}
+
+// stopWarm stops the schedules and the scheduled warms running.
+func (p *Process) stopWarm() {
+	if p.warmSched != nil {
+		p.warmSched.Stop()
+		p.warmSched = nil
+	}
+}
+
+var _ admin.Warmer = (*Process)(nil)
