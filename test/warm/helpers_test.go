@@ -24,7 +24,7 @@ import (
 type watch struct {
 	mu       sync.Mutex
 	blobGETs map[string]int // digest -> GETs
-	paths    []string       // "GET /v2/..." in order
+	paths    []string       // "GET /v2/..." in order, but for /v2/ itself
 	manifest int            // manifest GETs
 	budget   int            // 0: no ratelimit header
 }
@@ -34,7 +34,9 @@ func newWatch() *watch { return &watch{blobGETs: map[string]int{}} }
 func (w *watch) wrap(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
 		w.mu.Lock()
-		if r.Method == http.MethodGet {
+		// Manifests and blobs only: the health probe's GET /v2/ is no
+		// fetch.
+		if r.Method == http.MethodGet && r.URL.Path != "/v2/" {
 			w.paths = append(w.paths, r.Method+" "+r.URL.Path)
 			if i := strings.Index(r.URL.Path, "/blobs/"); i >= 0 && !strings.Contains(r.URL.Path, "/uploads/") {
 				w.blobGETs[r.URL.Path[i+len("/blobs/"):]]++
