@@ -128,11 +128,14 @@ type descriptor struct {
 	MediaType string        `json:"mediaType"`
 	Digest    digest.Digest `json:"digest"`
 	Size      int64         `json:"size"`
-	Platform  *struct {
-		OS           string `json:"os"`
-		Architecture string `json:"architecture"`
-		Variant      string `json:"variant"`
-	} `json:"platform"`
+	Platform  *descPlatform `json:"platform"`
+}
+
+// descPlatform is an index entry's platform.
+type descPlatform struct {
+	OS           string `json:"os"`
+	Architecture string `json:"architecture"`
+	Variant      string `json:"variant"`
 }
 
 // fetchManifest GETs repo's manifest ref (a tag or digest) through h and
