@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/validate"
 
@@ -129,6 +130,20 @@ func pull(p *ts.Proxy, t *testing.T, upstream, repoAndRef string, index bool) er
 	}
 	if err := validate.Image(img); err != nil {
 		return fmt.Errorf("verify %s: %w", repoAndRef, err)
+	}
+	return nil
+}
+
+// pullPlatform pulls the image of one architecture from an index, as a
+// node of that architecture does, and verifies it.
+func pullPlatform(p *ts.Proxy, t *testing.T, upstream, repoAndRef, arch string) error {
+	ref := p.Ref(t, upstream, repoAndRef)
+	img, err := remote.Image(ref, append(ts.PullOptions(), remote.WithPlatform(v1.Platform{OS: "linux", Architecture: arch}))...)
+	if err != nil {
+		return fmt.Errorf("pull %s for %s: %w", repoAndRef, arch, err)
+	}
+	if err := validate.Image(img); err != nil {
+		return fmt.Errorf("verify %s for %s: %w", repoAndRef, arch, err)
 	}
 	return nil
 }
