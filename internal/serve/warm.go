@@ -53,6 +53,9 @@ func (p *Process) warm(ctx context.Context, origin string, req warm.Request, emi
 			Stored: func(ctx context.Context, repo string, d digest.Digest) (bool, error) {
 				return blobStored(ctx, r, repo, d)
 			},
+			// With coordination, another replica may be committing the
+			// blob to the shared bucket: only the bounded wait applies.
+			Filling: func() bool { return p.cluster != nil || r.server.Cache().FillsInFlight() > 0 },
 		})
 	}
 	return warm.Run(ctx, o, req, emit)

@@ -2,6 +2,7 @@ package warm
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -32,6 +33,11 @@ type Upstream struct {
 	// A client gets a blob's last byte before the cache commits it; a
 	// warm says an image is done only once it is kept.
 	Stored func(ctx context.Context, repo string, d digest.Digest) (bool, error)
+	// Filling reports whether the cache may still be committing a blob;
+	// false lets a warm give up on a blob the cache passed through
+	// without keeping (no room above disk.min_free) at once rather than
+	// after storedWait. Nil: it may always be.
+	Filling func() bool
 }
 
 // Observer counts what warms do; *metrics.Metrics is one.
@@ -229,7 +235,12 @@ func (r *run) fail(j job, msg string, cause error) {
 	r.mu.Lock()
 	r.failed++
 	r.mu.Unlock()
-	if cause != nil {
+	var hp *handlerPanic
+	switch {
+	case errors.As(cause, &hp) && hp.value != http.ErrAbortHandler:
+		r.log.Error("warm: the handler panicked", "image", j.image, "upstream", j.up.Name,
+			"panic", fmt.Sprint(hp.value), "stack", string(hp.stack))
+	case cause != nil:
 		r.log.Warn("warm: image failed", "image", j.image, "upstream", j.up.Name, "err", cause)
 	}
 	r.observe(j.up.Name, metrics.WarmFailed)
@@ -357,17 +368,24 @@ func (r *run) waitStored(ctx context.Context, up *Upstream, repo string, d diges
 	}
 	ctx, cancel := context.WithTimeout(ctx, storedWait)
 	defer cancel()
+	notKept := fmt.Errorf("blob %s: read through the cache, but the cache did not keep it", d)
 	for {
+		// Filling is read first: a fill that ends between the two calls
+		// has committed before Stored looks.
+		filling := up.Filling == nil || up.Filling()
 		ok, err := up.Stored(ctx, repo, d)
 		if ok {
 			return nil
+		}
+		if !filling && err == nil {
+			return notKept
 		}
 		select {
 		case <-ctx.Done():
 			if err != nil {
 				r.log.Warn("warm: look up a stored blob", "upstream", up.Name, "repository", repo, "digest", d, "err", err)
 			}
-			return fmt.Errorf("blob %s: read through the cache, but the cache did not keep it", d)
+			return notKept
 		case <-time.After(storedPoll):
 		}
 	}

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"runtime/debug"
 	"strings"
 
 	"github.com/opencontainers/go-digest"
@@ -76,8 +77,25 @@ func (s *sink) Write(p []byte) (int, error) {
 // to flush.
 func (s *sink) Flush() {}
 
-// get sends GET path through h and returns the sink with the answer.
-func get(ctx context.Context, h http.Handler, path, accept string, s *sink) error {
+// handlerPanic is a panic of the handler a warm called in-process, which
+// net/http would have recovered for a client. Its message is for the
+// client; the value and stack are for the log.
+type handlerPanic struct {
+	value any
+	stack []byte
+}
+
+func (p *handlerPanic) Error() string {
+	if p.value == http.ErrAbortHandler {
+		// What a client sees as a connection cut mid-answer: the
+		// upstream's stream broke off, or did not verify.
+		return "the cache broke the answer off"
+	}
+	return "the cache failed to answer (the server log has the details)"
+}
+
+// get sends GET path through h and fills s with the answer.
+func get(ctx context.Context, h http.Handler, path, accept string, s *sink) (err error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, path, nil)
 	if err != nil {
 		return fmt.Errorf("build request for %s: %w", path, err)
@@ -88,6 +106,11 @@ func get(ctx context.Context, h http.Handler, path, accept string, s *sink) erro
 	if accept != "" {
 		req.Header.Set("Accept", accept)
 	}
+	defer func() {
+		if v := recover(); v != nil {
+			err = &handlerPanic{value: v, stack: debug.Stack()}
+		}
+	}()
 	h.ServeHTTP(s, req)
 	if s.status == 0 {
 		s.status = http.StatusOK
@@ -143,9 +166,13 @@ type descPlatform struct {
 // answered with: a warm never reports a digest it did not see.
 func fetchManifest(ctx context.Context, h http.Handler, repo, ref string, want digest.Digest) (manifest, digest.Digest, string, error) {
 	s := newSink(true, nil)
-	what := "manifest " + ref
+	sep := ":"
+	if strings.Contains(ref, ":") {
+		sep = "@" // a digest
+	}
+	what := "manifest " + repo + sep + ref
 	if err := get(ctx, h, "/v2/"+repo+"/manifests/"+ref, acceptManifests, s); err != nil {
-		return manifest{}, "", "", err
+		return manifest{}, "", "", fmt.Errorf("%s: %w", what, err)
 	}
 	if s.status != http.StatusOK {
 		return manifest{}, "", "", answerError(what, s)
@@ -181,7 +208,7 @@ func fetchBlob(ctx context.Context, h http.Handler, repo string, d descriptor, o
 	s := newSink(false, onData)
 	what := "blob " + d.Digest.String()
 	if err := get(ctx, h, "/v2/"+repo+"/blobs/"+d.Digest.String(), "", s); err != nil {
-		return 0, err
+		return s.n, fmt.Errorf("%s: %w", what, err)
 	}
 	switch {
 	case s.status == http.StatusTemporaryRedirect || s.status == http.StatusFound:

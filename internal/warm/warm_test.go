@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 
@@ -87,6 +88,7 @@ type registry struct {
 	types     map[string]string
 	blobs     map[digest.Digest][]byte
 	gets      []string
+	abort     digest.Digest // a blob whose answer breaks off, as a failed fill's does
 }
 
 func (r *registry) ServeHTTP(w http.ResponseWriter, req *http.Request) {
@@ -108,6 +110,10 @@ func (r *registry) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		_, _ = w.Write(body)
 	case "blobs":
 		b, ok := r.blobs[digest.Digest(ref)]
+		if digest.Digest(ref) == r.abort {
+			_, _ = w.Write(b[:1])
+			panic(http.ErrAbortHandler)
+		}
 		if !ok {
 			w.WriteHeader(http.StatusNotFound)
 			return
@@ -188,6 +194,41 @@ func TestIndexPlatformsAndDigests(t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// A blob whose answer the cache breaks off (an upstream stream that broke
+// or did not verify) fails its image, and the warm goes on; a blob the
+// cache served but did not keep fails it too, without waiting for a
+// commit that will not come.
+func TestBlobNotCached(t *testing.T) {
+	r := &registry{manifests: map[string][]byte{}, types: map[string]string{}, blobs: map[digest.Digest][]byte{}}
+	layer := r.blob("layer")
+	r.put("broken", mtOCIManifest, manifest{MediaType: mtOCIManifest, Config: ptr(r.blob("config")), Layers: []descriptor{layer}})
+	r.put("fine", mtOCIManifest, manifest{MediaType: mtOCIManifest, Config: ptr(r.blob("config 2"))})
+	r.abort = layer.Digest
+	events := run1(t, r, Request{Images: []string{"reg.test/app:broken", "reg.test/app:fine"}})
+	sum := events[len(events)-1]
+	if sum.Cached != 1 || sum.Failed != 1 {
+		t.Fatalf("events %+v, want the broken image failed and the other cached", events)
+	}
+	for _, e := range events {
+		if e.Event == EventFailed && e.Error != "blob "+layer.Digest.String()+": the cache broke the answer off" {
+			t.Errorf("failed with %q", e.Error)
+		}
+	}
+
+	r.abort = ""
+	var events2 []Event
+	o := Options{Upstreams: []Upstream{{Name: "reg.test", Serves: func(string) bool { return true }, Handler: r,
+		Stored:  func(context.Context, string, digest.Digest) (bool, error) { return false, nil },
+		Filling: func() bool { return false }}}}
+	start := time.Now()
+	if err := Run(context.Background(), o, Request{Images: []string{"reg.test/app:fine"}}, func(e Event) { events2 = append(events2, e) }); err != nil {
+		t.Fatal(err)
+	}
+	if f := events2[len(events2)-2]; f.Event != EventFailed || !strings.Contains(f.Error, "the cache did not keep it") || time.Since(start) > 5*time.Second {
+		t.Errorf("a blob not kept: %+v after %v", f, time.Since(start))
+	}
+}
 
 // A scheduled turn reads its list file each time and warms what it names.
 func TestSchedulerWarmsTheList(t *testing.T) {
