@@ -235,7 +235,7 @@ func New() *Metrics {
 		Help: "Images a warm (POST /api/v1/warm or a scheduled list) finished, by result (cached, failed)."},
 		[]string{"upstream", "result"})
 	m.warmBytes = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "warm_bytes_total",
-		Help: "Blob bytes warms read through the cache, whether the cache held them already or fetched them."},
+		Help: "Blob bytes warms made sure the cache keeps: fetched through it, or found kept already."},
 		[]string{"upstream"})
 	m.Registry.MustRegister(m.requests, m.requestDuration, m.inflight, m.hits, m.misses, m.servedBytes,
 		m.fetchedBytes, m.upRequests, m.upDuration, m.redirects, m.refused, m.rateLimited, m.badContent, m.rateLimitRemain, m.stale, m.dedupWaiters,
@@ -529,7 +529,7 @@ func (m *Metrics) WarmImage(upstream, result string) {
 	m.warmImages.WithLabelValues(upstream, oneOf(result, warmResults)).Inc()
 }
 
-// WarmBytes counts n blob bytes a warm read through upstream's cache.
+// WarmBytes counts n blob bytes a warm made sure upstream's cache keeps.
 func (m *Metrics) WarmBytes(upstream string, n int64) {
 	if n > 0 {
 		m.warmBytes.WithLabelValues(upstream).Add(float64(n))

@@ -328,6 +328,13 @@ func (r *run) warmOne(ctx context.Context, j job) {
 		}
 	}
 	for _, d := range blobs {
+		if r.stored(ctx, j.up, repo, d) {
+			// Kept already: a HEAD claims it as a pull would, and the
+			// bytes stay on disk rather than being read to be dropped.
+			progress(int(d.Size))
+			r.count(j.up.Name, d.Size)
+			continue
+		}
 		n, err := fetchBlob(ctx, h, repo, d, progress)
 		r.count(j.up.Name, n)
 		if err != nil {
@@ -359,6 +366,18 @@ func (r *run) count(upstream string, n int64) {
 	if r.o.Observer != nil {
 		r.o.Observer.WarmBytes(upstream, n)
 	}
+}
+
+// stored reports whether the cache keeps blob d already; a HEAD through
+// the handler then claims it from a collection running now.
+func (r *run) stored(ctx context.Context, up *Upstream, repo string, d descriptor) bool {
+	if up.Stored == nil {
+		return false
+	}
+	if ok, err := up.Stored(ctx, repo, d.Digest); !ok || err != nil {
+		return false
+	}
+	return headBlob(ctx, up.Handler, repo, d)
 }
 
 // waitStored waits until the cache has committed blob d it served.

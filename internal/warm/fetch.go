@@ -95,8 +95,13 @@ func (p *handlerPanic) Error() string {
 }
 
 // get sends GET path through h and fills s with the answer.
-func get(ctx context.Context, h http.Handler, path, accept string, s *sink) (err error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, path, nil)
+func get(ctx context.Context, h http.Handler, path, accept string, s *sink) error {
+	return send(ctx, h, http.MethodGet, path, accept, s)
+}
+
+// send sends a bodiless request through h and fills s with the answer.
+func send(ctx context.Context, h http.Handler, method, path, accept string, s *sink) (err error) {
+	req, err := http.NewRequestWithContext(ctx, method, path, nil)
 	if err != nil {
 		return fmt.Errorf("build request for %s: %w", path, err)
 	}
@@ -199,6 +204,15 @@ func fetchManifest(ctx context.Context, h http.Handler, repo, ref string, want d
 		mt = strings.TrimSpace(ct)
 	}
 	return m, want, mt, nil
+}
+
+// headBlob asks h for a blob's size as a client's HEAD does: from the
+// store, it claims the blob from a collection running now and counts a hit,
+// without reading it.
+func headBlob(ctx context.Context, h http.Handler, repo string, d descriptor) bool {
+	s := newSink(false, nil)
+	err := send(ctx, h, http.MethodHead, "/v2/"+repo+"/blobs/"+d.Digest.String(), "", s)
+	return err == nil && s.status == http.StatusOK
 }
 
 // fetchBlob GETs one blob through h, reading its body to the end, and
