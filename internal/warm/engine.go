@@ -186,12 +186,16 @@ func (r *run) warmAll(ctx context.Context, jobs []job) {
 	slots := make(chan struct{}, n)
 	var wg sync.WaitGroup
 	for _, j := range jobs {
+		const cancelled = "not warmed: the warm was cancelled"
 		select {
 		case slots <- struct{}{}:
 		case <-ctx.Done():
+			r.fail(j, cancelled, nil)
+			continue
 		}
 		if ctx.Err() != nil {
-			r.fail(j, "not warmed: the warm was cancelled", nil)
+			<-slots
+			r.fail(j, cancelled, nil)
 			continue
 		}
 		if r.stopAt(j.up) {

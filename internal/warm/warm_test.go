@@ -261,3 +261,20 @@ func TestSchedulerWarmsTheList(t *testing.T) {
 		t.Errorf("bad schedule: %v", err)
 	}
 }
+
+// A cancelled warm (the client went away, the process stops) fails the
+// images it had not started, and still ends with a summary.
+func TestCancelledWarm(t *testing.T) {
+	r := &registry{manifests: map[string][]byte{}, types: map[string]string{}, blobs: map[digest.Digest][]byte{}}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	var events []Event
+	o := Options{Upstreams: []Upstream{{Name: "reg.test", Serves: func(string) bool { return true }, Handler: r}}}
+	if err := Run(ctx, o, Request{Images: []string{"reg.test/a:1", "reg.test/b:1"}}, func(e Event) { events = append(events, e) }); err != nil {
+		t.Fatal(err)
+	}
+	sum := events[len(events)-1]
+	if sum.Event != EventSummary || sum.Failed != 2 || len(r.gets) != 0 {
+		t.Errorf("events %+v, gets %v: want both failed unasked", events, r.gets)
+	}
+}
