@@ -49,6 +49,7 @@ type Process struct {
 	closed    bool
 	cluster   *cluster        // nil without coordination.redis
 	warmSched *warm.Scheduler // nil without warm.lists
+	warmLists []config.WarmList
 }
 
 type running struct {

@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"slices"
 
 	"github.com/distribution/distribution/v3"
 	"github.com/distribution/reference"
@@ -82,9 +83,18 @@ func blobStored(ctx context.Context, r *running, repo string, d digest.Digest) (
 	return false, err
 }
 
-// startWarm schedules the config's warm lists.
+// startWarm schedules the config's warm lists. A reload whose lists are
+// the same keeps the running schedules, so that a SIGHUP does not cancel a
+// nightly warm midway; changed lists replace them.
 func (p *Process) startWarm() error {
 	_, cfg := p.snapshot()
+	if p.warmSched != nil {
+		if slices.Equal(p.warmLists, cfg.Warm.Lists) {
+			return nil
+		}
+		p.warmSched.Stop()
+		p.warmSched, p.warmLists = nil, nil
+	}
 	if len(cfg.Warm.Lists) == 0 {
 		return nil
 	}
@@ -92,16 +102,20 @@ func (p *Process) startWarm() error {
 	if err != nil {
 		return err
 	}
-	p.warmSched = sched
+	p.warmSched, p.warmLists = sched, slices.Clone(cfg.Warm.Lists)
 	sched.Start()
 	return nil
 }
 
-// stopWarm stops the schedules and the scheduled warms running.
+// stopWarm stops the schedules, and the scheduled warms running, when the
+// process shuts down; a reload leaves them to startWarm.
 func (p *Process) stopWarm() {
-	if p.warmSched != nil {
+	p.mu.Lock()
+	closed := p.closed
+	p.mu.Unlock()
+	if closed && p.warmSched != nil {
 		p.warmSched.Stop()
-		p.warmSched = nil
+		p.warmSched, p.warmLists = nil, nil
 	}
 }
 

@@ -1,6 +1,7 @@
 package warm
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"strings"
@@ -51,4 +52,23 @@ func TestScheduledListIsWarmed(t *testing.T) {
 func withoutLists(cfg config.Config) config.Config {
 	cfg.Warm.Lists = nil
 	return cfg
+}
+
+// A list added by a config reload is warmed without a restart.
+func TestReloadAddsAList(t *testing.T) {
+	reg := ts.StartRegistry(t, ts.RegistryOptions{})
+	ts.PushImage(t, reg, "team/later:v1", 1, 4<<10)
+	list := filepath.Join(t.TempDir(), "images.txt")
+	if err := os.WriteFile(list, []byte(name+"/team/later:v1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := ts.StartProxy(t, ts.ProxyUpstream{Name: name, Reg: reg})
+	next := p.Config
+	next.Warm.Lists = []config.WarmList{{From: list, Schedule: "@every 1s"}}
+	if err := p.Process.Reload(context.Background(), next); err != nil {
+		t.Fatal(err)
+	}
+	ts.WaitFor(t, 30*time.Second, "the list added by the reload warmed", func() bool {
+		return p.Metric(t, "multiproxy_warm_images_total", map[string]string{"upstream": name, "result": "cached"}) >= 1
+	})
 }
