@@ -302,7 +302,7 @@ func (r *run) warmOne(ctx context.Context, j job) {
 	var total int64
 	for _, m := range images {
 		if m.Config == nil {
-			err := fmt.Errorf("manifest of media type %q is not an image manifest", mt)
+			err := fmt.Errorf("manifest of %s is not an image manifest (it names no config; Docker schema 1 is not warmed)", j.image)
 			r.fail(j, err.Error(), err)
 			return
 		}
