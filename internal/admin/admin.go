@@ -12,6 +12,8 @@
 //	POST /api/v1/purge?image=     drop a cached tag             (guarded)
 //	POST /api/v1/recycle?upstream=  rebuild an upstream's App   (guarded)
 //	POST /api/v1/gc?upstream=[&dry_run=true]  collect garbage   (guarded)
+//	POST /api/v1/warm             fill the cache ahead of a rollout (guarded;
+//	                              JSON in, NDJSON events out: warm.Request)
 //
 // Mutating endpoints need the bearer token from admin.token_file (the
 // scheme matched case-insensitively, as RFC 9110 has it). With no token
@@ -206,6 +208,9 @@ func Handler(o Options) http.Handler {
 			return
 		}
 		writeJSON(w, http.StatusOK, res)
+	}))).Methods(http.MethodPost)
+	r.Handle(api+"/warm", guard(o, log, http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		serveWarm(o, log, w, req)
 	}))).Methods(http.MethodPost)
 	r.NotFoundHandler = http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusNotFound, errBody("not found"))

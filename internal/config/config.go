@@ -23,7 +23,14 @@ const (
 	DefaultRecycle     = time.Hour
 	DefaultLeaseTTL    = 10 * time.Second
 	DefaultPeerListen  = ":5098"
+	// DefaultWarmMinRemaining leaves a rollout ten Docker Hub pulls.
+	DefaultWarmMinRemaining = 10
+	DefaultWarmConcurrency  = 4
 )
+
+// DefaultWarmPlatform is what a warm fills of an index when neither the
+// request nor warm.platforms names a platform.
+const DefaultWarmPlatform = "linux/amd64"
 
 // Config is the whole effective configuration of one multiproxy process.
 type Config struct {
@@ -51,7 +58,33 @@ type Config struct {
 	// Coordination lets replicas sharing one bucket fetch each blob once
 	// and collect one at a time.
 	Coordination Coordination `mapstructure:"coordination" yaml:"coordination,omitempty"`
-	Upstreams    []Upstream   `mapstructure:"upstreams" yaml:"upstreams"`
+	// Warm fills the cache ahead of a rollout: the settings of
+	// POST /api/v1/warm and the lists warmed on a schedule.
+	Warm      Warm       `mapstructure:"warm" yaml:"warm"`
+	Upstreams []Upstream `mapstructure:"upstreams" yaml:"upstreams"`
+}
+
+// Warm configures cache warming (`multiproxy warm`, POST /api/v1/warm).
+type Warm struct {
+	// Platforms are the manifests of an index that a warm fills, as
+	// os/arch[/variant], when a request names none. Empty: linux/amd64.
+	Platforms []string `mapstructure:"platforms" yaml:"platforms,omitempty"`
+	// MinRemaining stops warming an upstream once its last
+	// ratelimit-remaining header is below it, so that a warm never spends
+	// the pulls a rollout needs. 0: no floor.
+	MinRemaining int `mapstructure:"min_remaining" yaml:"min_remaining"`
+	// Concurrency is how many images one warm fills at a time.
+	Concurrency int `mapstructure:"concurrency" yaml:"concurrency"`
+	// Lists are files of image references warmed again on a schedule.
+	Lists []WarmList `mapstructure:"lists" yaml:"lists,omitempty"`
+}
+
+// WarmList is a file of image references, one a line (# starts a
+// comment), warmed on a cron schedule.
+type WarmList struct {
+	From string `mapstructure:"from" yaml:"from"`
+	// Schedule is a standard 5-field cron expression.
+	Schedule string `mapstructure:"schedule" yaml:"schedule"`
 }
 
 // Storage is the top-level storage section: settings every upstream
@@ -311,6 +344,9 @@ func Default() Config {
 		ShutdownTimeout: DefaultDrain,
 		LogLevel:        "info",
 		Admin:           Admin{Listen: DefaultAdminListen},
+		// Set here rather than in applyDefaults, so that a file's
+		// explicit `min_remaining: 0` (no floor) stays 0.
+		Warm: Warm{MinRemaining: DefaultWarmMinRemaining, Concurrency: DefaultWarmConcurrency},
 		Upstreams: []Upstream{
 			{Name: "docker.io", Listen: ":5000", Remote: "https://registry-1.docker.io"},
 			{Name: "ghcr.io", Listen: ":5010", Remote: "https://ghcr.io"},

@@ -28,6 +28,9 @@ func (c *Config) applyDefaults() {
 	if c.Admin.Listen == "" {
 		c.Admin.Listen = DefaultAdminListen
 	}
+	if c.Warm.Concurrency == 0 {
+		c.Warm.Concurrency = DefaultWarmConcurrency
+	}
 	for i := range c.Upstreams {
 		u := &c.Upstreams[i]
 		if u.Timeout == 0 {

@@ -216,6 +216,7 @@ func (c Config) validate(requireUpstreams bool) []error {
 		add(fieldErr("recycle.interval", "must not be negative, got %s", c.Recycle.Interval))
 	}
 
+	errs = append(errs, c.Warm.validate()...)
 	errs = append(errs, nestedStorage(c.Upstreams)...)
 	errs = append(errs, c.validateStorage(ports)...)
 	return errs

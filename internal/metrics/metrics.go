@@ -35,6 +35,14 @@ const (
 	GCFailure = "failure"
 )
 
+// Results of one image's warm, as labelled on multiproxy_warm_images_total.
+const (
+	WarmCached = "cached"
+	WarmFailed = "failed"
+)
+
+var warmResults = []string{WarmCached, WarmFailed}
+
 // other replaces a label value outside its fixed set.
 const other = "other"
 
@@ -100,6 +108,8 @@ type Metrics struct {
 	gcFreedObjects  *prometheus.CounterVec
 	evictions       *prometheus.CounterVec
 	lastGC          *prometheus.GaugeVec
+	warmImages      *prometheus.CounterVec
+	warmBytes       *prometheus.CounterVec
 
 	// last keeps the details of the latest GC and recycle per upstream for
 	// the status API; Prometheus only has room for their timestamps.
@@ -221,11 +231,17 @@ func New() *Metrics {
 	m.lastGC = prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "last_gc_timestamp_seconds",
 		Help: "Unix time the last garbage collection run ended, whatever its result; absent until one ends."},
 		[]string{"upstream"})
+	m.warmImages = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "warm_images_total",
+		Help: "Images a warm (POST /api/v1/warm or a scheduled list) finished, by result (cached, failed)."},
+		[]string{"upstream", "result"})
+	m.warmBytes = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "warm_bytes_total",
+		Help: "Blob bytes warms made sure the cache keeps: fetched through it, or found kept already."},
+		[]string{"upstream"})
 	m.Registry.MustRegister(m.requests, m.requestDuration, m.inflight, m.hits, m.misses, m.servedBytes,
 		m.fetchedBytes, m.upRequests, m.upDuration, m.redirects, m.refused, m.rateLimited, m.badContent, m.rateLimitRemain, m.stale, m.dedupWaiters,
 		m.fillUncached, m.storageErrors, m.uncoordinated, m.fillSources, m.gcLeader, m.coordUp,
 		m.state, m.stored, m.fills, m.localCopies, m.disk, m.recycles, m.recycleFailures, m.lastRecycle, m.gcRuns, m.gcDuration, m.gcFreedBytes,
-		m.gcFreedObjects, m.evictions, m.lastGC,
+		m.gcFreedObjects, m.evictions, m.lastGC, m.warmImages, m.warmBytes,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -447,6 +463,19 @@ func (m *Metrics) Recycled(upstream, reason string) { m.For(upstream).Recycled(r
 
 // RecycleFailed implements recycle.Observer.
 func (m *Metrics) RecycleFailed(upstream, _ string) { m.For(upstream).RecycleFailed() }
+
+// WarmImage counts one image a warm finished with result (WarmCached or
+// WarmFailed).
+func (m *Metrics) WarmImage(upstream, result string) {
+	m.warmImages.WithLabelValues(upstream, oneOf(result, warmResults)).Inc()
+}
+
+// WarmBytes counts n blob bytes a warm made sure upstream's cache keeps.
+func (m *Metrics) WarmBytes(upstream string, n int64) {
+	if n > 0 {
+		m.warmBytes.WithLabelValues(upstream).Add(float64(n))
+	}
+}
 
 // GCRun records one finished garbage collection run that took d and
 // deleted freedBytes in freedObjects blobs and manifests (also on failure,

@@ -37,6 +37,9 @@ type backend struct {
 	ups     *listeners
 	sched   *schedulers
 	board   *board
+	// clustered: replicas share a bucket, so another replica may be
+	// committing a blob a warm waits for.
+	clustered bool
 }
 
 var _ admin.Backend = (*backend)(nil)

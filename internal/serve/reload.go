@@ -12,6 +12,7 @@ import (
 	"github.com/multiproxy/multiproxy/internal/config"
 	"github.com/multiproxy/multiproxy/internal/gc"
 	"github.com/multiproxy/multiproxy/internal/recycle"
+	"github.com/multiproxy/multiproxy/internal/warm"
 )
 
 // reloader applies a new config to the running upstreams: it builds what
@@ -20,6 +21,8 @@ import (
 type reloader struct {
 	*builder
 	lst *listeners
+	// warm runs a scheduled warm (the admin backend's).
+	warm warm.RunFunc
 	// mu makes reloads one at a time, and none once Shutdown has begun.
 	mu sync.Mutex
 }
@@ -44,7 +47,10 @@ func (rl *reloader) startBackground(ctx context.Context) error {
 		}
 		recycleTargets[i] = r.server
 	}
-	return rl.sched.start(ctx, gcTargets, recycleTargets, cfg.Recycle)
+	if err := rl.sched.start(ctx, gcTargets, recycleTargets, cfg.Recycle); err != nil {
+		return err
+	}
+	return rl.sched.startWarm(cfg.Warm.Lists, rl.warm)
 }
 
 // reload applies next without a restart. Upstreams whose configuration did

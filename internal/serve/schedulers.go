@@ -13,6 +13,7 @@ import (
 	"github.com/multiproxy/multiproxy/internal/gc"
 	"github.com/multiproxy/multiproxy/internal/metrics"
 	"github.com/multiproxy/multiproxy/internal/recycle"
+	"github.com/multiproxy/multiproxy/internal/warm"
 )
 
 // schedulers runs the background work over the upstreams: GC on its
@@ -26,6 +27,10 @@ type schedulers struct {
 	gc       *gc.Scheduler
 	recycler *recycle.Scheduler
 	stopBg   context.CancelFunc
+	// warm re-warms warmLists on their schedules; a reload keeps it
+	// when the lists did not change (warm.go).
+	warm      *warm.Scheduler
+	warmLists []config.WarmList
 }
 
 func newSchedulers(log *slog.Logger, m *metrics.Metrics) *schedulers {
