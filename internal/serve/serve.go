@@ -66,8 +66,8 @@ func Start(ctx context.Context, cfg config.Config, log *slog.Logger) (*Process, 
 	}
 	p.board = newBoard(log, m, cfg.Upstreams, boardView{ups: p.lst, cl: p.cluster})
 	build := &builder{log: log, metrics: m, board: p.board, cluster: p.cluster, stores: p.stores, sched: p.sched}
-	p.reload = &reloader{builder: build, lst: p.lst, warm: p.backend.warm}
 	p.backend = &backend{log: log, metrics: m, ups: p.lst, sched: p.sched, board: p.board, clustered: p.cluster != nil}
+	p.reload = &reloader{builder: build, lst: p.lst, warm: p.backend.warm}
 
 	own := make([]net.Listener, len(cfg.Upstreams)) // nil: reached through listen_all only
 	for i, u := range cfg.Upstreams {
