@@ -117,10 +117,12 @@ type Options struct {
 	Root         string
 	Upstream     *upstream.Client
 	TagFreshness time.Duration
-	FillTimeout  time.Duration
-	Logger       *slog.Logger
-	Observer     Observer
-	Guard        Guard
+	// TagRules give matching tags their own freshness, first match first.
+	TagRules    []TagRule
+	FillTimeout time.Duration
+	Logger      *slog.Logger
+	Observer    Observer
+	Guard       Guard
 	// Space accounts for the free space of the store's filesystem; nil
 	// turns accounting off.
 	Space *disk.Space
@@ -187,6 +189,7 @@ type Cache struct {
 // tunables are the settings a reload may change under running fills.
 type tunables struct {
 	tagFreshness time.Duration
+	tagRules     []TagRule
 	fillTimeout  time.Duration
 	minFree      disk.MinFree
 }
@@ -301,7 +304,7 @@ func New(ctx context.Context, o Options) (*Cache, error) {
 // client they started with and finish.
 func (c *Cache) Update(o Options) {
 	c.up.Store(o.Upstream)
-	c.tun.Store(&tunables{tagFreshness: o.TagFreshness, fillTimeout: o.FillTimeout, minFree: o.MinFree})
+	c.tun.Store(&tunables{tagFreshness: o.TagFreshness, tagRules: o.TagRules, fillTimeout: o.FillTimeout, minFree: o.MinFree})
 }
 
 func (c *Cache) client() *upstream.Client { return c.up.Load() }
@@ -412,10 +415,13 @@ type Resolved struct {
 	// Manifest is set when the store could not take the manifest: it is
 	// to be served from memory.
 	Manifest *Manifest
+	// Rule is the glob of the tag rule that set the tag's freshness, or
+	// "" for tag_freshness.
+	Rule string
 }
 
-// ResolveTag returns the digest a tag points at now, caching the manifest.
-func (c *Cache) ResolveTag(ctx context.Context, name, tag string) (Resolved, error) {
+// resolveTag is ResolveTag with the tag's freshness decided.
+func (c *Cache) resolveTag(ctx context.Context, name, tag string, fresh time.Duration) (Resolved, error) {
 	repo, err := c.repo(ctx, name)
 	if err != nil {
 		return Resolved{}, err
@@ -431,7 +437,7 @@ func (c *Cache) ResolveTag(ctx context.Context, name, tag string) (Resolved, err
 	hasLocal := lerr == nil && c.hasManifest(ctx, repo, local.Digest)
 	key := name + ":" + tag
 
-	if hasLocal && c.opts().tagFreshness > 0 && c.isFresh(key) {
+	if hasLocal && fresh > 0 && c.isFresh(key, fresh) {
 		c.obs.Hit(KindTag)
 		c.used(name, local.Digest)
 		return Resolved{Digest: local.Digest}, nil
@@ -469,7 +475,7 @@ func (c *Cache) ResolveTag(ctx context.Context, name, tag string) (Resolved, err
 	if hasLocal && info.Digest == local.Digest {
 		c.obs.Hit(KindTag)
 		c.used(name, local.Digest)
-		c.markFresh(key)
+		c.markFresh(key, fresh)
 		return Resolved{Digest: local.Digest}, nil
 	}
 	c.obs.Miss(KindTag)
@@ -492,7 +498,7 @@ func (c *Cache) ResolveTag(ctx context.Context, name, tag string) (Resolved, err
 			filepath.Join(tagDir, "index", info.Digest.Algorithm().String(), info.Digest.Encoded()))
 		return Resolved{Digest: info.Digest}, nil
 	}
-	c.markFresh(key)
+	c.markFresh(key, fresh)
 	return Resolved{Digest: info.Digest}, nil
 }
 
@@ -536,15 +542,15 @@ func (c *Cache) fetchManifestByTag(ctx context.Context, repo distribution.Reposi
 	return info, nil
 }
 
-func (c *Cache) isFresh(key string) bool {
+func (c *Cache) isFresh(key string, fresh time.Duration) bool {
 	c.freshMu.Lock()
 	defer c.freshMu.Unlock()
 	t, ok := c.fresh[key]
-	return ok && time.Since(t) < c.opts().tagFreshness
+	return ok && time.Since(t) < fresh
 }
 
-func (c *Cache) markFresh(key string) {
-	if c.opts().tagFreshness <= 0 {
+func (c *Cache) markFresh(key string, fresh time.Duration) {
+	if fresh <= 0 {
 		return
 	}
 	c.freshMu.Lock()

@@ -174,6 +174,7 @@ func New(ctx context.Context, u config.Upstream, o Options) (*Server, error) {
 			Root:         u.Storage.Path,
 			Upstream:     up,
 			TagFreshness: u.TagFreshness,
+			TagRules:     tagRules(u.TagRules),
 			FillTimeout:  u.FillTimeout,
 			MinFree:      u.MinFree(),
 			Logger:       log,
@@ -201,6 +202,7 @@ func (s *Server) TakeOver(old *Server) {
 	s.cache.Update(cache.Options{
 		Upstream:     s.up,
 		TagFreshness: s.cfg.TagFreshness,
+		TagRules:     tagRules(s.cfg.TagRules),
 		FillTimeout:  s.cfg.FillTimeout,
 		MinFree:      s.cfg.MinFree(),
 	})
@@ -250,6 +252,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.obs.Request(rt.kind, rw.status, d, !rw.fromUpstream, content)
 		attrs := []any{"method", r.Method, "repository", rt.repo, "kind", rt.kind,
 			"ref", rt.ref, "status", rw.status, "bytes", rw.bytes, "duration", d, "stale", rw.stale}
+		if rw.tagRule != "" {
+			attrs = append(attrs, "tag_rule", rw.tagRule)
+		}
 		if rw.cause != nil {
 			// The whole story for the operator; the client got a code.
 			attrs = append(attrs, "cause", rw.cause.Error())
@@ -389,6 +394,7 @@ func (s *Server) serveManifest(w *recorder, r *http.Request, rt route) {
 			s.writeUpstreamError(w, r, err, kindManifest)
 			return
 		}
+		w.tagRule = res.Rule
 		if res.Stale {
 			w.stale = true
 			w.Header().Set("Warning", fmt.Sprintf(`110 multiproxy "Response is Stale: upstream %s"`, res.Cause))
@@ -580,6 +586,7 @@ type recorder struct {
 	bytes        int64
 	wrote        bool
 	stale        bool
+	tagRule      string // the tag rule that set a resolved tag's freshness
 	fromUpstream bool
 	cause        error // why an error was answered, for the access log
 }
