@@ -175,6 +175,7 @@ func New(ctx context.Context, u config.Upstream, o Options) (*Server, error) {
 			Upstream:     up,
 			TagFreshness: u.TagFreshness,
 			TagRules:     tagRules(u.TagRules),
+			Pins:         u.Pins,
 			FillTimeout:  u.FillTimeout,
 			MinFree:      u.MinFree(),
 			Logger:       log,
@@ -203,6 +204,7 @@ func (s *Server) TakeOver(old *Server) {
 		Upstream:     s.up,
 		TagFreshness: s.cfg.TagFreshness,
 		TagRules:     tagRules(s.cfg.TagRules),
+		Pins:         s.cfg.Pins,
 		FillTimeout:  s.cfg.FillTimeout,
 		MinFree:      s.cfg.MinFree(),
 	})

@@ -174,7 +174,7 @@ func (p *Process) startBackground(ctx context.Context) error {
 	for i, r := range ups {
 		gcTargets[i] = gc.Target{
 			Store:    p.gcStore(r),
-			Policy:   gc.Policy{MaxSize: int64(r.cfg.MaxSize), MaxUnused: r.cfg.MaxUnused},
+			Policy:   gc.Policy{MaxSize: int64(r.cfg.MaxSize), MaxUnused: r.cfg.MaxUnused, Pins: r.cfg.Pins},
 			Schedule: r.cfg.GC.Schedule,
 		}
 		recycleTargets[i] = r.server
