@@ -12,6 +12,7 @@
 //	POST /api/v1/purge?image=     drop a cached tag             (guarded)
 //	POST /api/v1/recycle?upstream=  rebuild an upstream's App   (guarded)
 //	POST /api/v1/gc?upstream=[&dry_run=true]  collect garbage   (guarded)
+//	GET, POST, DELETE /api/v1/pins  list, add, remove pins      (see pins.go)
 //
 // Mutating endpoints need the bearer token from admin.token_file (the
 // scheme matched case-insensitively, as RFC 9110 has it). With no token
@@ -210,6 +211,7 @@ func Handler(o Options) http.Handler {
 		}
 		writeJSON(w, http.StatusOK, res)
 	}))).Methods(http.MethodPost)
+	routePins(r, o, log)
 	r.NotFoundHandler = http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusNotFound, errBody("not found"))
 	})

@@ -1,6 +1,7 @@
 package admin
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -52,13 +53,25 @@ func (c Client) GC(ctx context.Context, upstream string, dryRun bool, out any) e
 }
 
 func (c Client) call(ctx context.Context, method, path string, out any) error {
+	return c.callBody(ctx, method, path, nil, out)
+}
+
+// callBody is call with a JSON request body, if body is not nil.
+func (c Client) callBody(ctx context.Context, method, path string, body []byte, out any) error {
 	hc := c.HTTP
 	if hc == nil {
 		hc = &http.Client{Timeout: 30 * time.Second}
 	}
-	req, err := http.NewRequestWithContext(ctx, method, c.Base+path, nil)
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.Base+path, rd)
 	if err != nil {
 		return err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
 	}
 	if c.Token != "" {
 		req.Header.Set("Authorization", "Bearer "+c.Token)
@@ -68,7 +81,7 @@ func (c Client) call(ctx context.Context, method, path string, out any) error {
 		return fmt.Errorf("admin API %s: %w", c.Base, err)
 	}
 	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	answer, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 	if err != nil {
 		return fmt.Errorf("admin API: read answer: %w", err)
 	}
@@ -76,13 +89,13 @@ func (c Client) call(ctx context.Context, method, path string, out any) error {
 		var e struct {
 			Error string `json:"error"`
 		}
-		if json.Unmarshal(body, &e) == nil && e.Error != "" {
+		if json.Unmarshal(answer, &e) == nil && e.Error != "" {
 			return fmt.Errorf("admin API: %d: %s", resp.StatusCode, e.Error)
 		}
 		return fmt.Errorf("admin API: %d %s", resp.StatusCode, http.StatusText(resp.StatusCode))
 	}
 	if out != nil {
-		if err := json.Unmarshal(body, out); err != nil {
+		if err := json.Unmarshal(answer, out); err != nil {
 			return fmt.Errorf("admin API: decode answer: %w", err)
 		}
 	}

@@ -65,6 +65,7 @@ func (p *Process) newRunning(ctx context.Context, u config.Upstream, replacing *
 	if err != nil {
 		return nil, err
 	}
+	reportPinned(obs, srv.Cache())
 	r := &running{name: u.Name, cfg: u, server: srv, guard: guard, handler: &swapHandler{}}
 	r.handler.set(inflight(obs, srv))
 	return r, nil
@@ -229,6 +230,9 @@ func (p *Process) Reload(ctx context.Context, next config.Config) error {
 		// The peer listener and the Redis client live as long as the
 		// process; half a cluster on new settings would split it.
 		return errors.New("reload: coordination changes need a restart")
+	}
+	if err := p.checkPins(ctx, next); err != nil {
+		return fmt.Errorf("reload: %w", err)
 	}
 	// Certificates are re-read (a renewed one is the reason for most
 	// reloads); they take effect at the next handshake.

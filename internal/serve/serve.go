@@ -139,6 +139,9 @@ func Start(ctx context.Context, cfg config.Config, log *slog.Logger) (*Process, 
 		p.board.probe(u.Name, r.server.Upstream())
 		p.upstreams = append(p.upstreams, r)
 	}
+	if err := p.checkPins(ctx, cfg); err != nil {
+		return fail(err)
+	}
 	if err := p.startBackground(ctx); err != nil {
 		return fail(err)
 	}
