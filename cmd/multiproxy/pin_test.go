@@ -1,11 +1,13 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -104,6 +106,25 @@ func TestPinCommandAndAPI(t *testing.T) {
 	if got := p.Metric(t, "multiproxy_pinned_bytes", map[string]string{"upstream": "docker.io"}); int64(got) != ans.Upstreams[0].PinnedBytes || got < 2*64<<10 {
 		t.Errorf("multiproxy_pinned_bytes = %v, pin ls says %d", got, ans.Upstreams[0].PinnedBytes)
 	}
+	var st admin.Status
+	resp, err := http.Get(p.AdminURL() + "/api/v1/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = json.NewDecoder(resp.Body).Decode(&st)
+	resp.Body.Close()
+	if err != nil || len(st.Upstreams) != 1 || st.Upstreams[0].PinnedBytes == nil || *st.Upstreams[0].PinnedBytes != ans.Upstreams[0].PinnedBytes {
+		t.Errorf("status: %+v (%v), want pinned_bytes %d", st.Upstreams, err, ans.Upstreams[0].PinnedBytes)
+	}
+	resp, err = http.Get(p.AdminURL() + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	page, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(page), "<small>pinned ") {
+		t.Errorf("the status page does not show what pins hold:\n%s", page)
+	}
 	if out, _, _ := run(t, "pin", "ls", "--admin", p.AdminURL()); !strings.Contains(out, "library/other:1") || !strings.Contains(out, "docker.io: 2 pins hold") {
 		t.Errorf("pin ls table:\n%s", out)
 	}
@@ -154,6 +175,17 @@ func TestPinsOverMaxSizeAreRefused(t *testing.T) {
 	}
 	if ans := pinsOf(t, p.AdminURL()); len(ans.Upstreams[0].Pins) != 1 || ans.Upstreams[0].Pins[0].Source != "config" {
 		t.Errorf("pins: %+v, want only the config's", ans)
+	}
+	// A reload that pins app:1 in the config is refused; the old config
+	// keeps serving.
+	next := cfg
+	next.Upstreams = slices.Clone(cfg.Upstreams)
+	next.Upstreams[0].Pins = []string{"library/small:1", "library/app:1"}
+	if err := p.Process.Reload(context.Background(), next); err == nil || !strings.Contains(err.Error(), "upstreams[0].pins: pins hold") {
+		t.Errorf("reload with pins over max_size: %v, want it refused naming upstreams[0].pins", err)
+	}
+	if ans := pinsOf(t, p.AdminURL()); len(ans.Upstreams[0].Pins) != 1 {
+		t.Errorf("after a refused reload: %+v, want the old config's one pin", ans)
 	}
 	p.Stop()
 

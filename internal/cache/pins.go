@@ -108,6 +108,11 @@ type pinState struct {
 	sizeAt time.Time // when size and count were computed
 	size   int64
 	count  int
+	// failedAt is when computing them last failed, with err: a store that
+	// cannot be read is asked again only after pinnedMaxAge, so that
+	// scrapes and status pages do not each wait on it.
+	failedAt time.Time
+	err      error
 }
 
 // Pins lists every pin, the config's first, with what each holds, and the
@@ -141,6 +146,7 @@ func (c *Cache) Pins(ctx context.Context) ([]Pin, int64, error) {
 		total += sizes[d]
 	}
 	c.pins.size, c.pins.count, c.pins.sizeAt = total, len(pins), time.Now()
+	c.pins.failedAt, c.pins.err = time.Time{}, nil
 	return pins, total, nil
 }
 
@@ -153,9 +159,20 @@ func (c *Cache) PinnedBytes(ctx context.Context) (n int64, pins int, err error) 
 		c.pins.mu.Unlock()
 		return n, pins, nil
 	}
+	if !c.pins.failedAt.IsZero() && time.Since(c.pins.failedAt) < pinnedMaxAge {
+		err = c.pins.err
+		c.pins.mu.Unlock()
+		return 0, 0, err
+	}
 	c.pins.mu.Unlock()
 	list, n, err := c.Pins(ctx)
-	return n, len(list), err
+	if err != nil {
+		c.pins.mu.Lock()
+		c.pins.failedAt, c.pins.err = time.Now(), err
+		c.pins.mu.Unlock()
+		return 0, 0, err
+	}
+	return n, len(list), nil
 }
 
 // AddPin pins ref (repo:tag or repo@digest within this upstream) and
@@ -216,7 +233,7 @@ func (c *Cache) recordPin(ctx context.Context, ref config.PinRef, limit int64) e
 	if err := writePins(ctx, c.driver, append(stored, ref.String())); err != nil {
 		return err
 	}
-	c.pins.sizeAt = time.Time{}
+	c.pins.sizeAt, c.pins.failedAt = time.Time{}, time.Time{}
 	c.log.Info("pinned", "ref", ref.String())
 	return nil
 }
@@ -244,7 +261,7 @@ func (c *Cache) RemovePin(ctx context.Context, raw string) error {
 	if err := writePins(ctx, c.driver, slices.Delete(stored, i, i+1)); err != nil {
 		return err
 	}
-	c.pins.sizeAt = time.Time{}
+	c.pins.sizeAt, c.pins.failedAt = time.Time{}, time.Time{}
 	c.log.Info("unpinned", "ref", ref.String())
 	return nil
 }
