@@ -49,7 +49,7 @@ be freed and frees nothing.`,
 						return &exitError{code: 2, err: fmt.Errorf("--offline: upstream %s is stored in bucket %s, shared with running replicas; collect it through a running replica (without --offline)", u.Name, u.Storage.S3.Bucket)}
 					}
 					res, err = gc.Offline(cmd.Context(), u.Name, u.Storage.Path,
-						gc.Policy{MaxSize: int64(u.MaxSize), MaxUnused: u.MaxUnused}, dryRun)
+						gc.Policy{MaxSize: int64(u.MaxSize), MaxUnused: u.MaxUnused, Pins: u.Pins}, dryRun)
 				} else {
 					c, cerr := adminClient(cmd)
 					if cerr != nil {

@@ -70,7 +70,7 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 		"config file (YAML); empty: the built-in default of five upstreams")
 	root.AddCommand(serveCmd(stderr), configCmd(stdout), resolveCmd(stdout), purgeCmd(stdout), gcCmd(stdout),
 		containerdCmd(stdout, stderr), containersCmd(stdout, stderr), dockerCmd(stdout, stderr),
-		healthcheckCmd(stdout), versionCmd(stdout))
+		healthcheckCmd(stdout), versionCmd(stdout), pinCmd(stdout))
 	root.AddCommand(warmCmd(stdout))
 	return root
 }
@@ -160,12 +160,19 @@ func serveCmd(stderr io.Writer) *cobra.Command {
 					}
 				}
 			}()
-			return serve.Run(ctx, cfg, log, serve.Hooks{
+			err = serve.Run(ctx, cfg, log, serve.Hooks{
 				Ready:     notify(sdnotify.Ready),
 				Reloading: notify(sdnotify.Reloading),
 				Reloads:   reloads,
 				Load:      func() (config.Config, error) { return loadConfig(cmd) },
 			})
+			// A config found wrong only against the store (pins over
+			// max_size) is bad configuration all the same.
+			var ve *config.ValidationError
+			if errors.As(err, &ve) {
+				return &exitError{code: 2, err: err}
+			}
+			return err
 		},
 	}
 	addOverrideFlags(cmd.Flags())

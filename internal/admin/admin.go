@@ -14,6 +14,7 @@
 //	POST /api/v1/gc?upstream=[&dry_run=true]  collect garbage   (guarded)
 //	POST /api/v1/warm             fill the cache ahead of a rollout (guarded;
 //	                              JSON in, NDJSON events out: warm.Request)
+//	GET, POST, DELETE /api/v1/pins  list, add, remove pins      (see pins.go)
 //
 // Mutating endpoints need the bearer token from admin.token_file (the
 // scheme matched case-insensitively, as RFC 9110 has it). With no token
@@ -102,6 +103,8 @@ type StatusError struct {
 // OCI distribution error codes the admin API answers with.
 var (
 	CodeManifestUnknown = errcode.ErrorCodeManifestUnknown.String()
+	CodeNameInvalid     = errcode.ErrorCodeNameInvalid.String()
+	CodeDenied          = errcode.ErrorCodeDenied.String()
 	CodeUnavailable     = errcode.ErrorCodeUnavailable.String()
 	CodeUnsupported     = errcode.ErrorCodeUnsupported.String()
 	CodeUnknown         = errcode.ErrorCodeUnknown.String()
@@ -212,6 +215,7 @@ func Handler(o Options) http.Handler {
 	r.Handle(api+"/warm", guard(o, log, http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		serveWarm(o, log, w, req)
 	}))).Methods(http.MethodPost)
+	routePins(r, o, log)
 	r.NotFoundHandler = http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusNotFound, errBody("not found"))
 	})

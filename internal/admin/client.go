@@ -57,13 +57,25 @@ func (c Client) GC(ctx context.Context, upstream string, dryRun bool, out any) e
 }
 
 func (c Client) call(ctx context.Context, method, path string, out any) error {
+	return c.callBody(ctx, method, path, nil, out)
+}
+
+// callBody is call with a JSON request body, if body is not nil.
+func (c Client) callBody(ctx context.Context, method, path string, body []byte, out any) error {
 	hc := c.HTTP
 	if hc == nil {
 		hc = &http.Client{Timeout: 30 * time.Second}
 	}
-	req, err := http.NewRequestWithContext(ctx, method, c.Base+path, nil)
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.Base+path, rd)
 	if err != nil {
 		return err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
 	}
 	if c.Token != "" {
 		req.Header.Set("Authorization", "Bearer "+c.Token)
@@ -73,15 +85,15 @@ func (c Client) call(ctx context.Context, method, path string, out any) error {
 		return fmt.Errorf("admin API %s: %w", c.Base, err)
 	}
 	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	answer, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 	if err != nil {
 		return fmt.Errorf("admin API: read answer: %w", err)
 	}
 	if resp.StatusCode != http.StatusOK {
-		return statusError(resp.StatusCode, body)
+		return statusError(resp.StatusCode, answer)
 	}
 	if out != nil {
-		if err := json.Unmarshal(body, out); err != nil {
+		if err := json.Unmarshal(answer, out); err != nil {
 			return fmt.Errorf("admin API: decode answer: %w", err)
 		}
 	}

@@ -53,6 +53,9 @@ type UpstreamStatus struct {
 	RecycleFailures    int64       `json:"recycle_failures"`
 	RateLimited        int64       `json:"rate_limited"`
 	RateLimitRemaining *float64    `json:"ratelimit_remaining"`
+
+	// PinnedBytes is what pins hold (never evicted); null without pins.
+	PinnedBytes *int64 `json:"pinned_bytes"`
 }
 
 // ServedBytes splits the bytes sent to clients by where they came from.
@@ -146,7 +149,7 @@ small { color: #59636e; }
 <td class="num" title="{{.CacheHits}} hits, {{.CacheMisses}} misses">{{pct .HitRatio}}</td>
 <td class="num">{{bytes .ServedBytes.Cache}}</td>
 <td class="num">{{bytes .ServedBytes.Upstream}}</td>
-<td class="num">{{with .StoredBytes}}{{bytes .}}{{else}}—{{end}}</td>
+<td class="num">{{with .StoredBytes}}{{bytes .}}{{else}}—{{end}}{{with .PinnedBytes}}<br><small>pinned {{bytes .}}</small>{{end}}</td>
 <td class="when">{{with .LastGC}}<span title="{{rfc3339 .At}}">{{ago $now .At}}</span> <small>{{.Result}}, freed {{bytes .FreedBytes}}</small>{{else}}<small>none since start</small>{{end}}</td>
 <td class="when">{{with .LastRecycle}}<span title="{{rfc3339 .At}}">{{ago $now .At}}</span> <small>{{.Reason}}</small>{{else}}<small>none since start</small>{{end}}</td>
 <td class="num">{{with .RateLimitRemaining}}{{printf "%.0f" .}}{{else}}—{{end}}</td>

@@ -123,6 +123,8 @@ type Options struct {
 	Root         string
 	Upstream     *upstream.Client
 	TagFreshness time.Duration
+	TagRules     []TagRule // tags' own freshness, first match first
+	Pins         []string  // the config's pinned refs (AddPin adds more)
 	FillTimeout  time.Duration
 	Logger       *slog.Logger
 	Observer     Observer
@@ -200,11 +202,15 @@ type Cache struct {
 
 	accessMu sync.Mutex
 	accessed map[string]time.Time // "repo@digest" -> last recorded pull
+
+	pins pinState
 }
 
 // tunables are the settings a reload may change under running fills.
 type tunables struct {
 	tagFreshness time.Duration
+	tagRules     []TagRule
+	pins         []string
 	fillTimeout  time.Duration
 	minFree      disk.MinFree
 }
@@ -320,7 +326,7 @@ func New(ctx context.Context, o Options) (*Cache, error) {
 // client they started with and finish.
 func (c *Cache) Update(o Options) {
 	c.up.Store(o.Upstream)
-	c.tun.Store(&tunables{tagFreshness: o.TagFreshness, fillTimeout: o.FillTimeout, minFree: o.MinFree})
+	c.tun.Store(&tunables{tagFreshness: o.TagFreshness, tagRules: o.TagRules, pins: o.Pins, fillTimeout: o.FillTimeout, minFree: o.MinFree})
 }
 
 func (c *Cache) client() *upstream.Client { return c.up.Load() }

@@ -6,8 +6,9 @@
 // The rules it implements:
 //
 //   - A tag is revalidated with one upstream HEAD on every resolve (or once per
-//     tag_freshness window). An unchanged tag costs that HEAD; a moved tag one
-//     more manifest GET, by digest, which is verified before it is stored.
+//     freshness window: its tag rule's, else tag_freshness). An unchanged tag
+//     costs that HEAD; a moved tag one more manifest GET, by digest, which is
+//     verified before it is stored.
 //   - Content addressed by digest is immutable: once cached it is served
 //     without asking the upstream.
 //   - Stale-if-error: when revalidation fails because the upstream is down,

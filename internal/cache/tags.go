@@ -119,10 +119,13 @@ type Resolved struct {
 	// Manifest is set when the store could not take the manifest: it is
 	// to be served from memory.
 	Manifest *Manifest
+	// Rule is the glob of the tag rule that set the tag's freshness, or
+	// "" for tag_freshness.
+	Rule string
 }
 
-// ResolveTag returns the digest a tag points at now, caching the manifest.
-func (c *Cache) ResolveTag(ctx context.Context, name, tag string) (Resolved, error) {
+// resolveTag is ResolveTag with the tag's freshness decided.
+func (c *Cache) resolveTag(ctx context.Context, name, tag string, fresh time.Duration) (Resolved, error) {
 	repo, err := c.repo(ctx, name)
 	if err != nil {
 		return Resolved{}, err
@@ -138,7 +141,7 @@ func (c *Cache) ResolveTag(ctx context.Context, name, tag string) (Resolved, err
 	hasLocal := lerr == nil && c.hasManifest(ctx, repo, local.Digest)
 	key := name + ":" + tag
 
-	if hasLocal && c.tunables().tagFreshness > 0 && c.isFresh(key) {
+	if hasLocal && fresh > 0 && c.isFresh(key, fresh) {
 		c.obs.Hit(KindTag)
 		c.used(name, local.Digest)
 		return Resolved{Digest: local.Digest}, nil
@@ -176,7 +179,7 @@ func (c *Cache) ResolveTag(ctx context.Context, name, tag string) (Resolved, err
 	if hasLocal && info.Digest == local.Digest {
 		c.obs.Hit(KindTag)
 		c.used(name, local.Digest)
-		c.markFresh(key)
+		c.markFresh(key, fresh)
 		return Resolved{Digest: local.Digest}, nil
 	}
 	c.obs.Miss(KindTag)
@@ -198,7 +201,7 @@ func (c *Cache) ResolveTag(ctx context.Context, name, tag string) (Resolved, err
 			storelayout.OnDisk(c.root, storelayout.TagIndexEntry(name, tag, info.Digest)))
 		return Resolved{Digest: info.Digest}, nil
 	}
-	c.markFresh(key)
+	c.markFresh(key, fresh)
 	return Resolved{Digest: info.Digest}, nil
 }
 
@@ -242,15 +245,15 @@ func (c *Cache) fetchManifestByTag(ctx context.Context, repo distribution.Reposi
 	return info, nil
 }
 
-func (c *Cache) isFresh(key string) bool {
+func (c *Cache) isFresh(key string, fresh time.Duration) bool {
 	c.freshMu.Lock()
 	defer c.freshMu.Unlock()
 	t, ok := c.fresh[key]
-	return ok && time.Since(t) < c.tunables().tagFreshness
+	return ok && time.Since(t) < fresh
 }
 
-func (c *Cache) markFresh(key string) {
-	if c.tunables().tagFreshness <= 0 {
+func (c *Cache) markFresh(key string, fresh time.Duration) {
+	if fresh <= 0 {
 		return
 	}
 	c.freshMu.Lock()

@@ -281,6 +281,12 @@ type Upstream struct {
 	// TagFreshness is how long a revalidated tag is served without asking the
 	// upstream again. 0 means every tag resolve revalidates.
 	TagFreshness time.Duration `mapstructure:"tag_freshness" yaml:"tag_freshness"`
+	// TagRules give matching tags their own freshness; the first match
+	// wins and tag_freshness covers the rest (see TagRule).
+	TagRules []TagRule `mapstructure:"tag_rules" yaml:"tag_rules,omitempty"`
+	// Pins are images (repo:tag or repo@digest) that eviction and GC never
+	// remove, besides those pinned at run time through the admin API.
+	Pins []string `mapstructure:"pins" yaml:"pins,omitempty"`
 	// Aliases are further registry hosts this upstream answers for, as they
 	// appear in containerd's ?ns= parameter. The name, the remote's host and,
 	// for Docker Hub, its well-known names always count.

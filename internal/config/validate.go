@@ -194,6 +194,8 @@ func (c Config) validate(requireUpstreams bool) []error {
 		if u.TagFreshness < 0 {
 			add(fieldErr(field("tag_freshness"), "must not be negative, got %s", u.TagFreshness))
 		}
+		errs = append(errs, checkTagRules(i, u.TagRules)...)
+		errs = append(errs, checkPins(i, u.Pins)...)
 		if u.MaxUnused < 0 {
 			add(fieldErr(field("max_unused"), "must not be negative, got %s", u.MaxUnused))
 		}

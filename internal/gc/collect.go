@@ -32,6 +32,9 @@ type Policy struct {
 	// Free asks for at least this many bytes to be freed, least recently
 	// pulled first: a fill that does not fit above the disk's watermark.
 	Free int64
+	// Pins are the config's pinned refs (upstreams[].pins), never evicted,
+	// as are those stored at cache.PinsPath.
+	Pins []string
 }
 
 // Store is what a collection works on: one upstream's storage.
@@ -76,6 +79,8 @@ type Result struct {
 	Evicted      []Eviction    `json:"evicted,omitempty"`
 	// Spared counts objects a concurrent pull claimed during the run.
 	Spared int `json:"spared"`
+	// PinnedBytes is what pins hold: never evicted.
+	PinnedBytes int64 `json:"pinned_bytes,omitempty"`
 	// Skipped says why a scheduled collection did not run: another
 	// replica collected the shared bucket in the same slot.
 	Skipped string `json:"skipped,omitempty"`
@@ -98,6 +103,7 @@ type manifest struct {
 	tags    []string
 	pulled  time.Time
 	evicted string // eviction reason, "" if kept
+	pinned  bool   // held by a pin: no policy evicts it
 }
 
 // Collect runs one collection over st: evict by policy, then sweep every
@@ -147,6 +153,9 @@ func Collect(ctx context.Context, st Store, p Policy, dryRun bool, log *slog.Log
 	if err != nil {
 		return res, fmt.Errorf("gc %s: scan manifests: %w", st.Name, err)
 	}
+	if err := markPinned(ctx, st, p.Pins, manifests); err != nil {
+		return res, err
+	}
 	sizes := map[digest.Digest]int64{}
 	err = st.NS.Blobs().Enumerate(ctx, func(d digest.Digest) error {
 		desc, err := st.NS.BlobStatter().Stat(ctx, d)
@@ -162,6 +171,7 @@ func Collect(ctx context.Context, st Store, p Policy, dryRun bool, log *slog.Log
 	}
 
 	choose(manifests, sizes, res.StoredBefore, p, time.Now())
+	notePinned(&res, manifests, sizes, p, log)
 
 	marked := map[digest.Digest]bool{}
 	mark := func(m *manifest) {
@@ -352,7 +362,7 @@ func scanManifests(ctx context.Context, st Store) ([]*manifest, []string, error)
 func choose(ms []*manifest, sizes map[digest.Digest]int64, stored int64, p Policy, now time.Time) {
 	if p.MaxUnused > 0 {
 		for _, m := range ms {
-			if m.evicted == "" && now.Sub(m.pulled) > p.MaxUnused {
+			if m.evicted == "" && !m.pinned && now.Sub(m.pulled) > p.MaxUnused {
 				m.evicted = ReasonUnused
 			}
 		}
@@ -397,7 +407,7 @@ func choose(ms []*manifest, sizes map[digest.Digest]int64, stored int64, p Polic
 	}
 	order := make([]*manifest, 0, len(ms))
 	for _, m := range ms {
-		if m.evicted == "" {
+		if m.evicted == "" && !m.pinned {
 			order = append(order, m)
 		}
 	}

@@ -29,7 +29,8 @@
 // alone hold bring the store under the cap; untagged manifests go before
 // tagged ones, so the manifest a tag currently points at is the last to go.
 // Blobs no remaining manifest references are then swept, and their bytes are
-// really freed on disk.
+// really freed on disk. Manifests a pin holds (upstreams[].pins, and those at
+// cache.PinsPath) are never evicted, by any policy: see pins.go.
 //
 // # Scheduling
 //

@@ -98,6 +98,7 @@ type Metrics struct {
 	stored          *storedBytes
 	fills           *storedBytes // same shape: a gauge read from funcs
 	localCopies     *storedBytes
+	pinned          *storedBytes
 	disk            *diskBytes
 	recycles        *prometheus.CounterVec
 	recycleFailures *prometheus.CounterVec
@@ -196,6 +197,7 @@ func New() *Metrics {
 	m.stored = &storedBytes{desc: prometheus.NewDesc(ns+"_stored_bytes",
 		"Bytes in the upstream's storage directory, from a walk at most 30 s old.", []string{"upstream"}, nil),
 		funcs: map[string]func() (int64, bool){}}
+	m.pinned = newPinned(ns)
 	m.disk = &diskBytes{
 		size: prometheus.NewDesc(ns+"_disk_size_bytes",
 			"Size of the filesystem holding the upstream's storage (statfs), read at scrape time.",
@@ -240,7 +242,7 @@ func New() *Metrics {
 	m.Registry.MustRegister(m.requests, m.requestDuration, m.inflight, m.hits, m.misses, m.servedBytes,
 		m.fetchedBytes, m.upRequests, m.upDuration, m.redirects, m.refused, m.rateLimited, m.badContent, m.rateLimitRemain, m.stale, m.dedupWaiters,
 		m.fillUncached, m.storageErrors, m.uncoordinated, m.fillSources, m.gcLeader, m.coordUp,
-		m.state, m.stored, m.fills, m.localCopies, m.disk, m.recycles, m.recycleFailures, m.lastRecycle, m.gcRuns, m.gcDuration, m.gcFreedBytes,
+		m.state, m.stored, m.fills, m.localCopies, m.pinned, m.disk, m.recycles, m.recycleFailures, m.lastRecycle, m.gcRuns, m.gcDuration, m.gcFreedBytes,
 		m.gcFreedObjects, m.evictions, m.lastGC, m.warmImages, m.warmBytes,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m

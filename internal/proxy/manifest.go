@@ -36,6 +36,7 @@ func (s *Server) serveManifest(w *recorder, r *http.Request, route apiRoute) {
 			w.stale = true
 			w.Header().Set("Warning", staleWarning(res.Cause))
 		}
+		w.tagRule = res.Rule
 		d, mem = res.Digest, res.Manifest
 	} else if mem, err = s.cache.EnsureManifest(ctx, route.repo, d); err != nil {
 		s.writeUpstreamError(w, r, err, kindManifest)

@@ -178,6 +178,8 @@ func New(ctx context.Context, u config.Upstream, o Options) (*Server, error) {
 			Root:         u.Storage.Path,
 			Upstream:     up,
 			TagFreshness: u.TagFreshness,
+			TagRules:     tagRules(u.TagRules),
+			Pins:         u.Pins,
 			FillTimeout:  u.FillTimeout,
 			MinFree:      u.MinFree(),
 			Logger:       log,
@@ -206,6 +208,8 @@ func (s *Server) TakeOver(old *Server) {
 	s.cache.Update(cache.Options{
 		Upstream:     s.up,
 		TagFreshness: s.cfg.TagFreshness,
+		TagRules:     tagRules(s.cfg.TagRules),
+		Pins:         s.cfg.Pins,
 		FillTimeout:  s.cfg.FillTimeout,
 		MinFree:      s.cfg.MinFree(),
 	})
@@ -257,6 +261,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		attrs := []any{"method", r.Method, "repository", route.repo, "kind", route.kind,
 			"ref", route.ref, "status", rw.status, "bytes", rw.bytes, "duration", d, "stale", rw.stale}
+		if rw.tagRule != "" {
+			attrs = append(attrs, "tag_rule", rw.tagRule)
+		}
 		if rw.cause != nil {
 			// The whole story for the operator; the client got a code.
 			attrs = append(attrs, "cause", rw.cause.Error())
@@ -335,6 +342,7 @@ type recorder struct {
 	bytes        int64
 	wrote        bool
 	stale        bool
+	tagRule      string // the tag rule that set a resolved tag's freshness
 	fromUpstream bool
 	cause        error // why an error was answered, for the access log
 }

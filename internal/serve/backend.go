@@ -172,6 +172,7 @@ func (b *backend) Status(context.Context) (admin.Status, error) {
 			at = at.UTC()
 			us.StoredBytes, us.StoredAt = &n, &at
 		}
+		us.PinnedBytes = pinnedStatus(r.server.Cache())
 		if g := sum.LastGC; g != nil {
 			us.LastGC = &admin.GCRun{At: g.At.UTC(), Result: g.Result, DurationSeconds: g.Duration.Seconds(),
 				FreedBytes: g.FreedBytes, FreedObjects: g.FreedObjects}

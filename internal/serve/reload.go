@@ -42,7 +42,7 @@ func (rl *reloader) startBackground(ctx context.Context) error {
 	for i, r := range ups {
 		gcTargets[i] = gc.Target{
 			Store:    rl.gcStore(r),
-			Policy:   gc.Policy{MaxSize: int64(r.cfg.MaxSize), MaxUnused: r.cfg.MaxUnused},
+			Policy:   gc.Policy{MaxSize: int64(r.cfg.MaxSize), MaxUnused: r.cfg.MaxUnused, Pins: r.cfg.Pins},
 			Schedule: r.cfg.GC.Schedule,
 		}
 		recycleTargets[i] = r.server
@@ -74,6 +74,9 @@ func (rl *reloader) reload(ctx context.Context, next config.Config) error {
 		// The peer listener and the Redis client live as long as the
 		// process; half a cluster on new settings would split it.
 		return errors.New("reload: coordination changes need a restart")
+	}
+	if err := checkPins(ctx, cur, next); err != nil {
+		return fmt.Errorf("reload: %w", err)
 	}
 	// Certificates are re-read (a renewed one is the reason for most
 	// reloads); they take effect at the next handshake.

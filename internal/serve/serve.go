@@ -116,6 +116,9 @@ func Start(ctx context.Context, cfg config.Config, log *slog.Logger) (*Process, 
 		ups = append(ups, r)
 		p.lst.set(ups, cfg)
 	}
+	if err := checkPins(ctx, ups, cfg); err != nil {
+		return fail(err)
+	}
 	if err := p.reload.startBackground(ctx); err != nil {
 		return fail(err)
 	}

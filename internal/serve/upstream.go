@@ -89,6 +89,7 @@ func (b *builder) newRunning(ctx context.Context, u config.Upstream, drain time.
 	if err != nil {
 		return nil, err
 	}
+	reportPinned(obs, srv.Cache())
 	r := &running{name: u.Name, cfg: u, server: srv, guard: guard, handler: &swapHandler{}}
 	r.handler.set(inflight(obs, srv))
 	return r, nil
