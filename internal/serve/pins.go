@@ -198,4 +198,5 @@ func (b *backend) pinError(upstream, ref string, err error) error {
 	return &admin.StatusError{Status: http.StatusInternalServerError, Code: admin.CodeUnknown,
 		Err: fmt.Errorf("pinning %s failed (the server log has the details)", ref)}
 }
+
 var _ admin.Pinner = (*backend)(nil)
