@@ -39,6 +39,13 @@ func TestLeasesSurviveASentinelFailover(t *testing.T) {
 	if err != nil || held.Lease == nil {
 		t.Fatalf("AcquireFill before the failover = %+v, %v", held, err)
 	}
+	// Redis replicates asynchronously: a write the replica has not got
+	// yet is lost in a failover, whoever wrote it. Wait for the replica to
+	// have the lease, so that what is tested is the renewals' way to the
+	// new master, not a replica still in its first sync.
+	if n, err := s.Server(t, before).Client().Do(ctx, "WAIT", 1, 10000).Int(); err != nil || n < 1 {
+		t.Fatalf("the replica did not acknowledge the lease: %d, %v", n, err)
+	}
 	after := s.Failover(t)
 	if after == before {
 		t.Fatalf("the sentinel still names %s after the failover", before)
