@@ -266,3 +266,88 @@ func requireCachedLines(t *testing.T, out string, set []image) {
 		t.Errorf("the output has cached lines for %d images, the manifests have %d", len(cached), len(set))
 	}
 }
+
+// `multiproxy warm --dry-run` against the real server prints the plan by
+// upstream, names what no upstream serves, exits 1 for it, and nothing is
+// fetched: no upstream sees a request, the cache is not even looked up.
+func TestWarmCommandDryRunFetchesNothing(t *testing.T) {
+	w1, w2 := newWatch(), newWatch()
+	one := ts.StartRegistry(t, ts.RegistryOptions{Wrap: w1.wrap})
+	two := ts.StartRegistry(t, ts.RegistryOptions{Wrap: w2.wrap})
+	ts.PushImage(t, one, "team/a:v1", 1, 1024)
+	ts.PushImage(t, one, "team/c:v1", 1, 1024)
+	ts.PushImage(t, two, "team/b:v1", 1, 1024)
+	w1.reset()
+	w2.reset()
+	cfg := ts.NewProxyConfig(t, ts.ProxyUpstream{Name: "one.test", Reg: one}, ts.ProxyUpstream{Name: "two.test", Reg: two})
+	cfg.Admin.Token = config.Secret(token)
+	p := ts.StartProxyConfig(t, cfg)
+	dir := t.TempDir()
+	file := filepath.Join(dir, "rollout.yaml")
+	manifests := `apiVersion: apps/v1
+kind: Deployment
+metadata: {name: a}
+spec:
+  template:
+    spec:
+      initContainers:
+      - {name: b, image: two.test/team/b:v1}
+      containers:
+      - {name: a, image: one.test/team/a:v1}
+---
+apiVersion: batch/v1
+kind: CronJob
+metadata: {name: c}
+spec:
+  jobTemplate:
+    spec:
+      template:
+        spec:
+          containers:
+          - {name: c, image: one.test/team/c:v1}
+          - {name: x, image: other.example.com/x/y:1}
+`
+	if err := os.WriteFile(file, []byte(manifests), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	out, stderr, code := runCommand(t, p, "warm", "--dry-run", "--from", file, "--platform", "linux/arm64")
+	// Upstreams in the order the manifests first name them: the init
+	// container comes before the containers.
+	want := `would warm 3 images for linux/arm64
+
+two.test (1 image)
+  two.test/team/b:v1
+
+one.test (2 images)
+  one.test/team/a:v1
+  one.test/team/c:v1
+
+skipped (1 image)
+  other.example.com/x/y:1  no upstream serves registry other.example.com
+`
+	if code != 1 || out != want || !strings.Contains(stderr, "1 of 4 images would not be warmed") {
+		t.Errorf("exit %d, stdout:\n%s\nwant exit 1 and\n%s\nstderr: %s", code, out, want, stderr)
+	}
+
+	// Without the image no upstream serves, the plan is all there is to
+	// do: exit 0.
+	served := filepath.Join(dir, "served.yaml")
+	if err := os.WriteFile(served, []byte(strings.ReplaceAll(manifests, "other.example.com/x/y:1", "two.test/team/b:v1")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, stderr, code = runCommand(t, p, "warm", "--dry-run", "--from", served)
+	if code != 0 || !strings.Contains(out, "one.test (2 images)") || !strings.Contains(out, "two.test (1 image)") || strings.Contains(out, "skipped") {
+		t.Errorf("exit %d, stdout:\n%s\nstderr: %s; want exit 0 and the plan by upstream", code, out, stderr)
+	}
+
+	if g1, g2 := w1.gets(), w2.gets(); len(g1)+len(g2) != 0 {
+		t.Errorf("a dry run fetched from the upstreams: %v %v", g1, g2)
+	}
+	if n := p.Metric(t, "multiproxy_cache_misses_total", nil); n != 0 {
+		t.Errorf("a dry run looked things up: %v cache misses", n)
+	}
+	if n := p.Metric(t, "multiproxy_warm_images_total", nil); n != 0 {
+		t.Errorf("a dry run counted %v warmed images", n)
+	}
+}
