@@ -75,12 +75,14 @@ type Warm struct {
 	MinRemaining int `mapstructure:"min_remaining" yaml:"min_remaining"`
 	// Concurrency is how many images one warm fills at a time.
 	Concurrency int `mapstructure:"concurrency" yaml:"concurrency"`
-	// Lists are files of image references warmed again on a schedule.
+	// Lists are files of image references, or Kubernetes manifests,
+	// warmed again on a schedule.
 	Lists []WarmList `mapstructure:"lists" yaml:"lists,omitempty"`
 }
 
-// WarmList is a file of image references, one a line (# starts a
-// comment), warmed on a cron schedule.
+// WarmList is a file warmed on a cron schedule: image references one a
+// line (# starts a comment), or Kubernetes manifests (YAML or JSON) whose
+// pod specs' images are warmed; the content tells which.
 type WarmList struct {
 	From string `mapstructure:"from" yaml:"from"`
 	// Schedule is a standard 5-field cron expression.

@@ -45,12 +45,12 @@ func (w Warm) validate() []error {
 	for i, l := range w.Lists {
 		field := func(name string) string { return fmt.Sprintf("warm.lists[%d].%s", i, name) }
 		if strings.TrimSpace(l.From) == "" {
-			errs = append(errs, fieldErr(field("from"), "required: a file of image references"))
+			errs = append(errs, fieldErr(field("from"), "required: a file of image references or Kubernetes manifests"))
 		} else if fi, err := os.Stat(l.From); err != nil {
 			// *fs.PathError names the path and the reason.
 			errs = append(errs, &ValidationError{Field: field("from"), Msg: err.Error(), err: err})
 		} else if fi.IsDir() {
-			errs = append(errs, fieldErr(field("from"), "%s is a directory, want a file of image references", l.From))
+			errs = append(errs, fieldErr(field("from"), "%s is a directory, want a file of image references or Kubernetes manifests", l.From))
 		}
 		if l.Schedule == "" {
 			errs = append(errs, fieldErr(field("schedule"), "required: a cron expression such as \"0 3 * * *\""))

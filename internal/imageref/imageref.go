@@ -73,10 +73,15 @@ func normalize(ref string) (string, error) {
 }
 
 // FromList reads one reference per line. Blank lines and comments are
-// ignored: a '#' that starts a line or follows a space or tab, as the
-// server reads the files of warm.lists, so that one file means the same
-// to both. name is the file's name for errors.
+// ignored: a '#' that starts a line or follows a space or tab. name is the
+// file's name for errors.
 func FromList(name string, r io.Reader) ([]string, error) {
+	return fromList(name, r, nil)
+}
+
+// fromList is FromList; with bad set, an invalid reference is passed to
+// bad and left out instead of failing the list.
+func fromList(name string, r io.Reader, bad func(error)) ([]string, error) {
 	var s Set
 	sc := bufio.NewScanner(r)
 	line := 0
@@ -98,13 +103,56 @@ func FromList(name string, r io.Reader) ([]string, error) {
 			return nil, fmt.Errorf("%s:%d: %d words, want one image reference per line", name, line, len(fields))
 		}
 		if err := s.Add(fields[0]); err != nil {
-			return nil, fmt.Errorf("%s:%d: %w", name, line, err)
+			err = fmt.Errorf("%s:%d: %w", name, line, err)
+			if bad == nil {
+				return nil, err
+			}
+			bad(err)
 		}
 	}
 	if err := sc.Err(); err != nil {
 		return nil, fmt.Errorf("%s: line %d: %w", name, line+1, err)
 	}
 	return s.List(), nil
+}
+
+// FromFile reads a file that is either a list of references or
+// Kubernetes manifests, told apart by content (IsManifests), so that one
+// setting (warm.lists[].from) takes what `helm template` prints as well as
+// a hand-written list. With bad set, an invalid reference is passed to
+// bad and left out, so that one typo does not stop a scheduled warm of
+// every other image; a file that cannot be parsed at all still fails.
+func FromFile(name string, r io.Reader, bad func(error)) ([]string, error) {
+	data, err := io.ReadAll(r)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	if IsManifests(data) {
+		return fromManifests(name, data, bad)
+	}
+	return fromList(name, bytes.NewReader(data), bad)
+}
+
+// IsManifests tells Kubernetes manifests from a list of references: JSON,
+// or YAML with a line that starts an object's apiVersion, kind or items
+// (a `kind: List`). Deciding by lines rather than by parsing keeps a
+// manifest with a syntax error a manifest, so that its error is YAML's
+// rather than "2 words on line 1". A reference can never be such a line.
+func IsManifests(data []byte) bool {
+	data = bytes.TrimPrefix(data, []byte("\ufeff"))
+	if isJSON(data) {
+		return true
+	}
+	for line := range bytes.Lines(data) {
+		line = bytes.TrimLeft(line, " \t")
+		line = bytes.TrimPrefix(line, []byte("- "))
+		for _, key := range []string{"apiVersion:", "kind:", "items:"} {
+			if bytes.HasPrefix(line, []byte(key)) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // FromManifests reads a stream of Kubernetes objects, YAML documents
@@ -116,10 +164,16 @@ func FromManifests(name string, r io.Reader) ([]string, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
+	return fromManifests(name, data, nil)
+}
+
+// fromManifests is FromManifests; bad is as for fromList.
+func fromManifests(name string, data []byte, bad func(error)) ([]string, error) {
+	var err error
 	// Editors on Windows start a file with a byte order mark; JSON
 	// decoding does not skip it.
 	data = bytes.TrimPrefix(data, []byte("\ufeff"))
-	f := finder{name: name}
+	f := finder{name: name, bad: bad}
 	if isJSON(data) {
 		err = f.jsonStream(data)
 	} else {
@@ -141,6 +195,7 @@ func isJSON(data []byte) bool {
 
 type finder struct {
 	name string
+	bad  func(error) // nil: an invalid reference fails the stream
 	set  Set
 	doc  int // the document being read, from 1
 	base int // line of the document's first line in the stream, minus 1
@@ -259,7 +314,11 @@ func (f *finder) containers(list string, seq *yaml.Node) error {
 				continue
 			}
 			if err := f.set.Add(strings.TrimSpace(v.Value)); err != nil {
-				return fmt.Errorf("%s: %w", where, err)
+				err = fmt.Errorf("%s: %w", where, err)
+				if f.bad == nil {
+					return err
+				}
+				f.bad(err)
 			}
 		}
 	}

@@ -224,3 +224,49 @@ func BenchmarkFromManifests(b *testing.B) {
 		}
 	}
 }
+
+// One setting, warm.lists[].from, takes a hand-written list or what
+// `helm template` prints: the file's content decides which it is.
+func TestFromFileTellsListsFromManifests(t *testing.T) {
+	for _, c := range []struct {
+		name, body string
+		want       []string
+	}{
+		{"list", "# rollout\nnginx:1.25\nregistry.k8s.io/pause:3.10   # sandbox\n", []string{"nginx:1.25", "registry.k8s.io/pause:3.10"}},
+		{"yaml", "apiVersion: v1\nkind: Pod\nspec:\n  containers:\n  - name: a\n    image: nginx:1.25\n", []string{"nginx:1.25"}},
+		{"kind List", "items:\n- spec:\n    initContainers:\n    - image: busybox:1\n", []string{"busybox:1"}},
+		{"json", `{"kind":"Pod","spec":{"containers":[{"image":"redis:7"}]}}`, []string{"redis:7"}},
+	} {
+		got, err := FromFile(c.name, strings.NewReader(c.body), nil)
+		if err != nil || !slices.Equal(got, c.want) {
+			t.Errorf("%s: FromFile = %q, %v; want %q", c.name, got, err, c.want)
+		}
+	}
+	// A manifest with a YAML error is still read as one, so the error
+	// is YAML's, not a list's "2 words".
+	_, err := FromFile("bad.yaml", strings.NewReader("apiVersion: v1\nkind: Pod\nspec: [\n"), nil)
+	if err == nil || !strings.Contains(err.Error(), "bad.yaml: document 1") {
+		t.Errorf("broken manifest: %v, want a YAML error naming the document", err)
+	}
+}
+
+// With a bad func, an invalid reference is reported and left out, in a
+// list and in manifests alike; the others are still read.
+func TestFromFileSkipsBadReferencesWhenAsked(t *testing.T) {
+	for name, body := range map[string]string{
+		"list":      "nginx:1.25\nNot_A/Ref!\nredis:7\n",
+		"manifests": "kind: Pod\nspec:\n  containers:\n  - image: nginx:1.25\n  - image: Not_A/Ref!\n  - image: redis:7\n",
+	} {
+		var bad []error
+		got, err := FromFile(name, strings.NewReader(body), func(err error) { bad = append(bad, err) })
+		if err != nil || !slices.Equal(got, []string{"nginx:1.25", "redis:7"}) {
+			t.Errorf("%s: FromFile = %q, %v", name, got, err)
+		}
+		if len(bad) != 1 || !strings.Contains(bad[0].Error(), "Not_A/Ref!") {
+			t.Errorf("%s: reported %v, want the one bad reference", name, bad)
+		}
+		if _, err := FromFile(name, strings.NewReader(body), nil); err == nil {
+			t.Errorf("%s: without bad, an invalid reference does not fail the file", name)
+		}
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"github.com/robfig/cron/v3"
 
 	"github.com/multiproxy/multiproxy/internal/config"
+	"github.com/multiproxy/multiproxy/internal/imageref"
 )
 
 // RunFunc runs one warm, as Run does with the process's current upstreams
@@ -55,9 +56,12 @@ func (s *Scheduler) Stop() {
 	s.wg.Wait()
 }
 
-// Warm warms one list file now. The file is read at each turn, so a job
-// that rewrites it is followed. What failed is logged by image; the
-// summary is logged by Run.
+// Warm warms one list file now: a list of references or Kubernetes
+// manifests, as imageref.FromFile tells them apart. The file is read at
+// each turn, so a job that rewrites it is followed. An invalid reference
+// is logged and left out rather than failing the whole list, as an image
+// the engine skips is; what failed is logged by image; the summary is
+// logged by Run.
 func (s *Scheduler) Warm(file string) {
 	s.wg.Add(1)
 	defer s.wg.Done()
@@ -69,7 +73,9 @@ func (s *Scheduler) Warm(file string) {
 		s.log.Error("scheduled warm: read the list", "list", file, "err", err)
 		return
 	}
-	images, err := ReadList(f)
+	images, err := imageref.FromFile(file, f, func(err error) {
+		s.log.Warn("scheduled warm: image skipped", "list", file, "reason", err)
+	})
 	f.Close()
 	if err == nil && len(images) == 0 {
 		err = fmt.Errorf("no image references in it")

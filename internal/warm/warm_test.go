@@ -18,24 +18,6 @@ import (
 	"github.com/multiproxy/multiproxy/internal/config"
 )
 
-func TestReadList(t *testing.T) {
-	got, err := ReadList(strings.NewReader(`# images of the rollout
-docker.io/library/nginx:1.25
-  ghcr.io/org/app@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef   # pinned
-
-quay.io/x/y:v1#not-a-comment
-`))
-	want := []string{"docker.io/library/nginx:1.25",
-		"ghcr.io/org/app@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
-		"quay.io/x/y:v1#not-a-comment"}
-	if err != nil || !slices.Equal(got, want) {
-		t.Errorf("ReadList = %q, %v; want %q", got, err, want)
-	}
-	if _, err := ReadList(strings.NewReader("a:1\nb:1 c:1\n")); err == nil || !strings.Contains(err.Error(), "line 2") {
-		t.Errorf("two references on a line: %v, want the line named", err)
-	}
-}
-
 func TestCheck(t *testing.T) {
 	for _, c := range []struct {
 		req  Request

@@ -15,6 +15,8 @@
 //     multiproxy's User-Agent, each blob once, and the CDN never an
 //     Authorization header;
 //   - with the cache stopped, pulls fall through to the real registry;
+//   - images warmed through the admin API pull with the whole upstream
+//     stopped, so the warm alone filled the cache;
 //   - a config.toml that containerd rejects is the one `containerd check`
 //     flags, while its --fix output is one containerd accepts.
 //

@@ -49,6 +49,63 @@ func TestScheduledListIsWarmed(t *testing.T) {
 	}
 }
 
+// warm.lists[].from also takes Kubernetes manifests, as `helm template`
+// prints them: the images of their pod specs are warmed on the schedule,
+// and a reference that cannot be parsed is logged and left out rather
+// than stopping the others.
+func TestScheduledManifestsAreWarmed(t *testing.T) {
+	reg := ts.StartRegistry(t, ts.RegistryOptions{})
+	ts.PushImage(t, reg, "team/web:v1", 2, 8<<10)
+	ts.PushImage(t, reg, "team/init:v1", 1, 4<<10)
+	file := filepath.Join(t.TempDir(), "rollout.yaml")
+	body := `apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  template:
+    spec:
+      initContainers:
+      - name: init
+        image: ` + name + `/team/init:v1
+      containers:
+      - name: web
+        image: ` + name + `/team/web:v1
+---
+apiVersion: batch/v1
+kind: CronJob
+metadata: {name: report}
+spec:
+  jobTemplate:
+    spec:
+      template:
+        spec:
+          containers:
+          - name: report
+            image: ` + name + `/Team/Bad_Ref!
+`
+	if err := os.WriteFile(file, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := ts.NewProxyConfig(t, ts.ProxyUpstream{Name: name, Reg: reg})
+	cfg.Warm = config.Warm{MinRemaining: 10, Concurrency: 4, Lists: []config.WarmList{{From: file, Schedule: "@every 1s"}}}
+	p := ts.StartProxyConfig(t, cfg)
+
+	ts.WaitFor(t, 30*time.Second, "the manifests' images warmed", func() bool {
+		return p.Metric(t, "multiproxy_warm_images_total", map[string]string{"upstream": name, "result": "cached"}) >= 2
+	})
+	if logs := p.Logs(); !strings.Contains(logs, `msg="scheduled warm: image skipped"`) || !strings.Contains(logs, "Bad_Ref!") {
+		t.Errorf("the invalid reference was not logged as skipped:\n%s", logs)
+	}
+	p.Stop()
+	reg.Stop()
+	q := ts.StartProxyConfig(t, withoutLists(p.Config))
+	for _, repo := range []string{"team/web:v1", "team/init:v1"} {
+		if err := pull(q, t, name, repo, false); err != nil {
+			t.Errorf("scheduled warm of the manifests did not cache %s: %v", repo, err)
+		}
+	}
+}
+
 func withoutLists(cfg config.Config) config.Config {
 	cfg.Warm.Lists = nil
 	return cfg
