@@ -127,3 +127,30 @@ func TestProductBinaryLinksNoTestClient(t *testing.T) {
 		t.Error("cmd/multiproxy links go-containerregistry")
 	}
 }
+
+// TestNoLongFiles: no non-test Go file is over 600 lines, so that each
+// file can be read as one job.
+func TestNoLongFiles(t *testing.T) {
+	err := filepath.WalkDir("../..", func(path string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() && strings.HasPrefix(d.Name(), ".") && path != "../.." {
+			return filepath.SkipDir
+		}
+		if d.IsDir() || !strings.HasSuffix(path, ".go") || strings.HasSuffix(path, "_test.go") {
+			return nil
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		if n := bytes.Count(b, []byte("\n")); n > 600 {
+			t.Errorf("%s has %d lines; split it by job", strings.TrimPrefix(path, "../../"), n)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
