@@ -3,7 +3,6 @@ package warm
 import (
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -180,31 +179,13 @@ func TestWarmCommandFromManifestsWhileClientsPull(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	cfg := ts.NewProxyConfig(t, ts.ProxyUpstream{Name: name, Reg: reg})
-	cfg.Admin.Token = config.Secret(token)
-	cfg.Warm = config.Warm{Platforms: []string{"linux/amd64", "linux/arm64"}, MinRemaining: 10, Concurrency: 4}
-	p := ts.StartProxyConfig(t, cfg)
+	p := startWarmProxy(t, reg)
 
-	var wg sync.WaitGroup
-	errs := make(chan error, 2*len(set))
-	for c := range 2 {
-		order := rand.Perm(len(set))
-		wg.Go(func() {
-			for _, i := range order {
-				if err := pull(p, t, name, set[i].repo, set[i].index); err != nil {
-					errs <- fmt.Errorf("client %d: %w", c, err)
-				}
-			}
-		})
-	}
+	pulled := pullWhile(t, p, set, 2)
 	start := time.Now()
 	out, stderr, code := runCommand(t, p, "warm", "--from", file)
 	took := time.Since(start)
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Error(err)
-	}
+	pulled()
 	if code != 0 {
 		t.Fatalf("multiproxy warm --from exited %d; stderr:\n%s\nstdout:\n%s", code, stderr, out)
 	}

@@ -3,6 +3,7 @@ package warm
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"net/http"
 	"strings"
 	"sync"
@@ -14,6 +15,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/validate"
 
 	"github.com/multiproxy/multiproxy/internal/admin"
+	"github.com/multiproxy/multiproxy/internal/config"
 	ts "github.com/multiproxy/multiproxy/internal/testsupport"
 	"github.com/multiproxy/multiproxy/internal/warm"
 )
@@ -146,4 +148,40 @@ func pullPlatform(p *ts.Proxy, t *testing.T, upstream, repoAndRef, arch string) 
 		return fmt.Errorf("verify %s for %s: %w", repoAndRef, arch, err)
 	}
 	return nil
+}
+
+// startWarmProxy starts multiproxy in front of reg with the admin token
+// and the warm settings the end-to-end tests share.
+func startWarmProxy(t *testing.T, reg *ts.Registry) *ts.Proxy {
+	t.Helper()
+	cfg := ts.NewProxyConfig(t, ts.ProxyUpstream{Name: name, Reg: reg})
+	cfg.Admin.Token = config.Secret(token)
+	cfg.Warm = config.Warm{Platforms: []string{"linux/amd64", "linux/arm64"}, MinRemaining: 10, Concurrency: 4}
+	return ts.StartProxyConfig(t, cfg)
+}
+
+// pullWhile starts clients that each pull the whole set through p, in an
+// order of their own; the returned func waits for them and fails the test
+// with every pull that failed.
+func pullWhile(t *testing.T, p *ts.Proxy, set []image, clients int) (wait func()) {
+	t.Helper()
+	var wg sync.WaitGroup
+	errs := make(chan error, clients*len(set))
+	for c := range clients {
+		order := rand.Perm(len(set))
+		wg.Go(func() {
+			for _, i := range order {
+				if err := pull(p, t, name, set[i].repo, set[i].index); err != nil {
+					errs <- fmt.Errorf("client %d: %w", c, err)
+				}
+			}
+		})
+	}
+	return func() {
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Error(err)
+		}
+	}
 }

@@ -2,10 +2,8 @@ package warm
 
 import (
 	"fmt"
-	"math/rand/v2"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -87,31 +85,13 @@ func TestWarmWhileClientsPull(t *testing.T) {
 	set := pushSet(t, reg, 20)
 	w.reset()
 
-	cfg := ts.NewProxyConfig(t, ts.ProxyUpstream{Name: name, Reg: reg})
-	cfg.Admin.Token = config.Secret(token)
-	cfg.Warm = config.Warm{Platforms: []string{"linux/amd64", "linux/arm64"}, MinRemaining: 10, Concurrency: 4}
-	p := ts.StartProxyConfig(t, cfg)
+	p := startWarmProxy(t, reg)
 
 	// Three clients pull the whole set, each in its own order, while the
 	// warm runs.
-	var wg sync.WaitGroup
-	errs := make(chan error, 3*len(set))
-	for c := range 3 {
-		order := rand.Perm(len(set))
-		wg.Go(func() {
-			for _, i := range order {
-				if err := pull(p, t, name, set[i].repo, set[i].index); err != nil {
-					errs <- fmt.Errorf("client %d: %w", c, err)
-				}
-			}
-		})
-	}
+	pulled := pullWhile(t, p, set, 3)
 	events := warmNow(t, p, token, warm.Request{Images: refs(set)})
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Error(err)
-	}
+	pulled()
 
 	kinds := byKind(events)
 	sum := summary(t, events)
