@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -20,8 +21,17 @@ import (
 // main would use.
 func run(t *testing.T, args ...string) (string, string, int) {
 	t.Helper()
+	return execute(nil, args...)
+}
+
+// execute runs the command line args, with stdin if it is not nil, and
+// returns stdout, stderr and the exit status main would use.
+func execute(stdin io.Reader, args ...string) (string, string, int) {
 	var out, errb bytes.Buffer
 	root := newRoot(&out, &errb)
+	if stdin != nil {
+		root.SetIn(stdin)
+	}
 	root.SetArgs(args)
 	err := root.Execute()
 	code := 0

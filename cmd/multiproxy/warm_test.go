@@ -107,21 +107,7 @@ func upstreamOf(im string) string {
 func runIn(t *testing.T, stdin string, args ...string) (string, string, int) {
 	t.Helper()
 	t.Setenv("MULTIPROXY_CONFIG", "")
-	var out, errb bytes.Buffer
-	root := newRoot(&out, &errb)
-	root.SetIn(strings.NewReader(stdin))
-	root.SetArgs(args)
-	err := root.Execute()
-	code := 0
-	if err != nil {
-		errb.WriteString(err.Error())
-		code = 1
-		var ee *exitError
-		if errors.As(err, &ee) {
-			code = ee.code
-		}
-	}
-	return out.String(), errb.String(), code
+	return execute(strings.NewReader(stdin), args...)
 }
 
 const deployYAML = `# Source: app/templates/deployment.yaml
