@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"slices"
 	"sync"
 	"time"
@@ -67,6 +68,10 @@ func (e *PinLimitError) Error() string {
 		e.Ref, config.ByteSize(e.Pinned), config.ByteSize(e.Limit))
 }
 
+// maxPinsFile bounds the pins file read from the store: tens of
+// thousands of pins fit in it.
+const maxPinsFile = 1 << 20
+
 // pinFile is the JSON object kept at PinsPath.
 type pinFile struct {
 	Pins []string `json:"pins"`
@@ -74,13 +79,24 @@ type pinFile struct {
 
 // ReadPins returns the pins added at run time to the store behind d.
 func ReadPins(ctx context.Context, d storagedriver.StorageDriver) ([]string, error) {
-	b, err := d.GetContent(ctx, PinsPath)
+	// The bucket is shared and may hold anything: read at most
+	// maxPinsFile, so a huge or corrupt object costs an error, not the
+	// process's memory.
+	r, err := d.Reader(ctx, PinsPath, 0)
 	var missing storagedriver.PathNotFoundError
 	if errors.As(err, &missing) {
 		return nil, nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("read pins: %w", err)
+	}
+	defer r.Close()
+	b, err := io.ReadAll(io.LimitReader(r, maxPinsFile+1))
+	if err != nil {
+		return nil, fmt.Errorf("read pins: %w", err)
+	}
+	if len(b) > maxPinsFile {
+		return nil, fmt.Errorf("read pins %s: larger than %d bytes; not a pins file this version wrote", PinsPath, maxPinsFile)
 	}
 	var f pinFile
 	if err := json.Unmarshal(b, &f); err != nil {
