@@ -7,8 +7,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/netip"
-	"net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -56,12 +54,6 @@ type Coordinator interface {
 // Lease is a held fill lease.
 type Lease interface{ Release() }
 
-// PeerPath is where a replica serves its running fills and local copies
-// of an upstream to the others.
-func PeerPath(upstreamName string, d digest.Digest) string {
-	return "/peer/v1/" + upstreamName + "/blobs/" + d.String()
-}
-
 // Where a fill's bytes come from, as logged and labelled in metrics.
 const (
 	SourceUpstream = "upstream"
@@ -88,15 +80,6 @@ func (s *source) Close() {
 		s.lease.Release()
 	}
 }
-
-// errNotHere is a peer request for a blob this replica neither holds nor
-// is fetching.
-var errNotHere = errors.New("not held by this replica")
-
-// errBadOwner is a fill lease whose owner, as read from Redis, is not a
-// host:port: it is never dialled, so whoever can write Redis cannot make
-// replicas send requests anywhere but to a peer port.
-var errBadOwner = errors.New("fill lease owner is not a host:port")
 
 // openSource finds where a fill reads from. On the filesystem that is
 // always the upstream. On a shared bucket: the bucket if the blob is
@@ -286,68 +269,6 @@ func (c *Cache) bucketSource(ctx context.Context, d digest.Digest, offset int64)
 	return &source{kind: SourceBucket, body: body, size: desc.Size, from: offset}, true
 }
 
-// validPeer reports whether owner, as read from Redis, is a host:port a
-// peer can listen at: a URL, a path or anything else a request could be
-// steered with is not.
-func validPeer(owner string) bool {
-	host, port, err := net.SplitHostPort(owner)
-	if err != nil || host == "" {
-		return false
-	}
-	if p, err := strconv.ParseUint(port, 10, 16); err != nil || p == 0 {
-		return false
-	}
-	if _, err := netip.ParseAddr(host); err == nil {
-		return true
-	}
-	for _, r := range host {
-		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '.') {
-			return false
-		}
-	}
-	return true
-}
-
-// peerSource streams d from offset on from the replica fetching it.
-func (c *Cache) peerSource(ctx context.Context, peer string, d digest.Digest, offset int64) (*source, error) {
-	if !validPeer(peer) {
-		return nil, fmt.Errorf("%w: %q", errBadOwner, peer)
-	}
-	hc := c.shared.Peers
-	u := url.URL{Scheme: "http", Host: peer, Path: PeerPath(c.shared.Name, d)}
-	rctx, cancel := context.WithCancel(ctx)
-	req, err := http.NewRequestWithContext(rctx, http.MethodGet, u.String(), nil)
-	if err != nil {
-		cancel()
-		return nil, err
-	}
-	if c.shared.PeerToken != "" {
-		req.Header.Set("Authorization", "Bearer "+c.shared.PeerToken)
-	}
-	if offset > 0 {
-		req.Header.Set("Range", "bytes="+strconv.FormatInt(offset, 10)+"-")
-	}
-	resp, err := hc.Do(req)
-	if err != nil {
-		cancel()
-		return nil, fmt.Errorf("peer %s: %w", peer, err)
-	}
-	from, ok := bodyStart(resp, offset)
-	if !ok {
-		resp.Body.Close()
-		cancel()
-		if resp.StatusCode == http.StatusUnauthorized {
-			// Not a fill that ended: the replicas disagree on
-			// coordination.peer_token_file, and every blob this replica
-			// wants from that one will be fetched twice until fixed.
-			c.log.Warn("peer refused this replica's peer token", "peer", peer, "token_set", c.shared.PeerToken != "")
-		}
-		return nil, fmt.Errorf("peer %s answered %s", peer, resp.Status)
-	}
-	body := upstream.IdleBody(resp.Body, c.client().Timeout(), cancel)
-	return &source{kind: SourcePeer, body: body, size: resp.ContentLength, from: from, peer: peer}, nil
-}
-
 // resume finds another source for a fill whose peer stream broke (the
 // replica fetching the blob died, or its fill failed) or stalled: the
 // bucket if the blob got there, else whoever holds the lease now, this
@@ -436,36 +357,6 @@ func (c *Cache) upload(ctx context.Context, f *fill) error {
 // uploadGrace is how long an upload to the bucket may go on once the
 // process is stopping.
 const uploadGrace = 10 * time.Second
-
-// PeerBlob is what another replica gets for d: this replica's running fill
-// or its local copy, never a new fetch (the asking replica does that
-// itself when this one has nothing).
-func (c *Cache) PeerBlob(ctx context.Context, d digest.Digest) (*BlobReader, error) {
-	if c.shared != nil {
-		if f, ok := c.shared.tier.open(d); ok {
-			return &BlobReader{File: f}, nil
-		}
-	}
-	c.mu.Lock()
-	f, ok := c.fills[d]
-	if !ok || !f.joinable() {
-		c.mu.Unlock()
-		return nil, errNotHere
-	}
-	s := f.attach(ctx)
-	c.mu.Unlock()
-	select {
-	case <-f.ready:
-	case <-ctx.Done():
-		s.Close()
-		return nil, ctx.Err()
-	}
-	if f.headerErr != nil {
-		s.Close()
-		return nil, errNotHere
-	}
-	return &BlobReader{Stream: s}, nil
-}
 
 // LocalCopyBytes is what the local copies of a cache on a shared bucket
 // take on disk; ok is false on the filesystem, which has none.
