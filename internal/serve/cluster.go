@@ -122,15 +122,19 @@ func advertiseAddr(redisAddr string, peer net.Addr) (string, error) {
 }
 
 // requireToken refuses a peer request without the bearer token, when one
-// is set. The comparison takes the same time wherever the first wrong byte
-// is, so the token cannot be guessed byte by byte from answer times.
+// is set. The scheme's name is matched in any case, as RFC 9110 says auth
+// schemes are, so a proxy or client that writes "bearer" is not refused.
+// The token's comparison takes the same time wherever the first wrong
+// byte is, so it cannot be guessed byte by byte from answer times.
 func requireToken(token string, next http.Handler) http.Handler {
 	if token == "" {
 		return next
 	}
-	want := []byte("Bearer " + token)
+	want := []byte(token)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) != 1 {
+		scheme, got, _ := strings.Cut(r.Header.Get("Authorization"), " ")
+		got = strings.TrimLeft(got, " ")
+		if !strings.EqualFold(scheme, "Bearer") || subtle.ConstantTimeCompare([]byte(got), want) != 1 {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="multiproxy peer"`)
 			http.Error(w, "peer token required", http.StatusUnauthorized)
 			return
