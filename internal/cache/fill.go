@@ -98,7 +98,8 @@ func (c *Cache) runFill(f *fill, repo distribution.Repository, name string) {
 		close(f.ready)
 	}
 
-	src, err := c.openSource(ctx, name, f.digest)
+	av := &avoid{}
+	src, err := c.openSource(ctx, name, f.digest, av)
 	if err != nil {
 		early(err)
 		return
@@ -108,6 +109,9 @@ func (c *Cache) runFill(f *fill, repo distribution.Repository, name string) {
 	// A resumed fill replaces src, so the close reads it at the end.
 	defer func() { src.Close() }()
 	fromUpstream := src.kind == SourceUpstream
+	// A blob read from the bucket is there already: a fill that resumes
+	// elsewhere after the bucket stalled stores only its local copy.
+	inBucket := src.kind == SourceBucket
 	c.obs.FillSource(src.kind)
 	c.log.Debug("fill", "repository", name, "digest", f.digest, "source", src.kind, "size", src.size)
 	size := src.size
@@ -147,6 +151,13 @@ func (c *Cache) runFill(f *fill, repo distribution.Repository, name string) {
 	for {
 		n, rerr := src.body.Read(buf)
 		read += int64(n)
+		if size >= 0 && read > size {
+			// More bytes than the blob has (a source, or a resume, that
+			// went wrong): written, they would let clients read the
+			// blob's last byte before the digest check.
+			f.fail(&upstream.Error{Op: "read blob", Cause: upstream.CauseBadContent, Err: fmt.Errorf("long body: over %d bytes", size)})
+			return
+		}
 		if n > 0 {
 			chunk := buf[:n]
 			if !passing && size < 0 && res != nil && res.Left() < int64(n) {
@@ -187,7 +198,7 @@ func (c *Cache) runFill(f *fill, repo distribution.Repository, name string) {
 			break
 		}
 		if rerr != nil {
-			if next := c.resume(ctx, src, name, f.digest, read, rerr); next != nil {
+			if next := c.resume(ctx, src, name, f.digest, read, rerr, av); next != nil {
 				src.Close()
 				src = next
 				fromUpstream = src.kind == SourceUpstream
@@ -218,7 +229,11 @@ func (c *Cache) runFill(f *fill, repo distribution.Repository, name string) {
 	if passing {
 		return
 	}
-	if err := c.commit(ctx, f, repo, src.kind); err != nil {
+	kind := src.kind
+	if inBucket {
+		kind = SourceBucket
+	}
+	if err := c.commit(ctx, f, repo, kind); err != nil {
 		c.storageFailed(OpCommit, err)
 		return
 	}

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/distribution/distribution/v3"
+	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
 	"github.com/opencontainers/go-digest"
 
 	"github.com/multiproxy/multiproxy/internal/storelayout"
@@ -81,14 +82,22 @@ func (s *source) Close() {
 	}
 }
 
+// avoid is what a fill that moves on does not go back to: a peer whose
+// stream stalled, and the bucket once a call to it failed or ran out of
+// time (a hung store would cost every later look another timeout).
+type avoid struct {
+	peer   string
+	bucket bool
+}
+
 // openSource finds where a fill reads from. On the filesystem that is
 // always the upstream. On a shared bucket: the bucket if the blob is
 // there; else, with coordination, the upstream if this replica wins the
 // blob's lease, or the winner's running fill. Waiting for a winner is
 // bounded: past the lease TTL and the upstream timeout this replica
 // fetches alone, since a pull must never hang on coordination.
-func (c *Cache) openSource(ctx context.Context, name string, d digest.Digest) (*source, error) {
-	return c.openSourceAt(ctx, name, d, 0, "")
+func (c *Cache) openSource(ctx context.Context, name string, d digest.Digest, av *avoid) (*source, error) {
+	return c.openSourceAt(ctx, name, d, 0, av)
 }
 
 // openSourceAt is openSource for the bytes from offset on, for a fill that
@@ -96,10 +105,10 @@ func (c *Cache) openSource(ctx context.Context, name string, d digest.Digest) (*
 // there, and an upstream or a peer is asked for a range. One that ignores
 // the range sends the whole blob again, and the bytes before offset are
 // skipped; the digest check at the end covers every source either way.
-// stalled is a peer whose stream stopped sending: it is not waited for
-// again (see findSource).
-func (c *Cache) openSourceAt(ctx context.Context, name string, d digest.Digest, offset int64, stalled string) (*source, error) {
-	s, err := c.findSource(ctx, name, d, offset, stalled)
+// av is what not to ask again (see findSource); the sources that fail
+// meanwhile are added to it.
+func (c *Cache) openSourceAt(ctx context.Context, name string, d digest.Digest, offset int64, av *avoid) (*source, error) {
+	s, err := c.findSource(ctx, name, d, offset, av)
 	if err != nil || s.from == offset {
 		return s, err
 	}
@@ -113,13 +122,13 @@ func (c *Cache) openSourceAt(ctx context.Context, name string, d digest.Digest, 
 // findSource opens a source of d from offset on; see openSourceAt. A peer
 // that does not answer within the upstream timeout (a black-holed or hung
 // replica, which may still renew its lease), or whose stream stalled, or
-// whose address in Redis is not one, is not waited for: this replica
-// fetches alone, as it does when a holder does not deliver in time.
-func (c *Cache) findSource(ctx context.Context, name string, d digest.Digest, offset int64, stalled string) (*source, error) {
+// whose address in Redis is not one, is not waited for: this replica fetches alone, as it does
+// when a holder does not deliver in time.
+func (c *Cache) findSource(ctx context.Context, name string, d digest.Digest, offset int64, av *avoid) (*source, error) {
 	if c.shared == nil {
 		return c.upstreamSource(ctx, name, d, nil, offset)
 	}
-	if s, ok := c.bucketSource(ctx, d, offset); ok {
+	if s, ok := c.bucketSource(ctx, d, offset, av); ok {
 		return s, nil
 	}
 	co := c.shared.Coord
@@ -137,14 +146,14 @@ func (c *Cache) findSource(ctx context.Context, name string, d digest.Digest, of
 		if lease != nil {
 			// Another replica may have committed between our look at the
 			// bucket and the lease.
-			if s, ok := c.bucketSource(ctx, d, offset); ok {
+			if s, ok := c.bucketSource(ctx, d, offset, av); ok {
 				lease.Release()
 				return s, nil
 			}
 			return c.upstreamSource(ctx, name, d, lease, offset)
 		}
 		if owner != "" && owner != co.Self() {
-			if owner == stalled {
+			if owner == av.peer {
 				c.obs.FillUncoordinated()
 				c.log.Warn("fill lease holder stalled; fetching alone", "digest", d, "holder", owner)
 				return c.upstreamSource(ctx, name, d, nil, offset)
@@ -172,7 +181,7 @@ func (c *Cache) findSource(ctx context.Context, name string, d digest.Digest, of
 			return nil, ctx.Err()
 		case <-time.After(200 * time.Millisecond):
 		}
-		if s, ok := c.bucketSource(ctx, d, offset); ok {
+		if s, ok := c.bucketSource(ctx, d, offset, av); ok {
 			return s, nil
 		}
 	}
@@ -241,14 +250,21 @@ func (c *Cache) bucketCall(ctx context.Context) (context.Context, context.Cancel
 	return context.WithTimeout(ctx, c.client().Timeout())
 }
 
-// bucketSource opens d in the bucket from offset on, if it is there. The
-// Stat and the open are each bounded by the upstream timeout, and so is
-// each read of the body (a stalled store ends it with an error).
-func (c *Cache) bucketSource(ctx context.Context, d digest.Digest, offset int64) (*source, bool) {
+// bucketSource opens d in the bucket from offset on, if it is there and
+// av does not rule the bucket out. The Stat and the open are each bounded
+// by the upstream timeout, and so is each read of the body (a stalled
+// store ends it with an error, and the fill resumes elsewhere). A bucket
+// that fails or runs out of time other than by not having d is added to
+// av: the fill gets d elsewhere without asking it again.
+func (c *Cache) bucketSource(ctx context.Context, d digest.Digest, offset int64, av *avoid) (*source, bool) {
+	if av.bucket {
+		return nil, false
+	}
 	sctx, scancel := c.bucketCall(ctx)
 	desc, err := c.registry.BlobStatter().Stat(sctx, d)
 	scancel()
 	if err != nil {
+		c.bucketFailed(ctx, d, "stat", err, av)
 		return nil, false
 	}
 	// The body lives on this context: the open's timer is stopped once it
@@ -263,30 +279,53 @@ func (c *Cache) bucketSource(ctx context.Context, d digest.Digest, offset int64)
 		}
 		// Removed meanwhile (a collection), or the store did not answer
 		// in time: fetch it again rather than wait.
+		if err == nil {
+			err = context.DeadlineExceeded
+		}
+		c.bucketFailed(ctx, d, "open", err, av)
 		return nil, false
 	}
 	body := upstream.IdleBody(r, c.client().Timeout(), cancel)
 	return &source{kind: SourceBucket, body: body, size: desc.Size, from: offset}, true
 }
 
+// bucketFailed rules the bucket out for the rest of a fill (av) when err
+// is not just d missing from it.
+func (c *Cache) bucketFailed(ctx context.Context, d digest.Digest, op string, err error, av *avoid) {
+	var missing storagedriver.PathNotFoundError
+	if errors.Is(err, distribution.ErrBlobUnknown) || errors.As(err, &missing) || ctx.Err() != nil {
+		return
+	}
+	av.bucket = true
+	c.log.Warn("bucket failed during a fill; getting the blob elsewhere", "op", op, "digest", d, "err", err)
+}
+
 // resume finds another source for a fill whose peer stream broke (the
-// replica fetching the blob died, or its fill failed) or stalled: the
-// bucket if the blob got there, else whoever holds the lease now, this
-// replica included once the dead one's lease expires, or the upstream
-// at once if the peer stalled. The new source is asked for the bytes from
-// offset on. The fill's clients keep their connection meanwhile and never
-// see the break. An upstream or the bucket failing mid-body is not
-// resumed: that error is theirs to report.
-func (c *Cache) resume(ctx context.Context, broken *source, name string, d digest.Digest, offset int64, cause error) *source {
-	if broken.kind != SourcePeer || c.shared == nil || ctx.Err() != nil {
+// replica fetching the blob died, or its fill failed) or stalled, or whose
+// bucket read failed or stalled: the bucket if the blob got there and was
+// not the source that broke, else whoever holds the lease now, this
+// replica included once a dead holder's lease expires, or the upstream at
+// once if the peer stalled. The new source is asked for the bytes from
+// offset on; the bytes before it were hashed already, and the digest check
+// at the end covers them all. The fill's clients keep their connection
+// meanwhile and never see the break. An upstream failing mid-body is not
+// resumed: that error is its clients' to see.
+func (c *Cache) resume(ctx context.Context, broken *source, name string, d digest.Digest, offset int64, cause error, av *avoid) *source {
+	if c.shared == nil || ctx.Err() != nil {
 		return nil
 	}
-	c.log.Warn("peer stream broke; resuming the fill", "digest", d, "offset", offset, "err", cause)
-	stalled := ""
-	if isTimeout(cause) {
-		stalled = broken.peer
+	switch broken.kind {
+	case SourcePeer:
+		if isTimeout(cause) {
+			av.peer = broken.peer
+		}
+	case SourceBucket:
+		av.bucket = true
+	default:
+		return nil
 	}
-	s, err := c.openSourceAt(ctx, name, d, offset, stalled)
+	c.log.Warn("fill source broke; resuming the fill", "source", broken.kind, "peer", broken.peer, "digest", d, "offset", offset, "err", cause)
+	s, err := c.openSourceAt(ctx, name, d, offset, av)
 	if err != nil {
 		c.log.Warn("resume fill", "digest", d, "err", err)
 		return nil
