@@ -29,9 +29,14 @@ func PeerPath(upstreamName string, d digest.Digest) string {
 var errNotHere = errors.New("not held by this replica")
 
 // errBadOwner is a fill lease whose owner, as read from Redis, is not a
-// host:port: it is never dialled, so whoever can write Redis cannot make
-// replicas send requests anywhere but to a peer port.
-var errBadOwner = errors.New("fill lease owner is not a host:port")
+// host:port, or answers as no peer port does (a redirect). The first is
+// never dialled, and no redirect is followed, so whoever can write Redis
+// cannot make replicas send requests anywhere but to a peer port.
+var errBadOwner = errors.New("fill lease owner is not a peer")
+
+// errPeerRefused is a peer that answered 401 or 403: the replicas disagree
+// on coordination.peer_token_file, and asking again will not change that.
+var errPeerRefused = errors.New("peer refused this replica")
 
 // validPeer reports whether owner, as read from Redis, is a host:port a
 // peer can listen at: a URL, a path or anything else a request could be
@@ -83,11 +88,20 @@ func (c *Cache) peerSource(ctx context.Context, peer string, d digest.Digest, of
 	if !ok {
 		resp.Body.Close()
 		cancel()
-		if resp.StatusCode == http.StatusUnauthorized {
-			// Not a fill that ended: the replicas disagree on
-			// coordination.peer_token_file, and every blob this replica
-			// wants from that one will be fetched twice until fixed.
-			c.log.Warn("peer refused this replica's peer token", "peer", peer, "token_set", c.shared.PeerToken != "")
+		switch code := resp.StatusCode; {
+		case code == http.StatusUnauthorized || code == http.StatusForbidden:
+			// Not a fill that ended: every blob this replica wants from
+			// that one is fetched twice until the tokens agree. Said once
+			// per peer, not once per blob.
+			if _, said := c.shared.refused.LoadOrStore(peer, true); !said {
+				c.log.Warn("peer refused this replica's peer token; fetching alone what it holds (check coordination.peer_token_file on both)",
+					"peer", peer, "status", code, "token_set", c.shared.PeerToken != "")
+			}
+			return nil, fmt.Errorf("peer %s answered %s: %w", peer, resp.Status, errPeerRefused)
+		case code >= 300 && code < 400:
+			// Not followed (see Shared.Peers): a peer port never
+			// redirects, so whatever answered is not a replica.
+			return nil, fmt.Errorf("%w: %s answered %s", errBadOwner, peer, resp.Status)
 		}
 		return nil, fmt.Errorf("peer %s answered %s", peer, resp.Status)
 	}

@@ -10,6 +10,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/distribution/distribution/v3"
@@ -122,7 +123,8 @@ func (c *Cache) openSourceAt(ctx context.Context, name string, d digest.Digest, 
 // findSource opens a source of d from offset on; see openSourceAt. A peer
 // that does not answer within the upstream timeout (a black-holed or hung
 // replica, which may still renew its lease), or whose stream stalled, or
-// whose address in Redis is not one, is not waited for: this replica fetches alone, as it does
+// whose address in Redis is not one, or that refuses this replica's token
+// or redirects, is not waited for: this replica fetches alone, as it does
 // when a holder does not deliver in time.
 func (c *Cache) findSource(ctx context.Context, name string, d digest.Digest, offset int64, av *avoid) (*source, error) {
 	if c.shared == nil {
@@ -161,6 +163,13 @@ func (c *Cache) findSource(ctx context.Context, name string, d digest.Digest, of
 			s, err := c.peerSource(ctx, owner, d, offset)
 			if err == nil {
 				return s, nil
+			}
+			if errors.Is(err, errPeerRefused) {
+				// Logged once per peer by peerSource: a token that
+				// differs refuses every blob.
+				c.obs.FillUncoordinated()
+				c.log.Debug("fill lease holder refused this replica; fetching alone", "digest", d, "holder", owner, "err", err)
+				return c.upstreamSource(ctx, name, d, nil, offset)
 			}
 			if errors.Is(err, errBadOwner) || isTimeout(err) {
 				c.obs.FillUncoordinated()
@@ -435,6 +444,8 @@ func (c *Cache) RedirectURL(r *http.Request, name string, d digest.Digest) (stri
 type sharedState struct {
 	Shared
 	tier *tier
+	// refused holds the peers (host:port) whose 401 or 403 was logged.
+	refused sync.Map
 }
 
 // leaseManifest makes one replica of the cluster fetch a manifest, as
