@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/multiproxy/multiproxy/internal/config"
 	ts "github.com/multiproxy/multiproxy/internal/testsupport"
@@ -158,14 +159,24 @@ func TestHugeChallengeIsRefused(t *testing.T) {
 	up := ts.StartRegistry(t, ts.RegistryOptions{Wrap: f.Wrap})
 	img := ts.PushImage(t, up, "team/app:v1", 1, 4096)
 	manifest := ts.Digest(t, img)
-	p := ts.StartProxy(t, ts.ProxyUpstream{Name: "hub", Reg: up})
+	const timeout = time.Second
+	p := ts.StartProxy(t, ts.ProxyUpstream{Name: "hub", Reg: up, Tweak: func(u *config.Upstream) { u.Timeout = timeout }})
 
 	for _, size := range []int{10 << 20, 64 << 10} {
 		f.Reset()
 		f.Add(ts.Rule{PathContains: "/manifests/", Action: challenge(
 			`Bearer realm="http://localhost/token",scope="` + strings.Repeat("a,", size/2) + `"`)})
+		start := time.Now()
 		code, body := get(t, p.URL("hub")+"/v2/team/app/manifests/"+manifest)
+		took := time.Since(start)
+		t.Logf("%d-byte challenge: %d after %v", size, code, took.Round(time.Millisecond))
 		wantOCIError(t, fmt.Sprintf("%d-byte challenge", size), code, body)
+		// Refused within the upstream timeout, plus a second for sending
+		// 10 MiB over loopback under -race: the client's own 30 s only
+		// catches a hang.
+		if took > timeout+time.Second {
+			t.Errorf("%d-byte challenge: answered after %v, want within the %v upstream timeout", size, took.Round(time.Millisecond), timeout)
+		}
 	}
 	f.Reset()
 	if code, _ := get(t, p.URL("hub")+"/v2/team/app/manifests/"+manifest); code != http.StatusOK {
