@@ -5,6 +5,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/opencontainers/go-digest"
+
 	ts "github.com/multiproxy/multiproxy/internal/testsupport"
 	"github.com/multiproxy/multiproxy/internal/upstream"
 )
@@ -38,5 +40,46 @@ func TestTokenWaitEndsAtTheCallersDeadline(t *testing.T) {
 	}
 	if got := causeOf(t, err); got != upstream.CauseTimeout {
 		t.Errorf("cause %s (%v), want %s", got, err, upstream.CauseTimeout)
+	}
+}
+
+// A blob's error answer whose body never arrives whole fails within the
+// upstream timeout: its status came in time, and the snippet read from it
+// for the error must not hold the fill, and every client of it, for as
+// long as the upstream drips.
+func TestBlobErrorBodyHasADeadline(t *testing.T) {
+	f := ts.NewFaults()
+	up := ts.StartRegistry(t, ts.RegistryOptions{Wrap: f.Wrap})
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) })
+	// distribution's 404 for an unknown blob: its headers and one byte.
+	f.Add(ts.Rule{Method: "GET", PathContains: "/blobs/", Action: ts.HoldBody(1, release)})
+	const timeout = time.Second
+	c, _ := client(t, up.URL(), upstream.Options{Timeout: timeout})
+
+	start := time.Now()
+	done := make(chan error, 1)
+	go func() {
+		resp, err := c.GetBlob(context.Background(), "team/app", digest.FromString("never pushed"))
+		if err == nil {
+			resp.Body.Close()
+		}
+		done <- err
+	}()
+	var err error
+	select {
+	case err = <-done:
+	case <-time.After(10 * timeout):
+		t.Fatalf("GetBlob still waiting after %v, the upstream timeout being %v", 10*timeout, timeout)
+	}
+	took := time.Since(start)
+	if err == nil {
+		t.Fatal("an unknown blob was read")
+	}
+	if took > timeout+time.Second {
+		t.Errorf("GetBlob returned after %v (%v), want within the %v upstream timeout", took.Round(time.Millisecond), err, timeout)
+	}
+	if upstream.IsNotFound(err) {
+		t.Errorf("a 404 cut short was taken for an authoritative absence: %v", err)
 	}
 }
