@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/url"
@@ -294,7 +293,7 @@ func (a *authorizer) fetch(ctx context.Context, host, repo string, ch challenge)
 	if host == a.origin && repo != "" {
 		scope = "repository:" + repo + ":pull"
 	}
-	v, err, _ := a.fetches.Do(host+"\x00"+repo, func() (any, error) {
+	done := a.fetches.DoChan(host+"\x00"+repo, func() (any, error) {
 		// Detached from the first caller: the others waiting share this
 		// token, and one client leaving must not fail them all.
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), a.timeout)
@@ -306,10 +305,19 @@ func (a *authorizer) fetch(ctx context.Context, host, repo string, ch challenge)
 		a.store(authKey{host, repo}, tok)
 		return tok, nil
 	})
-	if err != nil {
-		return credential{}, err
+	// Each caller waits no longer than its own deadline, though the shared
+	// fetch runs on: a request that joins a fetch begun earlier, or starts
+	// one late in its bound (after redirects), must still answer within
+	// 2x timeout of its start, however slowly the token drips.
+	select {
+	case r := <-done:
+		if r.Err != nil {
+			return credential{}, r.Err
+		}
+		return r.Val.(credential), nil
+	case <-ctx.Done():
+		return credential{}, classify("authenticate", fmt.Errorf("wait for a token from %s: %w", host, ctx.Err()))
 	}
-	return v.(credential), nil
 }
 
 // isLoopback reports a host name or address that never leaves the machine.
@@ -383,8 +391,14 @@ func (a *authorizer) requestToken(ctx context.Context, host, realm, service, sco
 		}
 		return credential{}, err
 	}
+	// Read whole before it is decoded: a token answer cut off by the
+	// deadline is a timeout, not garbage from the token service.
+	body, err := readSmall(resp, "authenticate", 1<<20)
+	if err != nil {
+		return credential{}, err
+	}
 	var tr tokenResponse
-	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&tr); err != nil {
+	if err := json.Unmarshal(body, &tr); err != nil {
 		return credential{}, badContent("authenticate", "decode token response: %w", err)
 	}
 	tok := tr.Token

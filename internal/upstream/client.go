@@ -257,6 +257,11 @@ func (c *Client) GetBlobFrom(ctx context.Context, repo string, d digest.Digest, 
 	if resp.StatusCode != http.StatusOK && (offset == 0 || resp.StatusCode != http.StatusPartialContent) {
 		defer cancel()
 		defer resp.Body.Close()
+		// The error's body is read for a snippet, past the headers'
+		// bound: without one of its own, a drip-fed 404 would hold the
+		// fill, and every client of it, for minutes.
+		cut := time.AfterFunc(c.timeout, cancel)
+		defer cut.Stop()
 		return nil, statusError("get blob", resp)
 	}
 	resp.Body = IdleBody(resp.Body, c.timeout, cancel)

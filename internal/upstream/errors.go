@@ -74,7 +74,15 @@ func causeForStatus(code int) Cause {
 }
 
 func statusError(op string, resp *http.Response) error {
-	snippet, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+	snippet, err := io.ReadAll(io.LimitReader(resp.Body, 512))
+	if err != nil {
+		// The status line came, the answer did not: cut off by the
+		// deadline of a drip-fed body, or reset. A 404 that never arrives
+		// whole proves nothing (the referrers API would be taken for
+		// absent and an empty list served), so the exchange failed as a
+		// body that stalls fails.
+		return classify(op, fmt.Errorf("%d answer cut short: %w", resp.StatusCode, err))
+	}
 	h := http.Header{}
 	for _, k := range []string{"Retry-After", "Ratelimit-Limit", "Ratelimit-Remaining"} {
 		if v := resp.Header.Get(k); v != "" {

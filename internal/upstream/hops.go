@@ -83,7 +83,6 @@ var special = []netip.Prefix{
 	netip.MustParsePrefix("198.51.100.0/24"), // documentation
 	netip.MustParsePrefix("203.0.113.0/24"),  // documentation
 	netip.MustParsePrefix("240.0.0.0/4"),     // reserved, and the broadcast address
-	netip.MustParsePrefix("64:ff9b:1::/48"),  // local-use NAT64
 	netip.MustParsePrefix("100::/64"),        // discard-only
 	netip.MustParsePrefix("2001:db8::/32"),   // documentation
 }
@@ -92,8 +91,72 @@ var special = []netip.Prefix{
 // private for the policy, though netip does not say so.
 var sharedSpace = netip.MustParsePrefix("100.64.0.0/10")
 
+// IPv6 forms that carry an IPv4 address and reach it: through a NAT64
+// translator, a 6to4 relay or a Teredo relay, or (IPv4-mapped and
+// -compatible) on this host's own IPv4 stack. Classified as IPv6, each
+// would be a public address, and 64:ff9b::a9fe:a9fe would be a way to
+// 169.254.169.254.
+var (
+	nat64      = netip.MustParsePrefix("64:ff9b::/96")   // RFC 6052 well-known prefix
+	nat64Local = netip.MustParsePrefix("64:ff9b:1::/48") // RFC 8215, local use
+	sixToFour  = netip.MustParsePrefix("2002::/16")      // RFC 3056
+	teredo     = netip.MustParsePrefix("2001::/32")      // RFC 4380
+	v4compat   = netip.MustParsePrefix("::/96")          // RFC 4291, deprecated
+)
+
+// embedded4 is the IPv4 address an IPv6 address of a translated or
+// tunnelled form reaches, at a place fixed by its prefix. IPv4-mapped
+// addresses are unmapped before this.
+func embedded4(a netip.Addr) (netip.Addr, bool) {
+	if !a.Is6() {
+		return netip.Addr{}, false
+	}
+	b := a.As16()
+	switch {
+	case nat64.Contains(a), v4compat.Contains(a) && !a.IsUnspecified() && !a.IsLoopback():
+		return netip.AddrFrom4([4]byte(b[12:16])), true
+	case sixToFour.Contains(a):
+		return netip.AddrFrom4([4]byte(b[2:6])), true
+	}
+	return netip.Addr{}, false
+}
+
+// opaque4 lists the IPv4 addresses an IPv6 address may reach when where
+// it lands is not fixed by its form: a local-use NAT64 prefix may be any
+// of RFC 6052's lengths (/48 to /96, each placing the IPv4 address
+// elsewhere, skipping the zero octet 8), and a Teredo address names both
+// a relay server and an obfuscated client, reached through relays nobody
+// here chose. Such an address is refused by default (not public);
+// allow_hops may admit it, unless one of its readings is link-local.
+func opaque4(a netip.Addr) []netip.Addr {
+	if !a.Is6() {
+		return nil
+	}
+	b := a.As16()
+	at := func(i ...int) netip.Addr { return netip.AddrFrom4([4]byte{b[i[0]], b[i[1]], b[i[2]], b[i[3]]}) }
+	switch {
+	case nat64Local.Contains(a):
+		return []netip.Addr{at(6, 7, 9, 10), at(7, 9, 10, 11), at(9, 10, 11, 12), at(12, 13, 14, 15)}
+	case teredo.Contains(a):
+		client := netip.AddrFrom4([4]byte{^b[12], ^b[13], ^b[14], ^b[15]})
+		return []netip.Addr{at(4, 5, 6, 7), client}
+	}
+	return nil
+}
+
 func classify4or6(a netip.Addr) addrClass {
 	a = a.Unmap()
+	if v4, ok := embedded4(a); ok {
+		return classify4or6(v4)
+	}
+	if readings := opaque4(a); readings != nil {
+		for _, v4 := range readings {
+			if classify4or6(v4) == classLinkLocal {
+				return classLinkLocal
+			}
+		}
+		return classReserved
+	}
 	switch {
 	case a.IsUnspecified():
 		return classUnspecified
@@ -185,8 +248,11 @@ func (p *HopPolicy) Check(host string, a netip.Addr) error {
 		return refuse(class.reason())
 	}
 	if p.allow != nil {
+		// A translated address is admitted by its IPv4 address too: on
+		// an IPv6-only network, DNS64 names private storage in 64:ff9b::/96.
+		v4, _ := embedded4(a)
 		for _, pre := range p.allow {
-			if pre.Contains(a) {
+			if pre.Contains(a) || v4.IsValid() && pre.Contains(v4) {
 				return nil
 			}
 		}

@@ -90,6 +90,37 @@ func TestHopPolicy(t *testing.T) {
 		{"https://registry.example", "cdn.example", []netip.Prefix{netip.MustParsePrefix("10.0.9.0/24")}, RefusedNotAllowed},
 		{"https://registry.example", "metadata.example", []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0")}, RefusedLinkLocal},
 		{"http://127.0.0.1:5000", "127.0.0.2", []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}, RefusedNotAllowed},
+		// IPv6 forms that reach an IPv4 address are judged by it: NAT64,
+		// 6to4, IPv4-mapped and IPv4-compatible.
+		{"https://registry.example", "64:ff9b::a9fe:a9fe", nil, RefusedLinkLocal}, // 169.254.169.254
+		{"https://registry.example", "64:ff9b::a00:1", nil, RefusedPrivate},       // 10.0.0.1
+		{"https://registry.example", "64:ff9b::7f00:1", nil, RefusedLoopback},     // 127.0.0.1
+		{"https://registry.example", "64:ff9b::c633:6307", nil, ""},               // 198.51.99.7, public
+		{"https://registry.example", "2002:a9fe:a9fe::1", nil, RefusedLinkLocal},
+		{"https://registry.example", "2002:a00:1::1", nil, RefusedPrivate},
+		{"https://registry.example", "2002:c633:6307::1", nil, ""},
+		{"https://registry.example", "::ffff:10.0.0.1", nil, RefusedPrivate},
+		{"https://registry.example", "::a9fe:a9fe", nil, RefusedLinkLocal},
+		{"https://registry.example", "::a00:1", nil, RefusedPrivate},
+		{"https://registry.example", "::e000:1", nil, RefusedMulticast}, // 224.0.0.1
+		// allow_hops never opens link-local behind a translator either,
+		// and admits a translated address by its IPv4 address.
+		{"https://registry.example", "64:ff9b::a9fe:a9fe", []netip.Prefix{netip.MustParsePrefix("::/0")}, RefusedLinkLocal},
+		{"https://registry.example", "64:ff9b::a00:909", []netip.Prefix{netip.MustParsePrefix("10.0.9.0/24")}, ""},
+		// A private remote's storage behind DNS64 is private storage.
+		{"https://private.registry", "64:ff9b::a00:909", nil, ""},
+		// Local-use NAT64 places the IPv4 address by a prefix length we
+		// cannot know, and Teredo goes through relays nobody here chose:
+		// refused unless allow_hops admits them, and never when one
+		// reading is link-local.
+		{"https://registry.example", "64:ff9b:1::c633:6307", nil, RefusedReserved},
+		{"https://registry.example", "64:ff9b:1::c633:6307", []netip.Prefix{netip.MustParsePrefix("64:ff9b:1::/48")}, ""},
+		{"https://registry.example", "64:ff9b:1::a9fe:a9fe", []netip.Prefix{netip.MustParsePrefix("64:ff9b:1::/48")}, RefusedLinkLocal},
+		{"https://registry.example", "64:ff9b:1:a9fe:a9:fe00::", nil, RefusedLinkLocal},   // the /48 layout
+		{"https://registry.example", "2001:0:c633:6307::3ccc:9cf8", nil, RefusedReserved}, // Teredo, public client
+		{"https://registry.example", "2001:0:c633:6307::3ccc:9cf8", []netip.Prefix{netip.MustParsePrefix("2001::/32")}, ""},
+		{"https://registry.example", "2001:0:c633:6307::5601:5601", []netip.Prefix{netip.MustParsePrefix("2001::/32")}, RefusedLinkLocal}, // client 169.254.169.254
+		{"https://registry.example", "2001:0:a9fe:a9fe::3ccc:9cf8", nil, RefusedLinkLocal},                                                // server 169.254.169.254
 	}
 	for _, c := range cases {
 		p := policyFor(t, c.remote, c.allow, names)

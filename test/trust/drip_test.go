@@ -47,24 +47,25 @@ func TestDrippedAnswersHaveADeadline(t *testing.T) {
 	p := ts.StartProxy(t, ts.ProxyUpstream{Name: "hub", Reg: up, Tweak: func(u *config.Upstream) { u.Timeout = timeout }})
 	f.Add(ts.Rule{Method: "GET", Action: drip})
 
-	// The bound asserted is the product's: the client's own timeout only
-	// catches a hang.
-	bound := 2*timeout + timeout/2
+	// The bound: a 5xx within 2× the upstream timeout of the
+	// request's start, plus a little for the proxy's own work. The
+	// client's own timeout (30 s) only catches a hang.
+	bound := 2*timeout + 500*time.Millisecond
 	for what, url := range map[string]string{
 		"manifest by digest": p.URL("hub") + "/v2/team/app/manifests/" + manifest,
 		"manifest by tag":    p.URL("hub") + "/v2/team/app/manifests/v1",
 		"tag list":           p.URL("hub") + "/v2/team/app/tags/list",
-		// distribution has no referrers API: its 404, dripped, is cut
-		// off, and the tag schema's answer (no referrers) is served.
+		// distribution has no referrers API: its 404 arrives dripped, so
+		// the answer never arrives whole, and that is no proof the
+		// upstream has no referrers API.
 		"referrers": p.URL("hub") + "/v2/team/app/referrers/" + manifest,
 	} {
 		start := time.Now()
 		code, body := get(t, url)
 		took := time.Since(start)
-		if what != "referrers" {
-			wantOCIError(t, what, code, body)
-		}
-		if took > bound+timeout {
+		t.Logf("%s: %d after %v", what, code, took.Round(time.Millisecond))
+		wantOCIError(t, what, code, body)
+		if took > bound {
 			t.Errorf("%s: answered after %v, want within 2× the %v upstream timeout", what, took.Round(time.Millisecond), timeout)
 		}
 	}
@@ -82,10 +83,9 @@ func TestDrippedTokenHasADeadline(t *testing.T) {
 	start := time.Now()
 	code, body := get(t, p.URL("hub")+"/v2/team/app/manifests/"+ts.Digest(t, img))
 	took := time.Since(start)
-	if code < 500 {
-		t.Errorf("status %d, want a 5xx; body %q", code, body)
-	}
-	if took > 3*timeout {
+	wantOCIError(t, "manifest behind a dripped token", code, body)
+	t.Logf("%d after %v", code, took.Round(time.Millisecond))
+	if took > 2*timeout+500*time.Millisecond {
 		t.Errorf("answered after %v, want within 2× the %v upstream timeout", took.Round(time.Millisecond), timeout)
 	}
 }

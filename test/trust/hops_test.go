@@ -3,8 +3,10 @@ package trust
 import (
 	"fmt"
 	"net/http"
+	"net/url"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/multiproxy/multiproxy/internal/config"
 	ts "github.com/multiproxy/multiproxy/internal/testsupport"
@@ -86,29 +88,73 @@ func TestRedirectToAnInternalAddressIsNeverDialed(t *testing.T) {
 	}
 }
 
-// A Location that does not parse, with a presigned signature in it, and a
-// CDN hop that cannot be reached: neither the log nor the client sees the
-// signature.
+// Redirects whose Location carries a presigned signature and fails in
+// three ways: it does not parse at all (url.Parse refuses the host), it
+// parses but names a port no dialer takes, and its CDN hop cannot be
+// reached. Neither a log line (the access log included) nor the client's
+// error body holds the signature.
 func TestNoSignatureInLogs(t *testing.T) {
 	f := ts.NewFaults()
 	up := ts.StartRegistry(t, ts.RegistryOptions{Wrap: f.Wrap})
-	img := ts.PushImage(t, up, "team/app:v1", 2, 4096)
+	img := ts.PushImage(t, up, "team/app:v1", 3, 4096)
 	layers := ts.LayerDigests(t, img)
 	p := ts.StartProxy(t, ts.ProxyUpstream{Name: "hub", Reg: up})
 
+	const unparsable = "http://[::1%zz/?X-Amz-Signature=SECRETSIG"
+	//lint:ignore SA1007 the case is a URL that does not parse, checked here
+	if _, err := url.Parse(unparsable); err == nil {
+		t.Fatalf("url.Parse(%q) succeeded: the case would not be unparsable", unparsable)
+	}
 	dead := ts.FreeAddr(t) // nothing listens there
-	f.Add(ts.Rule{Method: "GET", PathContains: "/blobs/" + layers[0],
-		Action: redirectTo("http://127.0.0.1:99999999/blob?X-Amz-Signature=SECRETSIG")})
-	f.Add(ts.Rule{Method: "GET", PathContains: "/blobs/" + layers[1],
-		Action: redirectTo("http://" + dead + "/blob?X-Amz-Signature=SECRETSIG")})
-	for _, l := range layers {
+	locations := map[string]string{
+		layers[0]: unparsable,
+		layers[1]: "http://127.0.0.1:99999999/blob?X-Amz-Signature=SECRETSIG",
+		layers[2]: "http://" + dead + "/blob?X-Amz-Signature=SECRETSIG",
+	}
+	for l, loc := range locations {
+		f.Add(ts.Rule{Method: "GET", PathContains: "/blobs/" + l, Action: redirectTo(loc)})
+	}
+	// The registry really sends the unparsable Location as written:
+	// net/http's server neither refuses nor rewrites it.
+	// (A transport's round trip: http.Client refuses to read such a
+	// Location even when told not to follow it.)
+	req, err := http.NewRequest(http.MethodGet, up.URL()+"/v2/team/app/blobs/"+layers[0], nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := client.Transport.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if got := resp.Header.Get("Location"); got != unparsable {
+		t.Fatalf("the registry sent Location %q, want %q", got, unparsable)
+	}
+
+	for l, loc := range locations {
 		code, body := get(t, p.URL("hub")+"/v2/team/app/blobs/"+l)
 		if code < 500 || strings.Contains(body, "SECRETSIG") {
-			t.Errorf("blob %s: status %d body %q; want a 5xx without the signature", l, code, body)
+			t.Errorf("redirect to %q: status %d body %q; want a 5xx without the signature", loc, code, body)
 		}
 	}
-	if logs := p.Logs(); strings.Contains(logs, "SECRETSIG") {
-		t.Errorf("a presigned signature reached the log:\n%s", logs)
+	logs := p.Logs()
+	for l, loc := range locations {
+		// The access log line of that request exists, says why it failed,
+		// and names no signature.
+		var line string
+		for ln := range strings.Lines(logs) {
+			if strings.Contains(ln, "msg=request") && strings.Contains(ln, l) {
+				line = ln
+			}
+		}
+		if line == "" || !strings.Contains(line, "cause=") {
+			t.Errorf("redirect to %q: no access log line with its cause:\n%s", loc, logs)
+		}
+	}
+	for ln := range strings.Lines(logs) {
+		if strings.Contains(ln, "SECRETSIG") {
+			t.Errorf("a presigned signature reached the log: %s", ln)
+		}
 	}
 }
 
@@ -158,14 +204,24 @@ func TestHugeChallengeIsRefused(t *testing.T) {
 	up := ts.StartRegistry(t, ts.RegistryOptions{Wrap: f.Wrap})
 	img := ts.PushImage(t, up, "team/app:v1", 1, 4096)
 	manifest := ts.Digest(t, img)
-	p := ts.StartProxy(t, ts.ProxyUpstream{Name: "hub", Reg: up})
+	const timeout = time.Second
+	p := ts.StartProxy(t, ts.ProxyUpstream{Name: "hub", Reg: up, Tweak: func(u *config.Upstream) { u.Timeout = timeout }})
 
 	for _, size := range []int{10 << 20, 64 << 10} {
 		f.Reset()
 		f.Add(ts.Rule{PathContains: "/manifests/", Action: challenge(
 			`Bearer realm="http://localhost/token",scope="` + strings.Repeat("a,", size/2) + `"`)})
+		start := time.Now()
 		code, body := get(t, p.URL("hub")+"/v2/team/app/manifests/"+manifest)
+		took := time.Since(start)
+		t.Logf("%d-byte challenge: %d after %v", size, code, took.Round(time.Millisecond))
 		wantOCIError(t, fmt.Sprintf("%d-byte challenge", size), code, body)
+		// Refused within the upstream timeout, plus a second for sending
+		// 10 MiB over loopback under -race: the client's own 30 s only
+		// catches a hang.
+		if took > timeout+time.Second {
+			t.Errorf("%d-byte challenge: answered after %v, want within the %v upstream timeout", size, took.Round(time.Millisecond), timeout)
+		}
 	}
 	f.Reset()
 	if code, _ := get(t, p.URL("hub")+"/v2/team/app/manifests/"+manifest); code != http.StatusOK {
