@@ -91,11 +91,33 @@ type callKey struct{}
 // closes it when the test ends.
 func StartS3Gate(t testing.TB, s *S3, o S3GateOptions) *S3Gate {
 	t.Helper()
-	target, err := url.Parse(s.Endpoint)
+	g := StartS3GateAt(t, s.Endpoint, o)
+	g.s3 = s
+	sess, err := session.NewSession(aws.NewConfig().
+		WithCredentials(credentials.NewStaticCredentials(s.AccessKey, s.SecretKey, "")).
+		WithEndpoint(g.URL).
+		WithRegion(s.Region).
+		WithS3ForcePathStyle(true).
+		WithDisableSSL(true).
+		WithMaxRetries(0).
+		WithHTTPClient(&http.Client{Transport: &http.Transport{Proxy: nil}}))
+	if err != nil {
+		t.Fatalf("testsupport: S3 client session through the gate: %v", err)
+	}
+	g.client = awss3.New(sess)
+	return g
+}
+
+// StartS3GateAt starts a gate in front of the S3 endpoint gateway (a
+// StartS3 gateway's Endpoint), for a test that has only its address. Its
+// Client and DriverParameters are StartS3Gate's only.
+func StartS3GateAt(t testing.TB, gateway string, o S3GateOptions) *S3Gate {
+	t.Helper()
+	target, err := url.Parse(gateway)
 	if err != nil {
 		t.Fatalf("testsupport: gateway endpoint: %v", err)
 	}
-	g := &S3Gate{s3: s, opts: o, starts: map[string]time.Time{}, begun: map[string]time.Time{}}
+	g := &S3Gate{opts: o, starts: map[string]time.Time{}, begun: map[string]time.Time{}}
 	proxy := &httputil.ReverseProxy{
 		Rewrite: func(r *httputil.ProxyRequest) {
 			r.SetURL(target)
@@ -114,18 +136,6 @@ func StartS3Gate(t testing.TB, s *S3, o S3GateOptions) *S3Gate {
 	}))
 	t.Cleanup(srv.Close)
 	g.URL = srv.URL
-	sess, err := session.NewSession(aws.NewConfig().
-		WithCredentials(credentials.NewStaticCredentials(s.AccessKey, s.SecretKey, "")).
-		WithEndpoint(g.URL).
-		WithRegion(s.Region).
-		WithS3ForcePathStyle(true).
-		WithDisableSSL(true).
-		WithMaxRetries(0).
-		WithHTTPClient(&http.Client{Transport: &http.Transport{Proxy: nil}}))
-	if err != nil {
-		t.Fatalf("testsupport: S3 client session through the gate: %v", err)
-	}
-	g.client = awss3.New(sess)
 	return g
 }
 
@@ -136,6 +146,9 @@ func (g *S3Gate) Client() *awss3.S3 { return g.client }
 // DriverParameters are the gateway's s3-aws driver parameters
 // (S3.DriverParameters) with the gate as the endpoint.
 func (g *S3Gate) DriverParameters() map[string]any {
+	if g.s3 == nil {
+		panic("testsupport: DriverParameters of a gate from StartS3GateAt")
+	}
 	p := g.s3.DriverParameters()
 	p["regionendpoint"] = g.URL
 	return p
@@ -143,7 +156,8 @@ func (g *S3Gate) DriverParameters() map[string]any {
 
 // Before runs f on every call that match accepts, before it is sent to
 // the gateway. f may block: the call waits for it, so a test can hold a
-// writer or the collector at a chosen point.
+// writer or the collector at a chosen point. A blocked f must return
+// before the test's end: the gate's server waits for its calls.
 func (g *S3Gate) Before(match func(S3Call) bool, f func(S3Call)) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
