@@ -143,7 +143,22 @@ func TestCollectionGoesByTheBucketsClock(t *testing.T) {
 		t.Fatal("replica 2 never completed its upload of the layer")
 	}
 	pulls := startPulls(t, "team/hot:v1", c.replicas...)
-	code, body := collect(t, a)
+	type answer struct {
+		code int
+		body string
+	}
+	collected := make(chan answer, 1)
+	go func() {
+		code, body := collect(t, a)
+		collected <- answer{code, body}
+	}()
+	var got answer
+	select {
+	case got = <-collected:
+	case <-time.After(2 * time.Minute):
+		t.Fatal("the collection never returned")
+	}
+	code, body := got.code, got.body
 	close(decided)
 	pulls.end(t)
 	select {
