@@ -20,15 +20,17 @@ import (
 
 // A blob stored by multipart upload that began before a collection started
 // and completed after, on a real S3 gateway: the collection keeps it,
-// while an unreferenced blob older than fill_timeout goes. versitygw reports
-// the completion as LastModified where AWS reports the upload's start, so
-// here the straddling blob would be kept by the old rule too; the rule
-// itself is pinned by TestSharedStoreSparesUploadsThatMayStraddleTheStart,
-// and this checks the marker and the sweep against a real bucket.
+// while an unreferenced blob older than fill_timeout goes. versitygw
+// reports a multipart object's completion as its LastModified; AWS S3
+// reports the upload's start, which makes the straddling blob look older
+// than the collection. The bucket is reached through a gate that reports
+// what AWS would, so a rule that compares with the start marker without
+// allowing fill_timeout for uploads in flight sweeps the blob here.
 func TestMultipartUploadStraddlingTheStartIsKept(t *testing.T) {
 	s := ts.StartS3(t)
+	gate := ts.StartS3Gate(t, s, ts.S3GateOptions{MultipartStart: true})
 	ctx := context.Background()
-	p := s.DriverParameters()
+	p := gate.DriverParameters()
 	p["rootdirectory"] = "/mp"
 	d, err := s3driver.FromParameters(ctx, p)
 	if err != nil {
@@ -37,7 +39,7 @@ func TestMultipartUploadStraddlingTheStartIsKept(t *testing.T) {
 	key := func(dg digest.Digest) string {
 		return "mp/docker/registry/v2/blobs/sha256/" + dg.Encoded()[:2] + "/" + dg.Encoded() + "/data"
 	}
-	c := s.Client()
+	c := gate.Client()
 
 	oldContent := []byte("unreferenced, stored long before")
 	old := digest.FromBytes(oldContent)
@@ -67,8 +69,10 @@ func TestMultipartUploadStraddlingTheStartIsKept(t *testing.T) {
 	}
 	first := part(1, content[:5<<20])
 	began := time.Now()
-	// Longer than the one second the collector used to allow.
-	time.Sleep(1100 * time.Millisecond)
+	// The marker's LastModified is then at least 2 s after the upload's
+	// start (one-second resolution): older than the marker minus the 1 s
+	// a rule without the fill_timeout allowance gives.
+	time.Sleep(2100 * time.Millisecond)
 
 	completed := false
 	driver := behindStore{StorageDriver: d, onMarker: func() {
@@ -98,7 +102,10 @@ func TestMultipartUploadStraddlingTheStartIsKept(t *testing.T) {
 	if err != nil {
 		t.Errorf("the blob whose upload straddled the start was swept: %v", err)
 	} else {
-		t.Logf("upload began %s; the gateway reports LastModified %s", began.UTC().Format(time.RFC3339), head.LastModified.UTC().Format(time.RFC3339))
+		t.Logf("upload began %s; the store reports LastModified %s", began.UTC().Format(time.RFC3339), head.LastModified.UTC().Format(time.RFC3339))
+		if head.LastModified.After(began) {
+			t.Errorf("the store reports LastModified %s, after the upload's start %s: the straddle is not modelled", head.LastModified, began)
+		}
 	}
 	if _, err := c.HeadObject(&awss3.HeadObjectInput{Bucket: aws.String(s.Bucket), Key: aws.String(key(old))}); err == nil {
 		t.Error("the blob stored an hour before was kept")

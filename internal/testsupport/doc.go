@@ -82,6 +82,10 @@
 //     files as a config names them, and the bucket's directory (S3.Dir) so
 //     a test can hash what really landed; PendingUploads lists multipart
 //     uploads never completed;
+//   - StartS3Gate: a proxy in front of that gateway making the bucket
+//     behave like stores versitygw is not (a clock behind, a multipart
+//     object stamped with its upload's start, as AWS S3 does), with hooks
+//     to hold or act around chosen S3 calls;
 //   - StartRedis: Debian's redis-server with a password and no
 //     persistence, which Stop and Start take down and bring back on the
 //     same address;

@@ -18,6 +18,8 @@ import (
 	"testing"
 	"time"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
 	ts "github.com/multiproxy/multiproxy/internal/testsupport"
 )
 
@@ -36,6 +38,10 @@ type s3Gate struct {
 	armed   bool
 	deleted bool
 	holding bool
+	// holdOnly, if set, narrows the HEADs that may be parked to the paths
+	// it accepts: the collector's, when pulls through the same replica
+	// HEAD other blobs.
+	holdOnly func(path string) bool
 }
 
 func newS3Gate(t *testing.T, gateway string) *s3Gate {
@@ -53,7 +59,8 @@ func newS3Gate(t *testing.T, gateway string) *s3Gate {
 		isDelete := r.Method == http.MethodDelete || (r.Method == http.MethodPost && r.URL.Query().Has("delete"))
 		g.mu.Lock()
 		hold := g.armed && g.deleted && !g.holding && r.Method == http.MethodHead &&
-			strings.Contains(r.URL.Path, "/blobs/") && strings.HasSuffix(r.URL.Path, "/data")
+			strings.Contains(r.URL.Path, "/blobs/") && strings.HasSuffix(r.URL.Path, "/data") &&
+			(g.holdOnly == nil || g.holdOnly(r.URL.Path))
 		if hold {
 			g.holding = true
 		}
@@ -103,12 +110,18 @@ func (g *s3Gate) open() {
 // pulls and failures.
 type pullLoop struct {
 	stop            chan struct{}
+	once            sync.Once
 	wg              sync.WaitGroup
 	pulls, failures atomic.Int64
 }
 
 func startPulls(t *testing.T, image string, through ...*replica) *pullLoop {
 	p := &pullLoop{stop: make(chan struct{})}
+	// A test that stops early stops its pulls before its replicas.
+	t.Cleanup(func() {
+		p.once.Do(func() { close(p.stop) })
+		p.wg.Wait()
+	})
 	for _, r := range through {
 		p.wg.Go(func() {
 			for {
@@ -129,7 +142,7 @@ func startPulls(t *testing.T, image string, through ...*replica) *pullLoop {
 }
 
 func (p *pullLoop) end(t *testing.T) {
-	close(p.stop)
+	p.once.Do(func() { close(p.stop) })
 	p.wg.Wait()
 	t.Logf("%d pulls, %d failed", p.pulls.Load(), p.failures.Load())
 }
@@ -213,11 +226,18 @@ func (c *cluster) checkManifestsComplete(t *testing.T) int {
 // gate, an image (team/old) the policy evicts with blobs for a sweep, and
 // a hot one that stays.
 func fencedCluster(t *testing.T) (*cluster, *s3Gate) {
+	c, gate, _ := fencedClusterOf(t, 2)
+	return c, gate
+}
+
+// fencedClusterOf is fencedCluster with n replicas; it also returns the
+// evicted image.
+func fencedClusterOf(t *testing.T, n int) (*cluster, *s3Gate, v1.Image) {
 	up := tokenCDN(t)
-	up.Push(t, "team/old:v1", 6, 256<<10)
+	old := up.Push(t, "team/old:v1", 6, 256<<10)
 	up.Push(t, "team/hot:v1", 2, 256<<10)
 	var gate *s3Gate
-	c := startCluster(t, up, 2, options{
+	c := startCluster(t, up, n, options{
 		// A short fill_timeout lets a collection sweep what this test
 		// wrote seconds ago: blobs are kept for fill_timeout after the
 		// collection's start, by the bucket's clock.
@@ -244,7 +264,7 @@ func fencedCluster(t *testing.T) (*cluster, *s3Gate) {
 			t.Fatal(err)
 		}
 	}
-	return c, gate
+	return c, gate, old
 }
 
 // TestPausedCollectorDeletesNothingAfterWaking: the replica collecting is
@@ -336,13 +356,26 @@ func TestPausedCollectorDeletesNothingAfterWaking(t *testing.T) {
 }
 
 // TestRedisRestartMidCollection: Redis restarts without persistence while
-// a collection sweeps and replicas serve pulls. The collector loses its
-// lease and deletes nothing more; no collection starts for lease_ttl; no
+// a collection sweeps and all three replicas serve pulls, one of them
+// pulling back the image the collection evicted. The collector loses its
+// lease and deletes nothing more; no collection starts for lease_ttl after
+// the restart, and the next one spares what replicas served meanwhile; no
 // pull fails and no blob a stored manifest references is gone.
 func TestRedisRestartMidCollection(t *testing.T) {
-	c, gate := fencedCluster(t)
-	a, b := c.replicas[0], c.replicas[1]
-	pulls := startPulls(t, "team/hot:v1", b)
+	c, gate, old := fencedClusterOf(t, 3)
+	a, b, other := c.replicas[0], c.replicas[1], c.replicas[2]
+	// Pulls through the collector HEAD the hot image's blobs in the
+	// bucket too: only the sweep's HEAD of an evicted blob is held.
+	oldBlobs := ts.BlobDigests(t, old)
+	gate.holdOnly = func(path string) bool {
+		for _, d := range oldBlobs {
+			if strings.Contains(path, strings.TrimPrefix(d, "sha256:")) {
+				return true
+			}
+		}
+		return false
+	}
+	pulls := startPulls(t, "team/hot:v1", a, b, other)
 
 	gate.arm()
 	first := make(chan int, 1)
@@ -357,13 +390,23 @@ func TestRedisRestartMidCollection(t *testing.T) {
 	case <-time.After(60 * time.Second):
 		t.Fatal("replica 0's collection never reached its sweep")
 	}
-	c.redis.Stop(t)
-	c.redis.Start(t)
 	before := gate.deletes.Load()
-	ts.WaitUntil(t, 30*time.Second, "the collector finds its lease lost", func() (bool, string) {
-		return strings.Contains(a.child.Logs(), "lease lost"), "no 'lease lost' in its log"
-	})
-	// Another collection waits a lease_ttl after the restart.
+	c.redis.Stop(t)
+	restarted := time.Now() // the new Redis's data is younger than this
+	c.redis.Start(t)
+	// The image replica 0 evicted is pulled back while its blobs are on
+	// replica 0's list, through a replica whose claims Redis lost or
+	// never got: they must reach the next collection.
+	oldPulls := startPulls(t, "team/old:v1", other)
+	// Every replica sees Redis back before the next collection is asked
+	// for, so that it waits on Redis's data, not on a probe: a collection
+	// waits at most a lease TTL for Redis to come back.
+	for _, r := range c.replicas {
+		ts.WaitUntil(t, 30*time.Second, "replica sees Redis back", func() (bool, string) {
+			v := r.metric(t, "multiproxy_coordination_up", nil)
+			return v == 1, fmt.Sprint(v)
+		})
+	}
 	type answer struct {
 		code int
 		body string
@@ -373,6 +416,9 @@ func TestRedisRestartMidCollection(t *testing.T) {
 		code, body := collect(t, b)
 		second <- answer{code, body}
 	}()
+	ts.WaitUntil(t, 30*time.Second, "the collector finds its lease lost", func() (bool, string) {
+		return strings.Contains(a.child.Logs(), "lease lost"), "no 'lease lost' in its log"
+	})
 	gate.open()
 	select {
 	case code := <-first:
@@ -390,20 +436,60 @@ func TestRedisRestartMidCollection(t *testing.T) {
 		if got.code != http.StatusOK {
 			t.Errorf("replica 1 gc after the restart: %d %s", got.code, got.body)
 		}
-	case <-time.After(60 * time.Second):
+	case <-time.After(90 * time.Second):
 		t.Fatal("replica 1's collection did not return")
 	}
-	if !strings.Contains(b.child.Logs(), "waiting one lease TTL after Redis lost its data") {
-		t.Error("replica 1 did not wait a lease TTL after the restart")
-	}
-	pulls.end(t)
-	if pulls.failures.Load() != 0 {
-		t.Errorf("%d of %d pulls failed", pulls.failures.Load(), pulls.pulls.Load())
-	}
-	c.checkManifestsComplete(t)
+	// No collection started within a lease TTL of the restart: a
+	// collector that has not found its lease lost may still be sweeping.
+	const leaseTTL = 2 * time.Second // startCluster's default
+	var after []time.Duration
 	for _, r := range c.replicas {
-		if err := pullAll(r, "team/hot:v1"); err != nil {
-			t.Errorf("pull after the collections: %v", err)
+		for _, at := range logTimes(t, r.child.Logs(), `msg="collecting for the cluster"`) {
+			if at.After(restarted) {
+				after = append(after, at.Sub(restarted))
+			}
 		}
 	}
+	t.Logf("collections started %v after Redis restarted", after)
+	if len(after) == 0 {
+		t.Error("no collection started after the restart")
+	}
+	for _, d := range after {
+		if d < leaseTTL {
+			t.Errorf("a collection started %v after Redis restarted empty, within lease_ttl %v", d, leaseTTL)
+		}
+	}
+	pulls.end(t)
+	oldPulls.end(t)
+	if f := pulls.failures.Load() + oldPulls.failures.Load(); f != 0 {
+		t.Errorf("%d of %d pulls failed", f, pulls.pulls.Load()+oldPulls.pulls.Load())
+	}
+	if n := c.checkManifestsComplete(t); n < 2 {
+		t.Errorf("the bucket holds %d manifests, want team/old and team/hot", n)
+	}
+	for _, r := range c.replicas {
+		for _, img := range []string{"team/old:v1", "team/hot:v1"} {
+			if err := pullAll(r, img); err != nil {
+				t.Errorf("pull after the collections: %v", err)
+			}
+		}
+	}
+}
+
+// logTimes is the time of each line of a replica's log that contains what.
+func logTimes(t *testing.T, logs, what string) []time.Time {
+	t.Helper()
+	var out []time.Time
+	for line := range strings.Lines(logs) {
+		if !strings.Contains(line, what) {
+			continue
+		}
+		f, _, _ := strings.Cut(strings.TrimPrefix(line, "time="), " ")
+		at, err := time.Parse(time.RFC3339Nano, f)
+		if err != nil {
+			t.Fatalf("log line without a time: %q", line)
+		}
+		out = append(out, at)
+	}
+	return out
 }
