@@ -134,9 +134,18 @@ func TestDifferential(t *testing.T) {
 
 		var diffs []difference
 		for _, pass := range []string{"cold", "warm"} {
-			for _, q := range reqs {
-				pa := pxc.do(t, q)
-				ua := upc.do(t, q)
+			// The cache is asked everything first, so that what reaches
+			// the upstream meanwhile is the cache's doing alone.
+			up.Faults.ResetCounts()
+			pas := make([]answer, len(reqs))
+			for i, q := range reqs {
+				pas[i] = pxc.do(t, q)
+			}
+			if pass == "warm" {
+				requireServedFromStore(t, up, c)
+			}
+			for i, q := range reqs {
+				pa, ua := pas[i], upc.do(t, q)
 				for _, f := range fields {
 					uv, pv := ua.field(f), pa.field(f)
 					if uv == pv {
@@ -173,6 +182,55 @@ func TestDifferential(t *testing.T) {
 			t.Errorf("an allowed difference no profile made, cold or warm: delete it from the list (and the README's): %s", a.reason)
 		}
 	}
+}
+
+// requireServedFromStore fails the test if the warm pass, just asked of the
+// cache, sent the upstream any request for a blob or a manifest by digest
+// of the corpus, or a GET of a manifest by one of its tags. The cache holds
+// all of those, and a digest names content that cannot change; a tag may
+// be revalidated, per the upstream's tag_freshness, but with a HEAD only:
+// it still names the manifest the cache holds. (Unknown names, tags and
+// digests are asked again: the cache keeps no negative answers; so are tag
+// lists and referrers.)
+func requireServedFromStore(t *testing.T, up *ts.Upstream, c *ts.Corpus) {
+	t.Helper()
+	byDigest := map[string]bool{}
+	for _, d := range c.BlobDigests() {
+		byDigest["blobs/"+d] = true
+	}
+	for _, d := range c.ManifestDigests() {
+		byDigest["manifests/"+d] = true
+	}
+	byTag := map[string]bool{}
+	for _, tag := range c.Tags() {
+		byTag["manifests/"+tag] = true
+	}
+	var bad []string
+	others := map[string]int{}
+	for _, r := range up.Faults.Requests() {
+		method, path, _ := strings.Cut(r, " ")
+		what := "other"
+		if m := apiPath.FindStringSubmatch(strings.TrimPrefix(path, "/v2/")); m != nil {
+			what = m[2] + "/" + m[3]
+		} else if tagsPath.MatchString(strings.TrimPrefix(path, "/v2/")) {
+			what = "tags/list"
+		}
+		switch {
+		case byDigest[what], byTag[what] && method != http.MethodHead:
+			bad = append(bad, r)
+			continue
+		case byTag[what]:
+			what = "manifests/<corpus tag>"
+		case what != "other" && what != "tags/list":
+			what, _, _ = strings.Cut(what, "/")
+			what += "/…"
+		}
+		others[method+" "+what]++
+	}
+	if len(bad) > 0 {
+		t.Errorf("warm pass: %d upstream requests for what the cache holds (blobs and manifests by digest: none; manifests by tag: a HEAD at most): %v", len(bad), bad)
+	}
+	t.Logf("warm pass: the other upstream requests: %v", others)
 }
 
 // report fails the test with a table of the differences not allowed, logs
