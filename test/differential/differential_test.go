@@ -338,8 +338,19 @@ func requests(c *ts.Corpus, large bool) []request {
 		}
 		blob(http.MethodGet, "", "")
 		blob(http.MethodHead, "", "")
-		for _, rng := range []string{"bytes=0-99", "bytes=10-", "bytes=-5", fmt.Sprintf("bytes=%d-", b.Size+10)} {
+		for _, rng := range []string{"bytes=0-99", "bytes=10-", "bytes=-5", fmt.Sprintf("bytes=%d-", b.Size+10), "bytes=0-9,20-29"} {
 			blob(http.MethodGet, rng, ", Range: "+rng)
+		}
+		// A client resuming a download sends the ETag it had with
+		// If-Range: the blob's own gets the range, another entity's the
+		// whole blob. (Each server's own: distribution names a sha512
+		// blob's entity by a sha256 digest, the cache by the sha512.)
+		for _, ir := range []struct{ label, value string }{
+			{"its ETag", ownETag},
+			{"another entity", `"sha256:` + strings.Repeat("0", 64) + `"`},
+		} {
+			blob(http.MethodGet, "bytes=10-", ", Range: bytes=10-, If-Range: "+ir.label)
+			group[len(group)-1].ifRange = ir.value
 		}
 		add(group, i)
 	}
