@@ -16,7 +16,10 @@
 //
 // TestConformance runs the OCI distribution-spec conformance suite, read
 // only, against multiproxy and against its upstream, and requires every
-// test of the multiproxy run to pass. It needs the suite's binary
-// (ci/install-oci-conformance.sh); elsewhere it skips, saying so, except
-// under CI=true, where a missing binary fails it.
+// test of the multiproxy run to pass, with the counts pinned (none
+// skipped). It writes the two summaries side by side to the file
+// $TEST_CONFORMANCE_SUMMARY names, which ci/test prints after the run. It
+// needs the suite's binary (ci/install-oci-conformance.sh); elsewhere it
+// skips, saying so, except under CI=true (.ci/run), where a missing binary
+// fails it.
 package differential
