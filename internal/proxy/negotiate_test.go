@@ -21,6 +21,7 @@ import (
 
 	"github.com/multiproxy/multiproxy/internal/cache"
 	"github.com/multiproxy/multiproxy/internal/config"
+	"github.com/multiproxy/multiproxy/internal/storelayout"
 	ts "github.com/multiproxy/multiproxy/internal/testsupport"
 	"github.com/multiproxy/multiproxy/internal/upstream"
 )
@@ -226,36 +227,49 @@ func TestManifestNegotiationMatchesUpstreamFromTheStore(t *testing.T) {
 	}
 }
 
-// Only a manifest the store has lost is fetched again: after its files
-// are removed, a request the client's Accept cannot take still fetches it
-// (the upstream has it), then answers as the upstream does.
+// Only a manifest the store has lost is fetched again: after its revision
+// link, or the file of its bytes, is removed, a request the client's Accept
+// cannot take still fetches it (the upstream has it), then answers as the
+// upstream does; and the manifest is stored again, so the next request is
+// answered, right, from the store.
 func TestLostManifestIsFetchedAgainThenNegotiated(t *testing.T) {
-	up, f := faultyUpstream(t)
-	img := ts.PushImage(t, up, "library/app:1", 1, 1024)
-	d := ts.Digest(t, img)
-	p := ts.StartProxy(t, ts.ProxyUpstream{Name: "docker.io", Reg: up})
-	base := p.URL("docker.io")
-	if resp := get(t, base+"/v2/library/app/manifests/"+d, http.MethodGet); resp.StatusCode != http.StatusOK {
-		t.Fatalf("caching: %d", resp.StatusCode)
-	}
-	removeStoredManifest(t, p, "library/app", d)
+	for _, loss := range []struct {
+		name string
+		lose func(t *testing.T, p *ts.Proxy, repo, d string)
+	}{
+		{"revision link", removeStoredManifest},
+		{"blob data", removeStoredBlobData},
+	} {
+		t.Run(loss.name, func(t *testing.T) {
+			up, f := faultyUpstream(t)
+			img := ts.PushImage(t, up, "library/app:1", 1, 1024)
+			d := ts.Digest(t, img)
+			p := ts.StartProxy(t, ts.ProxyUpstream{Name: "docker.io", Reg: up})
+			base := p.URL("docker.io")
+			if resp := get(t, base+"/v2/library/app/manifests/"+d, http.MethodGet); resp.StatusCode != http.StatusOK {
+				t.Fatalf("caching: %d", resp.StatusCode)
+			}
+			loss.lose(t, p, "library/app", d)
 
-	path := "/v2/library/app/manifests/" + d
-	want := ask(t, http.MethodGet, up.URL()+path, "", "")
-	f.ResetCounts()
-	got := ask(t, http.MethodGet, base+path, "", "")
-	if got != want {
-		t.Errorf("lost manifest, no Accept:\n got  %+v\n want %+v (upstream)", got, want)
-	}
-	if n := f.Count("GET", "/manifests/"+d); n != 1 {
-		t.Errorf("%d upstream GETs of the lost manifest, want 1", n)
-	}
-	f.ResetCounts()
-	if got := ask(t, http.MethodGet, base+path, ociImageType, ""); got.Status != http.StatusOK || got.Digest != d {
-		t.Errorf("the manifest fetched again: %+v", got)
-	}
-	if n := f.Count("", "/manifests/"); n != 0 {
-		t.Errorf("the manifest fetched again was not stored: %d upstream requests", n)
+			path := "/v2/library/app/manifests/" + d
+			want := ask(t, http.MethodGet, up.URL()+path, "", "")
+			f.ResetCounts()
+			got := ask(t, http.MethodGet, base+path, "", "")
+			if got != want {
+				t.Errorf("lost manifest, no Accept:\n got  %+v\n want %+v (upstream)", got, want)
+			}
+			if n := f.Count("GET", "/manifests/"+d); n != 1 {
+				t.Errorf("%d upstream GETs of the lost manifest, want 1", n)
+			}
+			want = ask(t, http.MethodGet, up.URL()+path, ociImageType, "")
+			f.ResetCounts()
+			if got := ask(t, http.MethodGet, base+path, ociImageType, ""); got != want || got.Status != http.StatusOK {
+				t.Errorf("the manifest fetched again, OCI Accept:\n got  %+v\n want %+v (upstream)", got, want)
+			}
+			if n := f.Count("", "/manifests/"); n != 0 {
+				t.Errorf("the manifest fetched again was not stored: %d upstream requests", n)
+			}
+		})
 	}
 }
 
@@ -267,6 +281,17 @@ func removeStoredManifest(t *testing.T, p *ts.Proxy, repo, d string) {
 	t.Helper()
 	link := cache.RevisionLinkPath(p.Config.Upstreams[0].Storage.Path, repo, digest.Digest(d))
 	if err := os.RemoveAll(filepath.Dir(link)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// removeStoredBlobData deletes the file of a manifest's bytes from the
+// upstream's store, its revision link left in place, as a store half
+// deleted or a blob file lost on a bad disk would.
+func removeStoredBlobData(t *testing.T, p *ts.Proxy, _, d string) {
+	t.Helper()
+	data := storelayout.OnDisk(p.Config.Upstreams[0].Storage.Path, storelayout.BlobData(digest.Digest(d)))
+	if err := os.Remove(data); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -67,6 +67,32 @@ func parseOneRange(h string, size int64) (r byteRange, ok, unsatisfiable bool) {
 	return byteRange{start: start, end: end}, true, false
 }
 
+// pastTheEnd reports whether a Range header asks for several ranges that
+// all start at or past the end of a blob of size bytes: ServeContent
+// refuses those (416) from the size alone, as it does one such range, so
+// no byte need be waited for.
+func pastTheEnd(h string, size int64) bool {
+	spec, found := strings.CutPrefix(h, "bytes=")
+	if !found || size < 0 {
+		return false
+	}
+	n := 0
+	for part := range strings.SplitSeq(spec, ",") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue // as ServeContent skips it
+		}
+		first, _, found := strings.Cut(part, "-")
+		first = strings.TrimSpace(first)
+		start, err := strconv.ParseInt(first, 10, 64)
+		if !found || first == "" || err != nil || start < size {
+			return false
+		}
+		n++
+	}
+	return n > 0
+}
+
 // ifRangeHolds reports whether a Range header is to be honoured: without
 // If-Range, or with one naming this blob's ETag. A date never matches: a
 // blob has no modification time to compare, and ServeContent (the warm
@@ -93,10 +119,11 @@ func ifRangeHolds(r *http.Request, d digest.Digest) bool {
 func (s *Server) serveColdRange(w *recorder, g *stallGuard, r *http.Request, route apiRoute, d digest.Digest, st *cache.Stream) {
 	size := st.Size()
 	rng, single, unsatisfiable := parseOneRange(r.Header.Get("Range"), size)
-	if single && unsatisfiable {
+	if size == 0 || (single && unsatisfiable) || pastTheEnd(r.Header.Get("Range"), size) {
 		// The fill goes on for the cache; this client is answered now,
 		// by the code that answers the stored file, which reads nothing
-		// to refuse a range.
+		// to refuse a range (one or several) or to send the no bytes of
+		// an empty blob.
 		setBlobHeaders(w.Header(), d)
 		w.Header().Set("Cache-Control", "max-age=31536000")
 		http.ServeContent(w, r, "", time.Time{}, sizeOnly(size))

@@ -1,11 +1,14 @@
 package differential
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
+	"mime"
+	"mime/multipart"
 	"net/http"
 	"net/url"
 	"regexp"
@@ -22,6 +25,7 @@ type answer struct {
 	digest        string // Docker-Content-Digest
 	contentLength string
 	contentRange  string
+	etag          string // not compared: each server names its entities
 	// body is the body's sha256, or for an error the first OCI error
 	// code: messages are the server's own words.
 	body string
@@ -72,6 +76,9 @@ func newClient(base string, tokens bool) *client {
 	return &client{base: base, hc: &http.Client{Transport: rt, Timeout: time.Minute}}
 }
 
+// ownETag, as a request's ifRange, is the ETag the server asked gives.
+const ownETag = "(the server's own ETag)"
+
 type request struct {
 	// item groups the requests about one manifest, blob or list; the
 	// first of a group in the cold pass is the cache's first sight of it.
@@ -81,6 +88,11 @@ type request struct {
 	path   string // after /v2/, query included
 	accept string
 	rng    string
+	// ifRange is sent as If-Range: a resuming client's condition that
+	// the blob is still the entity it had part of. ownETag stands for the
+	// ETag the same server gives the blob, as a client resuming there
+	// would send it.
+	ifRange string
 	// kind ("manifest", "blob", "referrer", "tags"), repo and ref are
 	// parsed from path.
 	kind, repo, ref string
@@ -97,6 +109,15 @@ func (c *client) do(t *testing.T, q request) answer {
 	}
 	if q.rng != "" {
 		req.Header.Set("Range", q.rng)
+	}
+	if q.ifRange == ownETag {
+		etag := c.do(t, request{what: q.what + " (its ETag)", method: http.MethodHead, path: q.path}).etag
+		if etag == "" {
+			t.Errorf("%s: HEAD answered no ETag to resume with", q.what)
+		}
+		req.Header.Set("If-Range", etag)
+	} else if q.ifRange != "" {
+		req.Header.Set("If-Range", q.ifRange)
 	}
 	// A registry that redirects a blob says its digest on the redirect; a
 	// client has it from there even when the blob host does not repeat
@@ -127,9 +148,17 @@ func (c *client) do(t *testing.T, q request) answer {
 		digest:        resp.Header.Get("Docker-Content-Digest"),
 		contentLength: resp.Header.Get("Content-Length"),
 		contentRange:  resp.Header.Get("Content-Range"),
+		etag:          resp.Header.Get("Etag"),
 	}
 	if a.digest == "" {
 		a.digest = hopDigest
+	}
+	if boundary, ok := byteranges(a.contentType); ok {
+		// Several ranges: each server draws its own boundary, so the
+		// parts are compared, not the bytes around them.
+		a.contentType = "multipart/byteranges; boundary=(each its own)"
+		a.body = partsDigest(t, body, boundary)
+		return a
 	}
 	switch {
 	case resp.StatusCode >= 400 && len(body) > 0:
@@ -147,6 +176,41 @@ func (c *client) do(t *testing.T, q request) answer {
 		a.body = "sha256:" + hex.EncodeToString(sum[:])[:16] + "…"
 	}
 	return a
+}
+
+// byteranges is the boundary of a multipart/byteranges answer.
+func byteranges(contentType string) (string, bool) {
+	mt, params, err := mime.ParseMediaType(contentType)
+	if err != nil || mt != "multipart/byteranges" || params["boundary"] == "" {
+		return "", false
+	}
+	return params["boundary"], true
+}
+
+// partsDigest is the digest of a multipart/byteranges body's parts: each
+// part's Content-Type, Content-Range and bytes, in order.
+func partsDigest(t *testing.T, body []byte, boundary string) string {
+	t.Helper()
+	h := sha256.New()
+	mr := multipart.NewReader(bytes.NewReader(body), boundary)
+	n := 0
+	for {
+		part, err := mr.NextPart()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return fmt.Sprintf("(bad multipart body: %v)", err)
+		}
+		b, err := io.ReadAll(part)
+		if err != nil {
+			return fmt.Sprintf("(bad multipart part: %v)", err)
+		}
+		fmt.Fprintf(h, "Content-Type: %s\nContent-Range: %s\n%d\n", part.Header.Get("Content-Type"), part.Header.Get("Content-Range"), len(b))
+		h.Write(b)
+		n++
+	}
+	return fmt.Sprintf("%d parts sha256:%s…", n, hex.EncodeToString(h.Sum(nil))[:16])
 }
 
 // ociCode is the first OCI error code of an error body, or what the body

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"regexp"
@@ -146,6 +147,10 @@ func TestConformance(t *testing.T) {
 			if s.result != "Pass" || s.counts["FAIL"] != 0 || s.counts["Error"] != 0 || s.counts["Pass"] == 0 {
 				t.Errorf("the conformance suite failed against multiproxy:%s\n%s", s.failed(), s.output)
 			}
+			if !maps.Equal(s.counts, wantCounts) {
+				t.Errorf("the conformance suite ran other tests than it does on this corpus against multiproxy: counts %v, want %v (a test skipped passes nothing):\n%s",
+					s.counts, wantCounts, s.output)
+			}
 			if prof.Token {
 				// The suite logs in only with a username and password;
 				// the token profiles' upstreams are public images, so
@@ -154,8 +159,8 @@ func TestConformance(t *testing.T) {
 			}
 			d := runConformance(t, bin, up.Host, c)
 			runs = append(runs, run{"upstream, " + prof.Name, d})
-			if d.counts["Pass"] == 0 {
-				t.Errorf("the conformance suite passed nothing against the upstream itself, so the runs prove nothing:\n%s", d.output)
+			if d.counts["Pass"] == 0 || d.counts["Skip"] != 0 || d.counts["Total"] != wantCounts["Total"] {
+				t.Errorf("the conformance suite ran otherwise against the upstream itself (counts %v), so the runs compare nothing:\n%s", d.counts, d.output)
 			}
 		})
 	}
@@ -180,8 +185,31 @@ func TestConformance(t *testing.T) {
 			fmt.Fprintf(&b, "\nfailed against %s:%s", r.name, f)
 		}
 	}
-	t.Logf("OCI distribution-spec conformance suite, read only, on testsupport.PushCorpus:\n%s", b.String())
+	table := "OCI distribution-spec conformance suite, read only, on testsupport.PushCorpus:\n" + b.String() + "\n"
+	t.Log(table)
+	// go test shows a passing test's log only with -v; ci/test names a
+	// file here and prints it after the run, so the summaries are in
+	// every CI log without the suite running twice.
+	if path := os.Getenv(summaryFileEnv); path != "" {
+		if err := os.WriteFile(path, []byte(table), 0o644); err != nil {
+			t.Errorf("write the summaries for ci/test: %v", err)
+		}
+	}
 }
+
+// summaryFileEnv names the file TestConformance writes its summaries to.
+const summaryFileEnv = "TEST_CONFORMANCE_SUMMARY"
+
+// wantCounts is every multiproxy run's summary: every test the read-only
+// configuration enables passes, and none is skipped, so a test that
+// silently becomes a skip (data it no longer finds, a check it stops
+// making) fails the run. The 109 disabled are what the read-only
+// configuration turns off: the push, upload, mount and delete tests and
+// the data sets the suite would push for them (OCI_API_PUSH=false, the
+// *_DELETE=false settings). The numbers are the pinned suite version's
+// (ci/install-oci-conformance.sh) on testsupport.PushCorpus: a new
+// version or corpus may change them, deliberately, here.
+var wantCounts = map[string]int{"Pass": 160, "Skip": 0, "Disabled": 109, "FAIL": 0, "Error": 0, "Total": 269}
 
 // ociTags are the corpus's tags of OCI content. The suite asks for a tag
 // with OCI types only in Accept, and a Docker manifest list asked for so is

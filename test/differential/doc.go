@@ -10,11 +10,16 @@
 // reads: status, Content-Type, Docker-Content-Digest, Content-Length,
 // Content-Range, and the body's digest or OCI error code. Every difference
 // the cache may make is listed, with its reason, in one table in the test;
-// any other fails it.
+// any other fails it, and so does an entry no profile needed. The warm pass
+// must also be the store's: it may send the upstream no request for a blob
+// or a manifest by digest, and for a manifest by tag a HEAD at most.
 //
 // TestConformance runs the OCI distribution-spec conformance suite, read
 // only, against multiproxy and against its upstream, and requires every
-// test of the multiproxy run to pass. It needs the suite's binary
-// (ci/install-oci-conformance.sh); elsewhere it skips, saying so, except
-// under CI=true, where a missing binary fails it.
+// test of the multiproxy run to pass, with the counts pinned (none
+// skipped). It writes the two summaries side by side to the file
+// $TEST_CONFORMANCE_SUMMARY names, which ci/test prints after the run. It
+// needs the suite's binary (ci/install-oci-conformance.sh); elsewhere it
+// skips, saying so, except under CI=true (.ci/run), where a missing binary
+// fails it.
 package differential
