@@ -387,28 +387,6 @@ func (l *Lease) Release() {
 	})
 }
 
-// FillLease is the outcome of asking for a blob's fill lease.
-type FillLease struct {
-	// Lease is set when this replica is to fetch the blob.
-	Lease *Lease
-	// Owner is the peer address of the replica fetching it, otherwise
-	// ("" if the holder released it meanwhile).
-	Owner string
-}
-
-// AcquireFill asks to be the replica that fetches d from the upstream.
-func (c *Coordinator) AcquireFill(ctx context.Context, upstream string, d digest.Digest) (FillLease, error) {
-	l, holder, err := c.acquire(ctx, keyFill(upstream, d))
-	if err != nil {
-		return FillLease{}, err
-	}
-	if l != nil {
-		return FillLease{Lease: l}, nil
-	}
-	owner, _, _ := strings.Cut(holder, "|")
-	return FillLease{Owner: owner}, nil
-}
-
 // RecordPull stores the last pull time of repo@d for the cluster's
 // eviction. It is best effort: a lost record makes eviction less exact, not
 // wrong.

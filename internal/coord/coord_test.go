@@ -97,6 +97,79 @@ func TestFillLeaseRenewsWhileHeldAndExpiresWhenItsHolderDies(t *testing.T) {
 	})
 }
 
+// A replica that finds a fill lease's holder dead revokes that holder's
+// lease and takes the blob over at once, not a TTL later. A revocation
+// that comes late, once the lease changed hands, removes nothing: two
+// replicas that both saw the dead holder cannot take the lease from the
+// one of them that took it over first.
+func TestRevokeFillRemovesOnlyTheHolderItNames(t *testing.T) {
+	r := ts.StartRedis(t)
+	const ttl = time.Minute // a takeover that waited for it would time the test out
+	a := replica(t, r, "a:1", ttl)
+	b := replica(t, r, "b:1", ttl)
+	c := replica(t, r, "c:1", ttl)
+	ctx := context.Background()
+	if la, err := a.AcquireFill(ctx, "docker.io", blob); err != nil || la.Lease == nil {
+		t.Fatalf("AcquireFill = %+v, %v", la, err)
+	}
+	_ = a.Close() // a kill -9: the lease stays in Redis for a minute
+	seen, err := b.AcquireFill(ctx, "docker.io", blob)
+	if err != nil || seen.Lease != nil || seen.Owner != "a:1" || seen.Holder == "" {
+		t.Fatalf("AcquireFill of a held lease = %+v, %v; want owner a:1 and its holder", seen, err)
+	}
+	if ok, err := b.RevokeFill(ctx, "docker.io", blob, seen.Holder); err != nil || !ok {
+		t.Fatalf("RevokeFill of the dead holder = %v, %v; want it removed", ok, err)
+	}
+	lb, err := b.AcquireFill(ctx, "docker.io", blob)
+	if err != nil || lb.Lease == nil {
+		t.Fatalf("AcquireFill after the revocation = %+v, %v; want the lease at once", lb, err)
+	}
+	defer lb.Lease.Release()
+	// c saw a's hold too, before b took over.
+	if ok, err := c.RevokeFill(ctx, "docker.io", blob, seen.Holder); err != nil || ok {
+		t.Fatalf("late RevokeFill of a's holder = %v, %v; want nothing removed", ok, err)
+	}
+	if lc, err := c.AcquireFill(ctx, "docker.io", blob); err != nil || lc.Lease != nil || lc.Owner != "b:1" {
+		t.Fatalf("AcquireFill after a late revocation = %+v, %v; want it still b's", lc, err)
+	}
+}
+
+// A holder revoked while alive (its peer port refused, its process did
+// not die) finds out at its next renewal and stops renewing; its Release
+// then leaves the lease of the replica that took over alone.
+func TestRevokedLiveHolderLosesItsLeaseAndReleasesNothingElse(t *testing.T) {
+	r := ts.StartRedis(t)
+	const ttl = 1500 * time.Millisecond
+	a := replica(t, r, "a:1", ttl)
+	b := replica(t, r, "b:1", ttl)
+	ctx := context.Background()
+	la, err := a.AcquireFill(ctx, "docker.io", blob)
+	if err != nil || la.Lease == nil {
+		t.Fatalf("AcquireFill = %+v, %v", la, err)
+	}
+	seen, err := b.AcquireFill(ctx, "docker.io", blob)
+	if err != nil || seen.Holder == "" {
+		t.Fatalf("AcquireFill of a held lease = %+v, %v", seen, err)
+	}
+	if ok, err := b.RevokeFill(ctx, "docker.io", blob, seen.Holder); err != nil || !ok {
+		t.Fatalf("RevokeFill = %v, %v; want it removed", ok, err)
+	}
+	lb, err := b.AcquireFill(ctx, "docker.io", blob)
+	if err != nil || lb.Lease == nil {
+		t.Fatalf("AcquireFill after the revocation = %+v, %v; want the lease", lb, err)
+	}
+	defer lb.Lease.Release()
+	select {
+	case <-la.Lease.Lost():
+	case <-time.After(3 * ttl):
+		t.Fatal("the revoked holder's lease was not lost at its next renewal")
+	}
+	la.Lease.Release()
+	if lc, err := a.AcquireFill(ctx, "docker.io", blob); err != nil || lc.Lease != nil || lc.Owner != "b:1" {
+		t.Fatalf("AcquireFill after the revoked holder's Release = %+v, %v; want it still b's", lc, err)
+	}
+}
+
 // settledGC waits out the TTL a new Redis's data must age before the first
 // collection, then takes the collection lease.
 func settledGC(t *testing.T, c *coord.Coordinator, upstream string, within time.Duration) *coord.GCLease {
