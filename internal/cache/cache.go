@@ -53,6 +53,11 @@ type Observer interface {
 	// hold the cluster's lease (Redis down, or its holder silent): other
 	// replicas may fetch the same blob.
 	FillUncoordinated()
+	// FillTakeover reports the fill lease of a holder whose peer port
+	// refused (its process gone) revoked by this replica, so that the
+	// cluster fetches the rest of the blob at once instead of after the
+	// lease's TTL.
+	FillTakeover()
 	// FillSource reports where a blob fill reads from: SourceUpstream,
 	// SourceBucket or SourcePeer (another replica's running fill).
 	FillSource(source string)
@@ -97,6 +102,7 @@ func (nopObserver) UpstreamBytes(int64) {}
 func (nopObserver) FillUncached(string) {}
 func (nopObserver) StorageError(string) {}
 func (nopObserver) FillUncoordinated()  {}
+func (nopObserver) FillTakeover()       {}
 func (nopObserver) FillSource(string)   {}
 func (nopObserver) BadContent(string)   {}
 

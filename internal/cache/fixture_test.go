@@ -253,6 +253,7 @@ func (o *observer) count(key string) int64 {
 }
 
 func (o *observer) FillUncoordinated()      { o.add("uncoordinated", 1) }
+func (o *observer) FillTakeover()           { o.add("takeover", 1) }
 func (o *observer) FillSource(s string)     { o.add("source "+s, 1) }
 func (o *observer) Hit(kind string)         { o.add("hit "+kind, 1) }
 func (o *observer) Miss(kind string)        { o.add("miss "+kind, 1) }

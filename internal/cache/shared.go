@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/distribution/distribution/v3"
@@ -45,8 +46,11 @@ type Shared struct {
 // Coordinator is the cluster's fill lease service (internal/coord).
 type Coordinator interface {
 	// AcquireFill returns a lease if this replica is to fetch d, or the
-	// peer address of the replica fetching it ("" if it just finished).
-	AcquireFill(ctx context.Context, d digest.Digest) (Lease, string, error)
+	// replica fetching it (a zero Holder if it just finished).
+	AcquireFill(ctx context.Context, d digest.Digest) (Lease, Holder, error)
+	// RevokeFill removes d's lease if h still holds it, and reports
+	// whether it did; a lease released or taken since is left alone.
+	RevokeFill(ctx context.Context, d digest.Digest, h Holder) (bool, error)
 	// Self is this replica's own peer address.
 	Self() string
 	// TTL is how long a dead holder's lease blocks the others.
@@ -55,6 +59,15 @@ type Coordinator interface {
 
 // Lease is a held fill lease.
 type Lease interface{ Release() }
+
+// Holder is the replica holding a blob's fill lease, as read from Redis.
+type Holder struct {
+	// Peer is its peer address.
+	Peer string
+	// Lease names its hold of the lease (not just its address), for
+	// RevokeFill to compare.
+	Lease string
+}
 
 // Where a fill's bytes come from, as logged and labelled in metrics.
 const (
@@ -125,7 +138,8 @@ func (c *Cache) openSourceAt(ctx context.Context, name string, d digest.Digest, 
 // replica, which may still renew its lease), or whose stream stalled, or
 // whose address in Redis is not one, or that refuses this replica's token
 // or redirects, is not waited for: this replica fetches alone, as it does
-// when a holder does not deliver in time.
+// when a holder does not deliver in time. A holder whose peer port refuses
+// the connection is dead, and its lease is taken over at once (takeOver).
 func (c *Cache) findSource(ctx context.Context, name string, d digest.Digest, offset int64, av *avoid) (*source, error) {
 	if c.shared == nil {
 		return c.upstreamSource(ctx, name, d, nil, offset)
@@ -139,7 +153,9 @@ func (c *Cache) findSource(ctx context.Context, name string, d digest.Digest, of
 	}
 	deadline := time.Now().Add(co.TTL() + 2*c.client().Timeout())
 	for {
-		lease, owner, err := co.AcquireFill(ctx, d)
+		lease, holder, err := co.AcquireFill(ctx, d)
+		owner := holder.Peer
+		now := false // ask again without waiting
 		if err != nil {
 			c.obs.FillUncoordinated()
 			c.log.Warn("fill without coordination", "digest", d, "err", err)
@@ -164,6 +180,10 @@ func (c *Cache) findSource(ctx context.Context, name string, d digest.Digest, of
 			if err == nil {
 				return s, nil
 			}
+			if errors.Is(err, syscall.ECONNREFUSED) && c.takeOver(ctx, d, holder) {
+				// Its lease is gone now: ask for it again at once.
+				now = true
+			}
 			if errors.Is(err, errPeerRefused) {
 				// Logged once per peer by peerSource: a token that
 				// differs refuses every blob.
@@ -176,14 +196,18 @@ func (c *Cache) findSource(ctx context.Context, name string, d digest.Digest, of
 				c.log.Warn("fill lease holder unreachable; fetching alone", "digest", d, "holder", owner, "err", err)
 				return c.upstreamSource(ctx, name, d, nil, offset)
 			}
-			// Its fill failed or ended, or it died: the lease tells
-			// which once it is released or expires.
+			// Its fill failed or ended (or it died, and its lease
+			// could not be revoked): the lease tells which once it is
+			// released or expires.
 			c.log.Debug("peer fill unavailable", "peer", owner, "digest", d, "err", err)
 		}
 		if time.Now().After(deadline) {
 			c.obs.FillUncoordinated()
 			c.log.Warn("fill lease holder did not deliver; fetching alone", "digest", d, "holder", owner)
 			return c.upstreamSource(ctx, name, d, nil, offset)
+		}
+		if now {
+			continue
 		}
 		select {
 		case <-ctx.Done():
@@ -194,6 +218,42 @@ func (c *Cache) findSource(ctx context.Context, name string, d digest.Digest, of
 			return s, nil
 		}
 	}
+}
+
+// takeOver revokes the fill lease of a holder whose peer port refused a
+// connection: its host answers but nothing listens there, so its process
+// is gone (killed, crashed, restarting) and its fill with it. Waiting for
+// its lease to expire would hold every client streaming from it for the
+// rest of the lease TTL; revoked, the lease is this replica's or
+// another's at the next AcquireFill, and the new holder fetches from the
+// upstream from where its fill got to. It reports whether to ask for the
+// lease again at once: the holder's lease is gone, revoked here or
+// released, revoked or expired meanwhile. With Redis failing it is false,
+// and findSource goes on as for any peer that has no fill to give.
+//
+// A refusal is the only failure taken for death. A peer that times out
+// or drops packets (a black-holed or frozen VM) may still be fetching and
+// renewing its lease: it is fetched around without the lease, and its
+// lease left to run out. And a holder revoked while alive (its peer
+// listener gone, its process not) loses no pull: the fill lease guards
+// nothing but duplicate fetches. Its next renewal finds the key gone and
+// stops renewing; nothing in its fill reads the lease, so the fill goes on
+// to the end for its own clients, and commitShared uploads it as it would
+// a fill without the lease (a multipart upload completed after the digest
+// check: two replicas completing the same verified blob write the same
+// bytes); its Release removes only its own hold. The cost is at most
+// one more upstream fetch of the blob.
+func (c *Cache) takeOver(ctx context.Context, d digest.Digest, h Holder) bool {
+	revoked, err := c.shared.Coord.RevokeFill(ctx, d, h)
+	if err != nil {
+		c.log.Debug("revoke the fill lease of a holder that refused", "digest", d, "holder", h.Peer, "err", err)
+		return false
+	}
+	if revoked {
+		c.obs.FillTakeover()
+		c.log.Warn("fill lease holder is gone; taking its lease over", "holder", h.Peer, "digest", d)
+	}
+	return true
 }
 
 // isTimeout reports a wait that ran out: a dial, a response's headers or
@@ -313,8 +373,8 @@ func (c *Cache) bucketFailed(ctx context.Context, d digest.Digest, op string, er
 // replica fetching the blob died, or its fill failed) or stalled, or whose
 // bucket read failed or stalled: the bucket if the blob got there and was
 // not the source that broke, else whoever holds the lease now, this
-// replica included once a dead holder's lease expires, or the upstream at
-// once if the peer stalled. The new source is asked for the bytes from
+// replica included once a dead holder's lease is revoked (its peer port
+// refuses) or expires, or the upstream at once if the peer stalled. The new source is asked for the bytes from
 // offset on; the bytes before it were hashed already, and the digest check
 // at the end covers them all. The fill's clients keep their connection
 // meanwhile and never see the break. An upstream failing mid-body is not

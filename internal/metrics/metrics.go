@@ -91,6 +91,7 @@ type Metrics struct {
 	fillUncached    *prometheus.CounterVec
 	storageErrors   *prometheus.CounterVec
 	uncoordinated   *prometheus.CounterVec
+	takeovers       *prometheus.CounterVec
 	fillSources     *prometheus.CounterVec
 	coordUp         *prometheus.GaugeVec
 	gcLeader        *prometheus.GaugeVec
@@ -176,6 +177,9 @@ func New() *Metrics {
 	m.uncoordinated = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "fills_uncoordinated_total",
 		Help: "Blob fills from the upstream made without the cluster's fill lease (Redis unavailable, or its holder silent): other replicas may have fetched the same blob."},
 		[]string{"upstream"})
+	m.takeovers = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "fill_takeovers_total",
+		Help: "Blob fill leases this replica revoked because their holder's peer port refused connections (its process gone), so the fill was taken over at once rather than after coordination.lease_ttl."},
+		[]string{"upstream"})
 	m.fillSources = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "fill_sources_total",
 		Help: "Blob fills by where they read from: upstream, bucket (the shared store) or peer (another replica's running fill)."},
 		[]string{"upstream", "source"})
@@ -241,7 +245,7 @@ func New() *Metrics {
 		[]string{"upstream"})
 	m.Registry.MustRegister(m.requests, m.requestDuration, m.inflight, m.hits, m.misses, m.servedBytes,
 		m.fetchedBytes, m.upRequests, m.upDuration, m.redirects, m.refused, m.rateLimited, m.badContent, m.rateLimitRemain, m.stale, m.dedupWaiters,
-		m.fillUncached, m.storageErrors, m.uncoordinated, m.fillSources, m.gcLeader, m.coordUp,
+		m.fillUncached, m.storageErrors, m.uncoordinated, m.takeovers, m.fillSources, m.gcLeader, m.coordUp,
 		m.state, m.stored, m.fills, m.localCopies, m.pinned, m.disk, m.recycles, m.recycleFailures, m.lastRecycle, m.gcRuns, m.gcDuration, m.gcFreedBytes,
 		m.gcFreedObjects, m.evictions, m.lastGC, m.warmImages, m.warmBytes,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -290,6 +294,7 @@ func (m *Metrics) For(name string) *Upstream {
 	}
 	m.fetchedBytes.WithLabelValues(name)
 	m.uncoordinated.WithLabelValues(name)
+	m.takeovers.WithLabelValues(name)
 	m.gcLeader.WithLabelValues(name)
 	m.rateLimited.WithLabelValues(name)
 	m.redirects.WithLabelValues(name)
@@ -394,6 +399,9 @@ func (u *Upstream) StorageError(op string) {
 
 // FillUncoordinated counts a fill made without the cluster's lease.
 func (u *Upstream) FillUncoordinated() { u.m.uncoordinated.WithLabelValues(u.name).Inc() }
+
+// FillTakeover counts a fill lease revoked from a holder that is gone.
+func (u *Upstream) FillTakeover() { u.m.takeovers.WithLabelValues(u.name).Inc() }
 
 // FillSource counts a blob fill by where it reads from.
 func (u *Upstream) FillSource(source string) {

@@ -210,15 +210,18 @@ type fillCoord struct {
 	name string
 }
 
-func (f fillCoord) AcquireFill(ctx context.Context, d digest.Digest) (cache.Lease, string, error) {
+func (f fillCoord) AcquireFill(ctx context.Context, d digest.Digest) (cache.Lease, cache.Holder, error) {
 	fl, err := f.co.AcquireFill(ctx, f.name, d)
 	if err != nil {
-		return nil, "", err
+		return nil, cache.Holder{}, err
 	}
 	if fl.Lease != nil {
-		return fl.Lease, "", nil
+		return fl.Lease, cache.Holder{}, nil
 	}
-	return nil, fl.Owner, nil
+	return nil, cache.Holder{Peer: fl.Owner, Lease: fl.Holder}, nil
+}
+func (f fillCoord) RevokeFill(ctx context.Context, d digest.Digest, h cache.Holder) (bool, error) {
+	return f.co.RevokeFill(ctx, f.name, d, h.Lease)
 }
 func (f fillCoord) Self() string       { return f.co.Self() }
 func (f fillCoord) TTL() time.Duration { return f.co.TTL() }
