@@ -56,13 +56,17 @@ func TestKilledHolderResumesFromTheOffset(t *testing.T) {
 		t.Fatalf("lease held by %q, want replica 0's %q", holder, owner.peer)
 	}
 	// The survivor's client reads through its own replica's fill, which
-	// streams the holder's: once it has the held half (less the last byte,
-	// kept until verified), so has the survivor's fill, and the kill
-	// tests a resume from there, not a race with the stream.
+	// streams the holder's. Its client cannot get the whole held half
+	// before the holder's fill ends (the last stretch is sent once more
+	// arrives or the fill ends), so waiting for all of it would wait out
+	// the holder's upstream timeout, and its fill would end before the
+	// kill. Once the client has the half less 1 MiB, the survivor's fill
+	// has at least that much, and the kill tests a resume from there,
+	// not a race with the stream or a holder that gave up on its own.
 	var got atomic.Int64
 	go func() { survived <- getBlobCounting(other, "team/big", layer, &got) }()
-	ts.WaitUntil(t, 20*time.Second, "replica 1's client has the held half", func() (bool, string) {
-		return got.Load() >= size/2-1, fmt.Sprint(got.Load())
+	ts.WaitUntil(t, 2500*time.Millisecond, "replica 1's client has the held half less 1 MiB, before the holder's upstream timeout", func() (bool, string) {
+		return got.Load() >= size/2-1<<20, fmt.Sprint(got.Load())
 	})
 	owner.child.Kill(t)
 	close(release)
