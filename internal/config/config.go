@@ -165,7 +165,9 @@ type Coordination struct {
 	// peer_listen's port.
 	Advertise string `mapstructure:"advertise" yaml:"advertise,omitempty"`
 	// LeaseTTL is how long a fill or collection lease outlives a replica
-	// that stopped renewing it (a crash): the wait before another takes over.
+	// that stopped renewing it: the wait before another takes over from a
+	// frozen or lost replica. A fill holder whose peer port refuses (its
+	// process is gone) is taken over at once instead.
 	LeaseTTL time.Duration `mapstructure:"lease_ttl" yaml:"lease_ttl,omitempty"`
 	// PeerTokenFile holds a bearer token every peer request carries and
 	// peer_listen requires: without it, anything that reaches the peer
