@@ -66,6 +66,25 @@ func TestYAMLSyntaxErrorLine(t *testing.T) {
 			line: 7, msg: "tab character",
 		},
 		{
+			// yaml/v4 reads 010 as YAML 1.1's octal 8: max_size would be
+			// 8 bytes where ten was written (found by FuzzLoadSizesAndDurations).
+			name: "leading zero",
+			yaml: "upstreams:\n" +
+				"  - name: docker.io\n" +
+				"    listen: \":5000\"\n" +
+				"    max_size: 010\n",
+			line: 4, msg: "010 has a leading zero, which YAML reads as an octal number: write 10, or 0o10",
+		},
+		{
+			name: "leading zero in a list",
+			yaml: "upstreams:\n" +
+				"  - name: docker.io\n" +
+				"    listen: \":5000\"\n" +
+				"    allow_hops: [10.0.0.0/8]\n" +
+				"    pins: [-007]\n",
+			line: 5, msg: "-007 has a leading zero, which YAML reads as an octal number: write -7, or 0o7",
+		},
+		{
 			name: "duplicate key",
 			yaml: "log_level: info\nupstreams: []\nlog_level: debug\n",
 			line: 3, msg: `mapping key "log_level" already defined at line 1`,

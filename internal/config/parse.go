@@ -3,6 +3,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"regexp"
 	"strings"
 
 	"github.com/spf13/viper"
@@ -56,6 +57,43 @@ func (yamlDecoder) Decoder(format string) (viper.Decoder, error) {
 func (yamlDecoder) Decode(b []byte, v map[string]any) error {
 	if err := yaml4.Unmarshal(b, &v); err != nil {
 		return syntaxError(err)
+	}
+	var doc yaml4.Node
+	if err := yaml4.Unmarshal(b, &doc); err != nil {
+		return syntaxError(err)
+	}
+	return refuseLegacyOctal(&doc)
+}
+
+// legacyOctal is a plain integer with a leading zero, which yaml/v4 reads
+// as YAML 1.1's octal: `max_size: 010` would be 8 bytes.
+var legacyOctal = regexp.MustCompile(`^[-+]?0[0-9_]+$`)
+
+// refuseLegacyOctal reports the first integer written with a leading zero.
+// Whoever writes `010` in a config file almost always means ten, and
+// nothing in the file says otherwise, so the file is refused at that line
+// rather than loaded with a value nobody wrote. 0o10 still means octal.
+func refuseLegacyOctal(n *yaml4.Node) error {
+	if n.Kind == yaml4.ScalarNode && n.Style == 0 && n.ShortTag() == "!!int" && legacyOctal.MatchString(n.Value) {
+		sign, digits := "", strings.ReplaceAll(n.Value, "_", "")
+		if digits[0] == '-' || digits[0] == '+' {
+			sign, digits = digits[:1], digits[1:]
+		}
+		decimal := strings.TrimLeft(digits, "0")
+		if decimal == "" {
+			decimal = "0"
+		}
+		if sign == "-" {
+			decimal = "-" + decimal
+		}
+		return &SyntaxError{Line: n.Line, Column: n.Column, Msg: fmt.Sprintf(
+			"%s has a leading zero, which YAML reads as an octal number: write %s, or 0o%s if octal is meant",
+			n.Value, decimal, strings.TrimLeft(digits, "0"))}
+	}
+	for _, c := range n.Content {
+		if err := refuseLegacyOctal(c); err != nil {
+			return err
+		}
 	}
 	return nil
 }
