@@ -67,6 +67,9 @@ type Holder struct {
 	// Lease names its hold of the lease (not just its address), for
 	// RevokeFill to compare.
 	Lease string
+	// Earlier is set when the holder is an earlier process of this
+	// replica, at its own address: a restart left the lease behind.
+	Earlier bool
 }
 
 // Where a fill's bytes come from, as logged and labelled in metrics.
@@ -139,7 +142,8 @@ func (c *Cache) openSourceAt(ctx context.Context, name string, d digest.Digest, 
 // whose address in Redis is not one, or that refuses this replica's token
 // or redirects, is not waited for: this replica fetches alone, as it does
 // when a holder does not deliver in time. A holder whose peer port refuses
-// the connection is dead, and its lease is taken over at once (takeOver).
+// the connection is dead, and its lease is taken over at once (takeOver),
+// as is a lease this replica's own previous process left (a restart).
 func (c *Cache) findSource(ctx context.Context, name string, d digest.Digest, offset int64, av *avoid) (*source, error) {
 	if c.shared == nil {
 		return c.upstreamSource(ctx, name, d, nil, offset)
@@ -169,6 +173,12 @@ func (c *Cache) findSource(ctx context.Context, name string, d digest.Digest, of
 				return s, nil
 			}
 			return c.upstreamSource(ctx, name, d, lease, offset)
+		}
+		if holder.Earlier && c.takeOver(ctx, d, holder) {
+			// This replica's own previous process held it when it
+			// died or restarted: no one will deliver or renew it, and
+			// its address (ours) answers, so no refusal would show it.
+			continue
 		}
 		if owner != "" && owner != co.Self() {
 			if owner == av.peer {

@@ -134,6 +134,40 @@ func TestRevokeFillRemovesOnlyTheHolderItNames(t *testing.T) {
 	}
 }
 
+// A replica restarted on its own address finds the lease its previous
+// process left: Earlier says so, since no refusal ever will (the address
+// answers: it is its own). Another replica's hold, and a second look by
+// the holding process itself, are not earlier.
+func TestFillLeaseLeftByAnEarlierProcessIsMarked(t *testing.T) {
+	r := ts.StartRedis(t)
+	ctx := context.Background()
+	before := replica(t, r, "a:1", time.Minute)
+	if l, err := before.AcquireFill(ctx, "docker.io", blob); err != nil || l.Lease == nil {
+		t.Fatalf("AcquireFill = %+v, %v", l, err)
+	}
+	if again, err := before.AcquireFill(ctx, "docker.io", blob); err != nil || again.Earlier || again.Owner != "a:1" {
+		t.Fatalf("the holding process asking again = %+v, %v; want its own hold, not an earlier one", again, err)
+	}
+	_ = before.Close() // a kill -9: the lease stays for a minute
+	after := replica(t, r, "a:1", time.Minute)
+	seen, err := after.AcquireFill(ctx, "docker.io", blob)
+	if err != nil || seen.Lease != nil || !seen.Earlier {
+		t.Fatalf("AcquireFill by the restarted replica = %+v, %v; want the lease marked Earlier", seen, err)
+	}
+	other := replica(t, r, "b:1", time.Minute)
+	if o, err := other.AcquireFill(ctx, "docker.io", blob); err != nil || o.Earlier {
+		t.Fatalf("AcquireFill by another replica = %+v, %v; want a's hold, not an earlier one of b's", o, err)
+	}
+	if ok, err := after.RevokeFill(ctx, "docker.io", blob, seen.Holder); err != nil || !ok {
+		t.Fatalf("RevokeFill of the earlier process's hold = %v, %v", ok, err)
+	}
+	if l, err := after.AcquireFill(ctx, "docker.io", blob); err != nil || l.Lease == nil {
+		t.Fatalf("AcquireFill after the revocation = %+v, %v; want the lease at once", l, err)
+	} else {
+		l.Lease.Release()
+	}
+}
+
 // A holder revoked while alive (its peer port refused, its process did
 // not die) finds out at its next renewal and stops renewing; its Release
 // then leaves the lease of the replica that took over alone.

@@ -19,6 +19,10 @@ type FillLease struct {
 	// never remove a lease taken since, by a restart on the same address
 	// included.
 	Holder string
+	// Earlier is set when the holder is an earlier process at this
+	// replica's own address (it restarted): that process and its fill are
+	// gone, and nothing will renew or release its lease.
+	Earlier bool
 }
 
 // AcquireFill asks to be the replica that fetches d from the upstream.
@@ -31,7 +35,8 @@ func (c *Coordinator) AcquireFill(ctx context.Context, upstream string, d digest
 		return FillLease{Lease: l}, nil
 	}
 	owner, _, _ := strings.Cut(holder, "|")
-	return FillLease{Owner: owner, Holder: holder}, nil
+	earlier := owner == c.self && !strings.HasPrefix(holder, c.self+"|"+c.id+"|")
+	return FillLease{Owner: owner, Holder: holder, Earlier: earlier}, nil
 }
 
 // RevokeFill removes d's fill lease if it is still holder's (a

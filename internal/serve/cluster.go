@@ -218,7 +218,7 @@ func (f fillCoord) AcquireFill(ctx context.Context, d digest.Digest) (cache.Leas
 	if fl.Lease != nil {
 		return fl.Lease, cache.Holder{}, nil
 	}
-	return nil, cache.Holder{Peer: fl.Owner, Lease: fl.Holder}, nil
+	return nil, cache.Holder{Peer: fl.Owner, Lease: fl.Holder, Earlier: fl.Earlier}, nil
 }
 func (f fillCoord) RevokeFill(ctx context.Context, d digest.Digest, h cache.Holder) (bool, error) {
 	return f.co.RevokeFill(ctx, f.name, d, h.Lease)

@@ -84,3 +84,56 @@ func TestKilledHolderIsTakenOverAtOnce(t *testing.T) {
 	}
 	c.checkBucket(t)
 }
+
+// TestRestartedHolderTakesItsOwnLeaseOver kills -9 the replica fetching a
+// blob and starts it again on the same address, with a lease TTL far
+// longer than a pull should take. The lease its previous process left
+// names the replica's own address, which answers, so no refusal shows the
+// holder dead: the restarted replica sees the hold is an earlier
+// process's, revokes it and fetches at once, instead of its clients
+// waiting out the TTL.
+func TestRestartedHolderTakesItsOwnLeaseOver(t *testing.T) {
+	up := ts.Profiles()[0].Start(t)
+	const size = 16 << 20
+	const ttl = 30 * time.Second
+	img := up.Push(t, "team/big:v1", 1, size)
+	layer := ts.LayerDigests(t, img)[0]
+	// The first fetch runs slowly, so it is still running at the kill.
+	_, sent := recordRanges(up, layer, ts.Throttle(2<<20))
+	c := startCluster(t, up, 1, options{leaseTTL: ttl.String()})
+	r := c.replicas[0]
+
+	killed := make(chan error, 1)
+	go func() { _, err := getBlob(r, "team/big", layer); killed <- err }()
+	if holder := c.waitLease(t, layer); holder != r.peer {
+		t.Fatalf("lease held by %q, want the replica's %q", holder, r.peer)
+	}
+	// Killed once its fetch is under way: killed before, the restarted
+	// replica's fetch would be the first, the slow one.
+	ts.WaitUntil(t, 20*time.Second, "the upstream sends the blob", func() (bool, string) {
+		return sent.Load() >= 1<<20, fmt.Sprint(sent.Load())
+	})
+	r.child.Kill(t)
+	if err := <-killed; err == nil {
+		t.Fatal("the killed replica's client got the whole blob: the kill came too late to test anything")
+	}
+	r.start(t)
+
+	start := time.Now()
+	wrong, err := getBlob(r, "team/big", layer)
+	took := time.Since(start)
+	if err != nil || wrong {
+		t.Fatalf("pull through the restarted replica: wrong bytes %v, %v", wrong, err)
+	}
+	t.Logf("whole verified blob %v after the restart", took)
+	if limit := ttl / 2; took > limit {
+		t.Errorf("the restarted replica's client had the blob after %v, want under %v (lease_ttl %v): its previous process's lease was waited out", took, limit, ttl)
+	}
+	if n := r.metric(t, "multiproxy_fill_takeovers_total", nil); n != 1 {
+		t.Errorf("the restarted replica counted %v takeovers, want 1", n)
+	}
+	if n := r.metric(t, "multiproxy_fills_uncoordinated_total", nil); n != 0 {
+		t.Errorf("the restarted replica filled %v times without the lease, want 0", n)
+	}
+	c.checkBucket(t)
+}
