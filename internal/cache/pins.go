@@ -55,6 +55,11 @@ var ErrPinUnknown = errors.New("not pinned")
 // ErrPinInConfig is a removal of a pin that the config file makes.
 var ErrPinInConfig = errors.New("pinned by the config file (upstreams[].pins): remove it there")
 
+// ErrPinsLock refuses a pin change on a shared bucket when the cluster's
+// pins lock cannot be had: changed without it, the pins file could lose
+// another replica's change made at the same time.
+var ErrPinsLock = errors.New("pins not changed: the cluster's pins lock is unavailable (coordination through Redis)")
+
 // PinLimitError refuses a pin that would make pins hold more than the
 // upstream's max_size: eviction could then never get under the cap.
 type PinLimitError struct {
@@ -228,6 +233,11 @@ func (c *Cache) AddPin(ctx context.Context, raw string, limit int64) (Pin, error
 // recordPin adds ref to the stored pins unless it is pinned already, or
 // refuses it over limit.
 func (c *Cache) recordPin(ctx context.Context, ref config.PinRef, limit int64) error {
+	lock, err := c.lockPins(ctx)
+	if err != nil {
+		return err
+	}
+	defer lock.release()
 	c.pins.mu.Lock()
 	defer c.pins.mu.Unlock()
 	stored, err := ReadPins(ctx, c.driver)
@@ -246,6 +256,9 @@ func (c *Cache) recordPin(ctx context.Context, ref config.PinRef, limit int64) e
 			return &PinLimitError{Ref: ref.String(), Pinned: n, Limit: limit}
 		}
 	}
+	if err := lock.valid(); err != nil {
+		return err
+	}
 	if err := writePins(ctx, c.driver, append(stored, ref.String())); err != nil {
 		return err
 	}
@@ -261,11 +274,16 @@ func (c *Cache) RemovePin(ctx context.Context, raw string) error {
 	if err != nil {
 		return &RequestError{Code: "NAME_INVALID", Err: err}
 	}
-	c.pins.mu.Lock()
-	defer c.pins.mu.Unlock()
 	if slices.Contains(c.tunables().pins, ref.String()) {
 		return ErrPinInConfig
 	}
+	lock, err := c.lockPins(ctx)
+	if err != nil {
+		return err
+	}
+	defer lock.release()
+	c.pins.mu.Lock()
+	defer c.pins.mu.Unlock()
 	stored, err := ReadPins(ctx, c.driver)
 	if err != nil {
 		return err
@@ -274,12 +292,53 @@ func (c *Cache) RemovePin(ctx context.Context, raw string) error {
 	if i < 0 {
 		return ErrPinUnknown
 	}
+	if err := lock.valid(); err != nil {
+		return err
+	}
 	if err := writePins(ctx, c.driver, slices.Delete(stored, i, i+1)); err != nil {
 		return err
 	}
 	c.pins.sizeAt, c.pins.failedAt = time.Time{}, time.Time{}
 	c.log.Info("unpinned", "ref", ref.String())
 	return nil
+}
+
+// pinsLock is the cluster's pins lease while a pin change is made; nil
+// when the store is not shared with coordination, where the process's own
+// mutex is the whole story.
+type pinsLock struct{ l PinsLock }
+
+// lockPins takes the cluster's pins lease, when there is a cluster. It is
+// taken before pins.mu: a replica that waits for another's change then
+// still lists its pins meanwhile.
+func (c *Cache) lockPins(ctx context.Context) (*pinsLock, error) {
+	if c.shared == nil || c.shared.Coord == nil {
+		return nil, nil
+	}
+	l, err := c.shared.Coord.LockPins(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrPinsLock, err)
+	}
+	return &pinsLock{l}, nil
+}
+
+// valid is checked just before the write: a lease lost meanwhile (Redis
+// went away for a TTL, the process was paused) may be another replica's
+// now, and its change would be overwritten.
+func (p *pinsLock) valid() error {
+	if p == nil {
+		return nil
+	}
+	if err := p.l.Valid(); err != nil {
+		return fmt.Errorf("%w: %w", ErrPinsLock, err)
+	}
+	return nil
+}
+
+func (p *pinsLock) release() {
+	if p != nil {
+		p.l.Release()
+	}
 }
 
 // allPins is every pin, config first, without sizes. Under pins.mu.

@@ -43,7 +43,8 @@ type Shared struct {
 	PeerToken string
 }
 
-// Coordinator is the cluster's fill lease service (internal/coord).
+// Coordinator is the cluster's fill lease service and pins lock
+// (internal/coord).
 type Coordinator interface {
 	// AcquireFill returns a lease if this replica is to fetch d, or the
 	// replica fetching it (a zero Holder if it just finished).
@@ -55,6 +56,17 @@ type Coordinator interface {
 	Self() string
 	// TTL is how long a dead holder's lease blocks the others.
 	TTL() time.Duration
+	// LockPins waits for the cluster's lease on this upstream's pins
+	// file, which every replica changes it under; it fails while Redis
+	// does not answer.
+	LockPins(ctx context.Context) (PinsLock, error)
+}
+
+// PinsLock is a held pins lease.
+type PinsLock interface {
+	Release()
+	// Valid is nil while the lease is surely still held.
+	Valid() error
 }
 
 // Lease is a held fill lease.

@@ -204,7 +204,8 @@ func openRange(h string, size int64) (int64, bool) {
 	return n, err == nil && n > 0 && n < size
 }
 
-// fillCoord is the cluster's fill lease service for one upstream.
+// fillCoord is the cluster's fill lease service and pins lock for one
+// upstream.
 type fillCoord struct {
 	co   *coord.Coordinator
 	name string
@@ -222,6 +223,13 @@ func (f fillCoord) AcquireFill(ctx context.Context, d digest.Digest) (cache.Leas
 }
 func (f fillCoord) RevokeFill(ctx context.Context, d digest.Digest, h cache.Holder) (bool, error) {
 	return f.co.RevokeFill(ctx, f.name, d, h.Lease)
+}
+func (f fillCoord) LockPins(ctx context.Context) (cache.PinsLock, error) {
+	l, err := f.co.LockPins(ctx, f.name)
+	if err != nil {
+		return nil, err // not a nil *coord.Lease in a non-nil interface
+	}
+	return l, nil
 }
 func (f fillCoord) Self() string       { return f.co.Self() }
 func (f fillCoord) TTL() time.Duration { return f.co.TTL() }

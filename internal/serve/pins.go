@@ -186,6 +186,12 @@ func (b *backend) pinError(upstream, ref string, err error) error {
 		return &admin.StatusError{Status: http.StatusNotFound, Err: fmt.Errorf("%s is not pinned on %s", ref, upstream)}
 	case errors.As(err, &bad):
 		return &admin.StatusError{Status: http.StatusBadRequest, Code: admin.CodeNameInvalid, Err: bad.Err}
+	case errors.Is(err, cache.ErrPinsLock):
+		// Replicas change the shared pins file only under the cluster's
+		// lock; without Redis the change waits for the operator to retry.
+		b.log.Warn("admin pin: cluster pins lock unavailable", "upstream", upstream, "ref", ref, "err", err)
+		return &admin.StatusError{Status: http.StatusServiceUnavailable, Code: admin.CodeUnavailable,
+			Err: fmt.Errorf("%s: pins not changed: the replicas' pins lock (through Redis) is unavailable; retry once coordination is back", upstream)}
 	}
 	var se *admin.StatusError
 	if f := resolveError(ref, err); errors.As(f, &se) && se.Status != http.StatusInternalServerError {
