@@ -1,7 +1,8 @@
 // Package coord lets replicas that share one bucket work as one cache,
 // through Redis and nothing else: a lease per blob being fetched, so the
 // cluster fetches each blob from the upstream once; a lease for garbage
-// collection, so one replica collects at a time; the last pull of each
+// collection, so one replica collects at a time; a lease per upstream's
+// pins file, so replicas change it one at a time; the last pull of each
 // manifest, so eviction ranks by the whole cluster's pulls; and, while a
 // collection runs, the digests every replica relies on.
 //
@@ -9,7 +10,8 @@
 // short timeout, and while Redis does not answer a background probe the
 // calls fail at once (ErrUnavailable) instead of each waiting out that
 // timeout: the caller then fills alone, which costs a duplicate upstream
-// fetch, not a failed pull.
+// fetch, not a failed pull. A pin change is the one thing refused
+// meanwhile: made alone it could overwrite another replica's.
 package coord
 
 import (
