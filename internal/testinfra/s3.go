@@ -103,19 +103,11 @@ func StartS3(opts S3Options) (*S3, error) {
 		return nil, err
 	}
 
-	sess, err := session.NewSession(aws.NewConfig().
-		WithCredentials(credentials.NewStaticCredentials(s.AccessKey, s.SecretKey, "")).
-		WithEndpoint(s.Endpoint).
-		WithRegion(s.Region).
-		WithS3ForcePathStyle(true).
-		WithDisableSSL(true).
-		WithMaxRetries(0).
-		WithHTTPClient(&http.Client{Transport: &http.Transport{Proxy: nil}}))
+	s.client, err = S3Client(s.Endpoint, s.AccessKey, s.SecretKey, s.Region)
 	if err != nil {
 		_ = s.Kill()
-		return nil, fmt.Errorf("S3 client session: %w", err)
+		return nil, err
 	}
-	s.client = awss3.New(sess)
 	ctx, cancel := context.WithTimeout(context.Background(), S3StartTimeout)
 	defer cancel()
 	for _, b := range opts.Buckets {
@@ -125,6 +117,25 @@ func StartS3(opts S3Options) (*S3, error) {
 		}
 	}
 	return s, nil
+}
+
+// S3Client is an S3 client of the gateway at endpoint, or of something in
+// front of it: path-style, plain HTTP, no proxy from the environment (all
+// test traffic stays on loopback), and no retries, so a fault a test
+// injects is seen once, as it happened.
+func S3Client(endpoint, accessKey, secretKey, region string) (*awss3.S3, error) {
+	sess, err := session.NewSession(aws.NewConfig().
+		WithCredentials(credentials.NewStaticCredentials(accessKey, secretKey, "")).
+		WithEndpoint(endpoint).
+		WithRegion(region).
+		WithS3ForcePathStyle(true).
+		WithDisableSSL(true).
+		WithMaxRetries(0).
+		WithHTTPClient(&http.Client{Transport: &http.Transport{Proxy: nil}}))
+	if err != nil {
+		return nil, fmt.Errorf("S3 client session for %s: %w", endpoint, err)
+	}
+	return awss3.New(sess), nil
 }
 
 // start runs the gateway and waits until its health endpoint answers. An

@@ -15,10 +15,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/aws/aws-sdk-go/aws"
-	"github.com/aws/aws-sdk-go/aws/credentials"
-	"github.com/aws/aws-sdk-go/aws/session"
 	awss3 "github.com/aws/aws-sdk-go/service/s3"
+
+	"github.com/multiproxy/multiproxy/internal/testinfra"
 )
 
 // S3Gate is a reverse proxy in front of StartS3's gateway that makes the
@@ -93,18 +92,11 @@ func StartS3Gate(t testing.TB, s *S3, o S3GateOptions) *S3Gate {
 	t.Helper()
 	g := StartS3GateAt(t, s.Endpoint, o)
 	g.s3 = s
-	sess, err := session.NewSession(aws.NewConfig().
-		WithCredentials(credentials.NewStaticCredentials(s.AccessKey, s.SecretKey, "")).
-		WithEndpoint(g.URL).
-		WithRegion(s.Region).
-		WithS3ForcePathStyle(true).
-		WithDisableSSL(true).
-		WithMaxRetries(0).
-		WithHTTPClient(&http.Client{Transport: &http.Transport{Proxy: nil}}))
+	client, err := testinfra.S3Client(g.URL, s.AccessKey, s.SecretKey, s.Region)
 	if err != nil {
-		t.Fatalf("testsupport: S3 client session through the gate: %v", err)
+		t.Fatalf("testsupport: S3 client through the gate: %v", err)
 	}
-	g.client = awss3.New(sess)
+	g.client = client
 	return g
 }
 
