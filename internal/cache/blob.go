@@ -136,15 +136,8 @@ func (c *Cache) openFill(ctx context.Context, repo distribution.Repository, name
 	if linkHere {
 		_, _ = c.linkLocal(ctx, repo, d)
 	}
-	select {
-	case <-f.ready:
-	case <-ctx.Done():
-		s.Close()
-		return nil, ctx.Err()
-	}
-	if f.headerErr != nil {
-		s.Close()
-		return nil, f.headerErr
+	if err := s.awaitHeader(); err != nil {
+		return nil, err
 	}
 	return s, nil
 }

@@ -126,14 +126,10 @@ func (c *Cache) PeerBlob(ctx context.Context, d digest.Digest) (*BlobReader, err
 	}
 	s := f.attach(ctx)
 	c.mu.Unlock()
-	select {
-	case <-f.ready:
-	case <-ctx.Done():
-		s.Close()
-		return nil, ctx.Err()
-	}
-	if f.headerErr != nil {
-		s.Close()
+	if err := s.awaitHeader(); err != nil {
+		if ctx.Err() != nil {
+			return nil, err
+		}
 		return nil, errNotHere
 	}
 	return &BlobReader{Stream: s}, nil

@@ -37,6 +37,23 @@ func (f *fill) attach(ctx context.Context) *Stream {
 	return s
 }
 
+// awaitHeader waits until s's fill knows its source answered (or that it
+// did not) and returns the fill's header error or s's context's; on
+// either s is closed, its client gone.
+func (s *Stream) awaitHeader() error {
+	select {
+	case <-s.f.ready:
+	case <-s.ctx.Done():
+		s.Close()
+		return s.ctx.Err()
+	}
+	if err := s.f.headerErr; err != nil {
+		s.Close()
+		return err
+	}
+	return nil
+}
+
 // openStreams opens the readers of streams that attached before the mode
 // was known. Called with the cache lock held.
 func (f *fill) openStreams() {
