@@ -155,8 +155,9 @@ type Options struct {
 	// besides the revision link's mtime: the cluster's last-pull times.
 	RecordPull func(repo string, d digest.Digest, t time.Time)
 	// Recreated, if set, is called when the cache recreates the store's
-	// directories, deleted under it, before it writes there: whatever
-	// belonged to the store (its lock) must be recreated too.
+	// directories, deleted under it, and before it writes a manifest,
+	// before it writes there: whatever belongs to the store (its lock)
+	// must be there too. It must be cheap when nothing changed.
 	Recreated func()
 }
 

@@ -54,17 +54,20 @@ func (c *Cache) storageWorked() {
 // so that the driver, which would recreate it silently, never writes into a
 // store whose lock is gone. A manifest may be the first write to a
 // recreated store: a pull by tag writes it before any blob is spooled.
+// The lock is checked even when the root is there: a write elsewhere in
+// the store (a link, a pull's record) may have recreated it through the
+// driver since it was deleted. The check is two stats, on a cold
+// manifest's write only.
 func (c *Cache) ensureRoot() {
 	if c.shared != nil {
 		return
 	}
-	if _, err := os.Stat(c.root); !errors.Is(err, fs.ErrNotExist) {
-		return
+	if _, err := os.Stat(c.root); errors.Is(err, fs.ErrNotExist) {
+		if err := os.MkdirAll(c.root, 0o750); err != nil {
+			return // the write that follows fails and says why
+		}
+		c.log.Warn("recreated the storage directory", "dir", c.root)
 	}
-	if err := os.MkdirAll(c.root, 0o750); err != nil {
-		return // the write that follows fails and says why
-	}
-	c.log.Warn("recreated the storage directory", "dir", c.root)
 	c.storeRecreated()
 }
 
